@@ -1,0 +1,288 @@
+"""Catalog readers: one interface, three sources.
+
+- ``fashion-mnist:train`` / ``fashion-mnist:test``: idx files (plain or ``.gz``) found in
+  ``data_dir``, ``$VISCTR_DATA`` or ``/usr/share/datasets/fashion-mnist``.
+- an image folder: one subfolder per category.
+- a manifest (``.parquet`` or ``.csv``) with columns ``item_id, image_path, category``;
+  paths are relative to the manifest and may not escape its folder.
+
+Every source yields a :class:`Catalog` of uint8 images ``[N, C, H, W]`` normalised to a
+configured size and channel count.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visctr.errors import InputError
+
+FASHION_MNIST_NAMES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class CatalogConfig:
+    """Where the catalog comes from and how images are normalised."""
+
+    source: str = "fashion-mnist:train"
+    data_dir: str | None = None
+    image_size: int = 28
+    channels: int = 1
+    max_items: int | None = None  # subsample (seeded, stratified by shuffle) to this many
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {self.max_items}")
+
+
+@dataclass
+class Catalog:
+    item_ids: np.ndarray  # int64 [N]
+    images: np.ndarray  # uint8 [N, C, H, W]
+    categories: np.ndarray  # int32 [N], 0..n_categories-1
+    category_names: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_names)
+
+    def subset(self, idx: np.ndarray) -> Catalog:
+        return Catalog(
+            self.item_ids[idx], self.images[idx], self.categories[idx],
+            self.category_names, self.source,
+        )  # fmt: skip
+
+
+def load_catalog(cfg: CatalogConfig, seed: int = 0) -> Catalog:
+    """Read the catalog named by ``cfg.source`` and normalise its images."""
+    src = cfg.source
+    if src.startswith("fashion-mnist"):
+        cat = _read_fashion_mnist(src, cfg.data_dir)
+    else:
+        path = Path(src)
+        if not path.exists():
+            raise InputError(f"{path}: catalog not found (expected fashion-mnist:train|test, "
+                             "an image folder, or a .parquet/.csv manifest)")
+        if path.is_dir():
+            cat = _read_folder(path, cfg)
+        elif path.suffix in (".parquet", ".csv"):
+            cat = _read_manifest(path, cfg)
+        else:
+            raise InputError(f"{path}: unsupported catalog file (use a .parquet or .csv manifest)")
+    if len(cat) == 0:
+        raise InputError(f"{src}: catalog is empty")
+    cat.images = normalise_images(cat.images, cfg.image_size, cfg.channels)
+    if cfg.max_items is not None and cfg.max_items < len(cat):
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.permutation(len(cat))[: cfg.max_items])
+        cat = cat.subset(idx)
+    return cat
+
+
+def normalise_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` at ``size``×``size`` with ``channels`` channels."""
+    import torch
+    import torch.nn.functional as F
+
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise InputError(f"images must be [N, C, H, W], got shape {images.shape}")
+    c = images.shape[1]
+    if c == channels and images.shape[2] == size and images.shape[3] == size:
+        return np.ascontiguousarray(images, dtype=np.uint8)
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for start in range(0, len(images), 4096):
+        x = torch.from_numpy(np.ascontiguousarray(images[start : start + 4096])).float()
+        if c == 3 and channels == 1:
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x * w).sum(1, keepdim=True)
+        elif c == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        out[start : start + len(x)] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def find_fashion_mnist_dir(data_dir: str | None) -> Path:
+    candidates = [data_dir, os.environ.get("VISCTR_DATA"), DEFAULT_FMNIST_DIR]
+    for c in candidates:
+        if c and (Path(c) / "train-labels-idx1-ubyte.gz").exists() or (
+            c and (Path(c) / "train-labels-idx1-ubyte").exists()
+        ):
+            return Path(c)
+    tried = ", ".join(str(c) for c in candidates if c)
+    raise InputError(
+        f"Fashion-MNIST idx files not found (looked in {tried}); install them with "
+        "'apt-get install dataset-fashion-mnist' or pass --data-dir DIR"
+    )
+
+
+def _open_idx(path_base: Path) -> bytes:
+    for p in (path_base, path_base.with_name(path_base.name + ".gz")):
+        if p.exists():
+            try:
+                if p.suffix == ".gz":
+                    with gzip.open(p, "rb") as f:
+                        return f.read()
+                return p.read_bytes()
+            except (OSError, EOFError) as e:
+                raise InputError(f"{p}: unreadable idx file ({e})") from None
+    raise InputError(f"{path_base}[.gz]: idx file not found")
+
+
+def parse_idx(data: bytes, where: str) -> np.ndarray:
+    """Parse an idx (MNIST-format) byte string of unsigned bytes."""
+    if len(data) < 4:
+        raise InputError(f"{where}: truncated idx file (no header)")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
+        raise InputError(f"{where}: not an unsigned-byte idx file (bad magic)")
+    if len(data) < 4 + 4 * ndim:
+        raise InputError(f"{where}: truncated idx file (header)")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    n = int(np.prod(shape))
+    body = data[4 + 4 * ndim :]
+    if len(body) != n:
+        raise InputError(f"{where}: truncated idx file: expected {n} bytes of data for shape "
+                         f"{shape}, found {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _read_fashion_mnist(src: str, data_dir: str | None) -> Catalog:
+    split = src.split(":", 1)[1] if ":" in src else "train"
+    if split not in ("train", "test"):
+        raise InputError(f"{src}: split must be 'train' or 'test'")
+    root = find_fashion_mnist_dir(data_dir)
+    prefix = "train" if split == "train" else "t10k"
+    img_path = root / f"{prefix}-images-idx3-ubyte"
+    lab_path = root / f"{prefix}-labels-idx1-ubyte"
+    images = parse_idx(_open_idx(img_path), str(img_path))
+    labels = parse_idx(_open_idx(lab_path), str(lab_path))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise InputError(f"{root}: Fashion-MNIST images {images.shape} and labels "
+                         f"{labels.shape} do not match")
+    if labels.max(initial=0) >= len(FASHION_MNIST_NAMES):
+        raise InputError(f"{lab_path}: label out of range 0..9")
+    return Catalog(
+        item_ids=np.arange(len(labels), dtype=np.int64),
+        images=images[:, None, :, :].copy(),
+        categories=labels.astype(np.int32),
+        category_names=list(FASHION_MNIST_NAMES),
+        source=src,
+    )
+
+
+def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{where}: corrupt or unreadable image {path} ({e})") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return arr
+
+
+def _read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np.ndarray:
+    from tqdm import tqdm
+
+    out = np.empty((len(paths), cfg.channels, cfg.image_size, cfg.image_size), dtype=np.uint8)
+    for i, (p, w) in enumerate(tqdm(list(zip(paths, wheres, strict=True)), desc="reading images",
+                                    disable=len(paths) < 2000, leave=False)):
+        out[i] = _read_image(p, cfg.image_size, cfg.channels, w)
+    return out
+
+
+def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise InputError(f"{root}: image folder has no category subfolders")
+    paths, cats = [], []
+    for ci, name in enumerate(classes):
+        for p in sorted((root / name).iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+                cats.append(ci)
+    if not paths:
+        raise InputError(f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    images = _read_images(paths, cfg, [str(p) for p in paths])
+    return Catalog(np.arange(len(paths), dtype=np.int64), images,
+                   np.asarray(cats, dtype=np.int32), classes, str(root))
+
+
+MANIFEST_COLUMNS = ("item_id", "image_path", "category")
+
+
+def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: unreadable manifest ({e})") from None
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: manifest is missing column {missing[0]!r} "
+                         f"(needs {', '.join(MANIFEST_COLUMNS)})")
+    if table.num_rows == 0:
+        raise InputError(f"{path}: manifest has no rows")
+    for col in MANIFEST_COLUMNS:
+        nulls = table.column(col).null_count
+        if nulls:
+            row = table.column(col).is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
+            raise InputError(f"{path}: row {row}: column {col!r} is null ({nulls} null rows)")
+    try:
+        ids = np.asarray(table.column("item_id").to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (ValueError, TypeError, pa.ArrowInvalid):
+        raise InputError(f"{path}: column 'item_id' must be integers") from None
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][0]
+        row = int(np.nonzero(ids == dup)[0][1])
+        raise InputError(f"{path}: row {row}: duplicate item_id {dup}")
+    cats_raw = [str(c) for c in table.column("category").to_pylist()]
+    names = sorted(set(cats_raw))
+    index = {n: i for i, n in enumerate(names)}
+    root = path.parent.resolve()
+    paths, wheres = [], []
+    for row, rel in enumerate(table.column("image_path").to_pylist()):
+        p = (root / str(rel)).resolve()
+        if not p.is_relative_to(root):
+            raise InputError(f"{path}: row {row}: image_path {rel!r} escapes the manifest's folder")
+        paths.append(p)
+        wheres.append(f"{path}: row {row}")
+    images = _read_images(paths, cfg, wheres)
+    return Catalog(ids, images, np.asarray([index[c] for c in cats_raw], dtype=np.int32),
+                   names, str(path))
