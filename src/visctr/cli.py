@@ -1,0 +1,34 @@
+"""The ``visctr`` command line: one verb per step of the method, ``run`` for all of them."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="visctr")
+def main(debug: bool) -> None:
+    """visctr: visual encoding and debiasing for CTR prediction in visual search.
+
+    Steps: simulate -> classify | pretrain -> finetune -> embed -> train-ctr -> evaluate.
+    `visctr run` does all of them for the five methods and writes a report.
+    """
+
+
+def _register() -> None:
+    from visctr.world.cli import simulate
+
+    main.add_command(simulate)
+    for mod in ("visctr.encoders.cli", "visctr.ctr.cli", "visctr.eval.cli", "visctr.pipeline.cli"):
+        try:
+            module = __import__(mod, fromlist=["COMMANDS"])
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        for cmd in module.COMMANDS:
+            main.add_command(cmd)
+
+
+_register()

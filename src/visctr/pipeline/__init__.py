@@ -1,0 +1,1 @@
+"""The whole method end to end: world -> five methods -> evaluation -> report."""

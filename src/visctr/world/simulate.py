@@ -1,0 +1,411 @@
+"""The visual-search world simulator (DESIGN §3).
+
+A seeded world over real product photos: Zipf popularity, users with category
+preferences, query photos taken through a fixed camera model, a legacy logging
+policy that shows the top K by (cheap visual similarity + popularity boost), and a
+position-biased click model. Besides the time-split logs it writes two unbiased
+evaluation sets the logs never see: uniform-target retrieval queries and a
+random-exposure impression set.
+
+Everything is vectorised (no Python loop per impression); the same seed gives
+byte-identical output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from visctr.data.catalog import Catalog, CatalogConfig, load_catalog
+from visctr.errors import InputError
+from visctr.world.camera import CameraConfig, photograph
+
+DAY = 86_400
+
+
+@dataclass
+class ClickModelConfig:
+    """P(click) = position_bias(p) × relevance × user modulation (hidden ground truth)."""
+
+    exact_relevance: float = 0.85  # the item the user photographed
+    category_relevance: float = 0.12  # same category; scaled by fine-grained likeness
+    other_relevance: float = 0.01
+    position_decay: float = 0.8  # position_bias(p) = 1 / (1 + p) ** position_decay
+    affinity_strength: float = 0.5  # how much the user's category preference modulates clicks
+
+
+@dataclass
+class LoggingPolicyConfig:
+    """The legacy system: cheap visual similarity + popularity boost, top K shown."""
+
+    top_k: int = 10
+    thumbnail: int = 7  # legacy visual similarity on thumbnail×thumbnail pixels
+    popularity_boost: float = 0.03  # weight of log-popularity in the legacy score
+
+
+@dataclass
+class SimConfig:
+    """Every knob of the world; presets set the sizes."""
+
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    n_users: int = 1000
+    n_queries: int = 30_000  # logged queries (train + test)
+    n_random_queries: int = 3_000  # random-exposure queries (K random items each)
+    n_retrieval_queries: int = 2_000  # uniform-target retrieval queries
+    zipf_exponent: float = 1.1
+    user_concentration: float = 0.5  # Dirichlet alpha of user category preferences
+    days: int = 14
+    train_share: float = 0.8  # first share of time is train, the rest test
+    head_share: float = 0.2  # top share of items by training impressions = head
+    logging: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
+    clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    chunk_size: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("n_users", "n_queries", "n_random_queries", "n_retrieval_queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0 < self.train_share < 1:
+            raise ValueError("train_share must be in (0, 1)")
+        if not 0 < self.head_share < 1:
+            raise ValueError("head_share must be in (0, 1)")
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": {"catalog": {"max_items": 600}, "n_users": 100, "n_queries": 2_000,
+             "n_random_queries": 400, "n_retrieval_queries": 400},
+    "small": {"catalog": {"max_items": 6_000}, "n_users": 1_000, "n_queries": 30_000,
+              "n_random_queries": 3_000, "n_retrieval_queries": 2_000},
+    "full": {"catalog": {"max_items": None}, "n_users": 10_000, "n_queries": 140_000,
+             "n_random_queries": 10_000, "n_retrieval_queries": 10_000},
+}
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def zipf_popularity(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Popularity shares ∝ 1/rank^s over a random order of the items."""
+    ranks = rng.permutation(n) + 1
+    pop = 1.0 / ranks.astype(np.float64) ** exponent
+    return pop / pop.sum()
+
+
+def sample_targets(user_ids: np.ndarray, affinity: np.ndarray, categories: np.ndarray,
+                   popularity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Item index per query, P(i | u) ∝ popularity_i × affinity_u[category_i]."""
+    n_cat = affinity.shape[1]
+    mass = np.bincount(categories, weights=popularity, minlength=n_cat)  # [C]
+    p_cat = affinity[user_ids] * mass[None, :]
+    p_cat /= p_cat.sum(1, keepdims=True)
+    cum = np.cumsum(p_cat, axis=1)
+    r = rng.random(len(user_ids))[:, None]
+    cat = np.minimum((r > cum).sum(1), n_cat - 1)
+    # within the category ∝ popularity: items sorted by category, one cumulative array
+    order = np.argsort(categories, kind="stable")
+    pop_sorted = popularity[order]
+    cat_sorted = categories[order]
+    starts = np.searchsorted(cat_sorted, np.arange(n_cat), side="left")
+    cum_pop = np.cumsum(pop_sorted)
+    before = np.where(starts > 0, cum_pop[np.maximum(starts - 1, 0)], 0.0)
+    draw = before[cat] + rng.random(len(user_ids)) * mass[cat]
+    pos = np.searchsorted(cum_pop, draw, side="right")
+    ends = np.searchsorted(cat_sorted, np.arange(n_cat), side="right")
+    pos = np.clip(pos, starts[cat], ends[cat] - 1)
+    return order[pos]
+
+
+def thumbnails(images: np.ndarray, size: int) -> torch.Tensor:
+    """Centred, L2-normalised size×size grey thumbnails: the legacy visual feature."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().mean(1, keepdim=True)
+    x = torch.nn.functional.adaptive_avg_pool2d(x, size).flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def pixel_vectors(images: np.ndarray) -> torch.Tensor:
+    """Centred, normalised full-resolution pixels: the click model's hidden likeness."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().flatten(1)
+    x = x - x.mean(1, keepdim=True)
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def click_probability(shown: np.ndarray, positions: np.ndarray, targets: np.ndarray,
+                      user_aff: np.ndarray, categories: np.ndarray, likeness: np.ndarray,
+                      cfg: ClickModelConfig) -> np.ndarray:
+    """P(click) for shown items ``[Q, K]`` (item indices) at ``positions`` ``[Q, K]``."""
+    n_cat = user_aff.shape[1]
+    exact = shown == targets[:, None]
+    same = categories[shown] == categories[targets][:, None]
+    rel = np.where(exact, cfg.exact_relevance,
+                   np.where(same, cfg.category_relevance * (0.25 + 0.75 * np.clip(likeness, 0, 1)),
+                            cfg.other_relevance))
+    aff = np.take_along_axis(user_aff, categories[shown], axis=1) * n_cat  # 1 = neutral
+    mod = np.clip(aff, 0.2, 3.0) ** cfg.affinity_strength
+    pos_bias = 1.0 / (1.0 + positions) ** cfg.position_decay
+    return np.clip(pos_bias * rel * mod, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------- world
+
+
+@dataclass
+class WorldArrays:
+    """The simulated world in memory, before it is written."""
+
+    catalog: Catalog
+    popularity: np.ndarray
+    affinity: np.ndarray
+    queries: dict[str, np.ndarray]
+    query_images: np.ndarray
+    impressions: dict[str, dict[str, np.ndarray]]
+    summary: dict
+
+
+def _photograph_all(images: np.ndarray, targets: np.ndarray, cfg: SimConfig,
+                    seed: int, desc: str) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    out = np.empty((len(targets), *images.shape[1:]), dtype=np.uint8)
+    for s in tqdm(range(0, len(targets), cfg.chunk_size), desc=desc, leave=False,
+                  disable=len(targets) < 4 * cfg.chunk_size):
+        out[s : s + cfg.chunk_size] = photograph(images[targets[s : s + cfg.chunk_size]],
+                                                 cfg.camera, g)
+    return out
+
+
+def _legacy_top_k(query_images: np.ndarray, item_thumbs: torch.Tensor, log_pop: torch.Tensor,
+                  cfg: SimConfig) -> np.ndarray:
+    k = min(cfg.logging.top_k, item_thumbs.shape[0])
+    out = np.empty((len(query_images), k), dtype=np.int64)
+    for s in tqdm(range(0, len(query_images), cfg.chunk_size), desc="logging policy",
+                  leave=False, disable=len(query_images) < 4 * cfg.chunk_size):
+        q = thumbnails(query_images[s : s + cfg.chunk_size], cfg.logging.thumbnail)
+        score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
+        out[s : s + len(q)] = score.topk(k, dim=1).indices.numpy()
+    return out
+
+
+def _likeness(shown: np.ndarray, targets: np.ndarray, pix: torch.Tensor, chunk: int) -> np.ndarray:
+    out = np.empty(shown.shape, dtype=np.float32)
+    for s in range(0, len(shown), chunk):
+        a = pix[torch.from_numpy(shown[s : s + chunk])]  # [q, K, D]
+        b = pix[torch.from_numpy(targets[s : s + chunk])]  # [q, D]
+        out[s : s + chunk] = torch.einsum("qkd,qd->qk", a, b).numpy()
+    return out
+
+
+def _impressions(qids: np.ndarray, uids: np.ndarray, ts: np.ndarray, shown: np.ndarray,
+                 positions: np.ndarray, clicked: np.ndarray, item_ids: np.ndarray) -> dict:
+    k = shown.shape[1]
+    return {
+        "query_id": np.repeat(qids, k).astype(np.int64),
+        "user_id": np.repeat(uids, k).astype(np.int64),
+        "item_id": item_ids[shown.ravel()].astype(np.int64),
+        "position": positions.ravel().astype(np.int32),
+        "clicked": clicked.ravel().astype(np.int8),
+        "timestamp": np.repeat(ts, k).astype(np.int64),
+    }
+
+
+def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -> WorldArrays:
+    """Build the world in memory (see :func:`simulate` to write it)."""
+    t0 = time.perf_counter()
+    cat = catalog if catalog is not None else load_catalog(cfg.catalog, seed=seed)
+    n = len(cat)
+    if n < cfg.logging.top_k:
+        raise InputError(f"{cat.source}: catalog has {n} items, fewer than top_k="
+                         f"{cfg.logging.top_k}")
+    rng = np.random.default_rng(seed)
+    popularity = zipf_popularity(n, cfg.zipf_exponent, rng)
+    n_cat = cat.n_categories
+    affinity = rng.dirichlet(np.full(n_cat, cfg.user_concentration), size=cfg.n_users)
+    affinity = affinity.astype(np.float32)
+
+    # Logged queries: time-ordered, a user photographs a target (∝ pop × preference).
+    nq = cfg.n_queries
+    ts = np.sort(rng.integers(0, cfg.days * DAY, size=nq))
+    users = rng.integers(0, cfg.n_users, size=nq)
+    targets = sample_targets(users, affinity, cat.categories, popularity, rng)
+    split_t = int(cfg.train_share * cfg.days * DAY)
+    split = np.where(ts < split_t, "train", "test")
+
+    # Random-exposure queries (test period) and uniform retrieval queries.
+    nr, nv = cfg.n_random_queries, cfg.n_retrieval_queries
+    r_ts = np.sort(rng.integers(split_t, cfg.days * DAY, size=nr))
+    r_users = rng.integers(0, cfg.n_users, size=nr)
+    r_targets = sample_targets(r_users, affinity, cat.categories, popularity, rng)
+    v_ts = np.sort(rng.integers(split_t, cfg.days * DAY, size=nv))
+    v_users = rng.integers(0, cfg.n_users, size=nv)
+    v_targets = rng.integers(0, n, size=nv)
+
+    all_targets = np.concatenate([targets, r_targets, v_targets])
+    qimages = _photograph_all(cat.images, all_targets, cfg, seed + 1, "query photos")
+
+    # Logging policy on logged queries.
+    thumbs = thumbnails(cat.images, cfg.logging.thumbnail)
+    log_pop = torch.from_numpy(np.log(popularity / popularity.max())).float()
+    shown = _legacy_top_k(qimages[:nq], thumbs, log_pop, cfg)
+    k = shown.shape[1]
+    positions = np.broadcast_to(np.arange(k), shown.shape)
+
+    # Random exposure: K distinct items uniformly at random, random order.
+    r_shown = rng.integers(0, n, size=(nr, k))
+    for _ in range(100):  # resample rows with duplicates (rare when n >> k)
+        srt = np.sort(r_shown, 1)
+        dup = (srt[:, 1:] == srt[:, :-1]).any(1)
+        if not dup.any():
+            break
+        r_shown[dup] = rng.integers(0, n, size=(int(dup.sum()), k))
+    r_positions = np.broadcast_to(np.arange(k), r_shown.shape)
+
+    pix = pixel_vectors(cat.images)
+    like = _likeness(shown, targets, pix, cfg.chunk_size)
+    p = click_probability(shown, positions, targets, affinity[users], cat.categories, like,
+                          cfg.clicks)
+    clicked = rng.random(p.shape) < p
+    r_like = _likeness(r_shown, r_targets, pix, cfg.chunk_size)
+    rp = click_probability(r_shown, r_positions, r_targets, affinity[r_users], cat.categories,
+                           r_like, cfg.clicks)
+    r_clicked = rng.random(rp.shape) < rp
+
+    qid = np.arange(nq + nr + nv, dtype=np.int64)
+    queries = {
+        "query_id": qid,
+        "user_id": np.concatenate([users, r_users, v_users]).astype(np.int64),
+        "target_item_id": cat.item_ids[all_targets].astype(np.int64),
+        "timestamp": np.concatenate([ts, r_ts, v_ts]).astype(np.int64),
+        "split": np.concatenate([split, np.full(nr, "random"), np.full(nv, "retrieval")]),
+        "image_row": qid.copy(),
+    }
+    tr = split == "train"
+    te = ~tr
+    impressions = {
+        "train": _impressions(qid[:nq][tr], users[tr], ts[tr], shown[tr], positions[tr],
+                              clicked[tr], cat.item_ids),
+        "test": _impressions(qid[:nq][te], users[te], ts[te], shown[te], positions[te],
+                             clicked[te], cat.item_ids),
+        "random": _impressions(qid[nq : nq + nr], r_users, r_ts, r_shown, r_positions,
+                               r_clicked, cat.item_ids),
+    }
+    if len(impressions["train"]["item_id"]) == 0:
+        raise InputError("simulation produced an empty train split; raise n_queries or "
+                         "train_share")
+    train_counts = np.bincount(shown[tr].ravel(), minlength=n)
+    summary = {
+        "items": n,
+        "categories": n_cat,
+        "users": cfg.n_users,
+        "queries": {"train": int(tr.sum()), "test": int(te.sum()), "random": nr,
+                    "retrieval": nv},
+        "impressions": {s: len(v["item_id"]) for s, v in impressions.items()},
+        "clicks": {s: int(v["clicked"].sum()) for s, v in impressions.items()},
+        "ctr": {s: float(v["clicked"].mean()) for s, v in impressions.items()},
+        "never_shown_share_train": float((train_counts == 0).mean()),
+        "random_exposure_never_shown_share": float(
+            (np.bincount(r_shown.ravel(), minlength=n) == 0).mean()),
+        "top_k": k,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return WorldArrays(cat, popularity, affinity, queries, qimages, impressions, summary)
+
+
+def head_mask(train_counts: np.ndarray, head_share: float) -> np.ndarray:
+    """Top ``head_share`` of items by training impressions (shown at least once) are head."""
+    n = len(train_counts)
+    order = np.argsort(-train_counts, kind="stable")
+    n_head = int(round(head_share * n))
+    head = np.zeros(n, dtype=bool)
+    head[order[:n_head]] = True
+    return head & (train_counts > 0)
+
+
+def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
+    """Write a world directory atomically (docs/world-format.md)."""
+    import pyarrow as pa
+
+    from visctr.config import to_dict
+    from visctr.io import atomic_dir, save_npy, write_json, write_parquet
+
+    cat = w.catalog
+    n = len(cat)
+    train = w.impressions["train"]
+    sorter = np.argsort(cat.item_ids)
+    rows = sorter[np.searchsorted(cat.item_ids, train["item_id"], sorter=sorter)]
+    counts = np.bincount(rows, minlength=n).astype(np.int64)
+    is_head = head_mask(counts, cfg.head_share)
+    summary = dict(w.summary)
+    summary["head_items"] = int(is_head.sum())
+    summary["tail_items"] = int(n - is_head.sum())
+    summary["head_share_of_train_impressions"] = float(counts[is_head].sum() / max(counts.sum(), 1))
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "impressions").mkdir()
+        save_npy(cat.images, tmp / "images" / "items.npy")
+        save_npy(w.query_images, tmp / "images" / "queries.npy")
+        write_parquet(pa.table({
+            "item_id": pa.array(cat.item_ids, pa.int64()),
+            "category": pa.array(cat.categories, pa.int32()),
+            "image_row": pa.array(np.arange(n), pa.int64()),
+            "popularity": pa.array(w.popularity, pa.float64()),
+            "train_impressions": pa.array(counts, pa.int64()),
+            "is_head": pa.array(is_head, pa.bool_()),
+        }), tmp / "items.parquet")
+        write_parquet(pa.table({
+            "user_id": pa.array(np.arange(len(w.affinity)), pa.int64()),
+            "affinity": pa.array(list(w.affinity), pa.list_(pa.float32())),
+        }), tmp / "users.parquet")
+        q = w.queries
+        write_parquet(pa.table({
+            "query_id": pa.array(q["query_id"], pa.int64()),
+            "user_id": pa.array(q["user_id"], pa.int64()),
+            "target_item_id": pa.array(q["target_item_id"], pa.int64()),
+            "timestamp": pa.array(q["timestamp"], pa.int64()),
+            "split": pa.array(q["split"].tolist(), pa.string()),
+            "image_row": pa.array(q["image_row"], pa.int64()),
+        }), tmp / "queries.parquet")
+        types = {"query_id": pa.int64(), "user_id": pa.int64(), "item_id": pa.int64(),
+                 "position": pa.int32(), "clicked": pa.int8(), "timestamp": pa.int64()}
+        for split, cols in w.impressions.items():
+            write_parquet(pa.table({c: pa.array(cols[c], t) for c, t in types.items()}),
+                          tmp / "impressions" / f"{split}.parquet", row_group_size=262_144)
+        meta = {
+            "format": 1,
+            "seed": seed,
+            "config": to_dict(cfg),
+            "category_names": list(cat.category_names),
+            "image_shape": list(cat.images.shape[1:]),
+            "catalog_source": cat.source,
+            "head_share": cfg.head_share,
+            "summary": summary,
+        }
+        write_json(meta, tmp / "world.json")
+    return summary
+
+
+def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
+    """Simulate a world and write it to ``out`` (atomically). Returns the summary."""
+    w = simulate_arrays(cfg, seed)
+    return write_world(w, cfg, seed, Path(out))
+
+
+def format_summary(s: dict) -> str:
+    q, imp, clicks, ctr = s["queries"], s["impressions"], s["clicks"], s["ctr"]
+    return "\n".join([
+        f"items {s['items']:,} ({s['categories']} categories), users {s['users']:,}",
+        f"queries: train {q['train']:,}, test {q['test']:,}, random-exposure {q['random']:,}, "
+        f"retrieval {q['retrieval']:,}",
+        f"impressions: train {imp['train']:,}, test {imp['test']:,}, random {imp['random']:,}",
+        f"clicks: train {clicks['train']:,} (CTR {ctr['train']:.3f}), test {clicks['test']:,} "
+        f"(CTR {ctr['test']:.3f}), random {clicks['random']:,} (CTR {ctr['random']:.3f})",
+        f"never shown in training logs: {s['never_shown_share_train']:.1%} of items "
+        f"(random-exposure set: {s['random_exposure_never_shown_share']:.1%})",
+        f"head/tail: {s.get('head_items', '?')} head items take "
+        f"{s.get('head_share_of_train_impressions', float('nan')):.1%} of training impressions, "
+        f"{s.get('tail_items', '?')} tail items",
+    ])  # fmt: skip
