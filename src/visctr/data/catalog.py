@@ -79,8 +79,10 @@ def load_catalog(cfg: CatalogConfig, seed: int = 0) -> Catalog:
     else:
         path = Path(src)
         if not path.exists():
-            raise InputError(f"{path}: catalog not found (expected fashion-mnist:train|test, "
-                             "an image folder, or a .parquet/.csv manifest)")
+            raise InputError(
+                f"{path}: catalog not found (expected fashion-mnist:train|test, "
+                "an image folder, or a .parquet/.csv manifest)"
+            )
         if path.is_dir():
             cat = _read_folder(path, cfg)
         elif path.suffix in (".parquet", ".csv"):
@@ -117,8 +119,9 @@ def normalise_images(images: np.ndarray, size: int, channels: int) -> np.ndarray
         elif c == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)
+            x = F.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
         out[start : start + len(x)] = x.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
@@ -126,8 +129,10 @@ def normalise_images(images: np.ndarray, size: int, channels: int) -> np.ndarray
 def find_fashion_mnist_dir(data_dir: str | None) -> Path:
     candidates = [data_dir, os.environ.get("VISCTR_DATA"), DEFAULT_FMNIST_DIR]
     for c in candidates:
-        if c and (Path(c) / "train-labels-idx1-ubyte.gz").exists() or (
-            c and (Path(c) / "train-labels-idx1-ubyte").exists()
+        if (
+            c
+            and (Path(c) / "train-labels-idx1-ubyte.gz").exists()
+            or (c and (Path(c) / "train-labels-idx1-ubyte").exists())
         ):
             return Path(c)
     tried = ", ".join(str(c) for c in candidates if c)
@@ -163,8 +168,10 @@ def parse_idx(data: bytes, where: str) -> np.ndarray:
     n = int(np.prod(shape))
     body = data[4 + 4 * ndim :]
     if len(body) != n:
-        raise InputError(f"{where}: truncated idx file: expected {n} bytes of data for shape "
-                         f"{shape}, found {len(body)}")
+        raise InputError(
+            f"{where}: truncated idx file: expected {n} bytes of data for shape "
+            f"{shape}, found {len(body)}"
+        )
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -179,8 +186,9 @@ def _read_fashion_mnist(src: str, data_dir: str | None) -> Catalog:
     images = parse_idx(_open_idx(img_path), str(img_path))
     labels = parse_idx(_open_idx(lab_path), str(lab_path))
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise InputError(f"{root}: Fashion-MNIST images {images.shape} and labels "
-                         f"{labels.shape} do not match")
+        raise InputError(
+            f"{root}: Fashion-MNIST images {images.shape} and labels {labels.shape} do not match"
+        )
     if labels.max(initial=0) >= len(FASHION_MNIST_NAMES):
         raise InputError(f"{lab_path}: label out of range 0..9")
     return Catalog(
@@ -217,8 +225,14 @@ def _read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np
     from tqdm import tqdm
 
     out = np.empty((len(paths), cfg.channels, cfg.image_size, cfg.image_size), dtype=np.uint8)
-    for i, (p, w) in enumerate(tqdm(list(zip(paths, wheres, strict=True)), desc="reading images",
-                                    disable=len(paths) < 2000, leave=False)):
+    for i, (p, w) in enumerate(
+        tqdm(
+            list(zip(paths, wheres, strict=True)),
+            desc="reading images",
+            disable=len(paths) < 2000,
+            leave=False,
+        )
+    ):
         out[i] = _read_image(p, cfg.image_size, cfg.channels, w)
     return out
 
@@ -234,10 +248,17 @@ def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
                 paths.append(p)
                 cats.append(ci)
     if not paths:
-        raise InputError(f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise InputError(
+            f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     images = _read_images(paths, cfg, [str(p) for p in paths])
-    return Catalog(np.arange(len(paths), dtype=np.int64), images,
-                   np.asarray(cats, dtype=np.int32), classes, str(root))
+    return Catalog(
+        np.arange(len(paths), dtype=np.int64),
+        images,
+        np.asarray(cats, dtype=np.int32),
+        classes,
+        str(root),
+    )
 
 
 MANIFEST_COLUMNS = ("item_id", "image_path", "category")
@@ -254,8 +275,10 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
         raise InputError(f"{path}: unreadable manifest ({e})") from None
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
-        raise InputError(f"{path}: manifest is missing column {missing[0]!r} "
-                         f"(needs {', '.join(MANIFEST_COLUMNS)})")
+        raise InputError(
+            f"{path}: manifest is missing column {missing[0]!r} "
+            f"(needs {', '.join(MANIFEST_COLUMNS)})"
+        )
     if table.num_rows == 0:
         raise InputError(f"{path}: manifest has no rows")
     for col in MANIFEST_COLUMNS:
@@ -284,5 +307,6 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
         paths.append(p)
         wheres.append(f"{path}: row {row}")
     images = _read_images(paths, cfg, wheres)
-    return Catalog(ids, images, np.asarray([index[c] for c in cats_raw], dtype=np.int32),
-                   names, str(path))
+    return Catalog(
+        ids, images, np.asarray([index[c] for c in cats_raw], dtype=np.int32), names, str(path)
+    )

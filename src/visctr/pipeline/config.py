@@ -9,8 +9,12 @@ from visctr.config import from_dict, merge, read_yaml, to_dict
 from visctr.world.simulate import PRESETS, SimConfig
 
 
-def resolve_world_config(preset: str, config_path: Path | None = None,
-                         catalog: str | None = None, data_dir: str | None = None) -> SimConfig:
+def resolve_world_config(
+    preset: str,
+    config_path: Path | None = None,
+    catalog: str | None = None,
+    data_dir: str | None = None,
+) -> SimConfig:
     """Preset sizes, then the YAML ``world`` section, then command-line flags."""
     data: dict[str, Any] = to_dict(SimConfig())
     data = merge(data, PRESETS[preset])
@@ -20,9 +24,11 @@ def resolve_world_config(preset: str, config_path: Path | None = None,
     if catalog is not None:
         data["catalog"]["source"] = catalog
         if preset == "full" or not catalog.startswith("fashion-mnist"):
-            data["catalog"]["max_items"] = (PRESETS[preset]["catalog"]["max_items"]
-                                            if catalog.startswith("fashion-mnist") else
-                                            data["catalog"].get("max_items"))
+            data["catalog"]["max_items"] = (
+                PRESETS[preset]["catalog"]["max_items"]
+                if catalog.startswith("fashion-mnist")
+                else data["catalog"].get("max_items")
+            )
     if data_dir is not None:
         data["catalog"]["data_dir"] = data_dir
     return from_dict(SimConfig, data, "world")

@@ -81,10 +81,12 @@ def photograph(images: np.ndarray, cfg: CameraConfig, generator: torch.Generator
         kk = k.repeat_interleave(c, 0)  # [B*C, K]
         r = k.shape[1] // 2
         flat = x.reshape(1, b * c, h, w)
-        flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), kk.view(b * c, 1, 1, -1),
-                        groups=b * c)
-        flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), kk.view(b * c, 1, -1, 1),
-                        groups=b * c)
+        flat = F.conv2d(
+            F.pad(flat, (r, r, 0, 0), mode="replicate"), kk.view(b * c, 1, 1, -1), groups=b * c
+        )
+        flat = F.conv2d(
+            F.pad(flat, (0, 0, r, r), mode="replicate"), kk.view(b * c, 1, -1, 1), groups=b * c
+        )
         x = flat.view(b, c, h, w)
 
     # Sensor noise.
@@ -100,7 +102,12 @@ def photograph(images: np.ndarray, cfg: CameraConfig, generator: torch.Generator
     shade = torch.rand(b, generator=g)
     xi = torch.arange(w).view(1, 1, w)
     yi = torch.arange(h).view(1, h, 1)
-    mask = ((xi >= ox.view(b, 1, 1)) & (xi < (ox + ow).view(b, 1, 1))
-            & (yi >= oy.view(b, 1, 1)) & (yi < (oy + oh).view(b, 1, 1)) & occ.view(b, 1, 1))
+    mask = (
+        (xi >= ox.view(b, 1, 1))
+        & (xi < (ox + ow).view(b, 1, 1))
+        & (yi >= oy.view(b, 1, 1))
+        & (yi < (oy + oh).view(b, 1, 1))
+        & occ.view(b, 1, 1)
+    )
     x = torch.where(mask.unsqueeze(1), shade.view(b, 1, 1, 1), x)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -78,12 +78,27 @@ class SimConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": {"catalog": {"max_items": 600}, "n_users": 100, "n_queries": 2_000,
-             "n_random_queries": 400, "n_retrieval_queries": 400},
-    "small": {"catalog": {"max_items": 6_000}, "n_users": 1_000, "n_queries": 30_000,
-              "n_random_queries": 3_000, "n_retrieval_queries": 2_000},
-    "full": {"catalog": {"max_items": None}, "n_users": 10_000, "n_queries": 140_000,
-             "n_random_queries": 10_000, "n_retrieval_queries": 10_000},
+    "tiny": {
+        "catalog": {"max_items": 600},
+        "n_users": 100,
+        "n_queries": 2_000,
+        "n_random_queries": 400,
+        "n_retrieval_queries": 400,
+    },
+    "small": {
+        "catalog": {"max_items": 6_000},
+        "n_users": 1_000,
+        "n_queries": 30_000,
+        "n_random_queries": 3_000,
+        "n_retrieval_queries": 2_000,
+    },
+    "full": {
+        "catalog": {"max_items": None},
+        "n_users": 10_000,
+        "n_queries": 140_000,
+        "n_random_queries": 10_000,
+        "n_retrieval_queries": 10_000,
+    },
 }
 
 
@@ -97,8 +112,13 @@ def zipf_popularity(n: int, exponent: float, rng: np.random.Generator) -> np.nda
     return pop / pop.sum()
 
 
-def sample_targets(user_ids: np.ndarray, affinity: np.ndarray, categories: np.ndarray,
-                   popularity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def sample_targets(
+    user_ids: np.ndarray,
+    affinity: np.ndarray,
+    categories: np.ndarray,
+    popularity: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Item index per query, P(i | u) ∝ popularity_i × affinity_u[category_i]."""
     n_cat = affinity.shape[1]
     mass = np.bincount(categories, weights=popularity, minlength=n_cat)  # [C]
@@ -136,16 +156,28 @@ def pixel_vectors(images: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=1)
 
 
-def click_probability(shown: np.ndarray, positions: np.ndarray, targets: np.ndarray,
-                      user_aff: np.ndarray, categories: np.ndarray, likeness: np.ndarray,
-                      cfg: ClickModelConfig) -> np.ndarray:
+def click_probability(
+    shown: np.ndarray,
+    positions: np.ndarray,
+    targets: np.ndarray,
+    user_aff: np.ndarray,
+    categories: np.ndarray,
+    likeness: np.ndarray,
+    cfg: ClickModelConfig,
+) -> np.ndarray:
     """P(click) for shown items ``[Q, K]`` (item indices) at ``positions`` ``[Q, K]``."""
     n_cat = user_aff.shape[1]
     exact = shown == targets[:, None]
     same = categories[shown] == categories[targets][:, None]
-    rel = np.where(exact, cfg.exact_relevance,
-                   np.where(same, cfg.category_relevance * (0.25 + 0.75 * np.clip(likeness, 0, 1)),
-                            cfg.other_relevance))
+    rel = np.where(
+        exact,
+        cfg.exact_relevance,
+        np.where(
+            same,
+            cfg.category_relevance * (0.25 + 0.75 * np.clip(likeness, 0, 1)),
+            cfg.other_relevance,
+        ),
+    )
     aff = np.take_along_axis(user_aff, categories[shown], axis=1) * n_cat  # 1 = neutral
     mod = np.clip(aff, 0.2, 3.0) ** cfg.affinity_strength
     pos_bias = 1.0 / (1.0 + positions) ** cfg.position_decay
@@ -168,23 +200,34 @@ class WorldArrays:
     summary: dict
 
 
-def _photograph_all(images: np.ndarray, targets: np.ndarray, cfg: SimConfig,
-                    seed: int, desc: str) -> np.ndarray:
+def _photograph_all(
+    images: np.ndarray, targets: np.ndarray, cfg: SimConfig, seed: int, desc: str
+) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     out = np.empty((len(targets), *images.shape[1:]), dtype=np.uint8)
-    for s in tqdm(range(0, len(targets), cfg.chunk_size), desc=desc, leave=False,
-                  disable=len(targets) < 4 * cfg.chunk_size):
-        out[s : s + cfg.chunk_size] = photograph(images[targets[s : s + cfg.chunk_size]],
-                                                 cfg.camera, g)
+    for s in tqdm(
+        range(0, len(targets), cfg.chunk_size),
+        desc=desc,
+        leave=False,
+        disable=len(targets) < 4 * cfg.chunk_size,
+    ):
+        out[s : s + cfg.chunk_size] = photograph(
+            images[targets[s : s + cfg.chunk_size]], cfg.camera, g
+        )
     return out
 
 
-def _legacy_top_k(query_images: np.ndarray, item_thumbs: torch.Tensor, log_pop: torch.Tensor,
-                  cfg: SimConfig) -> np.ndarray:
+def _legacy_top_k(
+    query_images: np.ndarray, item_thumbs: torch.Tensor, log_pop: torch.Tensor, cfg: SimConfig
+) -> np.ndarray:
     k = min(cfg.logging.top_k, item_thumbs.shape[0])
     out = np.empty((len(query_images), k), dtype=np.int64)
-    for s in tqdm(range(0, len(query_images), cfg.chunk_size), desc="logging policy",
-                  leave=False, disable=len(query_images) < 4 * cfg.chunk_size):
+    for s in tqdm(
+        range(0, len(query_images), cfg.chunk_size),
+        desc="logging policy",
+        leave=False,
+        disable=len(query_images) < 4 * cfg.chunk_size,
+    ):
         q = thumbnails(query_images[s : s + cfg.chunk_size], cfg.logging.thumbnail)
         score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
         out[s : s + len(q)] = score.topk(k, dim=1).indices.numpy()
@@ -200,8 +243,15 @@ def _likeness(shown: np.ndarray, targets: np.ndarray, pix: torch.Tensor, chunk: 
     return out
 
 
-def _impressions(qids: np.ndarray, uids: np.ndarray, ts: np.ndarray, shown: np.ndarray,
-                 positions: np.ndarray, clicked: np.ndarray, item_ids: np.ndarray) -> dict:
+def _impressions(
+    qids: np.ndarray,
+    uids: np.ndarray,
+    ts: np.ndarray,
+    shown: np.ndarray,
+    positions: np.ndarray,
+    clicked: np.ndarray,
+    item_ids: np.ndarray,
+) -> dict:
     k = shown.shape[1]
     return {
         "query_id": np.repeat(qids, k).astype(np.int64),
@@ -219,8 +269,9 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
     cat = catalog if catalog is not None else load_catalog(cfg.catalog, seed=seed)
     n = len(cat)
     if n < cfg.logging.top_k:
-        raise InputError(f"{cat.source}: catalog has {n} items, fewer than top_k="
-                         f"{cfg.logging.top_k}")
+        raise InputError(
+            f"{cat.source}: catalog has {n} items, fewer than top_k={cfg.logging.top_k}"
+        )
     rng = np.random.default_rng(seed)
     popularity = zipf_popularity(n, cfg.zipf_exponent, rng)
     n_cat = cat.n_categories
@@ -266,12 +317,14 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
 
     pix = pixel_vectors(cat.images)
     like = _likeness(shown, targets, pix, cfg.chunk_size)
-    p = click_probability(shown, positions, targets, affinity[users], cat.categories, like,
-                          cfg.clicks)
+    p = click_probability(
+        shown, positions, targets, affinity[users], cat.categories, like, cfg.clicks
+    )
     clicked = rng.random(p.shape) < p
     r_like = _likeness(r_shown, r_targets, pix, cfg.chunk_size)
-    rp = click_probability(r_shown, r_positions, r_targets, affinity[r_users], cat.categories,
-                           r_like, cfg.clicks)
+    rp = click_probability(
+        r_shown, r_positions, r_targets, affinity[r_users], cat.categories, r_like, cfg.clicks
+    )
     r_clicked = rng.random(rp.shape) < rp
 
     qid = np.arange(nq + nr + nv, dtype=np.int64)
@@ -286,29 +339,31 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
     tr = split == "train"
     te = ~tr
     impressions = {
-        "train": _impressions(qid[:nq][tr], users[tr], ts[tr], shown[tr], positions[tr],
-                              clicked[tr], cat.item_ids),
-        "test": _impressions(qid[:nq][te], users[te], ts[te], shown[te], positions[te],
-                             clicked[te], cat.item_ids),
-        "random": _impressions(qid[nq : nq + nr], r_users, r_ts, r_shown, r_positions,
-                               r_clicked, cat.item_ids),
+        "train": _impressions(
+            qid[:nq][tr], users[tr], ts[tr], shown[tr], positions[tr], clicked[tr], cat.item_ids
+        ),
+        "test": _impressions(
+            qid[:nq][te], users[te], ts[te], shown[te], positions[te], clicked[te], cat.item_ids
+        ),
+        "random": _impressions(
+            qid[nq : nq + nr], r_users, r_ts, r_shown, r_positions, r_clicked, cat.item_ids
+        ),
     }
     if len(impressions["train"]["item_id"]) == 0:
-        raise InputError("simulation produced an empty train split; raise n_queries or "
-                         "train_share")
+        raise InputError("simulation produced an empty train split; raise n_queries or train_share")
     train_counts = np.bincount(shown[tr].ravel(), minlength=n)
     summary = {
         "items": n,
         "categories": n_cat,
         "users": cfg.n_users,
-        "queries": {"train": int(tr.sum()), "test": int(te.sum()), "random": nr,
-                    "retrieval": nv},
+        "queries": {"train": int(tr.sum()), "test": int(te.sum()), "random": nr, "retrieval": nv},
         "impressions": {s: len(v["item_id"]) for s, v in impressions.items()},
         "clicks": {s: int(v["clicked"].sum()) for s, v in impressions.items()},
         "ctr": {s: float(v["clicked"].mean()) for s, v in impressions.items()},
         "never_shown_share_train": float((train_counts == 0).mean()),
         "random_exposure_never_shown_share": float(
-            (np.bincount(r_shown.ravel(), minlength=n) == 0).mean()),
+            (np.bincount(r_shown.ravel(), minlength=n) == 0).mean()
+        ),
         "top_k": k,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -348,32 +403,56 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
         (tmp / "impressions").mkdir()
         save_npy(cat.images, tmp / "images" / "items.npy")
         save_npy(w.query_images, tmp / "images" / "queries.npy")
-        write_parquet(pa.table({
-            "item_id": pa.array(cat.item_ids, pa.int64()),
-            "category": pa.array(cat.categories, pa.int32()),
-            "image_row": pa.array(np.arange(n), pa.int64()),
-            "popularity": pa.array(w.popularity, pa.float64()),
-            "train_impressions": pa.array(counts, pa.int64()),
-            "is_head": pa.array(is_head, pa.bool_()),
-        }), tmp / "items.parquet")
-        write_parquet(pa.table({
-            "user_id": pa.array(np.arange(len(w.affinity)), pa.int64()),
-            "affinity": pa.array(list(w.affinity), pa.list_(pa.float32())),
-        }), tmp / "users.parquet")
+        write_parquet(
+            pa.table(
+                {
+                    "item_id": pa.array(cat.item_ids, pa.int64()),
+                    "category": pa.array(cat.categories, pa.int32()),
+                    "image_row": pa.array(np.arange(n), pa.int64()),
+                    "popularity": pa.array(w.popularity, pa.float64()),
+                    "train_impressions": pa.array(counts, pa.int64()),
+                    "is_head": pa.array(is_head, pa.bool_()),
+                }
+            ),
+            tmp / "items.parquet",
+        )
+        write_parquet(
+            pa.table(
+                {
+                    "user_id": pa.array(np.arange(len(w.affinity)), pa.int64()),
+                    "affinity": pa.array(list(w.affinity), pa.list_(pa.float32())),
+                }
+            ),
+            tmp / "users.parquet",
+        )
         q = w.queries
-        write_parquet(pa.table({
-            "query_id": pa.array(q["query_id"], pa.int64()),
-            "user_id": pa.array(q["user_id"], pa.int64()),
-            "target_item_id": pa.array(q["target_item_id"], pa.int64()),
-            "timestamp": pa.array(q["timestamp"], pa.int64()),
-            "split": pa.array(q["split"].tolist(), pa.string()),
-            "image_row": pa.array(q["image_row"], pa.int64()),
-        }), tmp / "queries.parquet")
-        types = {"query_id": pa.int64(), "user_id": pa.int64(), "item_id": pa.int64(),
-                 "position": pa.int32(), "clicked": pa.int8(), "timestamp": pa.int64()}
+        write_parquet(
+            pa.table(
+                {
+                    "query_id": pa.array(q["query_id"], pa.int64()),
+                    "user_id": pa.array(q["user_id"], pa.int64()),
+                    "target_item_id": pa.array(q["target_item_id"], pa.int64()),
+                    "timestamp": pa.array(q["timestamp"], pa.int64()),
+                    "split": pa.array(q["split"].tolist(), pa.string()),
+                    "image_row": pa.array(q["image_row"], pa.int64()),
+                }
+            ),
+            tmp / "queries.parquet",
+        )
+        types = {
+            "query_id": pa.int64(),
+            "user_id": pa.int64(),
+            "item_id": pa.int64(),
+            "position": pa.int32(),
+            "clicked": pa.int8(),
+            "timestamp": pa.int64(),
+        }
         for split, cols in w.impressions.items():
-            write_parquet(pa.table({c: pa.array(cols[c], t) for c, t in types.items()}),
-                          tmp / "impressions" / f"{split}.parquet", row_group_size=262_144)
+            write_parquet(
+                pa.table({c: pa.array(cols[c], t) for c, t in types.items()}),
+                tmp / "impressions" / f"{split}.parquet",
+                row_group_size=262_144,
+            )
         meta = {
             "format": 1,
             "seed": seed,

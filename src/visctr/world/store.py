@@ -13,12 +13,30 @@ from visctr.io import load_npy
 
 SPLITS = ("train", "test", "random")
 
-ITEM_COLUMNS = {"item_id": "int64", "category": "int32", "image_row": "int64",
-                "popularity": "double", "train_impressions": "int64", "is_head": "bool"}
-QUERY_COLUMNS = {"query_id": "int64", "user_id": "int64", "target_item_id": "int64",
-                 "timestamp": "int64", "split": "string", "image_row": "int64"}
-IMPRESSION_COLUMNS = {"query_id": "int64", "user_id": "int64", "item_id": "int64",
-                      "position": "int32", "clicked": "int8", "timestamp": "int64"}
+ITEM_COLUMNS = {
+    "item_id": "int64",
+    "category": "int32",
+    "image_row": "int64",
+    "popularity": "double",
+    "train_impressions": "int64",
+    "is_head": "bool",
+}
+QUERY_COLUMNS = {
+    "query_id": "int64",
+    "user_id": "int64",
+    "target_item_id": "int64",
+    "timestamp": "int64",
+    "split": "string",
+    "image_row": "int64",
+}
+IMPRESSION_COLUMNS = {
+    "query_id": "int64",
+    "user_id": "int64",
+    "item_id": "int64",
+    "position": "int32",
+    "clicked": "int8",
+    "timestamp": "int64",
+}
 
 
 def check_columns(schema, expected: dict[str, str], path: Path) -> None:
@@ -78,8 +96,10 @@ class World:
         root = Path(root)
         meta_path = root / "world.json"
         if not meta_path.is_file():
-            raise InputError(f"{root}: not a world directory (no world.json); run "
-                             "'visctr simulate --out DIR' first")
+            raise InputError(
+                f"{root}: not a world directory (no world.json); run "
+                "'visctr simulate --out DIR' first"
+            )
         meta = json.loads(meta_path.read_text())
 
         def table(name: str, expected: dict[str, str]) -> dict[str, np.ndarray]:
@@ -96,7 +116,11 @@ class World:
         users_t = pq.read_table(root / "users.parquet")
         aff = np.asarray(users_t.column("affinity").to_pylist(), dtype=np.float32)
         return cls(
-            root=root, meta=meta, items=items, queries=queries, users_affinity=aff,
+            root=root,
+            meta=meta,
+            items=items,
+            queries=queries,
+            users_affinity=aff,
             item_images=load_npy(root / "images" / "items.npy"),
             query_images=load_npy(root / "images" / "queries.npy"),
         )

@@ -1,0 +1,98 @@
+"""Retrieval metrics: query photo → catalog by cosine similarity, exact search with FAISS.
+
+- ``hr@K``: share of queries whose target item is in the top K.
+- ``longtail_hr@10`` / ``head_hr@10``: HR@10 over queries whose target is a tail / head
+  item (head = top 20% of items by training impressions; never-shown items are tail).
+- ``category_recall@10``: mean share of the top 10 that has the target's category.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def search(queries: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product of L2-normalised vectors: ``(scores, indices)``."""
+    import faiss
+
+    q, it = normalize(queries), normalize(items)
+    index = faiss.IndexFlatIP(it.shape[1])
+    index.add(it)
+    scores, idx = index.search(q, min(k, len(it)))
+    return scores, idx
+
+
+def retrieval_metrics(
+    top: np.ndarray,
+    target_rows: np.ndarray,
+    item_categories: np.ndarray,
+    is_head: np.ndarray,
+    ks: tuple[int, ...] = (1, 10, 50),
+) -> dict[str, float]:
+    """Metrics from ranked item rows ``top`` ``[Q, >=max(ks)]`` and each query's target row."""
+    if len(target_rows) == 0:
+        raise ValueError("no retrieval queries")
+    hits = top == target_rows[:, None]
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = float(hits[:, :k].any(1).mean())
+    hit10 = hits[:, :10].any(1)
+    head = is_head[target_rows]
+    out["longtail_hr@10"] = float(hit10[~head].mean()) if (~head).any() else float("nan")
+    out["head_hr@10"] = float(hit10[head].mean()) if head.any() else float("nan")
+    same = item_categories[top[:, :10]] == item_categories[target_rows][:, None]
+    out["category_recall@10"] = float(same.mean())
+    return out
+
+
+def evaluate_vectors(
+    query_vecs: np.ndarray,
+    target_rows: np.ndarray,
+    item_vecs: np.ndarray,
+    item_categories: np.ndarray,
+    is_head: np.ndarray,
+    ks: tuple[int, ...] = (1, 10, 50),
+) -> tuple[dict[str, float], np.ndarray]:
+    """Search, then :func:`retrieval_metrics`. Returns the metrics and the top rows."""
+    _, top = search(query_vecs, item_vecs, max(ks))
+    return retrieval_metrics(top, target_rows, item_categories, is_head, ks), top
+
+
+def evaluate_retrieval(world, embeddings_dir, debias_path=None, split: str = "retrieval"):
+    """Retrieval metrics of one method's embeddings on the world's uniform retrieval queries.
+
+    With ``debias_path`` (a trained S3 debias network), query and item vectors are mapped
+    through it first, as S1+S2+D does at serving time.
+    """
+    from pathlib import Path
+
+    from visctr.embeddings import align, read_embeddings
+
+    d = Path(embeddings_dir)
+    item_ids, item_vecs = read_embeddings(d / "items.parquet", "item_id")
+    query_ids, query_vecs = read_embeddings(d / "queries.parquet", "query_id")
+    if item_vecs.shape[1] != query_vecs.shape[1]:
+        raise ValueError(
+            f"{d}: item vectors are {item_vecs.shape[1]}-d but query vectors "
+            f"{query_vecs.shape[1]}-d"
+        )
+    items = align(item_ids, item_vecs, world.items["item_id"], d / "items.parquet")
+    rows = world.query_rows(split)
+    qids = world.queries["query_id"][rows]
+    queries = align(query_ids, query_vecs, qids, d / "queries.parquet", "query_id")
+    if debias_path is not None:
+        from visctr.ctr import apply_debias
+
+        items = apply_debias(debias_path, items)
+        queries = apply_debias(debias_path, queries)
+    ids = world.items["item_id"]
+    sorter = np.argsort(ids)
+    target_rows = sorter[np.searchsorted(ids, world.queries["target_item_id"][rows], sorter=sorter)]
+    return evaluate_vectors(
+        queries, target_rows, items, world.items["category"], world.items["is_head"]
+    )

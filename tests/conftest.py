@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny simulated world over a synthetic catalog (no dataset needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visctr.data.catalog import Catalog
+from visctr.world.simulate import SimConfig, simulate_arrays, write_world
+
+
+def synthetic_catalog(n: int = 300, n_cat: int = 5, seed: int = 0) -> Catalog:
+    """Blobs whose shape depends on the category and whose details on the item."""
+    rng = np.random.default_rng(seed)
+    cats = (np.arange(n) % n_cat).astype(np.int32)
+    yy, xx = np.mgrid[0:28, 0:28]
+    images = np.zeros((n, 1, 28, 28), np.uint8)
+    for i in range(n):
+        c = cats[i]
+        cy, cx = 14 + rng.integers(-3, 4), 14 + rng.integers(-3, 4)
+        r = 5 + c + rng.integers(0, 3)
+        blob = ((yy - cy) ** 2 / (1 + c % 3) + (xx - cx) ** 2) < r**2
+        images[i, 0] = np.where(blob, 120 + rng.integers(0, 130), 0)
+        images[i, 0, rng.integers(0, 28), :] //= 2
+    return Catalog(
+        np.arange(n, dtype=np.int64), images, cats, [f"c{i}" for i in range(n_cat)], "synthetic"
+    )
+
+
+def tiny_sim_config() -> SimConfig:
+    return SimConfig(n_users=40, n_queries=800, n_random_queries=150, n_retrieval_queries=120)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "w"
+    cfg = tiny_sim_config()
+    write_world(simulate_arrays(cfg, 0, synthetic_catalog()), cfg, 0, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fmnist_tiny_world_dir(tmp_path_factory) -> Path:
+    """The real ``tiny`` preset over Fashion-MNIST (installed by ``make test``)."""
+    from visctr.errors import InputError
+    from visctr.pipeline.config import resolve_world_config
+    from visctr.world.simulate import simulate
+
+    out = tmp_path_factory.mktemp("fmnist") / "w"
+    try:
+        simulate(resolve_world_config("tiny"), 0, out)
+    except InputError as e:
+        pytest.skip(f"Fashion-MNIST not available: {e}")
+    return out

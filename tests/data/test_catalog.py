@@ -1,0 +1,166 @@
+import gzip
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from visctr.data.catalog import CatalogConfig, load_catalog, normalise_images, parse_idx
+from visctr.errors import InputError
+
+
+def _idx(arr: np.ndarray) -> bytes:
+    return (
+        struct.pack(">HBB", 0, 8, arr.ndim)
+        + struct.pack(f">{arr.ndim}I", *arr.shape)
+        + arr.tobytes()
+    )
+
+
+def _fmnist_dir(tmp_path, n=20, truncate=False):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    data = _idx(imgs)
+    if truncate:
+        data = data[:-100]
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(data))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels)))
+    return imgs, labels
+
+
+def test_fashion_mnist_reader(tmp_path):
+    imgs, labels = _fmnist_dir(tmp_path)
+    cat = load_catalog(CatalogConfig(source="fashion-mnist:train", data_dir=str(tmp_path)))
+    assert cat.images.shape == (20, 1, 28, 28)
+    np.testing.assert_array_equal(cat.images[:, 0], imgs)
+    np.testing.assert_array_equal(cat.categories, labels)
+    assert cat.category_names[7] == "Sneaker"
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    _fmnist_dir(tmp_path, truncate=True)
+    with pytest.raises(InputError, match="truncated idx"):
+        load_catalog(CatalogConfig(source="fashion-mnist:train", data_dir=str(tmp_path)))
+
+
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(0, 5))
+@settings(max_examples=40, deadline=None)
+def test_parse_idx_roundtrip_and_truncation(shape, cut):
+    arr = np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape)
+    data = _idx(arr)
+    np.testing.assert_array_equal(parse_idx(data, "x"), arr)
+    if cut:
+        with pytest.raises(InputError):
+            parse_idx(data[:-cut], "x")
+
+
+def test_missing_dataset_message_names_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISCTR_DATA", str(tmp_path))
+    monkeypatch.setattr("visctr.data.catalog.DEFAULT_FMNIST_DIR", str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
+        load_catalog(CatalogConfig(source="fashion-mnist:train", data_dir=str(tmp_path / "x")))
+
+
+def _png(path, value=128, size=(20, 20), mode="L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_image_folder_reader_normalises_size_and_channels(tmp_path):
+    _png(tmp_path / "shoes" / "a.png", mode="RGB", size=(40, 30))
+    _png(tmp_path / "bags" / "b.png")
+    cat = load_catalog(CatalogConfig(source=str(tmp_path), image_size=16, channels=1))
+    assert cat.images.shape == (2, 1, 16, 16)
+    assert cat.category_names == ["bags", "shoes"]
+    cat3 = load_catalog(CatalogConfig(source=str(tmp_path), image_size=16, channels=3))
+    assert cat3.images.shape == (2, 3, 16, 16)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    _png(tmp_path / "shoes" / "a.png")
+    (tmp_path / "shoes" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(InputError, match="bad.png"):
+        load_catalog(CatalogConfig(source=str(tmp_path)))
+
+
+def _manifest(tmp_path, rows, fmt="parquet"):
+    for r in rows:
+        if r.get("image_path") and not r["image_path"].startswith(".."):
+            _png(tmp_path / r["image_path"])
+    table = pa.Table.from_pylist(rows)
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, path)
+    else:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(table, path)
+    return path
+
+
+def test_manifest_reader(tmp_path):
+    rows = [
+        {"item_id": 10, "image_path": "img/a.png", "category": "x"},
+        {"item_id": 11, "image_path": "img/b.png", "category": "y"},
+    ]
+    for fmt in ("parquet", "csv"):
+        cat = load_catalog(CatalogConfig(source=str(_manifest(tmp_path, rows, fmt))))
+        assert cat.item_ids.tolist() == [10, 11]
+        assert cat.categories.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        ([{"item_id": 1, "image_path": "a.png"}], "missing column 'category'"),
+        (
+            [
+                {"item_id": 1, "image_path": "a.png", "category": "x"},
+                {"item_id": 1, "image_path": "b.png", "category": "x"},
+            ],
+            "row 1: duplicate item_id 1",
+        ),
+        (
+            [
+                {"item_id": 1, "image_path": "a.png", "category": "x"},
+                {"item_id": 2, "image_path": "b.png", "category": None},
+            ],
+            "row 1: column 'category' is null",
+        ),
+        ([{"item_id": 1, "image_path": "../escape.png", "category": "x"}], "escapes"),
+        (
+            [
+                {"item_id": 1, "image_path": "a.png", "category": "x"},
+                {"item_id": 2, "image_path": "gone/missing.png", "category": "x"},
+            ],
+            "row 1: image file not found",
+        ),
+    ],
+)
+def test_manifest_bad_input(tmp_path, rows, match):
+    path = _manifest(tmp_path, [dict(r) for r in rows if "gone" not in r["image_path"]])
+    if any("gone" in r["image_path"] for r in rows):
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(InputError, match=match):
+        load_catalog(CatalogConfig(source=str(path)))
+
+
+def test_missing_and_empty_catalogs(tmp_path):
+    with pytest.raises(InputError, match="catalog not found"):
+        load_catalog(CatalogConfig(source=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no category subfolders"):
+        load_catalog(CatalogConfig(source=str(tmp_path / "empty")))
+
+
+@given(st.integers(1, 3), st.sampled_from([1, 3]), st.sampled_from([1, 3]), st.integers(8, 20))
+@settings(max_examples=20, deadline=None)
+def test_normalise_images_shape_and_range(n, c_in, c_out, size):
+    x = np.random.default_rng(n).integers(0, 256, (n, c_in, 12, 12), dtype=np.uint8)
+    y = normalise_images(x, size, c_out)
+    assert y.shape == (n, c_out, size, size) and y.dtype == np.uint8

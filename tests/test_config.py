@@ -1,0 +1,51 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from visctr.config import from_dict
+from visctr.errors import ConfigError
+from visctr.pipeline.config import resolve_world_config
+
+
+@dataclass
+class Inner:
+    lr: float = 0.1
+    name: str = "a"
+
+
+@dataclass
+class Outer:
+    epochs: int = 1
+    inner: Inner = field(default_factory=Inner)
+    maybe: int | None = None
+
+
+def test_from_dict_builds_nested():
+    cfg = from_dict(Outer, {"epochs": 3, "inner": {"lr": 1}, "maybe": None})
+    assert cfg.epochs == 3 and cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        ({"epoch": 3}, "unknown key 'epoch'"),
+        ({"inner": {"lrr": 1}}, r"config.inner: unknown key 'lrr'"),
+        ({"epochs": "3"}, "config.epochs: expected an integer"),
+        ({"epochs": 2.5}, "expected an integer"),
+        ({"inner": {"lr": "fast"}}, "config.inner.lr: expected a number"),
+        ({"inner": 3}, "expected a mapping"),
+    ],
+)
+def test_from_dict_rejects_typos_and_wrong_types(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(Outer, data)
+
+
+def test_world_config_from_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("world:\n  n_users: 7\n  logging:\n    top_k: 5\n")
+    cfg = resolve_world_config("tiny", p)
+    assert cfg.n_users == 7 and cfg.logging.top_k == 5 and cfg.catalog.max_items == 600
+    p.write_text("world:\n  n_user: 7\n")
+    with pytest.raises(ConfigError, match="unknown key 'n_user'"):
+        resolve_world_config("tiny", p)

@@ -1,0 +1,147 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from visctr.world import World
+from visctr.world.simulate import (
+    click_probability,
+    head_mask,
+    sample_targets,
+    simulate_arrays,
+    write_world,
+    zipf_popularity,
+)
+
+from ..conftest import synthetic_catalog, tiny_sim_config
+
+
+def _tree_hash(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            if p.name == "world.json":
+                meta = json.loads(p.read_text())
+                meta["summary"].pop("seconds")
+                h.update(json.dumps(meta, sort_keys=True).encode())
+            else:
+                h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _write(tmp_path: Path, seed: int, name: str) -> Path:
+    cfg = tiny_sim_config()
+    out = tmp_path / name
+    write_world(simulate_arrays(cfg, seed, synthetic_catalog()), cfg, seed, out)
+    return out
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    a, b, c = _write(tmp_path, 3, "a"), _write(tmp_path, 3, "b"), _write(tmp_path, 4, "c")
+    assert _tree_hash(a) == _tree_hash(b)
+    assert _tree_hash(a) != _tree_hash(c)
+
+
+def test_world_loads_with_documented_schema(tiny_world_dir):
+    w = World.load(tiny_world_dir)
+    n = len(w.items["item_id"])
+    assert w.item_images.shape == (n, 1, 28, 28)
+    assert w.query_images.shape[0] == len(w.queries["query_id"])
+    assert set(np.unique(w.queries["split"])) == {"train", "test", "random", "retrieval"}
+    train = w.read_impressions("train")
+    test = w.read_impressions("test")
+    assert train["timestamp"].max() <= test["timestamp"].min()  # time split
+    assert set(np.unique(train["position"])) == set(range(10))
+    assert np.isin(train["item_id"], w.items["item_id"]).all()
+    assert w.users_affinity.shape[1] == w.n_categories
+    np.testing.assert_allclose(w.users_affinity.sum(1), 1, rtol=1e-4)
+
+
+def test_logs_are_biased_and_random_exposure_is_uniform(fmnist_tiny_world_dir):
+    """Default settings on the real tiny preset: the logs leave much of the catalog unseen."""
+    w = World.load(fmnist_tiny_world_dir)
+    ids = w.items["item_id"]
+    n = len(ids)
+    train = w.read_impressions("train")
+    shown = np.bincount(np.searchsorted(ids, train["item_id"]), minlength=n)
+    never_logged = (shown == 0).mean()
+    assert never_logged > 0.1  # many items never shown by the logging policy
+    rnd = w.read_impressions("random")
+    counts = np.bincount(np.searchsorted(ids, rnd["item_id"]), minlength=n)
+    # uniform exposure: a chi-square test against equal counts does not reject
+    expected = len(rnd["item_id"]) / n
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < n + 4 * np.sqrt(2 * n)
+    # and the head is concentrated in the logs but not in the random set
+    top = np.argsort(-shown)[: n // 5]
+    assert shown[top].sum() / shown.sum() > 0.6
+    assert counts[top].sum() / counts.sum() < 0.35
+    assert (counts == 0).mean() < never_logged / 10
+
+
+def test_head_mask_excludes_never_shown():
+    counts = np.array([5, 0, 0, 3, 0, 0, 0, 0, 0, 0])
+    head = head_mask(counts, 0.3)
+    assert head.tolist() == [True, False, False, True] + [False] * 6
+
+
+def test_zipf_popularity_sums_to_one_and_is_skewed():
+    p = zipf_popularity(1000, 1.1, np.random.default_rng(0))
+    assert np.isclose(p.sum(), 1)
+    assert np.sort(p)[-100:].sum() > 0.5
+
+
+def test_sample_targets_follows_popularity_times_affinity():
+    rng = np.random.default_rng(0)
+    cats = np.array([0, 0, 1, 1])
+    pop = np.array([0.4, 0.1, 0.25, 0.25])
+    aff = np.array([[0.8, 0.2]])
+    t = sample_targets(np.zeros(200_000, int), aff, cats, pop, rng)
+    freq = np.bincount(t, minlength=4) / len(t)
+    expected = pop * aff[0][cats]
+    np.testing.assert_allclose(freq, expected / expected.sum(), atol=0.01)
+
+
+def test_click_probability_orders_exact_category_other():
+    from visctr.world.simulate import ClickModelConfig
+
+    cats = np.array([0, 0, 1])
+    aff = np.full((1, 2), 0.5, np.float32)
+    p = click_probability(
+        np.array([[0, 1, 2]]),
+        np.array([[0, 0, 0]]),
+        np.array([0]),
+        aff,
+        cats,
+        np.array([[1.0, 0.5, 0.0]]),
+        ClickModelConfig(),
+    )
+    assert p[0, 0] > p[0, 1] > p[0, 2] > 0
+    lower = click_probability(
+        np.array([[0]]),
+        np.array([[5]]),
+        np.array([0]),
+        aff,
+        cats,
+        np.ones((1, 1)),
+        ClickModelConfig(),
+    )
+    assert lower[0, 0] < p[0, 0]  # position bias
+
+
+def test_impressions_parquet_types(tiny_world_dir):
+    schema = pq.read_schema(tiny_world_dir / "impressions" / "train.parquet")
+    assert str(schema.field("position").type) == "int32"
+    assert str(schema.field("clicked").type) == "int8"
+
+
+def test_too_small_catalog_is_a_clear_error():
+    from visctr.errors import InputError
+
+    cat = synthetic_catalog(n=5)
+    with pytest.raises(InputError, match="fewer than top_k"):
+        simulate_arrays(tiny_sim_config(), 0, cat)
