@@ -1,34 +1,107 @@
-"""The run configuration: one YAML, one section per step, presets for sizes."""
+"""The run configuration: one YAML, one section per step, presets for sizes.
+
+Sections: ``world`` (simulator), ``s1`` (pre-training), ``s2`` (click fine-tuning),
+``classify`` (ResNet-C), ``ctr`` (CTR model + S3 debias), ``trainer`` (hardware,
+applied to every training stage). Order of precedence: defaults < preset < YAML <
+command-line flags. The resolved config is written to every run directory.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visctr.config import from_dict, merge, read_yaml, to_dict
-from visctr.world.simulate import PRESETS, SimConfig
+from visctr.errors import ConfigError
+from visctr.world.simulate import PRESETS as WORLD_PRESETS
+from visctr.world.simulate import SimConfig
 
 
-def resolve_world_config(
-    preset: str,
-    config_path: Path | None = None,
-    catalog: str | None = None,
-    data_dir: str | None = None,
-) -> SimConfig:
+def resolve_world_config(preset: str, config_path: Path | None = None,
+                         catalog: str | None = None, data_dir: str | None = None) -> SimConfig:
     """Preset sizes, then the YAML ``world`` section, then command-line flags."""
     data: dict[str, Any] = to_dict(SimConfig())
-    data = merge(data, PRESETS[preset])
+    data = merge(data, WORLD_PRESETS[preset])
     if config_path is not None:
         raw = read_yaml(config_path)
         data = merge(data, raw.get("world") or {})
     if catalog is not None:
         data["catalog"]["source"] = catalog
-        if preset == "full" or not catalog.startswith("fashion-mnist"):
-            data["catalog"]["max_items"] = (
-                PRESETS[preset]["catalog"]["max_items"]
-                if catalog.startswith("fashion-mnist")
-                else data["catalog"].get("max_items")
-            )
     if data_dir is not None:
         data["catalog"]["data_dir"] = data_dir
     return from_dict(SimConfig, data, "world")
+
+
+def _stage_configs():
+    from visctr.ctr.config import CTRConfig
+    from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
+
+    return S1Config, S2Config, ClassifyConfig, CTRConfig
+
+
+# Stage budgets per preset (sizes of the world come from visctr.world.simulate.PRESETS).
+STAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "s1": {"epochs": 2, "batch_size": 128},
+        "s2": {"epochs": 2, "batch_size": 128},
+        "classify": {"epochs": 2, "batch_size": 128},
+        "ctr": {"max_epochs": 2},
+    },
+    "small": {},
+    "full": {},
+}
+
+
+def _run_config_class():
+    S1Config, S2Config, ClassifyConfig, CTRConfig = _stage_configs()
+    from visctr.train import TrainerConfig
+
+    @dataclass
+    class RunConfig:
+        """Everything ``visctr run`` does, resolved."""
+
+        preset: str = "small"
+        seeds: int = 1
+        seed: int = 0  # world seed; training seeds are seed, seed+1, ...
+        world: SimConfig = field(default_factory=SimConfig)
+        s1: S1Config = field(default_factory=S1Config)
+        s2: S2Config = field(default_factory=S2Config)
+        classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+        ctr: CTRConfig = field(default_factory=CTRConfig)
+        trainer: dict = field(default_factory=dict)  # overrides applied to every stage
+        examples: int = 6  # query photos in the report's retrieval grid
+
+    return RunConfig, TrainerConfig
+
+
+def resolve_run_config(preset: str, config_path: Path | None = None, *, seeds: int = 1,
+                       seed: int = 0, catalog: str | None = None, data_dir: str | None = None,
+                       trainer_overrides: dict | None = None):
+    """Resolve the full run config (defaults < preset < YAML < flags)."""
+    RunConfig, TrainerConfig = _run_config_class()
+    if preset not in WORLD_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
+    raw = read_yaml(config_path) if config_path is not None else {}
+    known = {"world", "s1", "s2", "classify", "ctr", "trainer", "examples"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{config_path}: unknown section {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
+    world = resolve_world_config(preset, config_path, catalog, data_dir)
+    data: dict[str, Any] = {}
+    for name in ("s1", "s2", "classify", "ctr"):
+        section = merge(STAGE_PRESETS[preset].get(name, {}), raw.get(name) or {})
+        data[name] = section
+    trainer = merge(raw.get("trainer") or {}, trainer_overrides or {})
+    from_dict(TrainerConfig, trainer, "trainer")  # validate keys/types early
+    for name in ("s1", "s2", "classify", "ctr"):
+        data[name] = merge(data[name], {"trainer": trainer}) if trainer else data[name]
+    data.update(preset=preset, seeds=seeds, seed=seed, trainer=trainer)
+    if "examples" in raw:
+        data["examples"] = raw["examples"]
+    cfg = from_dict(RunConfig, data, "config")
+    cfg.world = world
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    return cfg

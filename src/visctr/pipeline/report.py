@@ -1,0 +1,182 @@
+"""``report.md`` and its plots: the comparison table, the world's bias, retrieval examples,
+head vs tail recall, logged vs random-exposure AUC, training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    from visctr.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+
+
+def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path) -> None:
+    from visctr.pipeline.run import METHODS
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(METHODS))
+    w = 0.8 / len(metrics)
+    for j, (key, label) in enumerate(metrics):
+        mean = [results["methods"][m][key]["mean"] or 0.0 for m in METHODS]
+        std = [results["methods"][m][key]["std"] or 0.0 for m in METHODS]
+        ax.bar(x + (j - (len(metrics) - 1) / 2) * w, mean, w, yerr=std, capsize=3, label=label)
+    ax.set_xticks(x, METHODS)
+    ax.set_title(f"{title} (mean ± std over {results['seeds']} seed(s))")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) -> None:
+    from visctr.pipeline.run import METHODS
+
+    plt = _plt()
+    rows = world.query_rows("retrieval")[:n_queries]
+    ids = world.items["item_id"]
+    sorter = np.argsort(ids)
+    methods = [m for m in METHODS if m in tops]
+    k = 5
+    fig, axes = plt.subplots(len(rows) * len(methods), k + 1,
+                             figsize=(1.1 * (k + 1), 1.15 * len(rows) * len(methods)))
+    axes = np.atleast_2d(axes)
+    for qi, qrow in enumerate(rows):
+        target = sorter[np.searchsorted(ids, world.queries["target_item_id"][qrow], sorter=sorter)]
+        qimg = world.query_images[world.queries["image_row"][qrow]]
+        for mi, m in enumerate(methods):
+            r = qi * len(methods) + mi
+            ax = axes[r, 0]
+            ax.imshow(_hwc(qimg), cmap="gray")
+            ax.set_ylabel(m, fontsize=7, rotation=0, ha="right", va="center")
+            if mi == 0:
+                ax.set_title(f"query {qi + 1}", fontsize=7)
+            for j in range(k):
+                item_row = tops[m][qi, j]
+                ax = axes[r, j + 1]
+                ax.imshow(_hwc(world.item_images[world.items["image_row"][item_row]]), cmap="gray")
+                if item_row == target:
+                    for s in ax.spines.values():
+                        s.set_edgecolor("lime")
+                        s.set_linewidth(3)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle("Retrieval examples: query photo, then top-5 items (green = the target)",
+                 fontsize=8)
+    _save(fig, path)
+
+
+def _hwc(img: np.ndarray) -> np.ndarray:
+    return img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+
+
+def _curves(curves: dict[str, dict], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for method, by_seed in curves.items():
+        if not by_seed:
+            continue
+        hist = by_seed[min(by_seed)]
+        loss = _series(hist, "loss")
+        probe = _series(hist, "knn") or _series(hist, "probe") or _series(hist, "acc")
+        if loss:
+            axes[0].plot(range(1, len(loss) + 1), loss, marker="o", label=method)
+        if probe:
+            axes[1].plot(range(1, len(probe) + 1), probe, marker="o", label=method)
+    axes[0].set_title("encoder training loss per epoch")
+    axes[1].set_title("online kNN category probe accuracy")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _series(hist: Any, word: str) -> list[float]:
+    """First per-epoch numeric series whose key contains ``word`` (history.json formats vary)."""
+    if isinstance(hist, dict):
+        for key, val in hist.items():
+            if word in key and isinstance(val, list) and val and all(
+                    isinstance(v, (int, float)) for v in val):
+                return [float(v) for v in val]
+        epochs = hist.get("epochs")
+        if isinstance(epochs, list) and epochs and isinstance(epochs[0], dict):
+            for key in epochs[0]:
+                if word in key and isinstance(epochs[0][key], (int, float)):
+                    return [float(e[key]) for e in epochs if key in e]
+    if isinstance(hist, list) and hist and isinstance(hist[0], dict):
+        return _series({"epochs": hist}, word)
+    return []
+
+
+def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg: Any) -> None:
+    from visctr.io import write_text
+    from visctr.pipeline.run import METHOD_DESCRIPTIONS, format_table
+    from visctr.world.simulate import format_summary
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    _examples(world, tops, min(cfg.examples, 4), plots / "retrieval_examples.png")
+    _bars(results, [("head_hr@10", "head HR@10"), ("longtail_hr@10", "long-tail HR@10")],
+          "Retrieval HR@10, head vs tail items", plots / "head_tail_hr.png")
+    _bars(results, [("auc", "AUC (logged test)"), ("auc_random_exposure", "AUC (random exposure)")],
+          "CTR AUC, logged vs random-exposure", plots / "ctr_auc.png")
+    _curves(curves, plots / "training_curves.png")
+    t = results["timings_s"]
+    lines = [
+        f"# visctr run — preset `{results['preset']}`, {results['seeds']} seed(s)",
+        "",
+        f"Mean ± std over training seeds {results['training_seeds']} (world seed "
+        f"{results['world_seed']}); total {t.get('total', 0):.0f}s.",
+        "",
+        "## Results",
+        "",
+        format_table(results, markdown=True),
+        "",
+        "HR@10 / long-tail / head / category recall: uniform retrieval queries, exact cosine "
+        "search over the whole catalog. AUC, gAUC, logloss: logged test split (time-split). "
+        "AUC (random exposure): the missing-at-random set the logs never see. "
+        "AUC tail: logged test impressions of tail items.",
+        "",
+        "## Methods",
+        "",
+        *[f"- **{m}**: {d}" for m, d in METHOD_DESCRIPTIONS.items()],
+        "",
+        "## The world",
+        "",
+        "```",
+        format_summary(results["world"]),
+        "```",
+        "",
+        "## Plots",
+        "",
+        "![retrieval examples](plots/retrieval_examples.png)",
+        "",
+        "![head vs tail HR@10](plots/head_tail_hr.png)",
+        "",
+        "![CTR AUC](plots/ctr_auc.png)",
+        "",
+        "![training curves](plots/training_curves.png)",
+        "",
+        "## Timings (s)",
+        "",
+        *[f"- {k}: {v:.1f}" for k, v in t.items()],
+        "",
+    ]
+    write_text("\n".join(lines), out / "report.md")
