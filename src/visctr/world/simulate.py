@@ -222,13 +222,15 @@ def _legacy_top_k(
 ) -> np.ndarray:
     k = min(cfg.logging.top_k, item_thumbs.shape[0])
     out = np.empty((len(query_images), k), dtype=np.int64)
+    # keep the score block at <= 2^24 floats (64 MB) whatever the catalog size
+    chunk = max(64, min(cfg.chunk_size, 2**24 // item_thumbs.shape[0]))
     for s in tqdm(
-        range(0, len(query_images), cfg.chunk_size),
+        range(0, len(query_images), chunk),
         desc="logging policy",
         leave=False,
-        disable=len(query_images) < 4 * cfg.chunk_size,
+        disable=len(query_images) < 4 * chunk,
     ):
-        q = thumbnails(query_images[s : s + cfg.chunk_size], cfg.logging.thumbnail)
+        q = thumbnails(query_images[s : s + chunk], cfg.logging.thumbnail)
         score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
         out[s : s + len(q)] = score.topk(k, dim=1).indices.numpy()
     return out
