@@ -1,0 +1,75 @@
+"""End to end on the tiny preset: schema of results.json, the report's plots, and reuse."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from visctr.cli import main
+from visctr.pipeline.run import METHODS, METRICS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from visctr.data.catalog import find_fashion_mnist_dir
+    from visctr.errors import InputError
+
+    try:
+        find_fashion_mnist_dir(None)
+    except InputError as e:
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(main, ["run", "--preset", "tiny", "--seeds", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out, time.perf_counter() - t0, res.output
+
+
+def test_results_json_schema(tiny_run):
+    out, _, _ = tiny_run
+    r = json.loads((out / "results.json").read_text())
+    assert r["preset"] == "tiny" and r["seeds"] == 2
+    assert set(r["methods"]) == set(METHODS)
+    for m in METHODS:
+        assert set(r["methods"][m]) == set(METRICS)
+        for k in METRICS:
+            e = r["methods"][m][k]
+            assert set(e) == {"mean", "std", "per_seed"}
+            assert len(e["per_seed"]) == 2
+            if k.startswith(("hr@", "longtail", "head", "category")):
+                assert all(0 <= v <= 1 for v in e["per_seed"]), (m, k, e)
+            if k == "auc":
+                assert all(0 <= v <= 1 for v in e["per_seed"]), (m, k, e)
+    assert r["timings_s"]["total"] > 0
+    assert (out / "config.yaml").is_file()
+
+
+def test_report_links_existing_pngs(tiny_run):
+    out, _, _ = tiny_run
+    report = (out / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+\.png)\)", report)
+    assert len(links) >= 4
+    for link in links:
+        p = out / link
+        assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+    for m in METHODS:
+        assert m in report
+
+
+def test_rerun_reuses_every_stage_and_matches(tiny_run):
+    out, first_s, _ = tiny_run
+    before = json.loads((out / "results.json").read_text())
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(main, ["run", "--preset", "tiny", "--seeds", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "done in" not in res.output  # nothing recomputed
+    assert res.output.count("cached") >= 1 + 2 * (4 + 4 + 5)
+    after = json.loads((out / "results.json").read_text())
+    assert after["methods"] == before["methods"]
+    assert time.perf_counter() - t0 < first_s
