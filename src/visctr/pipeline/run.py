@@ -37,7 +37,7 @@ METHOD_DESCRIPTIONS = {
 
 
 def _done(stage_dir: Path, key: str) -> bool:
-    marker = stage_dir / "done.json"
+    marker = stage_dir / "stage.json"
     if not marker.is_file():
         return False
     try:
@@ -56,12 +56,12 @@ def run_stage(stage_dir: Path, key_obj: Any, fn: Callable[[Path], Any], label: s
         click.echo(f"  {label}: cached ({stage_dir})")
         return False
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "done.json").unlink(missing_ok=True)
+    (stage_dir / "stage.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     fn(stage_dir)
     dt = time.perf_counter() - t0
     timings[label] = timings.get(label, 0.0) + dt
-    write_json({"key": key, "seconds": round(dt, 2)}, stage_dir / "done.json")
+    write_json({"key": key, "seconds": round(dt, 2)}, stage_dir / "stage.json")
     click.echo(f"  {label}: done in {dt:.1f}s")
     return True
 
@@ -139,7 +139,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             ccfg = dataclasses.replace(cfg.ctr, debias=dataclasses.replace(cfg.ctr.debias,
                                                                           enabled=debias))
             run_stage(ctr_dir / name,
-                      {"cfg": to_dict(ccfg), "emb": (emb_dir / "done.json").read_text(),
+                      {"cfg": to_dict(ccfg), "emb": (emb_dir / "stage.json").read_text(),
                        "seed": seed},
                       lambda d, e=emb_dir, c=ccfg, r=(emb / "s1") if debias else None: train_ctr(
                           world, e, d, c, seed, reference=r),

@@ -1,0 +1,128 @@
+"""``visctr export`` / ``visctr search``.
+
+An export folder holds what a serving system needs and nothing that needs visctr's
+training code: ``encoder.ts`` (TorchScript; uint8 or [0,1] float images in, L2-normalised
+embeddings out), optionally ``debias.ts`` (the S3 debias network, applied to query and
+item vectors), ``index.faiss`` over the (debiased) item vectors with ``item_ids.npy``,
+and ``export.json`` (image size, channels, index kind).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from visctr.errors import InputError
+
+
+@dataclass
+class IndexConfig:
+    """FAISS index for serving: exact ``flat``, ``ivf`` (IVF-Flat) or ``hnsw``."""
+
+    kind: str = "hnsw"
+    nlist: int = 0  # IVF lists; 0 = about 4·sqrt(N)
+    nprobe: int = 8
+    hnsw_m: int = 32
+    ef_search: int = 64
+
+
+class _Normalised(nn.Module):
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self.encoder(x), dim=1)
+
+
+def build_index(vectors: np.ndarray, cfg: IndexConfig):
+    """A FAISS inner-product index over L2-normalised ``vectors``."""
+    import faiss
+
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = x.shape[1]
+    if cfg.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif cfg.kind == "ivf":
+        nlist = cfg.nlist or max(1, int(4 * np.sqrt(len(x))))
+        nlist = min(nlist, len(x))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = min(cfg.nprobe, nlist)
+    elif cfg.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = cfg.ef_search
+    else:
+        raise InputError(f"index kind must be flat, ivf or hnsw, got {cfg.kind!r}")
+    index.add(x)
+    return index
+
+
+def export_artifacts(encoder_path: Path, embeddings_dir: Path, out: Path,
+                     index_cfg: IndexConfig | None = None,
+                     debias_path: Path | None = None) -> Path:
+    """Write the serving folder ``out`` atomically; returns it."""
+    import faiss
+
+    from visctr.embeddings import read_embeddings
+    from visctr.encoders import load_encoder
+    from visctr.encoders.checkpoint import read_encoder_file
+    from visctr.io import atomic_dir, write_json
+
+    index_cfg = index_cfg or IndexConfig()
+    spec = read_encoder_file(encoder_path)["config"]
+    encoder = load_encoder(encoder_path)
+    c, s = int(spec["in_channels"]), int(spec["image_size"])
+    example = torch.zeros(2, c, s, s, dtype=torch.uint8)
+    item_ids, vectors = read_embeddings(Path(embeddings_dir) / "items.parquet")
+    with atomic_dir(out) as tmp:
+        with torch.no_grad():
+            traced = torch.jit.trace(_Normalised(encoder).eval(), example)
+        traced.save(str(tmp / "encoder.ts"))
+        if debias_path is not None:
+            from visctr.ctr import apply_debias, load_debias
+
+            net = load_debias(debias_path).eval()
+            with torch.no_grad():
+                d_traced = torch.jit.trace(net, torch.zeros(2, vectors.shape[1]))
+            d_traced.save(str(tmp / "debias.ts"))
+            vectors = apply_debias(debias_path, vectors)
+        index = build_index(vectors, index_cfg)
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        np.save(tmp / "item_ids.npy", item_ids)
+        write_json({"format": "visctr-serving/1", "image_size": s, "channels": c,
+                    "dim": int(vectors.shape[1]), "items": int(len(item_ids)),
+                    "index": {"kind": index_cfg.kind, "nprobe": index_cfg.nprobe,
+                              "ef_search": index_cfg.ef_search},
+                    "debias": debias_path is not None}, tmp / "export.json")
+    return Path(out)
+
+
+def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, float]]:
+    """Top-``k`` ``(item_id, score)`` for one photo, using only the export folder."""
+    import faiss
+
+    from visctr.data.catalog import _read_image
+
+    export_dir = Path(export_dir)
+    meta_path = export_dir / "export.json"
+    if not meta_path.is_file():
+        raise InputError(f"{export_dir}: not an export folder (no export.json); run "
+                         "'visctr export' first")
+    meta = json.loads(meta_path.read_text())
+    img = _read_image(Path(image), meta["image_size"], meta["channels"], str(image))
+    encoder = torch.jit.load(str(export_dir / "encoder.ts"), map_location="cpu")
+    with torch.no_grad():
+        q = encoder(torch.from_numpy(img[None].copy()))
+        if meta.get("debias"):
+            q = torch.jit.load(str(export_dir / "debias.ts"), map_location="cpu")(q)
+            q = torch.nn.functional.normalize(q, dim=1)
+    index = faiss.read_index(str(export_dir / "index.faiss"))
+    ids = np.load(export_dir / "item_ids.npy", allow_pickle=False)
+    scores, idx = index.search(q.numpy().astype(np.float32), k)
+    return [(int(ids[i]), float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
