@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from visctr.config import from_dict, merge, read_yaml, to_dict
+from visctr.ctr.config import CTRConfig
+from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
+from visctr.train import TrainerConfig
 from visctr.errors import ConfigError
 from visctr.world.simulate import PRESETS as WORLD_PRESETS
 from visctr.world.simulate import SimConfig
@@ -33,13 +36,6 @@ def resolve_world_config(preset: str, config_path: Path | None = None,
     return from_dict(SimConfig, data, "world")
 
 
-def _stage_configs():
-    from visctr.ctr.config import CTRConfig
-    from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
-
-    return S1Config, S2Config, ClassifyConfig, CTRConfig
-
-
 # Stage budgets per preset (sizes of the world come from visctr.world.simulate.PRESETS).
 STAGE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -53,33 +49,26 @@ STAGE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _run_config_class():
-    S1Config, S2Config, ClassifyConfig, CTRConfig = _stage_configs()
-    from visctr.train import TrainerConfig
+@dataclass
+class RunConfig:
+    """Everything ``visctr run`` does, resolved."""
 
-    @dataclass
-    class RunConfig:
-        """Everything ``visctr run`` does, resolved."""
-
-        preset: str = "small"
-        seeds: int = 1
-        seed: int = 0  # world seed; training seeds are seed, seed+1, ...
-        world: SimConfig = field(default_factory=SimConfig)
-        s1: S1Config = field(default_factory=S1Config)
-        s2: S2Config = field(default_factory=S2Config)
-        classify: ClassifyConfig = field(default_factory=ClassifyConfig)
-        ctr: CTRConfig = field(default_factory=CTRConfig)
-        trainer: dict = field(default_factory=dict)  # overrides applied to every stage
-        examples: int = 6  # query photos in the report's retrieval grid
-
-    return RunConfig, TrainerConfig
+    preset: str = "small"
+    seeds: int = 1
+    seed: int = 0  # world seed; training seeds are seed, seed+1, ...
+    world: SimConfig = field(default_factory=SimConfig)
+    s1: S1Config = field(default_factory=S1Config)
+    s2: S2Config = field(default_factory=S2Config)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    ctr: CTRConfig = field(default_factory=CTRConfig)
+    trainer: dict = field(default_factory=dict)  # overrides applied to every stage
+    examples: int = 6  # query photos in the report's retrieval grid
 
 
 def resolve_run_config(preset: str, config_path: Path | None = None, *, seeds: int = 1,
                        seed: int = 0, catalog: str | None = None, data_dir: str | None = None,
                        trainer_overrides: dict | None = None):
     """Resolve the full run config (defaults < preset < YAML < flags)."""
-    RunConfig, TrainerConfig = _run_config_class()
     if preset not in WORLD_PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
     raw = read_yaml(config_path) if config_path is not None else {}

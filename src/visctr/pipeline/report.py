@@ -77,8 +77,9 @@ def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) ->
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.subplots_adjust(top=1 - 0.35 / fig.get_figheight(), hspace=0.08, wspace=0.05)
     fig.suptitle("Retrieval examples: query photo, then top-5 items (green = the target)",
-                 fontsize=8)
+                 fontsize=8, y=1 - 0.1 / fig.get_figheight())
     _save(fig, path)
 
 

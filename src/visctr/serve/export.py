@@ -40,6 +40,19 @@ class _Normalised(nn.Module):
         return torch.nn.functional.normalize(self.encoder(x), dim=1)
 
 
+class _DebiasServing(nn.Module):
+    """The vector retrieval uses: the gated fusion or the debiased vector, normalised."""
+
+    def __init__(self, head: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.head = head
+        self.gated = mode == "gated"
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        y = self.head(v) if self.gated else self.head.net(v)
+        return torch.nn.functional.normalize(y, dim=1)
+
+
 def build_index(vectors: np.ndarray, cfg: IndexConfig):
     """A FAISS inner-product index over L2-normalised ``vectors``."""
     import faiss
@@ -85,9 +98,11 @@ def export_artifacts(encoder_path: Path, embeddings_dir: Path, out: Path,
             traced = torch.jit.trace(_Normalised(encoder).eval(), example)
         traced.save(str(tmp / "encoder.ts"))
         if debias_path is not None:
-            from visctr.ctr import apply_debias, load_debias
+            from visctr.ctr import apply_debias
+            from visctr.ctr.debias import load_debias
 
-            net = load_debias(debias_path).eval()
+            head, mode = load_debias(debias_path)
+            net = _DebiasServing(head, mode).eval()
             with torch.no_grad():
                 d_traced = torch.jit.trace(net, torch.zeros(2, vectors.shape[1]))
             d_traced.save(str(tmp / "debias.ts"))
@@ -121,7 +136,6 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, 
         q = encoder(torch.from_numpy(img[None].copy()))
         if meta.get("debias"):
             q = torch.jit.load(str(export_dir / "debias.ts"), map_location="cpu")(q)
-            q = torch.nn.functional.normalize(q, dim=1)
     index = faiss.read_index(str(export_dir / "index.faiss"))
     ids = np.load(export_dir / "item_ids.npy", allow_pickle=False)
     scores, idx = index.search(q.numpy().astype(np.float32), k)

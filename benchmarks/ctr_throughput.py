@@ -1,0 +1,231 @@
+"""Training throughput of the visctr CTR model vs deepctr-torch DeepFM and a bare step.
+
+All contenders train on the same synthetic features in one process, at the same batch
+size and thread count:
+
+- ``visctr``: ``CTRNet`` (fused embedding table, visual tables indexed by row, DCNv2
+  cross ‖ MLP) — a plain PyTorch step over pre-encoded index batches;
+- ``visctr+L``: the same network through ``CTRModule`` in a Lightning ``Trainer``
+  (what ``train_ctr`` runs), timed per epoch from the module's history;
+- ``visctr+D``: with the S3 debias head + gate and the triplet term (raw step);
+- ``bare``: one fused embedding table + the same MLP over pre-gathered dense inputs of
+  the same width: the floor any model of this shape pays;
+- ``DeepFM``: ``deepctr_torch.models.DeepFM`` (same sparse fields and embedding size,
+  the same dense columns, the same DNN) through its own ``fit`` loop.
+
+The machine may be shared, so contenders run interleaved in short rounds and each keeps
+its best round (the least disturbed); the ratios use those.
+
+    python benchmarks/ctr_throughput.py [--batch 1024] [--threads 2] [--dim 64] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visctr.ctr.config import CTRConfig, DebiasConfig
+from visctr.ctr.debias import Triplets, triplet_loss
+from visctr.ctr.features import FeatureMap, FieldSpec
+from visctr.ctr.model import CTRModule, CTRNet, mlp
+
+VOCABS = [("user", 2001), ("hour", 24), ("day", 7), ("position", 51), ("category", 10),
+          ("pop_bucket", 16)]  # fmt: skip
+N_ITEMS, N_QUERIES, N_CAT = 6000, 50_000, 10
+
+
+def feature_map(dim: int) -> FeatureMap:
+    fields, off = [], 0
+    for name, v in VOCABS:
+        fields.append(FieldSpec(name, v, off))
+        off += v
+    return FeatureMap(fields, dim, N_CAT, 50, [1], 0, 1, 1, list(range(N_ITEMS)),
+                      [i % N_CAT for i in range(N_ITEMS)], [0] * N_ITEMS,
+                      list(range(VOCABS[0][1] - 1)))  # fmt: skip
+
+
+def make_data(n: int, batch: int, dim: int, seed: int = 0):
+    """Raw columns + packed index batches + visual tables + affinity, all synthetic."""
+    rng = np.random.default_rng(seed)
+    fmap = feature_map(dim)
+    raw = {name: rng.integers(0, v, n) for name, v in VOCABS}
+    raw["user_row"] = raw["user"]
+    raw["item"] = rng.integers(0, N_ITEMS, n)
+    raw["query"] = rng.integers(0, N_QUERIES, n)
+    raw["category"] = raw["item"] % N_CAT
+    y = (rng.random(n) < 0.1).astype(np.float32)
+    items = rng.normal(size=(N_ITEMS, dim)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    queries = rng.normal(size=(N_QUERIES, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    aff = rng.dirichlet(np.ones(N_CAT), VOCABS[0][1]).astype(np.float32)
+    offs = fmap.offsets()
+    packed = np.stack([raw[name] + offs[j] for j, (name, _) in enumerate(VOCABS)]
+                      + [raw["user_row"], raw["item"], raw["query"], raw["category"]], axis=1)
+    batches = [(torch.from_numpy(packed[s : s + batch]), torch.from_numpy(y[s : s + batch]))
+               for s in range(0, n - batch + 1, batch)]  # fmt: skip
+    # dense columns as a plain pipeline would feed them (pre-gathered per impression)
+    q, i = queries[raw["query"]], items[raw["item"]]
+    dense = {
+        "q": q * np.sqrt(dim), "i": i * np.sqrt(dim), "cos": (q * i).sum(1, keepdims=True),
+        "aff_item": aff[raw["user_row"], raw["category"]][:, None], "aff": aff[raw["user_row"]],
+    }  # fmt: skip
+    return fmap, raw, y, batches, dense, items, queries, aff
+
+
+def timed_steps(step, batches, warmup: int = 3) -> float:
+    for x in batches[:warmup]:
+        step(*x)
+    t0 = time.perf_counter()
+    for x in batches:
+        step(*x)
+    return sum(len(b[-1]) for b in batches) / (time.perf_counter() - t0)
+
+
+def visctr_contender(fmap, cfg, items, queries, aff, triplets=None):
+    net = CTRNet(fmap, cfg, aff)
+    net.set_visual_tables(items, queries)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(x, y):
+        loss = F.binary_cross_entropy_with_logits(net(x), y)
+        if triplets is not None:
+            a, p, n = triplets.sample(cfg.debias.triplets_per_step, gen)
+            iv = net.item_vectors
+            d = net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
+            k = a.shape[0]
+            loss = loss + cfg.debias.weight * triplet_loss(d[:k], d[k:2 * k], d[2 * k:], 0.2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return net, step
+
+
+def bare_contender(fmap, cfg, d_dense):
+    emb = nn.Embedding(fmap.total_vocab, cfg.field_dim)
+    deep = mlp([fmap.n_fields * cfg.field_dim + d_dense, *cfg.mlp])
+    out = nn.Linear(cfg.mlp[-1], 1)
+    params = [*emb.parameters(), *deep.parameters(), *out.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    f = fmap.n_fields
+
+    def step(x, d, y):
+        e = emb(x[:, :f]).flatten(1)
+        z = out(deep(torch.cat([e, d], 1))).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(z, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def deepfm_contender(cfg, raw, dense, y, batch):
+    sys.modules.setdefault("requests", types.ModuleType("requests"))  # it phones home on import
+    from deepctr_torch.inputs import DenseFeat, SparseFeat
+    from deepctr_torch.models import DeepFM
+
+    sparse = [SparseFeat(name, v, embedding_dim=cfg.field_dim) for name, v in VOCABS]
+    dense_cols = [DenseFeat(k, v.shape[1]) for k, v in dense.items()]
+    cols = sparse + dense_cols
+    model = DeepFM(cols, cols, dnn_hidden_units=tuple(cfg.mlp), task="binary", device="cpu")
+    model.compile("adam", "binary_crossentropy")
+    x = {name: raw[name] for name, _ in VOCABS} | dense
+
+    def run(n_rows: int) -> float:
+        sub = {k: v[:n_rows] for k, v in x.items()}
+        t0 = time.perf_counter()
+        model.fit(sub, y[:n_rows], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        return n_rows / (time.perf_counter() - t0)
+
+    return run
+
+
+def lightning_contender(fmap, cfg, items, queries, aff, batches):
+    import lightning as L
+
+    net = CTRNet(fmap, cfg, aff)
+    net.set_visual_tables(items, queries)
+    module = CTRModule(net, cfg, None, seed=0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=10_000, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        log_every_n_steps=10_000)  # fmt: skip
+
+    def run() -> float:
+        trainer.fit_loop.max_epochs = trainer.current_epoch + 1
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches,
+                                                                          batch_size=None))
+        h = module.history[-1]
+        return h["steps"] * len(batches[0][1]) / h["seconds"]
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dim", type=int, default=64, help="visual embedding width")
+    ap.add_argument("--steps", type=int, default=40, help="steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-lightning", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    n = args.batch * (args.steps + 3)
+    fmap, raw, y, batches, dense, items, queries, aff = make_data(n, args.batch, args.dim)
+    cfg = CTRConfig(batch_size=args.batch)
+    d_dense = sum(v.shape[1] for v in dense.values())
+    dense_all = np.concatenate(list(dense.values()), axis=1).astype(np.float32)
+    bare_batches = [(x[:, : fmap.n_fields], torch.from_numpy(dense_all[s : s + args.batch]), yb)
+                    for (x, yb), s in zip(batches, range(0, n, args.batch), strict=False)]  # fmt: skip
+    net, ours = visctr_contender(fmap, cfg, items, queries, aff)
+    assert net.d_in == fmap.n_fields * cfg.field_dim + d_dense, "bare must have the same shape"
+    dcfg = CTRConfig(batch_size=args.batch, debias=DebiasConfig(enabled=True))
+    rng = np.random.default_rng(1)
+    trip = Triplets(np.arange(1200), rng.integers(1200, N_ITEMS, (1200, 10)),
+                    rng.integers(1200, N_ITEMS, (1200, 50)))  # fmt: skip
+    _, ours_d = visctr_contender(fmap, dcfg, items, queries, aff, trip)
+    bare = bare_contender(fmap, cfg, d_dense)
+    deepfm = deepfm_contender(cfg, raw, dense, y, args.batch)
+    light = None if args.no_lightning else lightning_contender(fmap, cfg, items, queries, aff,
+                                                               batches)  # fmt: skip
+    rows: dict[str, list[float]] = {k: [] for k in ("visctr", "visctr+L", "visctr+D", "bare",
+                                                    "DeepFM")}  # fmt: skip
+    deepfm(args.batch * 4)  # warm-up
+    for r in range(args.rounds):
+        rows["visctr"].append(timed_steps(ours, batches))
+        rows["bare"].append(timed_steps(bare, bare_batches))
+        rows["DeepFM"].append(deepfm(len(batches) * args.batch))
+        rows["visctr+D"].append(timed_steps(ours_d, batches))
+        if light is not None:
+            rows["visctr+L"].append(light())
+        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:,.0f}" for k, v in rows.items() if v),
+              flush=True)  # fmt: skip
+    best = {k: max(v) for k, v in rows.items() if v}
+    med = {k: statistics.median(v) for k, v in rows.items() if v}
+    print(f"\nbatch {args.batch}, {args.threads} threads, visual dim {args.dim}, "
+          f"{len(batches)} steps x {args.rounds} rounds; samples/s (best round | median)")
+    for k in best:
+        print(f"  {k:9s} {best[k]:>10,.0f} | {med[k]:>10,.0f}")
+    print(f"visctr / DeepFM         = {best['visctr'] / best['DeepFM']:.2f}x (target >= 2.5x)")
+    print(f"visctr / bare           = {best['visctr'] / best['bare']:.0%} (target >= 85%)")
+    if "visctr+L" in best:
+        print(f"visctr+Lightning / bare = {best['visctr+L'] / best['bare']:.0%}")
+        print(f"visctr+Lightning / DeepFM = {best['visctr+L'] / best['DeepFM']:.2f}x")
+    print(f"visctr+debias / bare    = {best['visctr+D'] / best['bare']:.0%}")
+
+
+if __name__ == "__main__":
+    main()

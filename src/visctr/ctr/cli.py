@@ -1,0 +1,92 @@
+"""``visctr train-ctr``: train and evaluate one CTR model on a world + embeddings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from visctr.cli_common import handle_errors, trainer_options
+
+
+@click.command("train-ctr")
+@click.option(
+    "--world",
+    "world_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="World directory written by 'visctr simulate'.",
+)
+@click.option(
+    "--embeddings",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Embeddings directory (items.parquet, queries.parquet) of one encoder.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="S1 embeddings directory: the unbiased reference (needed for --debias).",
+)
+@click.option(
+    "--debias/--no-debias",
+    default=None,
+    help="S3 debias network + gate (default: the config's debias.enabled).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output directory for model.pt, feature_map.json, history.json, ...",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML file with CTRConfig keys (strict: unknown keys are errors).",
+)
+@trainer_options
+@handle_errors
+def train_ctr_cmd(
+    world_dir: Path,
+    embeddings: Path,
+    reference: Path | None,
+    debias: bool | None,
+    out_dir: Path,
+    seed: int,
+    config_file: Path | None,
+    trainer_overrides: dict,
+) -> None:
+    """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
+    from visctr.config import from_dict, merge, read_yaml
+    from visctr.ctr import CTRConfig, evaluate_ctr, train_ctr
+    from visctr.world import World
+
+    data = read_yaml(config_file) if config_file else {}
+    if trainer_overrides:
+        data = merge(data, {"trainer": trainer_overrides})
+    if debias is not None:
+        data = merge(data, {"debias": {"enabled": debias}})
+    cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
+    world = World.load(world_dir)
+    train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
+    import json
+
+    done = json.loads((out_dir / "done.json").read_text())
+    metrics = evaluate_ctr(out_dir, world, embeddings)
+    click.echo(
+        f"train-ctr: {out_dir} (debias={'on' if cfg.debias.enabled else 'off'}, "
+        f"seed={seed}, epochs={done['epochs']}, best val AUC={done['best_val_auc']}, "
+        f"{done['seconds']}s)"
+    )
+    click.echo(
+        "  ".join(f"{k}={v:.4f}" if math.isfinite(v) else f"{k}=nan" for k, v in metrics.items())
+    )
+
+
+COMMANDS = [train_ctr_cmd]

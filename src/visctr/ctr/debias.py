@@ -1,0 +1,194 @@
+"""S3: the debias network, the gate, triplet mining with the S1 reference, and export.
+
+- ``DebiasNet`` maps any visual embedding (query or item) to a debiased one: a small
+  residual MLP, ``d = normalize(v + MLP(v))``, its last layer zero-initialised so it
+  starts as the identity.
+- ``Gate`` fuses the original and the debiased vector: ``g·v + (1−g)·d`` with
+  ``g = sigmoid(Linear([v, d]))`` one gate per dimension.
+- Triplets (our choice; the paper gives only the outline): anchor = a head item (top
+  ``head_share`` of items by training impressions); positive = a tail item among its
+  ``k_neighbours`` nearest in S1 space; negative = a tail item among its ``k_far``
+  farthest in S1 space (exact FAISS inner-product search over the tail items' S1 vectors,
+  the farthest found by searching with the negated anchor). Mined once before training;
+  each step samples ``triplets_per_step`` of them. The triplet loss is applied to the
+  DebiasNet output of the *method's* item vectors, so the debiased space inherits the
+  unbiased S1 neighbourhoods across the head/tail divide.
+- Retrieval uses the gated fusion by default (what the CTR model itself consumes); set
+  ``debias.retrieval_vector: debiased`` to export ``d`` alone. ``debias.pt`` holds the
+  DebiasNet and Gate weights plus that choice and is loadable with ``weights_only=True``;
+  ``apply_debias`` maps any embedding array with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from visctr.errors import InputError
+
+DEBIAS_FORMAT = 1
+
+
+class DebiasNet(nn.Module):
+    """Residual MLP on a visual vector, output L2-normalised."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return F.normalize(v + self.fc2(F.relu(self.fc1(v))), dim=-1)
+
+
+class Gate(nn.Module):
+    """Vector gate ``g·v + (1−g)·d``, ``g = sigmoid(W[v, d] + b)``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(2 * dim, dim)
+
+    def forward(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.proj(torch.cat([v, d], dim=-1)))
+        return g * v + (1.0 - g) * d
+
+
+class DebiasHead(nn.Module):
+    """DebiasNet + Gate as one unit: ``fuse(v)`` is the vector the CTR model uses."""
+
+    def __init__(self, dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = DebiasNet(dim, hidden)
+        self.gate = Gate(dim)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.gate(v, self.net(v))
+
+
+def triplet_loss(
+    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float
+) -> torch.Tensor:
+    """Mean of ``max(0, cos(a, n) − cos(a, p) + margin)`` over rows."""
+    a = F.normalize(anchor, dim=-1)
+    cp = (a * F.normalize(positive, dim=-1)).sum(-1)
+    cn = (a * F.normalize(negative, dim=-1)).sum(-1)
+    return F.relu(cn - cp + margin).mean()
+
+
+@dataclass
+class Triplets:
+    """Mined candidates, all as item rows: ``pos[i]`` / ``neg[i]`` belong to ``anchors[i]``."""
+
+    anchors: np.ndarray  # int64 [A]
+    pos: np.ndarray  # int64 [A, k_neighbours]
+    neg: np.ndarray  # int64 [A, k_far]
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """``n`` triplets (anchor, positive, negative item rows), reproducible per generator."""
+        a = torch.randint(len(self.anchors), (n,), generator=generator)
+        p = torch.randint(self.pos.shape[1], (n,), generator=generator)
+        q = torch.randint(self.neg.shape[1], (n,), generator=generator)
+        anchors = torch.from_numpy(self.anchors)
+        return anchors[a], torch.from_numpy(self.pos)[a, p], torch.from_numpy(self.neg)[a, q]
+
+
+def head_items(item_counts: np.ndarray, head_share: float) -> np.ndarray:
+    """Boolean mask of head items: top ``head_share`` by count, ties by row, count > 0."""
+    n_head = int(np.floor(head_share * item_counts.size))
+    order = np.lexsort((np.arange(item_counts.size), -item_counts))
+    head = np.zeros(item_counts.size, dtype=bool)
+    head[order[:n_head]] = True
+    return head & (item_counts > 0)
+
+
+def mine_triplets(
+    reference: np.ndarray, usable: np.ndarray, item_counts: np.ndarray, cfg
+) -> Triplets:
+    """Mine head→tail triplets in the S1 reference space with exact FAISS search.
+
+    ``reference``: float32 [n_items, D] S1 vectors aligned to item rows; ``usable``: items
+    with both a reference and a method vector.
+    """
+    import faiss
+
+    is_head = head_items(item_counts, cfg.head_share)
+    head, tail = is_head & usable, ~is_head & usable
+    anchors, tails = np.flatnonzero(head), np.flatnonzero(tail)
+    if anchors.size == 0 or tails.size < 2:
+        raise InputError(
+            f"debias: need head and tail items with vectors to mine triplets, found "
+            f"{anchors.size} head and {tails.size} tail items; is the training "
+            "log too small or head_share too low?"
+        )
+    ref = np.ascontiguousarray(reference, dtype=np.float32)
+    ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    index = faiss.IndexFlatIP(ref.shape[1])
+    index.add(ref[tails])
+    k_pos = min(cfg.k_neighbours, tails.size)
+    k_neg = min(cfg.k_far, tails.size)
+    _, near = index.search(ref[anchors], k_pos)
+    _, far = index.search(-ref[anchors], k_neg)
+    return Triplets(
+        anchors.astype(np.int64), tails[near].astype(np.int64), tails[far].astype(np.int64)
+    )
+
+
+def export_debias(head: DebiasHead, cfg, dim: int, path: Path) -> None:
+    """Write ``debias.pt``: weights + the config needed to rebuild and apply them."""
+    from visctr.io import save_torch
+
+    save_torch(
+        {
+            "format": DEBIAS_FORMAT,
+            "dim": dim,
+            "hidden": cfg.hidden,
+            "retrieval_vector": cfg.retrieval_vector,
+            "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        },
+        path,
+    )
+
+
+def load_debias(path: Path) -> tuple[DebiasHead, str]:
+    """The exported debias head and which vector retrieval uses (``gated``/``debiased``)."""
+    from visctr.io import load_torch
+
+    blob = load_torch(path)
+    if not isinstance(blob, dict) or blob.get("format") != DEBIAS_FORMAT:
+        raise InputError(f"{path}: not a visctr debias export (format {DEBIAS_FORMAT})")
+    head = DebiasHead(int(blob["dim"]), int(blob["hidden"]))
+    head.load_state_dict(blob["state_dict"])
+    head.eval()
+    return head, str(blob["retrieval_vector"])
+
+
+def apply_debias(
+    debias_path: Path, vectors: np.ndarray, batch_size: int = 65_536, mode: str | None = None
+) -> np.ndarray:
+    """Map an embedding array ``[n, D]`` through the exported debias head.
+
+    Returns L2-normalised float32 vectors: the gated fusion (default, what the CTR model
+    uses) or the debiased vector alone, as chosen at training (``mode`` overrides).
+    """
+    head, saved_mode = load_debias(Path(debias_path))
+    mode = mode or saved_mode
+    if mode not in ("gated", "debiased"):
+        raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
+    v = np.asarray(vectors, dtype=np.float32)
+    dim = head.gate.proj.out_features
+    if v.ndim != 2 or v.shape[1] != dim:
+        raise InputError(f"{debias_path}: expects vectors of width {dim}, got shape {v.shape}")
+    out = np.empty_like(v)
+    with torch.no_grad():
+        for s in range(0, v.shape[0], batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(v[s : s + batch_size]))
+            y = head(x) if mode == "gated" else head.net(x)
+            out[s : s + batch_size] = F.normalize(y, dim=-1).numpy()
+    return out

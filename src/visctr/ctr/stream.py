@@ -1,0 +1,136 @@
+"""Streaming impressions: Parquet record batches -> shuffled packed index tensors.
+
+Memory is bounded by ``shuffle_buffer + read_rows`` rows whatever the log size: the file
+is read batch by batch (``ParquetFile.iter_batches``), each batch is encoded at once to
+int64 indices, and rows are shuffled within a buffer (plus a shuffled row-group order per
+epoch). Work is sharded over DataLoader workers and distributed ranks: by row group when
+there are enough of them, else by record batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from visctr.ctr.features import LOG_COLUMNS, Encoder, open_log
+
+Part = Literal["all", "fit", "val"]
+
+
+def _shard() -> tuple[int, int]:
+    """(index, count) of this reader among all ranks x workers."""
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    info = get_worker_info()
+    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+    return rank * nw + wid, world * nw
+
+
+class ImpressionStream(IterableDataset):
+    """Yields ``(index [B, F+4] int64, labels [B] float32)`` batches from one impressions file.
+
+    ``part`` selects the fit part (timestamp < ``val_start``), the validation part, or all.
+    With ``shuffle`` the order changes every epoch (seed + epoch), reproducibly.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        encoder: Encoder,
+        batch_size: int,
+        part: Part = "all",
+        val_start: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 200_000,
+        read_rows: int = 65_536,
+    ):
+        super().__init__()
+        self.path = Path(path)
+        self.encoder = encoder
+        self.batch_size = batch_size
+        self.part = part
+        self.val_start = val_start
+        self.shuffle = shuffle
+        self.seed = seed
+        self.shuffle_buffer = max(shuffle_buffer, batch_size)
+        self.read_rows = read_rows
+        self.epoch = 0
+        if part != "all" and val_start is None:
+            raise ValueError("val_start is needed to select the fit or validation part")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self, rng: np.random.Generator | None) -> Iterator[dict[str, np.ndarray]]:
+        pf = open_log(self.path)
+        shard, n_shards = _shard()
+        groups = np.arange(pf.num_row_groups)
+        if rng is not None:
+            groups = rng.permutation(groups)
+        by_group = groups.size >= n_shards
+        if by_group:
+            groups = groups[shard::n_shards]
+        if groups.size == 0:
+            return
+        it = pf.iter_batches(
+            batch_size=self.read_rows, row_groups=groups.tolist(), columns=LOG_COLUMNS
+        )
+        for i, rb in enumerate(it):
+            if not by_group and i % n_shards != shard:
+                continue
+            cols = {c: rb.column(c).to_numpy() for c in LOG_COLUMNS}
+            if self.part != "all":
+                keep = cols["timestamp"] < self.val_start
+                if self.part == "val":
+                    keep = ~keep
+                if not keep.all():
+                    cols = {c: v[keep] for c, v in cols.items()}
+            if cols["item_id"].size:
+                yield cols
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        self.epoch += 1
+        bs = self.batch_size
+        buf_x: list[np.ndarray] = []
+        buf_y: list[np.ndarray] = []
+        held = 0
+        for cols in self._batches(rng):
+            x, y = self.encoder.encode(cols, self.path)
+            if rng is None:  # in order: emit as we go
+                buf_x.append(x)
+                buf_y.append(y)
+                held += y.size
+                if held >= bs:
+                    xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
+                    n = (held // bs) * bs
+                    for s in range(0, n, bs):
+                        yield torch.from_numpy(xs[s : s + bs]), torch.from_numpy(ys[s : s + bs])
+                    buf_x, buf_y, held = [xs[n:]], [ys[n:]], held - n
+                continue
+            buf_x.append(x)
+            buf_y.append(y)
+            held += y.size
+            if held >= self.shuffle_buffer:
+                xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
+                perm = rng.permutation(held)
+                n = (held // 2 // bs) * bs or (held // bs) * bs  # keep half to mix with next
+                for s in range(0, n, bs):
+                    idx = perm[s : s + bs]
+                    yield torch.from_numpy(xs[idx]), torch.from_numpy(ys[idx])
+                rest = perm[n:]
+                buf_x, buf_y, held = [xs[rest]], [ys[rest]], rest.size
+        if held:
+            xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
+            if rng is not None:
+                perm = rng.permutation(held)
+                xs, ys = xs[perm], ys[perm]
+            for s in range(0, held, bs):
+                yield torch.from_numpy(xs[s : s + bs]), torch.from_numpy(ys[s : s + bs])

@@ -1,0 +1,256 @@
+"""Train, predict and evaluate one CTR model (one per method) from a world + embeddings.
+
+Artifacts in ``out_dir`` (each written atomically; ``done.json`` last, so a directory
+without it is incomplete): ``model.pt`` (weights + config, ``weights_only``-loadable),
+``feature_map.json``, ``history.json``, ``debias.pt`` when debiasing, ``done.json``
+(config hash + summary). A killed run resumes from ``checkpoints/last.ckpt`` when its
+configuration is unchanged; a finished one with the same hash is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visctr.config import config_hash, from_dict, to_dict
+from visctr.ctr.config import CTRConfig
+from visctr.ctr.debias import export_debias, mine_triplets
+from visctr.ctr.features import Encoder, FeatureMap, compute_train_stats, load_embeddings
+from visctr.ctr.model import CTRModule, CTRNet
+from visctr.ctr.stream import ImpressionStream
+from visctr.errors import InputError
+from visctr.eval.metrics import auc, ctr_metrics
+from visctr.io import load_torch, save_torch, write_json
+from visctr.world.store import World
+
+MODEL_FORMAT = 1
+PREDICT_BATCH = 8192
+
+
+def _run_key(
+    world: World, embeddings: Path, cfg: CTRConfig, seed: int, reference: Path | None
+) -> str:
+    return config_hash(
+        {
+            "ctr": to_dict(cfg),
+            "seed": seed,
+            "world": str(Path(world.root).resolve()),
+            "embeddings": str(Path(embeddings).resolve()),
+            "reference": str(Path(reference).resolve()) if reference else None,
+        }
+    )
+
+
+def is_done(out_dir: Path, key: str) -> bool:
+    import json
+
+    p = Path(out_dir) / "done.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("config_hash") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def train_ctr(
+    world: World,
+    embeddings: Path,
+    out_dir: Path,
+    cfg: CTRConfig,
+    seed: int,
+    reference: Path | None = None,
+) -> Path:
+    """Train one CTR model; early stopping on validation AUC. Returns ``out_dir``.
+
+    ``reference``: the S1 embeddings directory, required when ``cfg.debias.enabled``.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping
+    from torch.utils.data import DataLoader
+
+    from visctr.train import build_trainer, resume_checkpoint
+
+    out_dir = Path(out_dir)
+    if cfg.debias.enabled and reference is None:
+        raise InputError(
+            "debiasing needs the S1 reference embeddings: pass --reference DIR "
+            "(or reference=...) or turn debias off"
+        )
+    key = _run_key(world, embeddings, cfg, seed, reference)
+    if is_done(out_dir, key):
+        return out_dir
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "done.json").unlink(missing_ok=True)
+    run_file = out_dir / "run.json"
+    resume = resume_checkpoint(out_dir)
+    if resume is not None:
+        import json
+
+        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if prev.get("config_hash") != key:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            resume = None
+    write_json({"config_hash": key, "seed": seed}, run_file)
+
+    emb = load_embeddings(Path(embeddings), world)
+    stats = compute_train_stats(world, emb, cfg)
+    fmap = stats.feature_map
+    triplets = None
+    if cfg.debias.enabled:
+        ref = load_embeddings(Path(reference), world, queries=False)
+        if ref.dim != emb.dim:
+            raise InputError(
+                f"{ref.items_path}: reference vectors have width {ref.dim} but "
+                f"{emb.items_path} has width {emb.dim}; use the S1 embeddings of "
+                "the same backbone"
+            )
+        usable = emb.item_has_vector & ref.item_has_vector
+        triplets = mine_triplets(ref.item_vectors, usable, stats.item_counts, cfg.debias)
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    net = CTRNet(fmap, cfg, stats.affinity)
+    net.set_visual_tables(emb.item_vectors, emb.query_vectors)
+    module = CTRModule(net, cfg, triplets, seed)
+    train_path = world.impressions_path("train")
+    fit_ds = ImpressionStream(
+        train_path,
+        Encoder(fmap, emb),
+        cfg.batch_size,
+        part="fit",
+        val_start=fmap.val_start,
+        shuffle=True,
+        seed=seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        read_rows=cfg.read_rows,
+    )
+    loaders = {"train_dataloaders": DataLoader(fit_ds, batch_size=None)}
+    callbacks = []
+    if stats.n_val > 0:
+        val_ds = ImpressionStream(
+            train_path,
+            Encoder(fmap, emb, fixed_position=0),
+            PREDICT_BATCH,
+            part="val",
+            val_start=fmap.val_start,
+            read_rows=cfg.read_rows,
+        )
+        loaders["val_dataloaders"] = DataLoader(val_ds, batch_size=None)
+        callbacks.append(
+            EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, check_finite=False)
+        )
+    trainer = build_trainer(
+        cfg.trainer, out_dir, cfg.max_epochs, callbacks=callbacks, log_every_n_steps=10_000
+    )
+    trainer.fit(module, ckpt_path=str(resume) if resume else None, **loaders)
+    if module.best_state is not None:
+        net.load_state_dict(module.best_state)
+    if trainer.global_rank != 0:
+        return out_dir
+
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    save_torch(
+        {"format": MODEL_FORMAT, "config": to_dict(cfg), "seed": seed, "state_dict": state},
+        out_dir / "model.pt",
+    )
+    fmap.save(out_dir / "feature_map.json")
+    write_json(module.history, out_dir / "history.json")
+    if cfg.debias.enabled and net.debias is not None:
+        export_debias(net.debias, cfg.debias, emb.dim, out_dir / "debias.pt")
+    else:
+        (out_dir / "debias.pt").unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    write_json(
+        {
+            "config_hash": key,
+            "seed": seed,
+            "debias": cfg.debias.enabled,
+            "epochs": len(module.history),
+            "best_val_auc": None if not math.isfinite(module.best_auc) else module.best_auc,
+            "train_impressions": stats.n_fit,
+            "val_impressions": stats.n_val,
+            "seconds": round(time.perf_counter() - t0, 2),
+        },
+        out_dir / "done.json",
+    )
+    return out_dir
+
+
+def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet, Encoder]:
+    """The trained network (visual tables from ``embeddings``) and its eval-time encoder."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "done.json").is_file():
+        raise InputError(
+            f"{model_dir}: no finished CTR model here (done.json missing); run "
+            "'visctr train-ctr' first"
+        )
+    fmap = FeatureMap.load(model_dir / "feature_map.json")
+    blob = load_torch(model_dir / "model.pt")
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise InputError(
+            f"{model_dir / 'model.pt'}: not a visctr CTR model (format {MODEL_FORMAT})"
+        )
+    cfg = from_dict(CTRConfig, blob["config"])
+    emb = load_embeddings(Path(embeddings), world)
+    enc = Encoder(fmap, emb, fixed_position=0)
+    net = CTRNet(fmap, cfg, blob["state_dict"]["user_affinity"])
+    net.load_state_dict(blob["state_dict"])
+    net.set_visual_tables(emb.item_vectors, emb.query_vectors)
+    net.eval()
+    return net, enc
+
+
+def predict_ctr(
+    model_dir: Path, world: World, embeddings: Path, split: str
+) -> dict[str, np.ndarray]:
+    """Click probabilities for every impression of ``split``, all shown at position 0.
+
+    Returns ``labels`` (int8), ``probs`` (float32), ``query_id``, ``item_id`` (int64), in
+    file order.
+    """
+    net, enc = load_model(model_dir, world, embeddings)
+    ds = ImpressionStream(world.impressions_path(split), enc, PREDICT_BATCH)
+    n_f = len(enc.names)
+    probs, labels, items, queries = [], [], [], []
+    with torch.inference_mode():
+        for x, y in ds:
+            probs.append(torch.sigmoid(net(x)).numpy())
+            labels.append(y.numpy().astype(np.int8))
+            items.append(x[:, n_f + 1].numpy())
+            queries.append(x[:, n_f + 2].numpy())
+    if not probs:
+        raise InputError(f"{world.impressions_path(split)}: the {split!r} split is empty")
+    item_rows = np.concatenate(items)
+    query_rows = np.concatenate(queries)
+    return {
+        "labels": np.concatenate(labels),
+        "probs": np.concatenate(probs).astype(np.float32),
+        "query_id": enc.emb.query_ids.ids[query_rows],
+        "item_id": enc.items.ids[item_rows],
+    }
+
+
+def evaluate_ctr(model_dir: Path, world: World, embeddings: Path) -> dict[str, float]:
+    """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
+
+    ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
+    Single-class cases give NaN (see ``visctr.eval.metrics``).
+    """
+    test = predict_ctr(model_dir, world, embeddings, "test")
+    head_ids = np.asarray(world.items["item_id"])[np.asarray(world.items["is_head"], dtype=bool)]
+    is_tail = ~np.isin(test["item_id"], head_ids)
+    m = ctr_metrics(test["labels"], test["probs"], test["query_id"], is_tail)
+    rnd = predict_ctr(model_dir, world, embeddings, "random")
+    return {
+        "auc": m["auc"],
+        "logloss": m["logloss"],
+        "gauc": m["gauc"],
+        "auc_random_exposure": auc(rnd["labels"], rnd["probs"]),
+        "auc_tail": m["auc_tail"],
+    }

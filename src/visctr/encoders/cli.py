@@ -1,0 +1,195 @@
+"""CLI verbs of the encoder stages: ``pretrain``, ``finetune``, ``classify``, ``embed``.
+
+``--config FILE.yaml`` reads the section named after the verb (``pretrain:``,
+``finetune:``, ``classify:``), or the same stage's section of a ``visctr run`` config
+(``s1:``, ``s2:``), strictly into the stage's config: unknown keys are errors. A top-level
+``trainer:`` mapping applies too; ``--epochs`` and the accelerator flags override both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from visctr.cli_common import handle_errors, trainer_options
+from visctr.config import from_dict, merge, read_yaml
+from visctr.errors import ConfigError
+
+
+# A verb reads its own section, or the one of the same stage in a `visctr run` config.
+SECTIONS = {"pretrain": ("pretrain", "s1"), "finetune": ("finetune", "s2"),
+            "classify": ("classify",)}
+
+
+def _load_cfg(
+    cls: type,
+    verb: str,
+    config: Path | None,
+    epochs: int | None,
+    trainer_overrides: dict[str, Any],
+) -> Any:
+    """Stage config = defaults < the file's section < its top-level ``trainer`` < flags."""
+    data: dict[str, Any] = {}
+    where = f"{verb} config"
+    if config is not None:
+        raw = read_yaml(config)
+        found = [name for name in SECTIONS[verb] if name in raw]
+        if not found:
+            raise ConfigError(
+                f"{config}: no {' or '.join(map(repr, SECTIONS[verb]))} section (top-level "
+                f"keys: {', '.join(sorted(raw)) or 'none'})"
+            )
+        if len(found) > 1:
+            raise ConfigError(f"{config}: both {found[0]!r} and {found[1]!r} sections; keep one")
+        where = f"{config}:{found[0]}"
+        data = raw[found[0]] or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        if raw.get("trainer"):
+            data = merge(data, {"trainer": raw["trainer"]})
+    over: dict[str, Any] = {}
+    if epochs is not None:
+        over["epochs"] = epochs
+    if trainer_overrides:
+        over["trainer"] = trainer_overrides
+    from_dict(cls, data, where=where)  # report file errors against the file
+    return from_dict(cls, merge(data, over), where=f"{where} + command line")
+
+
+def _world(path: Path):
+    from visctr.world.store import World
+
+    return World.load(path)
+
+
+def _stage_options(fn):
+    fn = click.option("--epochs", type=int, default=None, help="Override the config's epochs.")(fn)
+    fn = click.option(
+        "--config",
+        "config",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML file; its section named after this verb is the stage config.",
+    )(fn)
+    fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
+    fn = click.option(
+        "--out",
+        "out",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Output directory (encoder.pt, history.json, checkpoints/).",
+    )(fn)
+    fn = click.option(
+        "--world",
+        "world",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="World directory written by 'visctr simulate'.",
+    )(fn)
+    return fn
+
+
+@click.command()
+@_stage_options
+@trainer_options
+@handle_errors
+def pretrain(
+    world: Path,
+    out: Path,
+    seed: int,
+    config: Path | None,
+    epochs: int | None,
+    trainer_overrides: dict[str, Any],
+) -> None:
+    """S1: self-supervised pre-training on every catalog image."""
+    from visctr.encoders.config import S1Config
+    from visctr.encoders.stages import pretrain as run
+
+    cfg = _load_cfg(S1Config, "pretrain", config, epochs, trainer_overrides)
+    click.echo(run(_world(world), cfg, out, seed))
+
+
+@click.command()
+@_stage_options
+@click.option(
+    "--init",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="S1 encoder.pt to start from (default: random init).",
+)
+@trainer_options
+@handle_errors
+def finetune(
+    world: Path,
+    out: Path,
+    seed: int,
+    config: Path | None,
+    epochs: int | None,
+    init: Path | None,
+    trainer_overrides: dict[str, Any],
+) -> None:
+    """S2: click-supervised contrastive fine-tuning (+ lambda_s1 x the S1 loss)."""
+    from visctr.encoders.config import S2Config
+    from visctr.encoders.stages import finetune as run
+
+    cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides)
+    click.echo(run(_world(world), cfg, out, seed, init=init))
+
+
+@click.command()
+@_stage_options
+@trainer_options
+@handle_errors
+def classify(
+    world: Path,
+    out: Path,
+    seed: int,
+    config: Path | None,
+    epochs: int | None,
+    trainer_overrides: dict[str, Any],
+) -> None:
+    """ResNet-C: the category-supervised baseline encoder."""
+    from visctr.encoders.config import ClassifyConfig
+    from visctr.encoders.stages import classify as run
+
+    cfg = _load_cfg(ClassifyConfig, "classify", config, epochs, trainer_overrides)
+    click.echo(run(_world(world), cfg, out, seed))
+
+
+@click.command()
+@click.option(
+    "--world",
+    "world",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="World directory written by 'visctr simulate'.",
+)
+@click.option(
+    "--encoder",
+    "encoder",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="encoder.pt written by pretrain, finetune or classify.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output directory for items.parquet and queries.parquet.",
+)
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@handle_errors
+def embed(world: Path, encoder: Path, out: Path, batch_size: int, device: str) -> None:
+    """Embed every catalog item and query photo (L2-normalised) to Parquet."""
+    from visctr.encoders.export import embed as run
+
+    items, queries = run(encoder, _world(world), out, batch_size=batch_size, device=device)
+    click.echo(items)
+    click.echo(queries)
+
+
+COMMANDS = [pretrain, finetune, classify, embed]

@@ -1,0 +1,111 @@
+"""Embedding export: every catalog item and every query photo through a trained encoder.
+
+Writes ``items.parquet`` (``item_id`` int64, ``vector`` fixed_size_list<float32>[D]) and
+``queries.parquet`` (``query_id`` int64, ``vector``), L2-normalised, streamed in row
+groups and renamed into place atomically. A plain ``inference_mode`` loop, no Lightning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from visctr.encoders.backbones import Encoder
+from visctr.encoders.checkpoint import load_encoder
+from visctr.errors import InputError
+from visctr.io import atomic_path
+from visctr.world.store import World
+
+ROW_GROUP = 65_536
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def embed_images(
+    encoder: Encoder, images: np.ndarray, rows: np.ndarray, batch_size: int, device: torch.device
+):
+    """Yield L2-normalised float32 embeddings ``[n, D]`` of ``images[rows]`` chunk by chunk."""
+    chunk = max(batch_size, (ROW_GROUP // batch_size) * batch_size)
+    for start in range(0, len(rows), chunk):
+        block = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + chunk]]))
+        out = torch.empty(len(block), encoder.embed_dim, dtype=torch.float32)
+        for s in range(0, len(block), batch_size):
+            x = block[s : s + batch_size].to(device, non_blocking=True)
+            out[s : s + len(x)] = encoder.encode(x).float().cpu()
+        yield out.numpy()
+
+
+def _write_vectors(path: Path, id_name: str, ids: np.ndarray, chunks) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    start = 0
+    with atomic_path(path) as tmp:
+        try:
+            for vec in chunks:
+                d = vec.shape[1]
+                if not np.isfinite(vec).all():
+                    raise InputError(f"{path}: the encoder produced non-finite embeddings")
+                vectors = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), d)
+                table = pa.table(
+                    {
+                        id_name: pa.array(ids[start : start + len(vec)], pa.int64()),
+                        "vector": vectors,
+                    }
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table, row_group_size=ROW_GROUP)
+                start += len(vec)
+            if writer is None:  # no rows: still a valid, empty file
+                schema = pa.schema([(id_name, pa.int64()), ("vector", pa.list_(pa.float32(), 1))])
+                pq.write_table(schema.empty_table(), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def embed(
+    encoder_path: Path,
+    world: World,
+    out_dir: Path,
+    batch_size: int = 1024,
+    device: str = "auto",
+    backbone: nn.Module | None = None,
+) -> tuple[Path, Path]:
+    """Embed all items and all query photos of ``world``; returns (items, queries) paths."""
+    encoder_path, out_dir = Path(encoder_path), Path(out_dir)
+    if not encoder_path.is_file():
+        raise InputError(
+            f"{encoder_path}: encoder file not found (train one with "
+            "'visctr pretrain|finetune|classify')"
+        )
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    dev = _device(device)
+    encoder = load_encoder(encoder_path, backbone).to(dev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items_path, queries_path = out_dir / "items.parquet", out_dir / "queries.parquet"
+    items, queries = world.items, world.queries
+    _write_vectors(
+        items_path,
+        "item_id",
+        items["item_id"],
+        embed_images(encoder, world.item_images, items["image_row"], batch_size, dev),
+    )
+    _write_vectors(
+        queries_path,
+        "query_id",
+        queries["query_id"],
+        embed_images(encoder, world.query_images, queries["image_row"], batch_size, dev),
+    )
+    return items_path, queries_path

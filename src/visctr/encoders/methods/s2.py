@@ -1,0 +1,127 @@
+"""S2: click-supervised contrastive fine-tuning, ``L = L_click + lambda_s1 * L_S1``.
+
+Each step embeds the query photos and clicked items of a batch of click pairs, plus a
+class-aware pool of extra catalog negatives, and applies the masked click loss
+(:mod:`visctr.losses.click`); with ``lambda_s1 > 0`` it adds the S1 objective on a random
+catalog batch, so the unbiased self-supervision keeps acting on every item (our reading
+of the paper's "leveraging both unbiased self-supervision and click supervision").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from visctr.encoders.backbones import Encoder
+from visctr.encoders.config import S2Config
+from visctr.encoders.data import NegativePool
+from visctr.encoders.methods.base import EncoderMethod
+from visctr.encoders.methods.s1 import S1Objective, two_view_embeddings
+from visctr.encoders.probe import KnnProbe
+from visctr.losses import click_contrastive_loss, pair_keys
+
+
+def _random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(len(x), generator=g, device=x.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class S2Method(EncoderMethod):
+    def __init__(
+        self,
+        encoder: Encoder,
+        cfg: S2Config,
+        seed: int,
+        clicked_pairs: torch.Tensor,
+        pool: NegativePool | None,
+        probe: KnnProbe | None = None,
+    ) -> None:
+        super().__init__(encoder, cfg, seed, probe)
+        self.objective = (
+            S1Objective(
+                encoder.embed_dim, cfg.s1_method, cfg.proj_dim, cfg.pred_dim, cfg.s1_temperature
+            )
+            if cfg.lambda_s1 > 0
+            else None
+        )
+        keys = pair_keys(clicked_pairs[:, 0], clicked_pairs[:, 1])
+        self.register_buffer("clicked_keys", torch.unique(keys), persistent=False)
+        self.pool = pool
+
+    def step_loss(self, batch: dict[str, Any]):
+        cfg: S2Config = self.cfg
+        clicks = batch["click"] if "click" in batch else batch
+        q_img, it_img = clicks["query_image"], clicks["item_image"]
+        b = len(q_img)
+        g = self.generator()
+        if cfg.pair_flip:
+            q_img, it_img = _random_flip(q_img, g), _random_flip(it_img, g)
+        parts: list[torch.Tensor] = [q_img, it_img]
+        extra = None
+        if self.pool is not None and cfg.extra_negatives > 0:
+            extra = self.pool.sample(
+                cfg.extra_negatives,
+                clicks["category"],
+                cfg.same_category_share,
+                self.cpu_generator(1),
+            )
+            extra = {k: v.to(self.device) for k, v in extra.items()}
+            if cfg.negatives_grad:
+                parts.append(extra["image"])
+        e = self.encoder(torch.cat(parts))  # one forward: BN sees queries and items together
+        q, it = e[:b], e[b : 2 * b]
+        extra_emb = extra_ids = None
+        if extra is not None:
+            extra_ids = extra["item_id"]
+            if cfg.negatives_grad:
+                extra_emb = e[2 * b :]
+            else:
+                with torch.no_grad():
+                    extra_emb = self.encoder(extra["image"])
+        l_click = click_contrastive_loss(
+            q,
+            it,
+            clicks["query_id"],
+            clicks["item_id"],
+            cfg.temperature,
+            extra_emb=extra_emb,
+            extra_ids=extra_ids,
+            clicked_pairs=self.clicked_keys,
+            gather=True,
+        )
+        out = {"click": l_click.detach()}
+        loss = l_click
+        if self.objective is not None:
+            e1, e2 = two_view_embeddings(
+                self.encoder, batch["catalog"]["image"], cfg.augment, self.generator(2)
+            )
+            l_s1 = self.objective(e1, e2)
+            loss = loss + cfg.lambda_s1 * l_s1
+            out["s1"] = l_s1.detach()
+        return loss, out
+
+    def heads_state(self) -> dict[str, dict[str, Any]]:
+        if self.objective is None:
+            return {}
+        return {
+            "s1": self.objective.state_dict(),
+            "s1_spec": {
+                "method": self.cfg.s1_method,
+                "proj_dim": self.cfg.proj_dim,
+                "pred_dim": self.cfg.pred_dim,
+            },
+        }
+
+    def load_s1_heads(self, heads: dict[str, Any]) -> bool:
+        """Continue the S1 heads saved by pre-training when they match; True if loaded."""
+        spec = heads.get("s1_spec")
+        want = {
+            "method": self.cfg.s1_method,
+            "proj_dim": self.cfg.proj_dim,
+            "pred_dim": self.cfg.pred_dim,
+        }
+        if self.objective is None or spec != want or "s1" not in heads:
+            return False
+        self.objective.load_state_dict(heads["s1"])
+        return True

@@ -1,0 +1,296 @@
+"""The encoder stages as functions: ``pretrain`` (S1), ``finetune`` (S2), ``classify``
+(ResNet-C). Each trains with Lightning and writes to ``out_dir``:
+
+- ``encoder.pt``: the encoder as a plain dict (:mod:`visctr.encoders.checkpoint`),
+- ``history.json``: per epoch, the train loss (and its parts) and the online kNN accuracy,
+- ``config.yaml``: the resolved stage config, ``done.json``: hash + summary figures,
+- ``checkpoints/last.ckpt``: periodic Lightning checkpoint; a killed run resumes from it.
+
+A stage whose ``done.json`` matches the hash of (config, seed, world, init) returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visctr.config import config_hash, dump_yaml, to_dict
+from visctr.encoders.backbones import Encoder
+from visctr.encoders.checkpoint import (
+    build_encoder,
+    encoder_from_file,
+    encoder_spec,
+    read_encoder_file,
+    save_encoder,
+)
+from visctr.encoders.config import ClassifyConfig, EncoderConfig, S1Config, S2Config, StageConfig
+from visctr.encoders.data import CatalogImages, ClickPairs, NegativePool, make_loader
+from visctr.encoders.methods import EncoderMethod, ResNetCMethod, S1Method, S2Method
+from visctr.encoders.methods.base import EpochEnd
+from visctr.encoders.probe import KnnProbe
+from visctr.errors import ConfigError, InputError
+from visctr.io import write_json, write_text
+from visctr.train import build_trainer, resume_checkpoint
+from visctr.world.store import World
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _image_geometry(world: World) -> tuple[int, int]:
+    shape = world.item_images.shape
+    if len(shape) != 4:
+        raise InputError(
+            f"{world.root / 'images' / 'items.npy'}: expected [N, C, H, W], got shape {shape}"
+        )
+    return int(shape[1]), int(shape[2])
+
+
+def _stage_hash(stage: str, cfg: StageConfig, seed: int, world: World, **extra: Any) -> str:
+    trainer = to_dict(cfg.trainer)
+    trainer.pop("progress_bar", None)
+    c = to_dict(cfg)
+    c["trainer"] = trainer
+    return config_hash(
+        {
+            "stage": stage,
+            "cfg": c,
+            "seed": int(seed),
+            "world": _file_digest(world.root / "world.json"),
+            **extra,
+        }
+    )
+
+
+def _cached(out_dir: Path, h: str) -> bool:
+    import json
+
+    done, enc = out_dir / "done.json", out_dir / "encoder.pt"
+    if not (done.is_file() and enc.is_file()):
+        return False
+    try:
+        return json.loads(done.read_text()).get("hash") == h
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _make_encoder(cfg: EncoderConfig, world: World, encoder: Encoder | None) -> Encoder:
+    if encoder is not None:
+        return encoder
+    c, size = _image_geometry(world)
+    return build_encoder(cfg, c, size)
+
+
+def _probe(catalog: CatalogImages, cfg: StageConfig, seed: int) -> KnnProbe | None:
+    if cfg.probe_items <= 0:
+        return None
+    return KnnProbe.sample(
+        catalog.images, catalog.rows, catalog.categories, cfg.probe_items, seed, cfg.probe_k
+    )
+
+
+def _cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    return obj
+
+
+def _fit(
+    stage: str,
+    method: EncoderMethod,
+    loaders: Any,
+    cfg: StageConfig,
+    out_dir: Path,
+    seed: int,
+    h: str,
+    spec: dict,
+    callbacks: list[Any] | None,
+) -> Path:
+    """Train (resuming a matching checkpoint) and write the stage's artifacts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    marker = ckpt_dir / "config_hash.txt"
+    resume = resume_checkpoint(out_dir)
+    if resume is not None and (not marker.is_file() or marker.read_text().strip() != h):
+        shutil.rmtree(ckpt_dir)  # left by a different config: start afresh
+        resume = None
+    write_text(h + "\n", marker)
+    write_text(dump_yaml(cfg), out_dir / "config.yaml")
+    trainer = build_trainer(
+        cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])]
+    )
+    # Deterministic mode also fills every new tensor with NaN (a debugging aid); that
+    # halves CPU throughput and is not needed for reproducible results.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if resume is not None:
+        print(f"[{stage}] resuming from {resume}", flush=True)
+    t0 = time.perf_counter()
+    trainer.fit(method, train_dataloaders=loaders, ckpt_path=resume, weights_only=True)
+    seconds = time.perf_counter() - t0
+    path = out_dir / "encoder.pt"
+    if trainer.is_global_zero:
+        last = method.history[-1] if method.history else {}
+        meta = {"stage": stage, "seed": int(seed), "hash": h, "epochs": len(method.history)}
+        save_encoder(path, method.encoder, spec, heads=_cpu(method.heads_state()), meta=meta)
+        write_json(method.history, out_dir / "history.json")
+        summary = {
+            "hash": h,
+            "stage": stage,
+            "epochs": len(method.history),
+            "final_loss": last.get("loss"),
+            "knn_acc": last.get("knn_acc"),
+            "seconds": round(seconds, 1),
+        }
+        write_json(summary, out_dir / "done.json")
+        acc = "n/a" if last.get("knn_acc") is None else f"{last['knn_acc']:.3f}"
+        loss = "n/a" if last.get("loss") is None else f"{last['loss']:.4f}"
+        print(
+            f"[{stage}] {len(method.history)} epochs, final loss {loss}, kNN acc {acc}, "
+            f"{seconds:.1f} s -> {path}",
+            flush=True,
+        )
+    return path
+
+
+def _seeded(seed: int, build):
+    """Build modules from a private RNG stream (no global seeding)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def pretrain(
+    world: World,
+    cfg: S1Config,
+    out_dir: Path,
+    seed: int,
+    *,
+    encoder: Encoder | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """S1: self-supervised pre-training on every catalog image; returns ``encoder.pt``."""
+    out_dir = Path(out_dir)
+    h = _stage_hash("s1", cfg, seed, world, custom=repr(encoder) if encoder else None)
+    if _cached(out_dir, h):
+        print(f"[s1] up to date: {out_dir / 'encoder.pt'}", flush=True)
+        return out_dir / "encoder.pt"
+    catalog = CatalogImages.from_world(world)
+    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
+    c, size = _image_geometry(world)
+
+    def build():
+        enc = _make_encoder(cfg.encoder, world, encoder)
+        return S1Method(enc, cfg, seed, _probe(catalog, cfg, seed))
+
+    method = _seeded(seed, build)
+    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
+    return _fit("s1", method, loader, cfg, out_dir, seed, h, spec, callbacks)
+
+
+def classify(
+    world: World,
+    cfg: ClassifyConfig,
+    out_dir: Path,
+    seed: int,
+    *,
+    encoder: Encoder | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """ResNet-C: cross-entropy on item categories; returns ``encoder.pt``."""
+    out_dir = Path(out_dir)
+    h = _stage_hash("resnet_c", cfg, seed, world, custom=repr(encoder) if encoder else None)
+    if _cached(out_dir, h):
+        print(f"[resnet_c] up to date: {out_dir / 'encoder.pt'}", flush=True)
+        return out_dir / "encoder.pt"
+    catalog = CatalogImages.from_world(world)
+    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
+    c, size = _image_geometry(world)
+    n_cat = max(world.n_categories, int(catalog.categories.max()) + 1)
+
+    def build():
+        enc = _make_encoder(cfg.encoder, world, encoder)
+        return ResNetCMethod(enc, cfg, seed, n_cat, _probe(catalog, cfg, seed))
+
+    method = _seeded(seed, build)
+    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
+    return _fit("resnet_c", method, loader, cfg, out_dir, seed, h, spec, callbacks)
+
+
+def finetune(
+    world: World,
+    cfg: S2Config,
+    out_dir: Path,
+    seed: int,
+    init: Path | None = None,
+    *,
+    encoder: Encoder | None = None,
+    callbacks: list[Any] | None = None,
+) -> Path:
+    """S2: click-contrastive fine-tuning (+ ``lambda_s1`` × S1), from ``init`` (an S1
+    ``encoder.pt``) or from scratch; returns ``encoder.pt``."""
+    out_dir = Path(out_dir)
+    init_obj = None
+    if init is not None:
+        init = Path(init)
+        init_obj = read_encoder_file(init)
+    h = _stage_hash(
+        "s2",
+        cfg,
+        seed,
+        world,
+        init=_file_digest(init) if init else None,
+        custom=repr(encoder) if encoder else None,
+    )
+    if _cached(out_dir, h):
+        print(f"[s2] up to date: {out_dir / 'encoder.pt'}", flush=True)
+        return out_dir / "encoder.pt"
+    pairs = ClickPairs(world)
+    catalog = CatalogImages.from_world(world)
+    c, size = _image_geometry(world)
+    click_loader = make_loader(pairs, cfg.batch_size, seed, cfg.num_workers)
+    loaders: Any = click_loader
+    if cfg.lambda_s1 > 0:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        cat_loader = make_loader(catalog, cfg.s1_batch_size, seed + 1, cfg.num_workers)
+        loaders = CombinedLoader(
+            {"click": click_loader, "catalog": cat_loader}, mode="max_size_cycle"
+        )
+
+    def build():
+        if init_obj is not None:
+            if encoder is None:
+                _check_init_matches(init_obj["config"], cfg.encoder, init)
+            enc = encoder_from_file(init_obj, init, encoder.backbone if encoder else None)
+        else:
+            enc = _make_encoder(cfg.encoder, world, encoder)
+        pool = NegativePool(catalog) if cfg.extra_negatives > 0 else None
+        return S2Method(enc, cfg, seed, pairs.clicked_pairs(), pool, _probe(catalog, cfg, seed))
+
+    method = _seeded(seed, build)
+    if init_obj is not None:
+        method.load_s1_heads(init_obj.get("heads", {}))
+    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
+    return _fit("s2", method, loaders, cfg, out_dir, seed, h, spec, callbacks)
+
+
+def _check_init_matches(spec: dict, cfg: EncoderConfig, init: Path) -> None:
+    want = {
+        "backbone": cfg.backbone,
+        "backbone_kwargs": cfg.backbone_kwargs(),
+        "embed_dim": cfg.embed_dim,
+    }
+    got = {k: spec.get(k) for k in want}
+    if got != want:
+        raise ConfigError(
+            f"{init}: the init encoder has {got}, but the finetune config's "
+            f"encoder asks for {want}; make the encoder sections match"
+        )

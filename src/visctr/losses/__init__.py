@@ -1,0 +1,18 @@
+"""Pure loss functions, one file per loss, usable in plain PyTorch (no Lightning)."""
+
+from visctr.losses.classification import category_cross_entropy
+from visctr.losses.click import click_contrastive_loss, false_negative_mask, pair_keys
+from visctr.losses.distributed import gather_with_grad
+from visctr.losses.infonce import info_nce_loss
+from visctr.losses.simsiam import negative_cosine, simsiam_loss
+
+__all__ = [
+    "category_cross_entropy",
+    "click_contrastive_loss",
+    "false_negative_mask",
+    "gather_with_grad",
+    "info_nce_loss",
+    "negative_cosine",
+    "pair_keys",
+    "simsiam_loss",
+]

@@ -1,0 +1,109 @@
+"""S3 pieces: triplet loss vs brute force, gate formula, mining vs exhaustive search, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visctr.ctr.config import DebiasConfig
+from visctr.ctr.debias import (
+    DebiasHead,
+    DebiasNet,
+    Gate,
+    apply_debias,
+    export_debias,
+    head_items,
+    load_debias,
+    mine_triplets,
+    triplet_loss,
+)
+from visctr.errors import InputError
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 6), st.integers(2, 5), st.floats(0.0, 1.0), st.integers(0, 10_000))
+def test_triplet_loss_matches_brute_force(n, d, margin, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, p, q = (torch.randn(n, d, generator=g, dtype=torch.float64) for _ in range(3))
+    got = triplet_loss(a, p, q, margin).item()
+
+    def cos(u, v):
+        return float(u @ v / (u.norm() * v.norm()))
+
+    ref = np.mean([max(0.0, cos(a[i], q[i]) - cos(a[i], p[i]) + margin) for i in range(n)])
+    assert got == pytest.approx(ref, abs=1e-9)
+
+
+def test_gate_is_the_convex_vector_mix():
+    torch.manual_seed(0)
+    gate = Gate(4)
+    v, d = torch.randn(3, 4), torch.randn(3, 4)
+    g = torch.sigmoid(gate.proj(torch.cat([v, d], 1)))
+    assert torch.allclose(gate(v, d), g * v + (1 - g) * d)
+    assert ((g > 0) & (g < 1)).all()
+
+
+def test_debias_net_starts_as_identity_on_unit_vectors():
+    v = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    assert torch.allclose(DebiasNet(8)(v), v, atol=1e-6)
+
+
+def test_head_items_top_share_ties_by_row_never_shown_is_tail():
+    counts = np.array([5, 0, 9, 5, 1, 0, 0, 0, 0, 0])
+    assert np.flatnonzero(head_items(counts, 0.3)).tolist() == [0, 2, 3]
+    assert np.flatnonzero(head_items(np.zeros(10, np.int64), 0.3)).tolist() == []
+
+
+def test_mining_matches_exhaustive_search():
+    rng = np.random.default_rng(0)
+    n = 60
+    ref = rng.normal(size=(n, 8)).astype(np.float32)
+    counts = rng.integers(0, 50, n)
+    usable = np.ones(n, bool)
+    usable[[3, 7]] = False
+    cfg = DebiasConfig(head_share=0.2, k_neighbours=3, k_far=4)
+    t = mine_triplets(ref, usable, counts, cfg)
+    head = head_items(counts, 0.2)
+    assert set(t.anchors) == set(np.flatnonzero(head & usable))
+    tail = np.flatnonzero(~head & usable)
+    unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    for i, a in enumerate(t.anchors):
+        sims = unit[tail] @ unit[a]
+        order = tail[np.argsort(-sims)]
+        assert set(t.pos[i]) == set(order[:3])
+        assert set(t.neg[i]) == set(order[-4:])
+    gen = torch.Generator().manual_seed(0)
+    a, p, q = t.sample(100, gen)
+    assert head[a.numpy()].all() and (~head[p.numpy()]).all() and (~head[q.numpy()]).all()
+
+
+def test_mining_needs_head_and_tail():
+    with pytest.raises(InputError, match="head and tail"):
+        mine_triplets(
+            np.ones((5, 4), np.float32), np.ones(5, bool), np.zeros(5, np.int64), DebiasConfig()
+        )
+
+
+def test_export_is_weights_only_and_apply_matches_module(tmp_path):
+    torch.manual_seed(0)
+    head = DebiasHead(8, 16)
+    torch.nn.init.normal_(head.net.fc2.weight)
+    path = tmp_path / "debias.pt"
+    export_debias(head, DebiasConfig(hidden=16), 8, path)
+    blob = torch.load(path, weights_only=True)
+    assert blob["retrieval_vector"] == "gated"
+    v = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    out = apply_debias(path, v)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(head(torch.from_numpy(v)), dim=1).numpy()
+    assert np.allclose(out, ref, atol=1e-6)
+    assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    d = apply_debias(path, v, mode="debiased")
+    assert not np.allclose(d, out)
+    loaded, mode = load_debias(path)
+    assert mode == "gated" and isinstance(loaded, DebiasHead)
+    with pytest.raises(InputError, match="width 8"):
+        apply_debias(path, v[:, :4])

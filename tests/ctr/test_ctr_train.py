@@ -1,0 +1,254 @@
+"""End to end on the tiny world: train with and without S3, evaluate, CLI, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, evaluate_ctr, predict_ctr, train_ctr
+from visctr.ctr.cli import train_ctr_cmd
+from visctr.embeddings import read_embeddings, write_embeddings
+from visctr.errors import InputError
+from visctr.train import TrainerConfig
+from visctr.world import World
+
+
+def fast_cfg(debias: bool = False, **kw) -> CTRConfig:
+    return CTRConfig(
+        batch_size=256,
+        max_epochs=2,
+        debias=DebiasConfig(enabled=debias),
+        trainer=TrainerConfig(accelerator="cpu", progress_bar=False),
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def plain_model(tiny_world, tiny_embeddings, tmp_path_factory) -> Path:
+    return train_ctr(
+        tiny_world, tiny_embeddings, tmp_path_factory.mktemp("ctr") / "plain", fast_cfg(), seed=0
+    )
+
+
+@pytest.fixture(scope="module")
+def debias_model(tiny_world, tiny_embeddings, tiny_reference, tmp_path_factory) -> Path:
+    return train_ctr(
+        tiny_world,
+        tiny_embeddings,
+        tmp_path_factory.mktemp("ctr") / "debias",
+        fast_cfg(debias=True),
+        seed=0,
+        reference=tiny_reference,
+    )
+
+
+@pytest.mark.parametrize("which", ["plain_model", "debias_model"])
+def test_train_writes_artifacts_and_metrics_are_sane(which, request, tiny_world, tiny_embeddings):
+    out = request.getfixturevalue(which)
+    for name in ("model.pt", "feature_map.json", "history.json", "done.json"):
+        assert (out / name).is_file(), name
+    assert (out / "debias.pt").is_file() == (which == "debias_model")
+    assert not (out / "checkpoints").exists()
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["config"]["debias"]["enabled"] == (which == "debias_model")
+    hist = json.loads((out / "history.json").read_text())
+    assert 1 <= len(hist) <= 2 and all(math.isfinite(h["train_loss"]) for h in hist)
+    if which == "debias_model":
+        assert all(h["triplet_loss"] is not None for h in hist)
+    m = evaluate_ctr(out, tiny_world, tiny_embeddings)
+    assert set(m) == {"auc", "logloss", "gauc", "auc_random_exposure", "auc_tail"}
+    for k, v in m.items():
+        assert math.isfinite(v), k
+        assert (0 < v < 5) if k == "logloss" else (0 <= v <= 1), k
+    assert m["auc"] > 0.6  # query-item cosine is informative in the fixture
+
+
+def test_predict_covers_the_split_at_position_zero(plain_model, tiny_world, tiny_embeddings):
+    logs = tiny_world.read_impressions("test")
+    p = predict_ctr(plain_model, tiny_world, tiny_embeddings, "test")
+    assert np.array_equal(p["item_id"], logs["item_id"])
+    assert np.array_equal(p["query_id"], logs["query_id"])
+    assert np.array_equal(p["labels"], logs["clicked"])
+    assert ((p["probs"] > 0) & (p["probs"] < 1)).all()
+
+
+def test_gate_output_differs_from_input(debias_model, tiny_embeddings):
+    _, v = read_embeddings(tiny_embeddings / "items.parquet")
+    fused = apply_debias(debias_model / "debias.pt", v)
+    assert fused.shape == v.shape
+    assert np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-5)
+    assert np.abs(fused - v).max() > 1e-3
+
+
+def test_finished_run_is_skipped_and_changed_config_retrains(
+    plain_model, tiny_world, tiny_embeddings
+):
+    done = (plain_model / "done.json").read_text()
+    mtime = (plain_model / "model.pt").stat().st_mtime_ns
+    train_ctr(tiny_world, tiny_embeddings, plain_model, fast_cfg(), seed=0)
+    assert (plain_model / "model.pt").stat().st_mtime_ns == mtime
+    assert (plain_model / "done.json").read_text() == done
+
+
+def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path):
+    cfg = tmp_path / "ctr.yaml"
+    cfg.write_text("max_epochs: 1\nbatch_size: 512\ntrainer:\n  progress_bar: false\n")
+    out = tmp_path / "m"
+    r = CliRunner().invoke(
+        train_ctr_cmd,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--embeddings",
+            str(tiny_embeddings),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--accelerator",
+            "cpu",
+            "--seed",
+            "3",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "train-ctr:" in r.output and "auc_random_exposure=" in r.output
+    cfg.write_text("max_epoch: 1\n")
+    r = CliRunner().invoke(
+        train_ctr_cmd,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--embeddings",
+            str(tiny_embeddings),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+        ],
+    )
+    assert r.exit_code == 2 and "unknown key 'max_epoch'" in r.output
+    r = CliRunner().invoke(
+        train_ctr_cmd,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--embeddings",
+            str(tiny_embeddings),
+            "--out",
+            str(tmp_path / "d"),
+            "--debias",
+        ],
+    )
+    assert r.exit_code == 2 and "--reference" in r.output
+
+
+# ---- bad input -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def world_copy(tiny_world_dir, tmp_path) -> Path:
+    dst = tmp_path / "world"
+    shutil.copytree(tiny_world_dir, dst)
+    return dst
+
+
+def _emb_copy(src: Path, dst: Path, items=None, queries=None) -> Path:
+    dst.mkdir(parents=True)
+    for name, col, fn in (
+        ("items.parquet", "item_id", items),
+        ("queries.parquet", "query_id", queries),
+    ):
+        ids, v = read_embeddings(src / name, col)
+        if fn is not None:
+            ids, v = fn(ids, v.copy())
+        write_embeddings(ids, v, dst / name, col)
+    return dst
+
+
+def _expect_error(world_dir: Path, emb: Path, tmp_path: Path, match: str, **kw) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=match):
+        train_ctr(World.load(world_dir), emb, out, fast_cfg(debias="reference" in kw), seed=0, **kw)
+    assert not (out / "model.pt").exists() and not (out / "done.json").exists()
+
+
+def test_missing_item_vector(tiny_world, tiny_world_dir, tiny_embeddings, tmp_path):
+    shown = tiny_world.read_impressions("train")["item_id"][0]
+    emb = _emb_copy(
+        tiny_embeddings, tmp_path / "e", items=lambda i, v: (i[i != shown], v[i != shown])
+    )
+    _expect_error(tiny_world_dir, emb, tmp_path, rf"items\.parquet: no vector for item_id {shown}")
+
+
+def test_missing_query_vector(tiny_world, tiny_world_dir, tiny_embeddings, tmp_path):
+    q = tiny_world.read_impressions("train")["query_id"][0]
+    emb = _emb_copy(tiny_embeddings, tmp_path / "e", queries=lambda i, v: (i[i != q], v[i != q]))
+    _expect_error(tiny_world_dir, emb, tmp_path, rf"queries\.parquet: no vector for query_id {q}")
+
+
+def test_query_width_differs_from_items(tiny_world_dir, tiny_embeddings, tmp_path):
+    emb = _emb_copy(
+        tiny_embeddings, tmp_path / "e", queries=lambda i, v: (i, np.hstack([v, v[:, :1]]))
+    )
+    _expect_error(tiny_world_dir, emb, tmp_path, r"queries\.parquet: vectors have width 17")
+
+
+def test_reference_width_differs(tiny_world_dir, tiny_embeddings, tmp_path):
+    ref = _emb_copy(
+        tiny_embeddings,
+        tmp_path / "r",
+        items=lambda i, v: (i, v[:, :8]),
+        queries=lambda i, v: (i, v[:, :8]),
+    )
+    _expect_error(
+        tiny_world_dir, tiny_embeddings, tmp_path, "reference vectors have width 8", reference=ref
+    )
+
+
+def test_nan_vector(tiny_world_dir, tiny_embeddings, tmp_path):
+    def poison(i, v):
+        v[3, 2] = np.nan
+        return i, v
+
+    emb = _emb_copy(tiny_embeddings, tmp_path / "e", items=poison)
+    _expect_error(tiny_world_dir, emb, tmp_path, r"items\.parquet: row 3 .*NaN")
+
+
+def test_logs_missing_a_column(world_copy, tiny_embeddings, tmp_path):
+    p = world_copy / "impressions" / "train.parquet"
+    pq.write_table(pq.read_table(p).drop_columns(["position"]), p)
+    _expect_error(
+        world_copy, tiny_embeddings, tmp_path, r"train\.parquet: missing column 'position'"
+    )
+
+
+def test_empty_train_split(world_copy, tiny_embeddings, tmp_path):
+    p = world_copy / "impressions" / "train.parquet"
+    t = pq.read_table(p)
+    pq.write_table(t.slice(0, 0), p)
+    _expect_error(world_copy, tiny_embeddings, tmp_path, "training split is empty")
+
+
+def test_debias_without_reference(tiny_world, tiny_embeddings, tmp_path):
+    with pytest.raises(InputError, match="reference"):
+        train_ctr(tiny_world, tiny_embeddings, tmp_path / "o", fast_cfg(debias=True), seed=0)
+
+
+def test_unknown_item_in_logs(world_copy, tiny_embeddings, tmp_path):
+    p = world_copy / "impressions" / "train.parquet"
+    t = pq.read_table(p)
+    ids = t.column("item_id").to_numpy().copy()
+    ids[5] = 10**9
+    t = t.set_column(t.schema.get_field_index("item_id"), "item_id", pa.array(ids, pa.int64()))
+    pq.write_table(t, p)
+    _expect_error(world_copy, tiny_embeddings, tmp_path, "item_id 1000000000 is not in the world")

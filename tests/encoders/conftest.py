@@ -1,0 +1,63 @@
+"""Fixtures of the encoder tests: tiny, fast stage configs on the shared tiny world."""
+
+from __future__ import annotations
+
+import pytest
+
+from visctr.encoders import ClassifyConfig, EncoderConfig, S1Config, S2Config
+from visctr.train import TrainerConfig
+from visctr.world import World
+
+
+def tiny_trainer(**kw) -> TrainerConfig:
+    return TrainerConfig(accelerator="cpu", progress_bar=False, checkpoint_every_n_steps=2, **kw)
+
+
+TINY_ENCODER = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16)
+
+
+def s1_config(**kw) -> S1Config:
+    base = dict(
+        encoder=TINY_ENCODER,
+        epochs=3,
+        batch_size=64,
+        lr=3e-3,
+        probe_items=200,
+        proj_dim=32,
+        pred_dim=16,
+        trainer=tiny_trainer(),
+    )
+    return S1Config(**{**base, **kw})
+
+
+def s2_config(**kw) -> S2Config:
+    base = dict(
+        encoder=TINY_ENCODER,
+        epochs=3,
+        batch_size=64,
+        lr=3e-3,
+        probe_items=200,
+        proj_dim=32,
+        pred_dim=16,
+        s1_batch_size=32,
+        extra_negatives=32,
+        trainer=tiny_trainer(),
+    )
+    return S2Config(**{**base, **kw})
+
+
+def classify_config(**kw) -> ClassifyConfig:
+    base = dict(
+        encoder=TINY_ENCODER,
+        epochs=3,
+        batch_size=64,
+        lr=3e-3,
+        probe_items=200,
+        trainer=tiny_trainer(),
+    )
+    return ClassifyConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tiny_world_dir) -> World:
+    return World.load(tiny_world_dir)

@@ -1,0 +1,142 @@
+"""Tiny runs of every stage on the tiny world: they learn, write loadable artifacts,
+cache, resume after a crash, and are reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from visctr.encoders import classify, embed, finetune, load_encoder, pretrain
+from visctr.errors import ConfigError, InputError
+
+from .conftest import classify_config, s1_config, s2_config
+
+
+@pytest.fixture(scope="module")
+def s1_run(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s1")
+    return pretrain(tiny_world, s1_config(), out, seed=0)
+
+
+def _history(path):
+    return json.loads((path.parent / "history.json").read_text())
+
+
+def test_pretrain_learns_and_writes_artifacts(s1_run):
+    hist = _history(s1_run)
+    assert len(hist) == 3
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert 0 <= hist[-1]["knn_acc"] <= 1
+    obj = torch.load(s1_run, map_location="cpu", weights_only=True)  # plain dict, no pickles
+    assert obj["config"]["backbone"] == "convnet" and "s1" in obj["heads"]
+    done = json.loads((s1_run.parent / "done.json").read_text())
+    assert done["epochs"] == 3 and (s1_run.parent / "config.yaml").is_file()
+
+
+def test_lightning_checkpoint_loads_weights_only(s1_run):
+    ckpt = s1_run.parent / "checkpoints" / "last.ckpt"
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert obj["visctr_history"] and "state_dict" in obj
+
+
+def test_stage_cache_returns_without_training(s1_run, tiny_world, capsys):
+    mtime = s1_run.stat().st_mtime_ns
+    assert pretrain(tiny_world, s1_config(), s1_run.parent, seed=0) == s1_run
+    assert s1_run.stat().st_mtime_ns == mtime
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_finetune_from_s1_learns_and_embeds(s1_run, tiny_world, tmp_path):
+    enc_path = finetune(tiny_world, s2_config(), tmp_path / "s2", seed=0, init=s1_run)
+    hist = _history(enc_path)
+    assert hist[-1]["click"] < hist[0]["click"]
+    assert {"loss", "click", "s1", "knn_acc"} <= set(hist[-1])
+    items, queries = embed(enc_path, tiny_world, tmp_path / "emb", batch_size=100)
+    it = pq.read_table(items)
+    assert str(it.schema.field("vector").type) == "fixed_size_list<element: float>[16]"
+    assert it.column("item_id").to_numpy().tolist() == tiny_world.items["item_id"].tolist()
+    vec = np.asarray(it.column("vector").combine_chunks().flatten()).reshape(-1, 16)
+    assert np.isfinite(vec).all()
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-5)
+    qt = pq.read_table(queries)
+    assert qt.num_rows == len(tiny_world.queries["query_id"])
+    # the exported vectors are what load_encoder computes
+    enc = load_encoder(enc_path)
+    assert not enc.training
+    row = int(tiny_world.items["image_row"][3])
+    with torch.inference_mode():
+        z = enc.encode(torch.from_numpy(np.array(tiny_world.item_images[row : row + 1])))
+    np.testing.assert_allclose(vec[3], z[0].numpy(), atol=1e-5)
+
+
+def test_finetune_from_scratch_clicks_only(tiny_world, tmp_path):
+    enc_path = finetune(tiny_world, s2_config(lambda_s1=0.0, negatives_grad=True), tmp_path, seed=0)
+    hist = _history(enc_path)
+    assert hist[-1]["loss"] < hist[0]["loss"] and "s1" not in hist[-1]
+    assert torch.load(enc_path, weights_only=True)["heads"] == {}
+
+
+def test_classify_learns(tiny_world, tmp_path):
+    hist = _history(classify(tiny_world, classify_config(), tmp_path, seed=0))
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_same_seed_same_weights(tiny_world, tmp_path):
+    cfg = classify_config(epochs=1)
+    a = load_encoder(classify(tiny_world, cfg, tmp_path / "a", seed=3)).state_dict()
+    b = load_encoder(classify(tiny_world, cfg, tmp_path / "b", seed=3)).state_dict()
+    c = load_encoder(classify(tiny_world, cfg, tmp_path / "c", seed=4)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+class _Crash(L.Callback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+class _StartStep(L.Callback):
+    start: int | None = None
+
+    def on_train_start(self, trainer, *args) -> None:
+        self.start = trainer.global_step
+
+
+def test_killed_run_resumes_from_checkpoint(tiny_world, tmp_path):
+    cfg = s1_config(epochs=2)  # 300 items / 64 = 4 steps per epoch; checkpoint every 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(tiny_world, cfg, tmp_path, seed=0, callbacks=[_Crash(5)])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "encoder.pt").exists()
+    probe = _StartStep()
+    pretrain(tiny_world, cfg, tmp_path, seed=0, callbacks=[probe])
+    assert probe.start is not None and probe.start >= 4
+    assert len(_history(tmp_path / "encoder.pt")) == 2
+    # a different config does not resume the old checkpoint
+    probe2 = _StartStep()
+    pretrain(tiny_world, s1_config(epochs=1), tmp_path, seed=0, callbacks=[probe2])
+    assert probe2.start == 0
+
+
+def test_finetune_init_errors(s1_run, tiny_world, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        finetune(tiny_world, s2_config(), tmp_path / "x", seed=0, init=tmp_path / "nope.pt")
+    from visctr.encoders import EncoderConfig
+
+    other = s2_config(encoder=EncoderConfig(width=8, stages=2, blocks=1, embed_dim=8))
+    with pytest.raises(ConfigError, match="make the encoder sections match"):
+        finetune(tiny_world, other, tmp_path / "y", seed=0, init=s1_run)
+
+
+def test_embed_missing_encoder(tiny_world, tmp_path):
+    with pytest.raises(InputError, match="nope.pt"):
+        embed(tmp_path / "nope.pt", tiny_world, tmp_path)
