@@ -45,6 +45,11 @@ def build_trainer(
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    import logging
+
+    # Lightning's banner lines (GPU available, tips) are noise in a multi-stage run.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(out_dir)
