@@ -38,11 +38,11 @@ def resolve_world_config(preset: str, config_path: Path | None = None,
 
 # Stage budgets per preset (sizes of the world come from visctr.world.simulate.PRESETS).
 STAGE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "s1": {"epochs": 2, "batch_size": 128},
-        "s2": {"epochs": 2, "batch_size": 128},
-        "classify": {"epochs": 2, "batch_size": 128},
-        "ctr": {"max_epochs": 2},
+    "tiny": {  # seconds per stage: for tests and smoke runs, not for conclusions
+        "s1": {"epochs": 1, "batch_size": 128, "probe_items": 200},
+        "s2": {"epochs": 1, "batch_size": 128, "probe_items": 200},
+        "classify": {"epochs": 1, "batch_size": 128, "probe_items": 200},
+        "ctr": {"max_epochs": 1},
     },
     "small": {},
     "full": {},
