@@ -68,8 +68,11 @@ def make_data(n: int, batch: int, dim: int, seed: int = 0):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     aff = rng.dirichlet(np.ones(N_CAT), VOCABS[0][1]).astype(np.float32)
     offs = fmap.offsets()
-    packed = np.stack([raw[name] + offs[j] for j, (name, _) in enumerate(VOCABS)]
-                      + [raw["user_row"], raw["item"], raw["query"], raw["category"]], axis=1)
+    packed = np.stack(
+        [raw[name] + offs[j] for j, (name, _) in enumerate(VOCABS)]
+        + [raw["user_row"], raw["item"], raw["query"], raw["category"]],
+        axis=1,
+    )
     batches = [(torch.from_numpy(packed[s : s + batch]), torch.from_numpy(y[s : s + batch]))
                for s in range(0, n - batch + 1, batch)]  # fmt: skip
     # dense columns as a plain pipeline would feed them (pre-gathered per impression)
@@ -93,7 +96,7 @@ def timed_steps(step, batches, warmup: int = 3) -> float:
 def visctr_contender(fmap, cfg, items, queries, aff, triplets=None):
     net = CTRNet(fmap, cfg, aff)
     net.set_visual_tables(items, queries)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as CTRModule
     gen = torch.Generator().manual_seed(0)
 
     def step(x, y):
@@ -103,7 +106,7 @@ def visctr_contender(fmap, cfg, items, queries, aff, triplets=None):
             iv = net.item_vectors
             d = net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
             k = a.shape[0]
-            loss = loss + cfg.debias.weight * triplet_loss(d[:k], d[k:2 * k], d[2 * k:], 0.2)
+            loss = loss + cfg.debias.weight * triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], 0.2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -116,7 +119,7 @@ def bare_contender(fmap, cfg, d_dense):
     deep = mlp([fmap.n_fields * cfg.field_dim + d_dense, *cfg.mlp])
     out = nn.Linear(cfg.mlp[-1], 1)
     params = [*emb.parameters(), *deep.parameters(), *out.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # same optimiser as ours
     f = fmap.n_fields
 
     def step(x, d, y):
@@ -164,8 +167,7 @@ def lightning_contender(fmap, cfg, items, queries, aff, batches):
 
     def run() -> float:
         trainer.fit_loop.max_epochs = trainer.current_epoch + 1
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches,
-                                                                          batch_size=None))
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
         h = module.history[-1]
         return h["steps"] * len(batches[0][1]) / h["seconds"]
 
@@ -215,8 +217,10 @@ def main() -> None:
               flush=True)  # fmt: skip
     best = {k: max(v) for k, v in rows.items() if v}
     med = {k: statistics.median(v) for k, v in rows.items() if v}
-    print(f"\nbatch {args.batch}, {args.threads} threads, visual dim {args.dim}, "
-          f"{len(batches)} steps x {args.rounds} rounds; samples/s (best round | median)")
+    print(
+        f"\nbatch {args.batch}, {args.threads} threads, visual dim {args.dim}, "
+        f"{len(batches)} steps x {args.rounds} rounds; samples/s (best round | median)"
+    )
     for k in best:
         print(f"  {k:9s} {best[k]:>10,.0f} | {med[k]:>10,.0f}")
     print(f"visctr / DeepFM         = {best['visctr'] / best['DeepFM']:.2f}x (target >= 2.5x)")

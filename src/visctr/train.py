@@ -23,7 +23,8 @@ class TrainerConfig:
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
     num_threads: int | None = None  # torch intra-op threads on CPU (None: leave as is)
     deterministic: bool = True
-    checkpoint_every_n_steps: int = 200  # periodic checkpoint for resume after a crash
+    # periodic checkpoint for resume after a crash; 0 = at the end of every epoch instead
+    checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
 
 
@@ -57,7 +58,8 @@ def build_trainer(
         dirpath=out_dir / "checkpoints",
         save_last=True,
         save_top_k=0,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        every_n_train_steps=cfg.checkpoint_every_n_steps or None,
+        every_n_epochs=None if cfg.checkpoint_every_n_steps else 1,
         save_on_train_epoch_end=True,
     )
     env_quiet = os.environ.get("VISCTR_QUIET") == "1"

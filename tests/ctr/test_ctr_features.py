@@ -123,16 +123,25 @@ def test_stream_covers_each_row_once_shuffled_and_reproducible(tiny_world, stats
     assert y1.sum() == st.n_fit_clicks
 
 
-def test_stream_shards_partition_the_rows(tiny_world, stats, monkeypatch):
+@pytest.mark.parametrize("row_group", [None, 700])  # one row group (split by batch) / many
+def test_stream_shards_partition_the_rows(tiny_world, stats, monkeypatch, tmp_path, row_group):
+    import pyarrow.parquet as pq
+
     _, emb, st = stats
     enc = Encoder(st.feature_map, emb)
     path = tiny_world.impressions_path("train")
+    if row_group:
+        path2 = tmp_path / "train.parquet"
+        pq.write_table(pq.read_table(path), path2, row_group_size=row_group)
+        path = path2
+        assert pq.ParquetFile(path).num_row_groups >= 3
     parts = []
     for shard in range(3):
         monkeypatch.setattr(stream_mod, "_shard", lambda s=shard: (s, 3))
-        parts.append(_collect(ImpressionStream(path, enc, 64, read_rows=500))[0])
+        parts.append(_collect(ImpressionStream(path, enc, 64, read_rows=500, shuffle=True))[0])
     monkeypatch.undo()
     whole = _collect(ImpressionStream(path, enc, 64, read_rows=500))[0]
+    assert all(len(p) for p in parts)
     assert sum(len(p) for p in parts) == len(whole)
     assert np.array_equal(_sorted_rows(np.concatenate(parts)), _sorted_rows(whole))
 

@@ -64,6 +64,8 @@ def test_train_writes_artifacts_and_metrics_are_sane(which, request, tiny_world,
     assert 1 <= len(hist) <= 2 and all(math.isfinite(h["train_loss"]) for h in hist)
     if which == "debias_model":
         assert all(h["triplet_loss"] is not None for h in hist)
+    done = json.loads((out / "done.json").read_text())
+    assert done["best_val_auc"] == max(h["val_auc"] for h in hist)  # best epoch's weights kept
     m = evaluate_ctr(out, tiny_world, tiny_embeddings)
     assert set(m) == {"auc", "logloss", "gauc", "auc_random_exposure", "auc_tail"}
     for k, v in m.items():

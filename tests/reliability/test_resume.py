@@ -25,7 +25,7 @@ pretrain:
   probe_items: 0
   encoder: {width: 16, stages: 2, blocks: 2, embed_dim: 16}
 trainer:
-  checkpoint_every_n_steps: 100000   # checkpoints at epoch ends only
+  checkpoint_every_n_steps: 0   # checkpoints at epoch ends only
   progress_bar: false
 """
 

@@ -48,8 +48,8 @@ class CTRConfig:
     pop_buckets: int = 16  # log2-scale buckets of training impression counts
     affinity_smoothing: float = 5.0  # pseudo-clicks of the global category prior
     # model
-    cross_layers: int = 2
-    cross_rank: int = 16  # low-rank DCNv2 cross (0 = full rank)
+    cross_layers: int = 1  # DCNv2 cross layers over [field embeddings, cos, affinity]
+    cross_rank: int = 16  # low-rank W = U·V (0 = full rank)
     mlp: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.0
     # training
@@ -73,5 +73,5 @@ class CTRConfig:
             raise ValueError("cross_layers, cross_rank and patience must be >= 0")
         if self.pop_buckets < 2 or self.max_position < 1:
             raise ValueError("pop_buckets must be >= 2 and max_position >= 1")
-        if any(h < 1 for h in self.mlp):
+        if not self.mlp or any(h < 1 for h in self.mlp):
             raise ValueError(f"mlp sizes must be >= 1, got {self.mlp}")

@@ -10,6 +10,8 @@ Input per impression (see ``features``): one packed int64 row. The network
 3. feeds ``x_c = [field embeddings, cos, affinity[cat], affinity]`` to a DCNv2 cross
    network (low-rank by default) and ``[x_c, √D·q, √D·i]`` to a deep MLP in parallel;
    the logit is the sum of a linear read-out of each (DCNv2's parallel structure).
+   The visual vectors reach the cross part through ``cos`` only: crossing their 2·D
+   columns too would cost more than the rest of the training step on CPU.
 
 ``CTRModule`` is the Lightning wrapper: BCE (+ λ·triplet loss when debiasing), manual
 optimisation (one optimiser step per batch, no closure), validation AUC per epoch for
@@ -30,7 +32,7 @@ from torch import nn
 
 from visctr.ctr.config import CTRConfig
 from visctr.ctr.debias import DebiasHead, Triplets, triplet_loss
-from visctr.ctr.features import N_EXTRA, FeatureMap
+from visctr.ctr.features import FeatureMap
 from visctr.eval.metrics import auc, logloss
 
 
@@ -86,17 +88,12 @@ class CTRNet(nn.Module):
         self.item_vectors = torch.as_tensor(items, dtype=torch.float32)
         self.query_vectors = torch.as_tensor(queries, dtype=torch.float32)
 
-    def visual(self, v: torch.Tensor) -> torch.Tensor:
-        """The vector the model uses: the debias head's gated fusion, or ``v`` itself."""
-        return v if self.debias is None else self.debias(v)
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """``x = [field embeddings, cos, affinity[cat], affinity, √D·q, √D·i]`` for a batch.
 
-    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_cross, x_visual)`` for a packed index batch ``[B, F+4]``.
-
-        ``x_cross = [field embeddings, cos, affinity[cat], affinity]`` feeds the cross
-        network and the MLP; ``x_visual = [√D·q, √D·i]`` feeds the MLP only (the visual
-        vectors interact explicitly through ``cos``; crossing 2·D more dims would cost
-        more than the rest of the step).
+        The first ``d_cross`` columns feed the cross network, all of them the MLP: the
+        visual vectors interact explicitly through ``cos`` (crossing 2·D more columns would
+        cost more than the rest of the step).
         """
         f = self.n_fields
         b = idx.shape[0]
@@ -110,23 +107,20 @@ class CTRNet(nn.Module):
         cos = (qv * iv).sum(-1, keepdim=True)
         aff = self.user_affinity.index_select(0, user)
         aff_item = aff.gather(1, cat.unsqueeze(1))
-        x_cross = torch.cat([emb, cos, aff_item, aff], dim=1)
-        x_visual = torch.cat([qv, iv], dim=1).mul_(self.visual_scale)
-        return x_cross, x_visual
+        s = self.visual_scale
+        return torch.cat([emb, cos, aff_item, aff, qv * s, iv * s], dim=1)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits ``[B]``."""
-        xc, xv = self.inputs(idx)
-        out = self.deep_out(self.deep(torch.cat([xc, xv], dim=1)))
+        x = self.inputs(idx)
+        out = self.deep_out(self.deep(x))
         if self.cross:
-            x = xc
+            x0 = x[:, : self.d_cross]
+            xl = x0
             for layer in self.cross:
-                x = layer(xc, x)
-            out = out + self.cross_out(x)
+                xl = layer(x0, xl)
+            out = out + self.cross_out(xl)
         return out.squeeze(1)
-
-
-assert N_EXTRA == 4  # user, item, query, category follow the sparse fields
 
 
 class CTRModule(L.LightningModule):
@@ -153,8 +147,9 @@ class CTRModule(L.LightningModule):
         self._val_y: list[torch.Tensor] = []
 
     def configure_optimizers(self):
+        fused = self.device.type in ("cpu", "cuda") or None  # one kernel per step, not ~10
         return torch.optim.Adam(
-            self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+            self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=fused
         )
 
     def on_train_epoch_start(self) -> None:
@@ -194,7 +189,8 @@ class CTRModule(L.LightningModule):
         y = torch.cat(self._val_y).numpy()
         self._val_p, self._val_y = [], []
         val_auc, val_ll = auc(y, p), logloss(y, p)
-        self.log("val_auc", val_auc, prog_bar=True)
+        # under DDP each rank scores its own shard; the logged value is their mean
+        self.log("val_auc", val_auc, prog_bar=True, sync_dist=True)
         if self.trainer.sanity_checking:
             return
         steps = max(self._steps, 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,10 @@ def train_ctr(
     trainer = build_trainer(
         cfg.trainer, out_dir, cfg.max_epochs, callbacks=callbacks, log_every_n_steps=10_000
     )
-    trainer.fit(module, ckpt_path=str(resume) if resume else None, **loaders)
+    with warnings.catch_warnings():
+        # periodic checkpoints hold the state after the step, which is what resume needs
+        warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps")
+        trainer.fit(module, ckpt_path=str(resume) if resume else None, **loaders)
     if module.best_state is not None:
         net.load_state_dict(module.best_state)
     if trainer.global_rank != 0:

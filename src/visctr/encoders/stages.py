@@ -122,6 +122,7 @@ def _fit(
     if resume is not None and (not marker.is_file() or marker.read_text().strip() != h):
         shutil.rmtree(ckpt_dir)  # left by a different config: start afresh
         resume = None
+    (out_dir / "done.json").unlink(missing_ok=True)  # an older encoder.pt is no longer "done"
     write_text(h + "\n", marker)
     write_text(dump_yaml(cfg), out_dir / "config.yaml")
     trainer = build_trainer(
