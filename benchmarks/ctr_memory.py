@@ -102,7 +102,8 @@ from visctr.train import TrainerConfig
 from visctr.world import World
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 world = World.load(sys.argv[1])
-cfg = CTRConfig(max_epochs=1, trainer=TrainerConfig(accelerator="cpu", progress_bar=False))
+cfg = CTRConfig(max_epochs=1, max_validation_rows=int(sys.argv[5]),
+                trainer=TrainerConfig(accelerator="cpu", progress_bar=False))
 t0 = time.perf_counter()
 out = train_ctr(world, Path(sys.argv[2]), Path(sys.argv[3]), cfg, seed=0)
 wall = time.perf_counter() - t0
@@ -118,6 +119,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--max-val-rows",
+        type=int,
+        default=2_000_000,
+        help="validation rows scored per epoch (exact AUC keeps their predictions)",
+    )
     args = ap.parse_args()
     results = []
     for n in args.rows:
@@ -126,7 +133,7 @@ def main() -> None:
             world, emb = build_world(Path(tmp), n)
             gen_s = time.perf_counter() - t0
             r = subprocess.run([sys.executable, "-c", CHILD, str(world), str(emb),
-                                str(Path(tmp) / "model"), str(args.threads)],
+                                str(Path(tmp) / "model"), str(args.threads), str(args.max_val_rows)],
                                capture_output=True, text=True)  # fmt: skip
             if r.returncode != 0:
                 sys.exit(f"training on {n:,} rows failed:\n{r.stderr[-3000:]}")

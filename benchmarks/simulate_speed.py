@@ -25,27 +25,37 @@ def measure(preset: str) -> dict:
         out = Path(tmp) / "world"
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "visctr.cli", "simulate", "--preset", preset,
-                        "--out", str(out)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "visctr.cli", "simulate", "--preset", preset, "--out", str(out)],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t0
         rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         meta = json.loads((out / "world.json").read_text())
         s = meta["summary"]
-        return {"preset": preset, "wall_s": wall, "peak_rss_gb": rss_gb,
-                "rss_note": "" if rss_gb > before / 1024**2 else " (max over earlier runs)",
-                "items": s["items"], "train_impressions": s["impressions"]["train"],
-                "never_shown": s["never_shown_share_train"]}
+        return {
+            "preset": preset,
+            "wall_s": wall,
+            "peak_rss_gb": rss_gb,
+            "rss_note": "" if rss_gb > before / 1024**2 else " (max over earlier runs)",
+            "items": s["items"],
+            "train_impressions": s["impressions"]["train"],
+            "never_shown": s["never_shown_share_train"],
+        }
 
 
 def main() -> None:
     presets = sys.argv[1:] or ["small", "full"]
     for p in presets:
         r = measure(p)
-        print(f"simulate --preset {p}: {r['wall_s']:.1f}s (budget {BUDGET_S[p]}s, "
-              f"ratio {r['wall_s'] / BUDGET_S[p]:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB "
-              f"(budget {BUDGET_RSS_GB} GB){r['rss_note']}; {r['items']:,} items, "
-              f"{r['train_impressions']:,} training impressions, "
-              f"{r['never_shown']:.1%} never shown")
+        print(
+            f"simulate --preset {p}: {r['wall_s']:.1f}s (budget {BUDGET_S[p]}s, "
+            f"ratio {r['wall_s'] / BUDGET_S[p]:.2f}), peak RSS {r['peak_rss_gb']:.2f} GB "
+            f"(budget {BUDGET_RSS_GB} GB){r['rss_note']}; {r['items']:,} items, "
+            f"{r['train_impressions']:,} training impressions, "
+            f"{r['never_shown']:.1%} never shown"
+        )
 
 
 if __name__ == "__main__":

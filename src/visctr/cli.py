@@ -20,8 +20,13 @@ def _register() -> None:
     from visctr.world.cli import simulate
 
     main.add_command(simulate)
-    for mod in ("visctr.encoders.cli", "visctr.ctr.cli", "visctr.eval.cli", "visctr.pipeline.cli",
-                "visctr.serve.cli"):
+    for mod in (
+        "visctr.encoders.cli",
+        "visctr.ctr.cli",
+        "visctr.eval.cli",
+        "visctr.pipeline.cli",
+        "visctr.serve.cli",
+    ):
         try:
             module = __import__(mod, fromlist=["COMMANDS"])
         except ModuleNotFoundError as e:

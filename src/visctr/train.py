@@ -42,11 +42,11 @@ def build_trainer(
     **kwargs: Any,
 ):
     """A Lightning Trainer that checkpoints periodically to ``out_dir/checkpoints/last.ckpt``."""
+    import logging
+
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
-
-    import logging
 
     # Lightning's banner lines (GPU available, tips) are noise in a multi-stage run.
     for name in ("lightning.pytorch", "lightning.fabric"):

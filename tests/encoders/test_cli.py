@@ -28,15 +28,50 @@ def test_cli_pretrain_finetune_embed(tiny_world_dir, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(TINY)
     r = CliRunner()
-    res = r.invoke(pretrain, ["--world", str(tiny_world_dir), "--out", str(tmp_path / "s1"),
-                              "--config", str(cfg), "--seed", "1", "--accelerator", "cpu"])
+    res = r.invoke(
+        pretrain,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--out",
+            str(tmp_path / "s1"),
+            "--config",
+            str(cfg),
+            "--seed",
+            "1",
+            "--accelerator",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     enc = tmp_path / "s1" / "encoder.pt"
-    res = r.invoke(finetune, ["--world", str(tiny_world_dir), "--out", str(tmp_path / "s2"),
-                              "--config", str(cfg), "--init", str(enc), "--epochs", "1"])
+    res = r.invoke(
+        finetune,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--out",
+            str(tmp_path / "s2"),
+            "--config",
+            str(cfg),
+            "--init",
+            str(enc),
+            "--epochs",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = r.invoke(embed, ["--world", str(tiny_world_dir), "--encoder",
-                           str(tmp_path / "s2" / "encoder.pt"), "--out", str(tmp_path / "e")])
+    res = r.invoke(
+        embed,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--encoder",
+            str(tmp_path / "s2" / "encoder.pt"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert pq.read_table(tmp_path / "e" / "items.parquet").num_rows == 300
 
@@ -45,18 +80,48 @@ def test_cli_errors_are_one_line(tiny_world_dir, tmp_path):
     r = CliRunner()
     bad = tmp_path / "bad.yaml"
     bad.write_text("classify:\n  epoch: 3\n")
-    res = r.invoke(classify, ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"),
-                              "--config", str(bad)])
+    res = r.invoke(
+        classify,
+        ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"), "--config", str(bad)],
+    )
     assert res.exit_code == 2 and "unknown key 'epoch'" in res.output
-    res = r.invoke(classify, ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"),
-                              "--config", str(tmp_path / "c.yaml")])
+    res = r.invoke(
+        classify,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--out",
+            str(tmp_path / "o"),
+            "--config",
+            str(tmp_path / "c.yaml"),
+        ],
+    )
     assert res.exit_code == 2 and "not found" in res.output
-    res = r.invoke(pretrain, ["--world", str(bad), "--out", str(tmp_path / "o"),
-                              "--config", str(bad)])
+    res = r.invoke(
+        pretrain, ["--world", str(bad), "--out", str(tmp_path / "o"), "--config", str(bad)]
+    )
     assert res.exit_code == 2
-    res = r.invoke(embed, ["--world", str(tiny_world_dir), "--encoder",
-                           str(tmp_path / "missing.pt"), "--out", str(tmp_path / "e")])
+    res = r.invoke(
+        embed,
+        [
+            "--world",
+            str(tiny_world_dir),
+            "--encoder",
+            str(tmp_path / "missing.pt"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert res.exit_code == 2 and "missing.pt" in res.output
-    res = r.invoke(embed, ["--world", str(tmp_path / "nowhere"), "--encoder",
-                           str(tmp_path / "missing.pt"), "--out", str(tmp_path / "e")])
+    res = r.invoke(
+        embed,
+        [
+            "--world",
+            str(tmp_path / "nowhere"),
+            "--encoder",
+            str(tmp_path / "missing.pt"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert res.exit_code == 2 and "nowhere" in res.output

@@ -14,8 +14,16 @@ def test_defaults_round_trip_through_from_dict(cls):
 
 
 def test_nested_yaml_values_and_strictness():
-    cfg = from_dict(S2Config, {"epochs": 2, "lambda_s1": 0, "encoder": {"backbone": "resnet18"},
-                               "augment": {"blur_p": 0.1}, "trainer": {"devices": 2}})
+    cfg = from_dict(
+        S2Config,
+        {
+            "epochs": 2,
+            "lambda_s1": 0,
+            "encoder": {"backbone": "resnet18"},
+            "augment": {"blur_p": 0.1},
+            "trainer": {"devices": 2},
+        },
+    )
     assert cfg.lambda_s1 == 0.0 and cfg.encoder.backbone == "resnet18"
     assert cfg.augment.blur_p == 0.1 and cfg.trainer.devices == 2
     with pytest.raises(ConfigError, match="unknown key 'lamda_s1'"):

@@ -31,8 +31,22 @@ trainer:
 
 
 def _cmd(world, out, cfg):
-    return [sys.executable, "-m", "visctr.cli", "pretrain", "--world", str(world), "--out",
-            str(out), "--config", str(cfg), "--seed", "1", "--accelerator", "cpu"]
+    return [
+        sys.executable,
+        "-m",
+        "visctr.cli",
+        "pretrain",
+        "--world",
+        str(world),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg),
+        "--seed",
+        "1",
+        "--accelerator",
+        "cpu",
+    ]
 
 
 def _vectors(enc_dir, world, tmp):
@@ -48,8 +62,12 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tiny_world_dir, tmp_pa
     subprocess.run(_cmd(tiny_world_dir, ref, cfg), check=True, env=env, capture_output=True)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tiny_world_dir, out, cfg), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(tiny_world_dir, out, cfg),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:

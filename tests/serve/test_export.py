@@ -8,7 +8,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from visctr.cli import main
-from visctr.embeddings import read_embeddings
 from visctr.encoders import EncoderConfig, build_encoder, embed, load_encoder
 from visctr.encoders.checkpoint import encoder_spec, save_encoder
 from visctr.serve.export import IndexConfig, build_index, export_artifacts, search_image
@@ -48,17 +47,31 @@ def test_export_reproduces_embeddings_and_searches(encoder_and_embeddings, tmp_p
 
 def test_cli_export_and_search(encoder_and_embeddings, tmp_path):
     enc_path, emb_dir, world = encoder_and_embeddings
-    res = CliRunner().invoke(main, ["export", "--encoder", str(enc_path), "--embeddings",
-                                    str(emb_dir), "--index", "flat", "--out", str(tmp_path / "e")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--encoder",
+            str(enc_path),
+            "--embeddings",
+            str(emb_dir),
+            "--index",
+            "flat",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     png = tmp_path / "q.png"
     Image.fromarray(np.asarray(world.item_images[3, 0])).save(png)
-    res = CliRunner().invoke(main, ["search", "--export", str(tmp_path / "e"), "--image",
-                                    str(png), "--top-k", "3"])
+    res = CliRunner().invoke(
+        main, ["search", "--export", str(tmp_path / "e"), "--image", str(png), "--top-k", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert f"item {world.items['item_id'][3]}" in res.output.splitlines()[0]
-    res = CliRunner().invoke(main, ["search", "--export", str(tmp_path / "missing"),
-                                    "--image", str(png)])
+    res = CliRunner().invoke(
+        main, ["search", "--export", str(tmp_path / "missing"), "--image", str(png)]
+    )
     assert res.exit_code == 2 and "export.json" in res.output
 
 

@@ -59,14 +59,15 @@ class CTRConfig:
     max_epochs: int = 6
     patience: int = 1  # epochs without validation-AUC gain before stopping
     validation_share: float = 0.1  # last share of the training *time span*, never test
+    max_validation_rows: int = 2_000_000  # exact AUC holds predictions: cap what it scores
     shuffle_buffer: int = 200_000  # rows shuffled together while streaming
     read_rows: int = 65_536  # rows per Parquet read
     debias: DebiasConfig = field(default_factory=DebiasConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
-        if self.field_dim < 1 or self.batch_size < 1 or self.max_epochs < 1:
-            raise ValueError("field_dim, batch_size and max_epochs must be >= 1")
+        if min(self.field_dim, self.batch_size, self.max_epochs, self.max_validation_rows) < 1:
+            raise ValueError("field_dim, batch_size, max_epochs, max_validation_rows must be >= 1")
         if not 0.0 <= self.validation_share < 1.0:
             raise ValueError(f"validation_share must be in [0, 1), got {self.validation_share}")
         if self.cross_layers < 0 or self.cross_rank < 0 or self.patience < 0:

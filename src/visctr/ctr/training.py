@@ -147,7 +147,12 @@ def train_ctr(
             EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience, check_finite=False)
         )
     trainer = build_trainer(
-        cfg.trainer, out_dir, cfg.max_epochs, callbacks=callbacks, log_every_n_steps=10_000
+        cfg.trainer,
+        out_dir,
+        cfg.max_epochs,
+        callbacks=callbacks,
+        log_every_n_steps=10_000,
+        limit_val_batches=max(1, math.ceil(cfg.max_validation_rows / PREDICT_BATCH)),
     )
     with warnings.catch_warnings():
         # periodic checkpoints hold the state after the step, which is what resume needs

@@ -17,10 +17,12 @@ from visctr.cli_common import handle_errors, trainer_options
 from visctr.config import from_dict, merge, read_yaml
 from visctr.errors import ConfigError
 
-
 # A verb reads its own section, or the one of the same stage in a `visctr run` config.
-SECTIONS = {"pretrain": ("pretrain", "s1"), "finetune": ("finetune", "s2"),
-            "classify": ("classify",)}
+SECTIONS = {
+    "pretrain": ("pretrain", "s1"),
+    "finetune": ("finetune", "s2"),
+    "classify": ("classify",),
+}
 
 
 def _load_cfg(

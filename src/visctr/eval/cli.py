@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -12,18 +11,32 @@ from visctr.cli_common import handle_errors
 
 @click.command("evaluate")
 @click.option("--world", "world_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--embeddings", type=click.Path(path_type=Path), required=True,
-              help="Folder with items.parquet and queries.parquet (from `visctr embed`).")
-@click.option("--ctr-model", type=click.Path(path_type=Path), default=None,
-              help="A `visctr train-ctr` output folder: adds AUC, logloss, gAUC, "
-                   "random-exposure AUC and tail AUC.")
-@click.option("--debias", type=click.Path(path_type=Path), default=None,
-              help="A debias.pt: map query and item vectors through it before retrieval.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the metrics as JSON here.")
+@click.option(
+    "--embeddings",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder with items.parquet and queries.parquet (from `visctr embed`).",
+)
+@click.option(
+    "--ctr-model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A `visctr train-ctr` output folder: adds AUC, logloss, gAUC, "
+    "random-exposure AUC and tail AUC.",
+)
+@click.option(
+    "--debias",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A debias.pt: map query and item vectors through it before retrieval.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON here."
+)
 @handle_errors
-def evaluate(world_dir: Path, embeddings: Path, ctr_model: Path | None, debias: Path | None,
-             out: Path | None) -> None:
+def evaluate(
+    world_dir: Path, embeddings: Path, ctr_model: Path | None, debias: Path | None, out: Path | None
+) -> None:
     """Retrieval HR@1/10/50, long-tail/head HR@10, category recall@10 (+ CTR metrics)."""
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.io import write_json

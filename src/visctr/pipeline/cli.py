@@ -10,18 +10,41 @@ from visctr.cli_common import handle_errors, trainer_options
 
 
 @click.command("run")
-@click.option("--preset", type=click.Choice(["tiny", "small", "full"]), default="small",
-              show_default=True, help="World size and training budget.")
-@click.option("--seeds", type=int, default=1, show_default=True,
-              help="Training seeds per method (claims need >= 3).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="World seed; training seeds are seed..seed+seeds-1.")
-@click.option("--catalog", default=None,
-              help="fashion-mnist:train|test (default), an image folder, or a manifest.")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small", "full"]),
+    default="small",
+    show_default=True,
+    help="World size and training budget.",
+)
+@click.option(
+    "--seeds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Training seeds per method (claims need >= 3).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="World seed; training seeds are seed..seed+seeds-1.",
+)
+@click.option(
+    "--catalog",
+    default=None,
+    help="fashion-mnist:train|test (default), an image folder, or a manifest.",
+)
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST idx files.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML with sections world, s1, s2, classify, ctr, trainer.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML with sections world, s1, s2, classify, ctr, trainer.",
+)
 @click.option("--restart", is_flag=True, help="Recompute every stage (ignore completed ones).")
 @trainer_options
 @handle_errors
@@ -30,8 +53,15 @@ def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, train
     from visctr.pipeline.config import resolve_run_config
     from visctr.pipeline.run import run_pipeline
 
-    cfg = resolve_run_config(preset, config_path, seeds=seeds, seed=seed, catalog=catalog,
-                             data_dir=data_dir, trainer_overrides=trainer_overrides)
+    cfg = resolve_run_config(
+        preset,
+        config_path,
+        seeds=seeds,
+        seed=seed,
+        catalog=catalog,
+        data_dir=data_dir,
+        trainer_overrides=trainer_overrides,
+    )
     run_pipeline(cfg, out, restart=restart)
 
 

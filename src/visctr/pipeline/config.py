@@ -15,14 +15,18 @@ from typing import Any
 from visctr.config import from_dict, merge, read_yaml, to_dict
 from visctr.ctr.config import CTRConfig
 from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
-from visctr.train import TrainerConfig
 from visctr.errors import ConfigError
+from visctr.train import TrainerConfig
 from visctr.world.simulate import PRESETS as WORLD_PRESETS
 from visctr.world.simulate import SimConfig
 
 
-def resolve_world_config(preset: str, config_path: Path | None = None,
-                         catalog: str | None = None, data_dir: str | None = None) -> SimConfig:
+def resolve_world_config(
+    preset: str,
+    config_path: Path | None = None,
+    catalog: str | None = None,
+    data_dir: str | None = None,
+) -> SimConfig:
     """Preset sizes, then the YAML ``world`` section, then command-line flags."""
     data: dict[str, Any] = to_dict(SimConfig())
     data = merge(data, WORLD_PRESETS[preset])
@@ -65,9 +69,16 @@ class RunConfig:
     examples: int = 6  # query photos in the report's retrieval grid
 
 
-def resolve_run_config(preset: str, config_path: Path | None = None, *, seeds: int = 1,
-                       seed: int = 0, catalog: str | None = None, data_dir: str | None = None,
-                       trainer_overrides: dict | None = None):
+def resolve_run_config(
+    preset: str,
+    config_path: Path | None = None,
+    *,
+    seeds: int = 1,
+    seed: int = 0,
+    catalog: str | None = None,
+    data_dir: str | None = None,
+    trainer_overrides: dict | None = None,
+):
     """Resolve the full run config (defaults < preset < YAML < flags)."""
     if preset not in WORLD_PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
@@ -75,8 +86,9 @@ def resolve_run_config(preset: str, config_path: Path | None = None, *, seeds: i
     known = {"world", "s1", "s2", "classify", "ctr", "trainer", "examples"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{config_path}: unknown section {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{config_path}: unknown section {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
     world = resolve_world_config(preset, config_path, catalog, data_dir)
     data: dict[str, Any] = {}
     for name in ("s1", "s2", "classify", "ctr"):

@@ -53,8 +53,9 @@ def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) ->
     sorter = np.argsort(ids)
     methods = [m for m in METHODS if m in tops]
     k = 5
-    fig, axes = plt.subplots(len(rows) * len(methods), k + 1,
-                             figsize=(1.1 * (k + 1), 1.15 * len(rows) * len(methods)))
+    fig, axes = plt.subplots(
+        len(rows) * len(methods), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows) * len(methods))
+    )
     axes = np.atleast_2d(axes)
     for qi, qrow in enumerate(rows):
         target = sorter[np.searchsorted(ids, world.queries["target_item_id"][qrow], sorter=sorter)]
@@ -78,8 +79,11 @@ def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) ->
         ax.set_xticks([])
         ax.set_yticks([])
     fig.subplots_adjust(top=1 - 0.35 / fig.get_figheight(), hspace=0.08, wspace=0.05)
-    fig.suptitle("Retrieval examples: query photo, then top-5 items (green = the target)",
-                 fontsize=8, y=1 - 0.1 / fig.get_figheight())
+    fig.suptitle(
+        "Retrieval examples: query photo, then top-5 items (green = the target)",
+        fontsize=8,
+        y=1 - 0.1 / fig.get_figheight(),
+    )
     _save(fig, path)
 
 
@@ -113,8 +117,12 @@ def _series(hist: Any, word: str) -> list[float]:
     """First per-epoch numeric series whose key contains ``word`` (history.json formats vary)."""
     if isinstance(hist, dict):
         for key, val in hist.items():
-            if word in key and isinstance(val, list) and val and all(
-                    isinstance(v, (int, float)) for v in val):
+            if (
+                word in key
+                and isinstance(val, list)
+                and val
+                and all(isinstance(v, (int, float)) for v in val)
+            ):
                 return [float(v) for v in val]
         epochs = hist.get("epochs")
         if isinstance(epochs, list) and epochs and isinstance(epochs[0], dict):
@@ -134,10 +142,18 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     _examples(world, tops, min(cfg.examples, 4), plots / "retrieval_examples.png")
-    _bars(results, [("head_hr@10", "head HR@10"), ("longtail_hr@10", "long-tail HR@10")],
-          "Retrieval HR@10, head vs tail items", plots / "head_tail_hr.png")
-    _bars(results, [("auc", "AUC (logged test)"), ("auc_random_exposure", "AUC (random exposure)")],
-          "CTR AUC, logged vs random-exposure", plots / "ctr_auc.png")
+    _bars(
+        results,
+        [("head_hr@10", "head HR@10"), ("longtail_hr@10", "long-tail HR@10")],
+        "Retrieval HR@10, head vs tail items",
+        plots / "head_tail_hr.png",
+    )
+    _bars(
+        results,
+        [("auc", "AUC (logged test)"), ("auc_random_exposure", "AUC (random exposure)")],
+        "CTR AUC, logged vs random-exposure",
+        plots / "ctr_auc.png",
+    )
     _curves(curves, plots / "training_curves.png")
     t = results["timings_s"]
     lines = [

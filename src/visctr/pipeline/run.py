@@ -22,17 +22,33 @@ from visctr.config import config_hash, dump_yaml, to_dict
 from visctr.io import write_json, write_text
 
 METHODS = ("ResNet-C", "S1", "S2", "S1+S2", "S1+S2+D")
-METHOD_DIRS = {"ResNet-C": "resnet_c", "S1": "s1", "S2": "s2", "S1+S2": "s1_s2",
-               "S1+S2+D": "s1_s2_d"}
-METRICS = ("hr@1", "hr@10", "hr@50", "longtail_hr@10", "head_hr@10", "category_recall@10",
-           "auc", "logloss", "gauc", "auc_random_exposure", "auc_tail")
+METHOD_DIRS = {
+    "ResNet-C": "resnet_c",
+    "S1": "s1",
+    "S2": "s2",
+    "S1+S2": "s1_s2",
+    "S1+S2+D": "s1_s2_d",
+}
+METRICS = (
+    "hr@1",
+    "hr@10",
+    "hr@50",
+    "longtail_hr@10",
+    "head_hr@10",
+    "category_recall@10",
+    "auc",
+    "logloss",
+    "gauc",
+    "auc_random_exposure",
+    "auc_tail",
+)
 METHOD_DESCRIPTIONS = {
     "ResNet-C": "encoder trained on category labels (cross-entropy); plain CTR model",
     "S1": "S1 self-supervised pre-training only (SimSiam on all catalog images); plain CTR model",
     "S2": "S2 click-contrastive fine-tuning from random init, clicks only (λ=0); plain CTR model",
     "S1+S2": "S1, then S2 with the λ·L_S1 term over the catalog; plain CTR model",
     "S1+S2+D": "the S1+S2 encoder; CTR model with the S3 debias network + gate "
-               "(triplets from S1 neighbours); retrieval through the debias network",
+    "(triplets from S1 neighbours); retrieval through the debias network",
 }
 
 
@@ -46,8 +62,14 @@ def _done(stage_dir: Path, key: str) -> bool:
         return False
 
 
-def run_stage(stage_dir: Path, key_obj: Any, fn: Callable[[Path], Any], label: str,
-              timings: dict[str, float], restart: bool = False) -> bool:
+def run_stage(
+    stage_dir: Path,
+    key_obj: Any,
+    fn: Callable[[Path], Any],
+    label: str,
+    timings: dict[str, float],
+    restart: bool = False,
+) -> bool:
     """Run ``fn(stage_dir)`` unless ``stage_dir`` is complete for the same key. True if ran."""
     key = config_hash(key_obj)
     if restart and stage_dir.exists():
@@ -93,8 +115,14 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo(f"[world] preset={cfg.preset} seed={cfg.seed}")
     world_dir = out / "world"
     world_key = {"world": to_dict(cfg.world), "seed": cfg.seed}
-    run_stage(world_dir, world_key, lambda d: simulate(cfg.world, cfg.seed, d / "data"),
-              "world", timings, restart)
+    run_stage(
+        world_dir,
+        world_key,
+        lambda d: simulate(cfg.world, cfg.seed, d / "data"),
+        "world",
+        timings,
+        restart,
+    )
     world = World.load(world_dir / "data")
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
 
@@ -110,25 +138,42 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         wk = config_hash(world_key)
 
         def train_enc(name: str, fn: Callable[[Path], Any], key: Any) -> Path:
-            run_stage(enc / name, {"world": wk, "seed": seed, "cfg": key}, fn, f"encoder {name}",
-                      timings, restart)
+            run_stage(
+                enc / name,
+                {"world": wk, "seed": seed, "cfg": key},
+                fn,
+                f"encoder {name}",
+                timings,
+                restart,
+            )
             return enc / name / "encoder.pt"
 
         import dataclasses
 
         s2_plain = dataclasses.replace(cfg.s2, lambda_s1=0.0)
-        rc = train_enc("resnet_c", lambda d: classify(world, cfg.classify, d, seed),
-                       to_dict(cfg.classify))
+        rc = train_enc(
+            "resnet_c", lambda d: classify(world, cfg.classify, d, seed), to_dict(cfg.classify)
+        )
         s1 = train_enc("s1", lambda d: pretrain(world, cfg.s1, d, seed), to_dict(cfg.s1))
-        s2 = train_enc("s2", lambda d: finetune(world, s2_plain, d, seed, init=None),
-                       to_dict(s2_plain))
-        s12 = train_enc("s1_s2", lambda d: finetune(world, cfg.s2, d, seed, init=s1),
-                        {"s2": to_dict(cfg.s2), "s1": to_dict(cfg.s1)})
+        s2 = train_enc(
+            "s2", lambda d: finetune(world, s2_plain, d, seed, init=None), to_dict(s2_plain)
+        )
+        s12 = train_enc(
+            "s1_s2",
+            lambda d: finetune(world, cfg.s2, d, seed, init=s1),
+            {"s2": to_dict(cfg.s2), "s1": to_dict(cfg.s1)},
+        )
         enc_paths = {"ResNet-C": rc, "S1": s1, "S2": s2, "S1+S2": s12}
         for method, path in enc_paths.items():
             name = METHOD_DIRS[method]
-            run_stage(emb / name, {"encoder": str(path), "stamp": path.stat().st_mtime_ns},
-                      lambda d, p=path: embed(p, world, d), f"embed {name}", timings, restart)
+            run_stage(
+                emb / name,
+                {"encoder": str(path), "stamp": path.stat().st_mtime_ns},
+                lambda d, p=path: embed(p, world, d),
+                f"embed {name}",
+                timings,
+                restart,
+            )
             curves.setdefault(method, {})[seed] = _read_history(path.parent / "history.json")
 
         ctr_dir = sd / "ctr"
@@ -136,14 +181,19 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             name = METHOD_DIRS[method]
             debias = method == "S1+S2+D"
             emb_dir = emb / ("s1_s2" if debias else name)
-            ccfg = dataclasses.replace(cfg.ctr, debias=dataclasses.replace(cfg.ctr.debias,
-                                                                          enabled=debias))
-            run_stage(ctr_dir / name,
-                      {"cfg": to_dict(ccfg), "emb": (emb_dir / "stage.json").read_text(),
-                       "seed": seed},
-                      lambda d, e=emb_dir, c=ccfg, r=(emb / "s1") if debias else None: train_ctr(
-                          world, e, d, c, seed, reference=r),
-                      f"ctr {name}", timings, restart)
+            ccfg = dataclasses.replace(
+                cfg.ctr, debias=dataclasses.replace(cfg.ctr.debias, enabled=debias)
+            )
+            run_stage(
+                ctr_dir / name,
+                {"cfg": to_dict(ccfg), "emb": (emb_dir / "stage.json").read_text(), "seed": seed},
+                lambda d, e=emb_dir, c=ccfg, r=(emb / "s1") if debias else None: train_ctr(
+                    world, e, d, c, seed, reference=r
+                ),
+                f"ctr {name}",
+                timings,
+                restart,
+            )
             t0 = time.perf_counter()
             ctr_m = evaluate_ctr(ctr_dir / name, world, emb_dir)
             debias_path = ctr_dir / name / "debias.pt" if debias else None
@@ -154,9 +204,11 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             m = {**ret_m, **ctr_m}
             for k in METRICS:
                 per_seed[method][k].append(float(m[k]))
-            click.echo(f"  {method:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
-                       f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
-                       f"{m['auc_random_exposure']:.3f}")
+            click.echo(
+                f"  {method:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
+                f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
+                f"{m['auc_random_exposure']:.3f}"
+            )
 
     timings["total"] = time.perf_counter() - t_start
     results = {
@@ -173,8 +225,9 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
 
     write_report(out, results, world, tops, curves, cfg)
     click.echo(format_table(results))
-    click.echo(f"results: {out / 'results.json'}  report: {out / 'report.md'}  "
-               f"({timings['total']:.0f}s)")
+    click.echo(
+        f"results: {out / 'results.json'}  report: {out / 'report.md'}  ({timings['total']:.0f}s)"
+    )
     return results
 
 
@@ -191,8 +244,17 @@ def fmt(entry: dict, digits: int = 3) -> str:
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
-TABLE_METRICS = ("hr@10", "longtail_hr@10", "head_hr@10", "category_recall@10", "auc",
-                 "auc_random_exposure", "auc_tail", "gauc", "logloss")
+TABLE_METRICS = (
+    "hr@10",
+    "longtail_hr@10",
+    "head_hr@10",
+    "category_recall@10",
+    "auc",
+    "auc_random_exposure",
+    "auc_tail",
+    "gauc",
+    "logloss",
+)
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
@@ -203,5 +265,6 @@ def format_table(results: dict, markdown: bool = False) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))
-                     for r in [head, *rows])
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]
+    )

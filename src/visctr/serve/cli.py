@@ -10,30 +10,50 @@ from visctr.cli_common import handle_errors
 
 
 @click.command("export")
-@click.option("--encoder", type=click.Path(path_type=Path), required=True,
-              help="encoder.pt from pretrain/finetune/classify.")
-@click.option("--embeddings", type=click.Path(path_type=Path), required=True,
-              help="That encoder's `visctr embed` folder (items.parquet is indexed).")
-@click.option("--debias", type=click.Path(path_type=Path), default=None,
-              help="debias.pt from `train-ctr --debias`: exported and applied to vectors.")
-@click.option("--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw",
-              show_default=True)
+@click.option(
+    "--encoder",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="encoder.pt from pretrain/finetune/classify.",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="That encoder's `visctr embed` folder (items.parquet is indexed).",
+)
+@click.option(
+    "--debias",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="debias.pt from `train-ctr --debias`: exported and applied to vectors.",
+)
+@click.option(
+    "--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True
+)
 @click.option("--nlist", type=int, default=0, help="IVF lists (0: about 4·sqrt(items)).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @handle_errors
-def export(encoder: Path, embeddings: Path, debias: Path | None, kind: str, nlist: int,
-           out: Path) -> None:
+def export(
+    encoder: Path, embeddings: Path, debias: Path | None, kind: str, nlist: int, out: Path
+) -> None:
     """Serving artifacts: TorchScript encoder (+ debias network) and a FAISS index."""
     from visctr.serve.export import IndexConfig, export_artifacts
 
     export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias)
-    click.echo(f"exported encoder.ts{', debias.ts' if debias else ''}, index.faiss ({kind}) "
-               f"to {out}")
+    click.echo(
+        f"exported encoder.ts{', debias.ts' if debias else ''}, index.faiss ({kind}) to {out}"
+    )
 
 
 @click.command("search")
-@click.option("--export", "export_dir", type=click.Path(path_type=Path), required=True,
-              help="A `visctr export` folder.")
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A `visctr export` folder.",
+)
 @click.option("--image", type=click.Path(path_type=Path), required=True, help="Query photo.")
 @click.option("--top-k", type=int, default=10, show_default=True)
 @handle_errors

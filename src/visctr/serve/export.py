@@ -76,9 +76,13 @@ def build_index(vectors: np.ndarray, cfg: IndexConfig):
     return index
 
 
-def export_artifacts(encoder_path: Path, embeddings_dir: Path, out: Path,
-                     index_cfg: IndexConfig | None = None,
-                     debias_path: Path | None = None) -> Path:
+def export_artifacts(
+    encoder_path: Path,
+    embeddings_dir: Path,
+    out: Path,
+    index_cfg: IndexConfig | None = None,
+    debias_path: Path | None = None,
+) -> Path:
     """Write the serving folder ``out`` atomically; returns it."""
     import faiss
 
@@ -110,11 +114,22 @@ def export_artifacts(encoder_path: Path, embeddings_dir: Path, out: Path,
         index = build_index(vectors, index_cfg)
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "item_ids.npy", item_ids)
-        write_json({"format": "visctr-serving/1", "image_size": s, "channels": c,
-                    "dim": int(vectors.shape[1]), "items": int(len(item_ids)),
-                    "index": {"kind": index_cfg.kind, "nprobe": index_cfg.nprobe,
-                              "ef_search": index_cfg.ef_search},
-                    "debias": debias_path is not None}, tmp / "export.json")
+        write_json(
+            {
+                "format": "visctr-serving/1",
+                "image_size": s,
+                "channels": c,
+                "dim": int(vectors.shape[1]),
+                "items": int(len(item_ids)),
+                "index": {
+                    "kind": index_cfg.kind,
+                    "nprobe": index_cfg.nprobe,
+                    "ef_search": index_cfg.ef_search,
+                },
+                "debias": debias_path is not None,
+            },
+            tmp / "export.json",
+        )
     return Path(out)
 
 
@@ -127,8 +142,9 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, 
     export_dir = Path(export_dir)
     meta_path = export_dir / "export.json"
     if not meta_path.is_file():
-        raise InputError(f"{export_dir}: not an export folder (no export.json); run "
-                         "'visctr export' first")
+        raise InputError(
+            f"{export_dir}: not an export folder (no export.json); run 'visctr export' first"
+        )
     meta = json.loads(meta_path.read_text())
     img = _read_image(Path(image), meta["image_size"], meta["channels"], str(image))
     encoder = torch.jit.load(str(export_dir / "encoder.ts"), map_location="cpu")
