@@ -167,7 +167,9 @@ def lightning_contender(fmap, cfg, items, queries, aff, batches):
 
     def run() -> float:
         trainer.fit_loop.max_epochs = trainer.current_epoch + 1
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+        k = cfg.inner_steps  # as train_ctr: k optimiser steps per Lightning step
+        groups = [batches[s : s + k] for s in range(0, len(batches), k)]
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(groups, batch_size=None))
         h = module.history[-1]
         return h["steps"] * len(batches[0][1]) / h["seconds"]
 

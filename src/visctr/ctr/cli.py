@@ -79,9 +79,10 @@ def train_ctr_cmd(
 
     done = json.loads((out_dir / "done.json").read_text())
     metrics = evaluate_ctr(out_dir, world, embeddings)
+    best = "n/a" if done["best_val_auc"] is None else f"{done['best_val_auc']:.4f}"
     click.echo(
         f"train-ctr: {out_dir} (debias={'on' if cfg.debias.enabled else 'off'}, "
-        f"seed={seed}, epochs={done['epochs']}, best val AUC={done['best_val_auc']}, "
+        f"seed={seed}, epochs={done['epochs']}, best val AUC={best}, "
         f"{done['seconds']}s)"
     )
     click.echo(

@@ -156,26 +156,25 @@ class CTRModule(L.LightningModule):
         self._reset_epoch()
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.binary_cross_entropy_with_logits(self.net(x), y)
-        total = loss
-        if self.triplets is not None and self.net.debias is not None:
-            a, p, n = (
-                t.to(x.device)
-                for t in self.triplets.sample(self.cfg.debias.triplets_per_step, self._gen)
-            )
-            iv = self.net.item_vectors
-            d = self.net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
-            k = a.shape[0]
-            trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.cfg.debias.margin)
-            total = loss + self.cfg.debias.weight * trip
-            self._trip_sum += trip.detach().cpu()
+        """One optimiser step per ``(x, y)`` pair; ``batch`` is a list of pairs (``Grouped``)."""
+        pairs = [batch] if isinstance(batch, tuple) else batch
         opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        self.manual_backward(total)
-        opt.step()
-        self._loss_sum += loss.detach().cpu()
-        self._steps += 1
+        for x, y in pairs:
+            loss = F.binary_cross_entropy_with_logits(self.net(x), y)
+            total = loss
+            if self.triplets is not None and self.net.debias is not None:
+                k = self.cfg.debias.triplets_per_step
+                a, p, n = (t.to(x.device) for t in self.triplets.sample(k, self._gen))
+                iv = self.net.item_vectors
+                d = self.net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
+                trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.cfg.debias.margin)
+                total = loss + self.cfg.debias.weight * trip
+                self._trip_sum += trip.detach().cpu()
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(total)
+            opt.step()
+            self._loss_sum += loss.detach().cpu()
+            self._steps += 1
 
     def validation_step(self, batch, batch_idx):
         x, y = batch

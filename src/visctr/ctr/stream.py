@@ -134,3 +134,26 @@ class ImpressionStream(IterableDataset):
                 xs, ys = xs[perm], ys[perm]
             for s in range(0, held, bs):
                 yield torch.from_numpy(xs[s : s + bs]), torch.from_numpy(ys[s : s + bs])
+
+
+class Grouped(IterableDataset):
+    """Yields lists of up to ``k`` consecutive batches of ``dataset``.
+
+    The CTR module takes one optimiser step per batch but sees ``k`` batches per Lightning
+    ``training_step``, so the loop's per-step overhead is paid once per ``k`` steps.
+    """
+
+    def __init__(self, dataset: IterableDataset, k: int):
+        super().__init__()
+        self.dataset = dataset
+        self.k = max(1, k)
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in self.dataset:
+            group.append(batch)
+            if len(group) == self.k:
+                yield group
+                group = []
+        if group:
+            yield group

@@ -23,7 +23,7 @@ from visctr.ctr.config import CTRConfig
 from visctr.ctr.debias import export_debias, mine_triplets
 from visctr.ctr.features import Encoder, FeatureMap, compute_train_stats, load_embeddings
 from visctr.ctr.model import CTRModule, CTRNet
-from visctr.ctr.stream import ImpressionStream
+from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.errors import InputError
 from visctr.eval.metrics import auc, ctr_metrics
 from visctr.io import load_torch, save_torch, write_json
@@ -131,7 +131,7 @@ def train_ctr(
         shuffle_buffer=cfg.shuffle_buffer,
         read_rows=cfg.read_rows,
     )
-    loaders = {"train_dataloaders": DataLoader(fit_ds, batch_size=None)}
+    loaders = {"train_dataloaders": DataLoader(Grouped(fit_ds, cfg.inner_steps), batch_size=None)}
     callbacks = []
     if stats.n_val > 0:
         val_ds = ImpressionStream(
