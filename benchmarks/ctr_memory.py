@@ -4,6 +4,8 @@ The logs are streamed (Parquet record batches -> shuffle buffer -> index tensors
 memory should not grow with the number of impressions. Each size trains one epoch of
 ``train_ctr`` in a fresh subprocess over the same synthetic world (6k items, 2k users,
 100k queries; only the impressions log differs) and reports its own ``ru_maxrss``.
+Validation keeps its predictions for an exact AUC, so it is capped (``--max-val-rows``,
+default = ``CTRConfig.max_validation_rows``); below the cap it grows with the log.
 
     python benchmarks/ctr_memory.py [--rows 1000000 10000000] [--threads 2]
 """
@@ -122,7 +124,7 @@ def main() -> None:
     ap.add_argument(
         "--max-val-rows",
         type=int,
-        default=2_000_000,
+        default=500_000,
         help="validation rows scored per epoch (exact AUC keeps their predictions)",
     )
     args = ap.parse_args()

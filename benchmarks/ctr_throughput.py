@@ -6,7 +6,8 @@ size and thread count:
 - ``visctr``: ``CTRNet`` (fused embedding table, visual tables indexed by row, DCNv2
   cross ‖ MLP) — a plain PyTorch step over pre-encoded index batches;
 - ``visctr+L``: the same network through ``CTRModule`` in a Lightning ``Trainer``
-  (what ``train_ctr`` runs), timed per epoch from the module's history;
+  (what ``train_ctr`` runs, ``inner_steps`` optimiser steps per Lightning step), timed
+  per epoch from the module's history;
 - ``visctr+D``: with the S3 debias head + gate and the triplet term (raw step);
 - ``bare``: one fused embedding table + the same MLP over pre-gathered dense inputs of
   the same width: the floor any model of this shape pays;

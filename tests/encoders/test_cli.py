@@ -125,3 +125,21 @@ def test_cli_errors_are_one_line(tiny_world_dir, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "nowhere" in res.output
+
+
+def test_cli_config_sections(tiny_world_dir, tmp_path):
+    r = CliRunner()
+    both = tmp_path / "both.yaml"
+    both.write_text("pretrain: {epochs: 1}\ns1: {epochs: 1}\n")
+    res = r.invoke(
+        pretrain,
+        ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"), "--config", str(both)],
+    )
+    assert res.exit_code == 2 and "keep one" in res.output
+    none = tmp_path / "none.yaml"
+    none.write_text("world: {}\n")
+    res = r.invoke(
+        finetune,
+        ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"), "--config", str(none)],
+    )
+    assert res.exit_code == 2 and "'finetune' or 's2'" in res.output

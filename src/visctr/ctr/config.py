@@ -59,7 +59,7 @@ class CTRConfig:
     max_epochs: int = 8
     patience: int = 2  # epochs without validation-AUC gain before stopping
     validation_share: float = 0.1  # last share of the training *time span*, never test
-    max_validation_rows: int = 2_000_000  # exact AUC holds predictions: cap what it scores
+    max_validation_rows: int = 500_000  # exact AUC holds predictions: cap what it scores
     shuffle_buffer: int = 200_000  # rows shuffled together while streaming
     read_rows: int = 65_536  # rows per Parquet read
     inner_steps: int = 8  # optimiser steps per Lightning training_step (amortises its overhead)

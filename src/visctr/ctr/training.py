@@ -9,6 +9,7 @@ configuration is unchanged; a finished one with the same hash is skipped.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -48,8 +49,6 @@ def _run_key(
 
 
 def is_done(out_dir: Path, key: str) -> bool:
-    import json
-
     p = Path(out_dir) / "done.json"
     if not p.is_file():
         return False
@@ -87,19 +86,6 @@ def train_ctr(
     if is_done(out_dir, key):
         return out_dir
     t0 = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "done.json").unlink(missing_ok=True)
-    run_file = out_dir / "run.json"
-    resume = resume_checkpoint(out_dir)
-    if resume is not None:
-        import json
-
-        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        if prev.get("config_hash") != key:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-            resume = None
-    write_json({"config_hash": key, "seed": seed}, run_file)
-
     emb = load_embeddings(Path(embeddings), world)
     stats = compute_train_stats(world, emb, cfg)
     fmap = stats.feature_map
@@ -114,6 +100,18 @@ def train_ctr(
             )
         usable = emb.item_has_vector & ref.item_has_vector
         triplets = mine_triplets(ref.item_vectors, usable, stats.item_counts, cfg.debias)
+
+    # inputs are valid: only now touch out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "done.json").unlink(missing_ok=True)
+    run_file = out_dir / "run.json"
+    resume = resume_checkpoint(out_dir)
+    if resume is not None:
+        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        if prev.get("config_hash") != key:
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+            resume = None
+    write_json({"config_hash": key, "seed": seed}, run_file)
 
     L.seed_everything(seed, workers=True, verbose=False)
     net = CTRNet(fmap, cfg, stats.affinity)
@@ -249,7 +247,9 @@ def evaluate_ctr(model_dir: Path, world: World, embeddings: Path) -> dict[str, f
     """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
 
     ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
-    Single-class cases give NaN (see ``visctr.eval.metrics``).
+    Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
+    so ``logloss`` on logged data reflects top-slot CTR (it over-predicts lower slots);
+    AUC and gAUC compare relevance and are unaffected by that calibration offset.
     """
     test = predict_ctr(model_dir, world, embeddings, "test")
     head_ids = np.asarray(world.items["item_id"])[np.asarray(world.items["is_head"], dtype=bool)]

@@ -73,7 +73,7 @@ def _stage_options(fn):
         "config",
         type=click.Path(path_type=Path),
         default=None,
-        help="YAML file; its section named after this verb is the stage config.",
+        help="YAML file: its section named after this verb (or s1/s2 as in a 'visctr run' config) is the stage config.",
     )(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
     fn = click.option(
