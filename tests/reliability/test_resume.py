@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 CONFIG = """
 pretrain:
-  epochs: 4
+  epochs: 25
   batch_size: 16
   probe_items: 0
   encoder: {width: 16, stages: 2, blocks: 2, embed_dim: 16}
