@@ -34,6 +34,44 @@ def resume_checkpoint(out_dir: str | Path) -> Path | None:
     return p if p.is_file() else None
 
 
+def _last_checkpoint_callback():
+    from lightning.pytorch.callbacks import Checkpoint
+
+    # A Checkpoint subclass runs after the module's and the other callbacks' epoch-end
+    # hooks, so the saved state includes what they recorded for the epoch.
+    class LastCheckpoint(Checkpoint):
+        """Keep one resumable checkpoint, ``last.ckpt``, written atomically.
+
+        Saved every ``every_n_steps`` optimizer steps, or at the end of every epoch when
+        ``every_n_steps`` is 0. The file is written beside its final name and renamed into
+        place, so a kill mid-write leaves the previous checkpoint intact.
+        """
+
+        def __init__(self, path: Path, every_n_steps: int):
+            self.path = Path(path)
+            self.every_n_steps = int(every_n_steps)
+
+        def _save(self, trainer) -> None:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            if trainer.is_global_zero:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp, weights_only=False)
+            if trainer.is_global_zero:
+                os.replace(tmp, self.path)
+            trainer.strategy.barrier("last_checkpoint")
+
+        def on_train_batch_end(self, trainer, *args) -> None:
+            n = self.every_n_steps
+            if n and trainer.global_step % n == 0 and trainer.global_step:
+                self._save(trainer)
+
+        def on_train_epoch_end(self, trainer, *args) -> None:
+            if not self.every_n_steps:
+                self._save(trainer)
+
+    return LastCheckpoint
+
+
 def build_trainer(
     cfg: TrainerConfig,
     out_dir: str | Path,
@@ -46,7 +84,6 @@ def build_trainer(
 
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     # Lightning's banner lines (GPU available, tips) are noise in a multi-stage run.
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -54,14 +91,8 @@ def build_trainer(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     out_dir = Path(out_dir)
-    ckpt = ModelCheckpoint(
-        dirpath=out_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.checkpoint_every_n_steps or None,
-        every_n_epochs=None if cfg.checkpoint_every_n_steps else 1,
-        save_on_train_epoch_end=True,
-    )
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = _last_checkpoint_callback()(last, cfg.checkpoint_every_n_steps)
     env_quiet = os.environ.get("VISCTR_QUIET") == "1"
     return L.Trainer(
         accelerator=cfg.accelerator,
