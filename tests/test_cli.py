@@ -29,6 +29,11 @@ def test_help_lists_every_verb():
     [
         (lambda p: str(p / "does-not-exist"), "catalog not found"),
         (lambda p: _manifest_missing_column(p), "missing column 'category'"),
+        (lambda p: _manifest(p, extra="title"), "unexpected column 'title'"),
+        (lambda p: _manifest(p, rel="../../escape.png"), "escapes the manifest's folder"),
+        (lambda p: _folder(p, b"\x89PNG\r\n\x1a\nnot really"), "corrupt or unreadable image"),
+        (lambda p: _folder(p, "I;16"), "has mode 'I;16'"),
+        (lambda p: _truncated_idx(p), "truncated"),
     ],
 )
 def test_simulate_bad_input_one_line_no_output(tmp_path, make_catalog, match):
@@ -42,7 +47,7 @@ def test_simulate_bad_input_one_line_no_output(tmp_path, make_catalog, match):
             "--preset",
             "tiny",
             "--catalog",
-            make_catalog(tmp_path),
+            *_as_args(make_catalog(tmp_path)),
             "--out",
             str(out),
         ],
@@ -55,6 +60,52 @@ def test_simulate_bad_input_one_line_no_output(tmp_path, make_catalog, match):
     assert "Traceback" not in proc.stderr
     assert not out.exists()
     assert not any(p.name.startswith(".world") for p in tmp_path.iterdir())
+
+
+def _as_args(catalog):
+    return catalog if isinstance(catalog, list) else [catalog]
+
+
+def _manifest(tmp_path, rel="a.png", extra=None):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 90).save(tmp_path / "a.png")
+    cols = {"item_id": [1], "image_path": [rel], "category": ["x"]}
+    if extra:
+        cols[extra] = ["?"]
+    pq.write_table(pa.table(cols), tmp_path / "m.parquet")
+    return str(tmp_path / "m.parquet")
+
+
+def _folder(tmp_path, content):
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    (root / "shoes").mkdir(parents=True)
+    Image.new("L", (28, 28), 90).save(root / "shoes" / "ok.png")
+    if isinstance(content, bytes):
+        (root / "shoes" / "bad.png").write_bytes(content)
+    else:
+        Image.new(content, (28, 28), 300).save(root / "shoes" / "bad.png")
+    return str(root)
+
+
+def _truncated_idx(tmp_path):
+    import gzip
+    import shutil
+
+    from visctr.data.catalog import find_fashion_mnist_dir
+
+    src = find_fashion_mnist_dir(None)
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for f in src.iterdir():
+        shutil.copy(f, data / f.name)
+    images = next(data.glob("train-images-idx3-ubyte*"))
+    raw = gzip.decompress(images.read_bytes()) if images.suffix == ".gz" else images.read_bytes()
+    images.unlink()
+    (data / "train-images-idx3-ubyte").write_bytes(raw[: len(raw) // 3])
+    return ["fashion-mnist:train", "--data-dir", str(data)]
 
 
 def _manifest_missing_column(tmp_path):

@@ -254,3 +254,68 @@ def test_unknown_item_in_logs(world_copy, tiny_embeddings, tmp_path):
     t = t.set_column(t.schema.get_field_index("item_id"), "item_id", pa.array(ids, pa.int64()))
     pq.write_table(t, p)
     _expect_error(world_copy, tiny_embeddings, tmp_path, "item_id 1000000000 is not in the world")
+
+
+def _edit_column(world_dir: Path, split: str, name: str, edit) -> None:
+    p = world_dir / "impressions" / f"{split}.parquet"
+    t = pq.read_table(p)
+    i = t.schema.get_field_index(name)
+    t = t.set_column(i, name, edit(t.column(name).combine_chunks(), t.schema.field(i).type))
+    pq.write_table(t, p)
+
+
+def _with_null(arr, typ):
+    vals = arr.to_pylist()
+    vals[7] = None
+    return pa.array(vals, typ)
+
+
+def test_logs_with_null_values(world_copy, tiny_embeddings, tmp_path):
+    _edit_column(world_copy, "train", "clicked", _with_null)
+    _expect_error(
+        world_copy, tiny_embeddings, tmp_path, r"train\.parquet: column 'clicked' has 1 null"
+    )
+
+
+def test_logs_with_nan_in_a_float_column(world_copy, tiny_embeddings, tmp_path):
+    def as_float_nan(arr, _):
+        v = arr.to_numpy().astype(np.float64)
+        v[3] = np.nan
+        return pa.array(v)
+
+    _edit_column(world_copy, "train", "position", as_float_nan)
+    _expect_error(
+        world_copy, tiny_embeddings, tmp_path, r"train\.parquet: column 'position' has type double"
+    )
+
+
+def test_negative_positions(world_copy, tiny_embeddings, tmp_path):
+    _edit_column(world_copy, "train", "position", lambda a, t: pa.array(np.asarray(a) - 5, t))
+    _expect_error(world_copy, tiny_embeddings, tmp_path, r"'position' has negative values")
+
+
+def test_clicked_not_binary(world_copy, tiny_embeddings, tmp_path):
+    def two(a, t):
+        v = np.asarray(a).copy()
+        v[0] = 2
+        return pa.array(v, t)
+
+    _edit_column(world_copy, "train", "clicked", two)
+    _expect_error(world_copy, tiny_embeddings, tmp_path, r"'clicked' must be 0 or 1, found 2")
+
+
+def test_bad_test_split_is_an_error_at_evaluation(plain_model, world_copy, tiny_embeddings):
+    _edit_column(world_copy, "test", "clicked", _with_null)
+    with pytest.raises(InputError, match=r"test\.parquet: column 'clicked' has 1 null"):
+        evaluate_ctr(plain_model, World.load(world_copy), tiny_embeddings)
+
+
+def test_cli_bad_logs_one_line_exit_2(world_copy, tiny_embeddings, tmp_path):
+    _edit_column(world_copy, "train", "clicked", _with_null)
+    out = tmp_path / "m"
+    args = ["--world", str(world_copy), "--embeddings", str(tiny_embeddings), "--out", str(out)]
+    r = CliRunner().invoke(train_ctr_cmd, [*args, "--accelerator", "cpu"])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "'clicked'" in lines[0]
+    assert "Traceback" not in r.output and not out.exists()

@@ -164,3 +164,31 @@ def test_normalise_images_shape_and_range(n, c_in, c_out, size):
     x = np.random.default_rng(n).integers(0, 256, (n, c_in, 12, 12), dtype=np.uint8)
     y = normalise_images(x, size, c_out)
     assert y.shape == (n, c_out, size, size) and y.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA", "CMYK", "1", "LA"])
+def test_eight_bit_modes_and_odd_sizes_are_normalised(tmp_path, mode):
+    path = tmp_path / "shoes" / "a.png"
+    path.parent.mkdir(parents=True)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    Image.new("RGB", (33, 17), (200, 200, 200)).convert(mode).save(path, fmt)
+    cat = load_catalog(CatalogConfig(source=str(tmp_path), image_size=16, channels=1))
+    assert cat.images.shape == (1, 1, 16, 16)
+    assert cat.images.mean() > 150  # light grey stays light (mode "1" dithers), not black
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_images_are_rejected_not_clipped(tmp_path, mode):
+    path = tmp_path / "shoes" / "deep.tiff"
+    path.parent.mkdir(parents=True)
+    Image.new(mode, (20, 20), 40000 if mode != "F" else 0.5).save(path)
+    with pytest.raises(InputError, match=rf"deep\.tiff has mode '{mode}'"):
+        load_catalog(CatalogConfig(source=str(tmp_path)))
+
+
+def test_manifest_extra_column_is_an_error(tmp_path):
+    path = _manifest(
+        tmp_path, [{"item_id": 1, "image_path": "a.png", "category": "x", "catgory": "y"}]
+    )
+    with pytest.raises(InputError, match=r"m\.parquet: manifest has unexpected column 'catgory'"):
+        load_catalog(CatalogConfig(source=str(path)))

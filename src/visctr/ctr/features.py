@@ -235,6 +235,28 @@ def open_log(path: Path):
     return pf
 
 
+def log_columns(rb, path: Path, columns=LOG_COLUMNS) -> dict[str, np.ndarray]:
+    """Numpy columns of one record batch of impressions, checked: no nulls, positions
+    ``>= 0``, ``clicked`` in {0, 1}. Errors name the file and the column."""
+    cols = {}
+    for name in columns:
+        arr = rb.column(name)
+        if arr.null_count:
+            raise InputError(
+                f"{path}: column {name!r} has {arr.null_count} null/NaN values in a batch; "
+                "impressions must be complete"
+            )
+        cols[name] = arr.to_numpy()
+    if "position" in cols and cols["position"].size and cols["position"].min() < 0:
+        raise InputError(
+            f"{path}: column 'position' has negative values (minimum {cols['position'].min()})"
+        )
+    if "clicked" in cols and ((cols["clicked"] != 0) & (cols["clicked"] != 1)).any():
+        bad = cols["clicked"][(cols["clicked"] != 0) & (cols["clicked"] != 1)][0]
+        raise InputError(f"{path}: column 'clicked' must be 0 or 1, found {bad}")
+    return cols
+
+
 def read_user_ids(world: World) -> np.ndarray:
     """User ids of ``users.parquet`` (the World object keeps only the affinity column)."""
     import pyarrow.parquet as pq
@@ -266,7 +288,7 @@ def compute_train_stats(
         raise InputError(f"{train_path}: the training split is empty; nothing to train on")
     t_min, t_max = np.iinfo(np.int64).max, np.iinfo(np.int64).min
     for rb in pf.iter_batches(batch_size=cfg.read_rows, columns=["timestamp"]):
-        ts = rb.column(0).to_numpy()
+        ts = log_columns(rb, train_path, ["timestamp"])["timestamp"]
         if ts.size:
             t_min, t_max = min(t_min, int(ts.min())), max(t_max, int(ts.max()))
     if cfg.validation_share > 0:
@@ -287,7 +309,7 @@ def compute_train_stats(
     clicks_c = np.zeros(n_cat, dtype=np.float64)
     n_fit = n_val = n_val_clicks = n_fit_clicks = 0
     for rb in pf.iter_batches(batch_size=cfg.read_rows, columns=LOG_COLUMNS):
-        cols = {c: rb.column(c).to_numpy() for c in LOG_COLUMNS}
+        cols = log_columns(rb, train_path)
         item_rows = items.rows(cols["item_id"])
         check_rows(item_rows, emb, cols, train_path)
         fit = cols["timestamp"] < val_start

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from visctr.ctr.features import LOG_COLUMNS, Encoder, open_log
+from visctr.ctr.features import LOG_COLUMNS, Encoder, log_columns, open_log
 
 Part = Literal["all", "fit", "val"]
 
@@ -85,7 +85,7 @@ class ImpressionStream(IterableDataset):
         for i, rb in enumerate(it):
             if not by_group and i % n_shards != shard:
                 continue
-            cols = {c: rb.column(c).to_numpy() for c in LOG_COLUMNS}
+            cols = log_columns(rb, self.path)
             if self.part != "all":
                 keep = cols["timestamp"] < self.val_start
                 if self.part == "val":

@@ -3,11 +3,14 @@
 - ``fashion-mnist:train`` / ``fashion-mnist:test``: idx files (plain or ``.gz``) found in
   ``data_dir``, ``$VISCTR_DATA`` or ``/usr/share/datasets/fashion-mnist``.
 - an image folder: one subfolder per category.
-- a manifest (``.parquet`` or ``.csv``) with columns ``item_id, image_path, category``;
-  paths are relative to the manifest and may not escape its folder.
+- a manifest (``.parquet`` or ``.csv``) with exactly the columns ``item_id, image_path,
+  category``; paths are relative to the manifest and may not escape its folder.
 
 Every source yields a :class:`Catalog` of uint8 images ``[N, C, H, W]`` normalised to a
-configured size and channel count.
+configured size and channel count: any 8-bit Pillow mode (palette, RGBA, CMYK, ...) is
+converted to grey or RGB and any size is resized (bilinear, not aspect-preserving: crop
+first if that matters). Images with more than 8 bits per channel are rejected rather
+than clipped.
 """
 
 from __future__ import annotations
@@ -200,6 +203,25 @@ def _read_fashion_mnist(src: str, data_dir: str | None) -> Catalog:
     )
 
 
+# Pillow modes with 8-bit channels; convert() maps them to L or RGB without clipping.
+EIGHT_BIT_MODES = {
+    "1",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+}
+
+
 def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -208,11 +230,23 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode not in EIGHT_BIT_MODES:
+                # 16-bit / 32-bit / float pixels would be clipped to 0..255 silently
+                raise InputError(
+                    f"{where}: image {path} has mode {im.mode!r} (more than 8 bits per "
+                    "channel); convert the catalog to 8-bit images"
+                )
             im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as e:
         raise InputError(f"{where}: corrupt or unreadable image {path} ({e})") from None
     if arr.ndim == 2:
         arr = arr[None]
@@ -278,6 +312,12 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
         raise InputError(
             f"{path}: manifest is missing column {missing[0]!r} "
             f"(needs {', '.join(MANIFEST_COLUMNS)})"
+        )
+    extra = [c for c in table.column_names if c not in MANIFEST_COLUMNS]
+    if extra:
+        raise InputError(
+            f"{path}: manifest has unexpected column {extra[0]!r} (columns are exactly "
+            f"{', '.join(MANIFEST_COLUMNS)}; a misspelt name is caught here)"
         )
     if table.num_rows == 0:
         raise InputError(f"{path}: manifest has no rows")
