@@ -49,3 +49,16 @@ def test_world_config_from_yaml(tmp_path):
     p.write_text("world:\n  n_user: 7\n")
     with pytest.raises(ConfigError, match="unknown key 'n_user'"):
         resolve_world_config("tiny", p)
+
+
+def test_run_refuses_multi_device_with_a_pointer_to_stage_verbs():
+    import pytest
+
+    from visctr.errors import ConfigError
+    from visctr.pipeline.config import resolve_run_config
+
+    with pytest.raises(ConfigError, match="stage verbs"):
+        resolve_run_config("tiny", trainer_overrides={"devices": 2})
+    with pytest.raises(ConfigError, match="num_nodes=2"):
+        resolve_run_config("tiny", trainer_overrides={"num_nodes": 2})
+    assert resolve_run_config("tiny", trainer_overrides={"devices": 1}).trainer["devices"] == 1

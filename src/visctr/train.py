@@ -28,6 +28,15 @@ class TrainerConfig:
     progress_bar: bool = True
 
 
+def is_global_zero() -> bool:
+    """True in the process that writes reports (rank 0, or the only process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0
+
+
 def resume_checkpoint(out_dir: str | Path) -> Path | None:
     """The periodic checkpoint a killed run left behind, if any."""
     p = Path(out_dir) / "checkpoints" / "last.ckpt"

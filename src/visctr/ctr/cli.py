@@ -65,6 +65,7 @@ def train_ctr_cmd(
     """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
     from visctr.config import from_dict, merge, read_yaml
     from visctr.ctr import CTRConfig, evaluate_ctr, train_ctr
+    from visctr.train import is_global_zero
     from visctr.world import World
 
     data = read_yaml(config_file) if config_file else {}
@@ -75,6 +76,8 @@ def train_ctr_cmd(
     cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
     world = World.load(world_dir)
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
+    if not is_global_zero():
+        return  # under DDP, rank 0 writes the model and evaluates it
     import json
 
     done = json.loads((out_dir / "done.json").read_text())

@@ -188,7 +188,7 @@ class CTRModule(L.LightningModule):
         y = torch.cat(self._val_y).numpy()
         self._val_p, self._val_y = [], []
         val_auc, val_ll = auc(y, p), logloss(y, p)
-        # under DDP each rank scores its own shard; the logged value is their mean
+        # under DDP every rank scores the same validation rows, so val_auc is the same on all
         self.log("val_auc", val_auc, prog_bar=True, sync_dist=True)
         if self.trainer.sanity_checking:
             return

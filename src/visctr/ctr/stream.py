@@ -4,7 +4,11 @@ Memory is bounded by ``shuffle_buffer + read_rows`` rows whatever the log size: 
 is read batch by batch (``ParquetFile.iter_batches``), each batch is encoded at once to
 int64 indices, and rows are shuffled within a buffer (plus a shuffled row-group order per
 epoch). Work is sharded over DataLoader workers and distributed ranks: by row group when
-there are enough of them, else by record batch.
+there are enough of them, else by row (every n-th row of each record batch). Under DDP every rank must take the same
+number of optimiser steps (a rank that stops early leaves the others waiting in
+all-reduce), so with more than one reader and ``rows`` given, each reader yields exactly
+``rows // (readers * batch_size)`` batches (at least one), starting its shard over if it
+runs short, as ``DistributedSampler`` pads by repeating samples.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class ImpressionStream(IterableDataset):
         seed: int = 0,
         shuffle_buffer: int = 200_000,
         read_rows: int = 65_536,
+        shard: bool = True,
+        rows: int | None = None,
     ):
         super().__init__()
         self.path = Path(path)
@@ -62,6 +68,8 @@ class ImpressionStream(IterableDataset):
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.read_rows = read_rows
         self.epoch = 0
+        self.shard = shard  # False: every rank/worker reads everything (validation)
+        self.rows = rows  # rows in the selected part: equal batch counts across readers
         if part != "all" and val_start is None:
             raise ValueError("val_start is needed to select the fit or validation part")
 
@@ -70,7 +78,7 @@ class ImpressionStream(IterableDataset):
 
     def _batches(self, rng: np.random.Generator | None) -> Iterator[dict[str, np.ndarray]]:
         pf = open_log(self.path)
-        shard, n_shards = _shard()
+        shard, n_shards = _shard() if self.shard else (0, 1)
         groups = np.arange(pf.num_row_groups)
         if rng is not None:
             groups = rng.permutation(groups)
@@ -82,10 +90,10 @@ class ImpressionStream(IterableDataset):
         it = pf.iter_batches(
             batch_size=self.read_rows, row_groups=groups.tolist(), columns=LOG_COLUMNS
         )
-        for i, rb in enumerate(it):
-            if not by_group and i % n_shards != shard:
-                continue
+        for rb in it:
             cols = log_columns(rb, self.path)
+            if not by_group:  # too few row groups: every n-th row of each batch
+                cols = {c: v[shard::n_shards] for c, v in cols.items()}
             if self.part != "all":
                 keep = cols["timestamp"] < self.val_start
                 if self.part == "val":
@@ -98,6 +106,25 @@ class ImpressionStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         self.epoch += 1
+        n_shards = _shard()[1] if self.shard else 1
+        if n_shards == 1 or self.rows is None:
+            yield from self._one_pass(rng)
+            return
+        quota = max(1, self.rows // (n_shards * self.batch_size))
+        emitted = 0
+        while True:
+            before = emitted
+            for batch in self._one_pass(rng):
+                yield batch
+                emitted += 1
+                if emitted == quota:
+                    return
+            if emitted == before:
+                raise RuntimeError(f"{self.path}: this reader's shard is empty")
+
+    def _one_pass(
+        self, rng: np.random.Generator | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         bs = self.batch_size
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []

@@ -128,6 +128,7 @@ def train_ctr(
         seed=seed,
         shuffle_buffer=cfg.shuffle_buffer,
         read_rows=cfg.read_rows,
+        rows=stats.n_fit,
     )
     loaders = {"train_dataloaders": DataLoader(Grouped(fit_ds, cfg.inner_steps), batch_size=None)}
     callbacks = []
@@ -139,6 +140,7 @@ def train_ctr(
             part="val",
             val_start=fmap.val_start,
             read_rows=cfg.read_rows,
+            shard=False,  # every rank scores the same rows: one exact AUC, same on all ranks
         )
         loaders["val_dataloaders"] = DataLoader(val_ds, batch_size=None)
         callbacks.append(

@@ -60,6 +60,14 @@ def _load_cfg(
     return from_dict(cls, merge(data, over), where=f"{where} + command line")
 
 
+def _echo(path: Path) -> None:
+    """Print the artifact's path once (rank 0 under DDP)."""
+    from visctr.train import is_global_zero
+
+    if is_global_zero():
+        click.echo(path)
+
+
 def _world(path: Path):
     from visctr.world.store import World
 
@@ -110,7 +118,7 @@ def pretrain(
     from visctr.encoders.stages import pretrain as run
 
     cfg = _load_cfg(S1Config, "pretrain", config, epochs, trainer_overrides)
-    click.echo(run(_world(world), cfg, out, seed))
+    _echo(run(_world(world), cfg, out, seed))
 
 
 @click.command()
@@ -137,7 +145,7 @@ def finetune(
     from visctr.encoders.stages import finetune as run
 
     cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides)
-    click.echo(run(_world(world), cfg, out, seed, init=init))
+    _echo(run(_world(world), cfg, out, seed, init=init))
 
 
 @click.command()
@@ -157,7 +165,7 @@ def classify(
     from visctr.encoders.stages import classify as run
 
     cfg = _load_cfg(ClassifyConfig, "classify", config, epochs, trainer_overrides)
-    click.echo(run(_world(world), cfg, out, seed))
+    _echo(run(_world(world), cfg, out, seed))
 
 
 @click.command()

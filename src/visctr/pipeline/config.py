@@ -95,7 +95,15 @@ def resolve_run_config(
         section = merge(STAGE_PRESETS[preset].get(name, {}), raw.get(name) or {})
         data[name] = section
     trainer = merge(raw.get("trainer") or {}, trainer_overrides or {})
-    from_dict(TrainerConfig, trainer, "trainer")  # validate keys/types early
+    tcfg = from_dict(TrainerConfig, trainer, "trainer")  # validate keys/types early
+    if str(tcfg.devices) != "1" or tcfg.num_nodes != 1:
+        # Lightning's DDP launcher re-runs the whole command once per rank; the run's
+        # non-training steps (simulate, embed, evaluate, report) are single-process.
+        raise ConfigError(
+            f"visctr run trains on one device (got devices={tcfg.devices}, num_nodes="
+            f"{tcfg.num_nodes}); for DDP run the stage verbs (pretrain, finetune, classify, "
+            "train-ctr) with --devices/--num-nodes, see docs/scaling.md"
+        )
     for name in ("s1", "s2", "classify", "ctr"):
         data[name] = merge(data[name], {"trainer": trainer}) if trainer else data[name]
     data.update(preset=preset, seeds=seeds, seed=seed, trainer=trainer)
