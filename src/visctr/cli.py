@@ -27,12 +27,7 @@ def _register() -> None:
         "visctr.pipeline.cli",
         "visctr.serve.cli",
     ):
-        try:
-            module = __import__(mod, fromlist=["COMMANDS"])
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
+        module = __import__(mod, fromlist=["COMMANDS"])
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

@@ -24,7 +24,8 @@ def write_embeddings(
 
 
 def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(ids int64 [N], vectors float32 [N, D])``; errors name the file and field."""
+    """Return ``(ids int64 [N], vectors float32 [N, D])``: unique ids, finite vectors of one
+    width, writable C-contiguous memory. Errors name the file and the field."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -53,7 +54,15 @@ def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.nd
         vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
     else:
         raise InputError(f"{path}: column 'vector' must be a list of floats, got {col.type}")
-    vectors = vectors.astype(np.float32, copy=False)
+    if len(ids) and vectors.shape[1] == 0:
+        raise InputError(f"{path}: column 'vector' has width 0")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{path}: {id_column} {uniq[counts > 1][0]} appears more than once")
+    # contiguous, writable float32 (torch.from_numpy needs writable memory)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not vectors.flags.writeable:
+        vectors = vectors.copy()
     bad = ~np.isfinite(vectors).all(1)
     if bad.any():
         raise InputError(

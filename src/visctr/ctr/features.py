@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visctr.embeddings import read_embeddings
 from visctr.errors import InputError
 from visctr.world.store import IMPRESSION_COLUMNS, World, check_columns
 
@@ -81,20 +82,6 @@ class IdIndex:
         return np.where(hit, self._order[pos], -1)
 
 
-def read_vectors(path: Path, id_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids int64 [n], vectors float32 [n, D])`` from an embeddings file; no NaN, no duplicates."""
-    from visctr.embeddings import read_embeddings
-
-    ids, vecs = read_embeddings(path, id_col)
-    if len(ids) and vecs.shape[1] == 0:
-        raise InputError(f"{path}: column 'vector' has width 0")
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"{path}: {id_col} {uniq[counts > 1][0]} appears more than once")
-    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
-    return ids, vecs if vecs.flags.writeable else vecs.copy()  # torch wants writable
-
-
 @dataclass
 class Embeddings:
     """One encoder's item and query vectors (L2-normalised), items aligned to world rows."""
@@ -117,14 +104,14 @@ def load_embeddings(directory: Path, world: World, queries: bool = True) -> Embe
     items_path, queries_path = directory / "items.parquet", directory / "queries.parquet"
     if not directory.is_dir():
         raise InputError(f"{directory}: embeddings directory not found; run 'visctr embed'")
-    item_ids, item_vecs = read_vectors(items_path, "item_id")
+    item_ids, item_vecs = read_embeddings(items_path, "item_id")
     world_items = np.asarray(world.items["item_id"], dtype=np.int64)
     rows = IdIndex(item_ids).rows(world_items)
     has = rows >= 0
     aligned = np.zeros((world_items.size, item_vecs.shape[1]), dtype=np.float32)
     aligned[has] = item_vecs[rows[has]]
     if queries:
-        query_ids, query_vecs = read_vectors(queries_path, "query_id")
+        query_ids, query_vecs = read_embeddings(queries_path, "query_id")
         if query_vecs.shape[1] != item_vecs.shape[1]:
             raise InputError(
                 f"{queries_path}: vectors have width {query_vecs.shape[1]} but "

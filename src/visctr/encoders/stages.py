@@ -128,9 +128,6 @@ def _fit(
     trainer = build_trainer(
         cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])]
     )
-    # Deterministic mode also fills every new tensor with NaN (a debugging aid); that
-    # halves CPU throughput and is not needed for reproducible results.
-    torch.utils.deterministic.fill_uninitialized_memory = False
     if resume is not None:
         print(f"[{stage}] resuming from {resume}", flush=True)
     t0 = time.perf_counter()
