@@ -50,3 +50,28 @@ def test_epoch_end_checkpoints(tmp_path):
     seen = _fit(tmp_path, every=0)
     assert set(seen) == {10}  # saved after epoch 1, visible during epoch 2
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+
+
+class _Multi(_Tiny):
+    """Manual optimisation with 3 optimiser steps per batch: global_step jumps by 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, _):
+        opt = self.optimizers()
+        for _ in range(3):
+            opt.zero_grad()
+            self.manual_backward(self.lin(batch[0]).pow(2).mean())
+            opt.step()
+
+
+def test_step_checkpoints_when_global_step_jumps(tmp_path):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(40, 4)), 4)
+    cfg = TrainerConfig(accelerator="cpu", checkpoint_every_n_steps=5, progress_bar=False)
+    watch = _Watch(tmp_path / "checkpoints" / "last.ckpt")
+    build_trainer(cfg, tmp_path, max_epochs=1, callbacks=[watch]).fit(_Multi(), loader)
+    # steps go 3, 6, 9, ...: saved at the first step past each multiple of 5 (seen from
+    # the next batch on, so the save at step 30 is not observed)
+    assert sorted(set(watch.seen)) == [6, 12, 15, 21, 27]

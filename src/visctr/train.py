@@ -59,6 +59,7 @@ def _last_checkpoint_callback():
         def __init__(self, path: Path, every_n_steps: int):
             self.path = Path(path)
             self.every_n_steps = int(every_n_steps)
+            self._saved_at = 0
 
         def _save(self, trainer) -> None:
             tmp = self.path.with_name(self.path.name + ".tmp")
@@ -70,9 +71,15 @@ def _last_checkpoint_callback():
             trainer.strategy.barrier("last_checkpoint")
 
         def on_train_batch_end(self, trainer, *args) -> None:
-            n = self.every_n_steps
-            if n and trainer.global_step % n == 0 and trainer.global_step:
+            # global_step may advance by several per batch (manual optimisation with
+            # several optimiser steps per training_step): save on crossing a multiple
+            n, step = self.every_n_steps, trainer.global_step
+            if n and step // n > self._saved_at // n:
                 self._save(trainer)
+                self._saved_at = step
+
+        def on_train_start(self, trainer, *args) -> None:
+            self._saved_at = trainer.global_step  # resumed runs start from their step
 
         def on_train_epoch_end(self, trainer, *args) -> None:
             if not self.every_n_steps:
