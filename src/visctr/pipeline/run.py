@@ -44,7 +44,7 @@ METRICS = (
 )
 METHOD_DESCRIPTIONS = {
     "ResNet-C": "encoder trained on category labels (cross-entropy); plain CTR model",
-    "S1": "S1 self-supervised pre-training only (SimSiam on all catalog images); plain CTR model",
+    "S1": "S1 self-supervised pre-training only (InfoNCE on all catalog images); plain CTR model",
     "S2": "S2 click-contrastive fine-tuning from random init, clicks only (λ=0); plain CTR model",
     "S1+S2": "S1, then S2 with the λ·L_S1 term over the catalog; plain CTR model",
     "S1+S2+D": "the S1+S2 encoder; CTR model with the S3 debias network + gate "
