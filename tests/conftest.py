@@ -54,3 +54,22 @@ def fmnist_tiny_world_dir(tmp_path_factory) -> Path:
     except InputError as e:
         pytest.skip(f"Fashion-MNIST not available: {e}")
     return out
+
+
+@pytest.fixture(scope="session")
+def visctr_ddp():
+    """Run ``visctr VERB ARGS`` with 2 CPU processes under Lightning DDP (gloo); the
+    completed process, after checking it exited 0."""
+    import os
+    import subprocess
+    import sys
+
+    def run(verb: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "visctr.cli", verb, *args, "--accelerator", "cpu",
+               "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+        env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res
+
+    return run

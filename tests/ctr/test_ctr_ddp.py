@@ -5,28 +5,22 @@ and rank 0 alone writes the model and prints the metrics."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 pytestmark = pytest.mark.slow
 
 
-def test_ctr_two_processes_gloo(tiny_world_dir, tiny_embeddings, tiny_reference, tmp_path):
+def test_ctr_two_processes_gloo(
+    tiny_world_dir, tiny_embeddings, tiny_reference, tmp_path, visctr_ddp
+):
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("max_epochs: 3\npatience: 5\nbatch_size: 256\ntrainer:\n  progress_bar: false\n")
     out = tmp_path / "m"
-    cmd = [
-        sys.executable, "-m", "visctr.cli", "train-ctr", "--world", str(tiny_world_dir),
-        "--embeddings", str(tiny_embeddings), "--reference", str(tiny_reference), "--debias",
-        "--out", str(out), "--config", str(cfg), "--accelerator", "cpu", "--devices", "2",
-        "--strategy", "ddp",
-    ]  # fmt: skip
-    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = visctr_ddp(
+        "train-ctr", "--world", str(tiny_world_dir), "--embeddings", str(tiny_embeddings),
+        "--reference", str(tiny_reference), "--debias", "--out", str(out), "--config", str(cfg),
+    )  # fmt: skip
     assert res.stdout.count("train-ctr:") == 1 and "auc_random_exposure=" in res.stdout
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 3
