@@ -95,8 +95,12 @@ def _truncated_idx(tmp_path):
     import shutil
 
     from visctr.data.catalog import find_fashion_mnist_dir
+    from visctr.errors import InputError
 
-    src = find_fashion_mnist_dir(None)
+    try:
+        src = find_fashion_mnist_dir(None)
+    except InputError as e:  # `make test` installs it; a bare pytest run may not have it
+        pytest.skip(str(e))
     data = tmp_path / "fmnist"
     data.mkdir()
     for f in src.iterdir():
