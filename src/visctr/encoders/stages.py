@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,30 @@ def _seeded(seed: int, build):
         return build()
 
 
+def _catalog_stage(
+    stage: str,
+    world: World,
+    cfg: StageConfig,
+    out_dir: Path,
+    seed: int,
+    encoder: Encoder | None,
+    callbacks: list[Any] | None,
+    make_method: Callable[[Encoder, CatalogImages], EncoderMethod],
+) -> Path:
+    """A stage trained on the catalog images alone (S1, ResNet-C): cache, build, fit."""
+    out_dir = Path(out_dir)
+    h = _stage_hash(stage, cfg, seed, world, custom=repr(encoder) if encoder else None)
+    if _cached(out_dir, h):
+        print(f"[{stage}] up to date: {out_dir / 'encoder.pt'}", flush=True)
+        return out_dir / "encoder.pt"
+    catalog = CatalogImages.from_world(world)
+    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
+    c, size = _image_geometry(world)
+    method = _seeded(seed, lambda: make_method(_make_encoder(cfg.encoder, world, encoder), catalog))
+    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
+    return _fit(stage, method, loader, cfg, out_dir, seed, h, spec, callbacks)
+
+
 def pretrain(
     world: World,
     cfg: S1Config,
@@ -175,22 +200,10 @@ def pretrain(
     callbacks: list[Any] | None = None,
 ) -> Path:
     """S1: self-supervised pre-training on every catalog image; returns ``encoder.pt``."""
-    out_dir = Path(out_dir)
-    h = _stage_hash("s1", cfg, seed, world, custom=repr(encoder) if encoder else None)
-    if _cached(out_dir, h):
-        print(f"[s1] up to date: {out_dir / 'encoder.pt'}", flush=True)
-        return out_dir / "encoder.pt"
-    catalog = CatalogImages.from_world(world)
-    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
-    c, size = _image_geometry(world)
-
-    def build():
-        enc = _make_encoder(cfg.encoder, world, encoder)
-        return S1Method(enc, cfg, seed, _probe(catalog, cfg, seed))
-
-    method = _seeded(seed, build)
-    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
-    return _fit("s1", method, loader, cfg, out_dir, seed, h, spec, callbacks)
+    return _catalog_stage(
+        "s1", world, cfg, out_dir, seed, encoder, callbacks,
+        lambda enc, catalog: S1Method(enc, cfg, seed, _probe(catalog, cfg, seed)),
+    )  # fmt: skip
 
 
 def classify(
@@ -203,23 +216,12 @@ def classify(
     callbacks: list[Any] | None = None,
 ) -> Path:
     """ResNet-C: cross-entropy on item categories; returns ``encoder.pt``."""
-    out_dir = Path(out_dir)
-    h = _stage_hash("resnet_c", cfg, seed, world, custom=repr(encoder) if encoder else None)
-    if _cached(out_dir, h):
-        print(f"[resnet_c] up to date: {out_dir / 'encoder.pt'}", flush=True)
-        return out_dir / "encoder.pt"
-    catalog = CatalogImages.from_world(world)
-    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
-    c, size = _image_geometry(world)
-    n_cat = max(world.n_categories, int(catalog.categories.max()) + 1)
 
-    def build():
-        enc = _make_encoder(cfg.encoder, world, encoder)
+    def make(enc: Encoder, catalog: CatalogImages) -> EncoderMethod:
+        n_cat = max(world.n_categories, int(catalog.categories.max()) + 1)
         return ResNetCMethod(enc, cfg, seed, n_cat, _probe(catalog, cfg, seed))
 
-    method = _seeded(seed, build)
-    spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
-    return _fit("resnet_c", method, loader, cfg, out_dir, seed, h, spec, callbacks)
+    return _catalog_stage("resnet_c", world, cfg, out_dir, seed, encoder, callbacks, make)
 
 
 def finetune(
