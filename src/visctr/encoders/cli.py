@@ -101,24 +101,36 @@ def _stage_options(fn):
     return fn
 
 
-@click.command()
-@_stage_options
-@trainer_options
-@handle_errors
-def pretrain(
-    world: Path,
-    out: Path,
-    seed: int,
-    config: Path | None,
-    epochs: int | None,
-    trainer_overrides: dict[str, Any],
-) -> None:
-    """S1: self-supervised pre-training on every catalog image."""
-    from visctr.encoders.config import S1Config
-    from visctr.encoders.stages import pretrain as run
+def _catalog_verb(verb: str, cfg_name: str, stage_name: str, doc: str) -> click.Command:
+    """A verb for a stage trained on the catalog images alone (S1, ResNet-C)."""
 
-    cfg = _load_cfg(S1Config, "pretrain", config, epochs, trainer_overrides)
-    _echo(run(_world(world), cfg, out, seed))
+    @click.command(name=verb, help=doc)
+    @_stage_options
+    @trainer_options
+    @handle_errors
+    def command(
+        world: Path,
+        out: Path,
+        seed: int,
+        config: Path | None,
+        epochs: int | None,
+        trainer_overrides: dict[str, Any],
+    ) -> None:
+        from visctr.encoders import config as configs
+        from visctr.encoders import stages
+
+        cfg = _load_cfg(getattr(configs, cfg_name), verb, config, epochs, trainer_overrides)
+        _echo(getattr(stages, stage_name)(_world(world), cfg, out, seed))
+
+    return command
+
+
+pretrain = _catalog_verb(
+    "pretrain", "S1Config", "pretrain", "S1: self-supervised pre-training on every catalog image."
+)
+classify = _catalog_verb(
+    "classify", "ClassifyConfig", "classify", "ResNet-C: the category-supervised baseline encoder."
+)
 
 
 @click.command()
@@ -146,26 +158,6 @@ def finetune(
 
     cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides)
     _echo(run(_world(world), cfg, out, seed, init=init))
-
-
-@click.command()
-@_stage_options
-@trainer_options
-@handle_errors
-def classify(
-    world: Path,
-    out: Path,
-    seed: int,
-    config: Path | None,
-    epochs: int | None,
-    trainer_overrides: dict[str, Any],
-) -> None:
-    """ResNet-C: the category-supervised baseline encoder."""
-    from visctr.encoders.config import ClassifyConfig
-    from visctr.encoders.stages import classify as run
-
-    cfg = _load_cfg(ClassifyConfig, "classify", config, epochs, trainer_overrides)
-    _echo(run(_world(world), cfg, out, seed))
 
 
 @click.command()
