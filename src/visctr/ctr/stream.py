@@ -76,9 +76,13 @@ class ImpressionStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _reader(self) -> tuple[int, int]:
+        """(index, count) of this reader; validation streams are not sharded."""
+        return _shard() if self.shard else (0, 1)
+
     def _batches(self, rng: np.random.Generator | None) -> Iterator[dict[str, np.ndarray]]:
         pf = open_log(self.path)
-        shard, n_shards = _shard() if self.shard else (0, 1)
+        shard, n_shards = self._reader()
         groups = np.arange(pf.num_row_groups)
         if rng is not None:
             groups = rng.permutation(groups)
@@ -106,7 +110,7 @@ class ImpressionStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         self.epoch += 1
-        n_shards = _shard()[1] if self.shard else 1
+        n_shards = self._reader()[1]
         if n_shards == 1 or self.rows is None:
             yield from self._one_pass(rng)
             return
