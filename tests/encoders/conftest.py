@@ -16,46 +16,24 @@ def tiny_trainer(**kw) -> TrainerConfig:
 TINY_ENCODER = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16)
 
 
+def _tiny(cls, **kw):
+    """A stage config small enough for a test: shared settings, then the stage's, then kw."""
+    base = dict(encoder=TINY_ENCODER, epochs=3, batch_size=64, lr=3e-3, probe_items=200,
+                trainer=tiny_trainer())  # fmt: skip
+    return cls(**{**base, **kw})
+
+
 def s1_config(**kw) -> S1Config:
-    base = dict(
-        encoder=TINY_ENCODER,
-        epochs=3,
-        batch_size=64,
-        lr=3e-3,
-        probe_items=200,
-        proj_dim=32,
-        pred_dim=16,
-        trainer=tiny_trainer(),
-    )
-    return S1Config(**{**base, **kw})
+    return _tiny(S1Config, **{"proj_dim": 32, "pred_dim": 16, **kw})
 
 
 def s2_config(**kw) -> S2Config:
-    base = dict(
-        encoder=TINY_ENCODER,
-        epochs=3,
-        batch_size=64,
-        lr=3e-3,
-        probe_items=200,
-        proj_dim=32,
-        pred_dim=16,
-        s1_batch_size=32,
-        extra_negatives=32,
-        trainer=tiny_trainer(),
-    )
-    return S2Config(**{**base, **kw})
+    extra = {"proj_dim": 32, "pred_dim": 16, "s1_batch_size": 32, "extra_negatives": 32}
+    return _tiny(S2Config, **{**extra, **kw})
 
 
 def classify_config(**kw) -> ClassifyConfig:
-    base = dict(
-        encoder=TINY_ENCODER,
-        epochs=3,
-        batch_size=64,
-        lr=3e-3,
-        probe_items=200,
-        trainer=tiny_trainer(),
-    )
-    return ClassifyConfig(**{**base, **kw})
+    return _tiny(ClassifyConfig, **kw)
 
 
 @pytest.fixture(scope="session")
