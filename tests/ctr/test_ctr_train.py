@@ -105,52 +105,18 @@ def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("max_epochs: 1\nbatch_size: 512\ntrainer:\n  progress_bar: false\n")
     out = tmp_path / "m"
-    r = CliRunner().invoke(
-        train_ctr_cmd,
-        [
-            "--world",
-            str(tiny_world_dir),
-            "--embeddings",
-            str(tiny_embeddings),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg),
-            "--accelerator",
-            "cpu",
-            "--seed",
-            "3",
-        ],
-    )
+    inputs = ["--world", str(tiny_world_dir), "--embeddings", str(tiny_embeddings)]
+
+    def cli(*args: str):
+        return CliRunner().invoke(train_ctr_cmd, [*inputs, *args])
+
+    r = cli("--out", str(out), "--config", str(cfg), "--accelerator", "cpu", "--seed", "3")
     assert r.exit_code == 0, r.output
     assert "train-ctr:" in r.output and "auc_random_exposure=" in r.output
     cfg.write_text("max_epoch: 1\n")
-    r = CliRunner().invoke(
-        train_ctr_cmd,
-        [
-            "--world",
-            str(tiny_world_dir),
-            "--embeddings",
-            str(tiny_embeddings),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg),
-        ],
-    )
+    r = cli("--out", str(out), "--config", str(cfg))
     assert r.exit_code == 2 and "unknown key 'max_epoch'" in r.output
-    r = CliRunner().invoke(
-        train_ctr_cmd,
-        [
-            "--world",
-            str(tiny_world_dir),
-            "--embeddings",
-            str(tiny_embeddings),
-            "--out",
-            str(tmp_path / "d"),
-            "--debias",
-        ],
-    )
+    r = cli("--out", str(tmp_path / "d"), "--debias")
     assert r.exit_code == 2 and "--reference" in r.output
 
 
