@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, evaluate_ctr, predict_ctr, train_ctr
 from visctr.ctr.cli import train_ctr_cmd
 from visctr.embeddings import read_embeddings, write_embeddings
-from visctr.errors import InputError
+from visctr.errors import ConfigError, InputError
 from visctr.train import TrainerConfig
 from visctr.world import World
 
@@ -72,6 +72,27 @@ def test_train_writes_artifacts_and_metrics_are_sane(which, request, tiny_world,
         assert math.isfinite(v), k
         assert (0 < v < 5) if k == "logloss" else (0 <= v <= 1), k
     assert m["auc"] > 0.6  # query-item cosine is informative in the fixture
+
+
+def test_compiled_training_gives_the_same_model_format(
+    plain_model, tiny_world, tiny_embeddings, tmp_path
+):
+    out = train_ctr(tiny_world, tiny_embeddings, tmp_path / "c", fast_cfg(compile=True), seed=0)
+    eager = torch.load(plain_model / "model.pt", weights_only=True)["state_dict"]
+    compiled = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert compiled.keys() == eager.keys()
+    assert all(compiled[k].shape == eager[k].shape for k in eager)
+    m = evaluate_ctr(out, tiny_world, tiny_embeddings)
+    assert all(math.isfinite(v) for v in m.values()) and m["auc"] > 0.6
+
+
+def test_compile_without_a_cpp_compiler_is_a_config_error(
+    tiny_world, tiny_embeddings, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("visctr.ctr.training._cpp_compiler", lambda: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        train_ctr(tiny_world, tiny_embeddings, tmp_path / "c", fast_cfg(compile=True), seed=0)
+    assert not (tmp_path / "c").exists()
 
 
 def test_predict_covers_the_split_at_position_zero(plain_model, tiny_world, tiny_embeddings):

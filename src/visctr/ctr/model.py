@@ -13,6 +13,16 @@ Input per impression (see ``features``): one packed int64 row. The network
    The visual vectors reach the cross part through ``cos`` only: crossing their 2·D
    columns too would cost more than the rest of the training step on CPU.
 
+The deep MLP's first layer is one ``Linear`` over that concatenation, stored as two
+weight blocks (``BlockLinear``): field embeddings, and the dense/visual features. The
+result is the same function, but backward computes an input gradient only for the block
+that needs one — the visual columns come from frozen tables, and skipping their input
+gradient removes about an eighth of the step's matmul work. With the debias head on,
+the visual block needs its gradient and gets it.
+
+``CTRConfig.compile`` runs the network through ``torch.compile`` during training (see
+``CTRModule``); the saved weights are the same either way.
+
 ``CTRModule`` is the Lightning wrapper: BCE (+ λ·triplet loss when debiasing), manual
 optimisation (one optimiser step per batch, no closure), validation AUC per epoch for
 early stopping, best weights kept in memory (and in Lightning checkpoints for resume).
@@ -50,6 +60,25 @@ class CrossLayer(nn.Module):
         return torch.addcmul(x, x0, self.w(x))
 
 
+class BlockLinear(nn.Module):
+    """``Linear(d_a + d_b, out)`` applied to ``[a, b]`` with the weight held as two blocks.
+
+    Same function and initialisation bound as one ``nn.Linear`` over the concatenation;
+    autograd computes ``∂/∂b`` only when ``b`` requires a gradient.
+    """
+
+    def __init__(self, d_a: int, d_b: int, out: int):
+        super().__init__()
+        self.a = nn.Linear(d_a, out, bias=False)
+        self.b = nn.Linear(d_b, out)
+        bound = 1.0 / math.sqrt(d_a + d_b)  # nn.Linear's default over the full fan-in
+        for t in (self.a.weight, self.b.weight, self.b.bias):
+            nn.init.uniform_(t, -bound, bound)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b(b), a, self.a.weight.t())
+
+
 def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
@@ -74,13 +103,16 @@ class CTRNet(nn.Module):
         self.register_buffer("item_vectors", torch.zeros(0, dim), persistent=False)
         self.register_buffer("query_vectors", torch.zeros(0, dim), persistent=False)
         self.debias = DebiasHead(dim, cfg.debias.hidden) if cfg.debias.enabled else None
-        self.d_cross = self.n_fields * cfg.field_dim + 2 + fmap.n_categories
+        self.d_sparse = self.n_fields * cfg.field_dim
+        self.d_cross = self.d_sparse + 2 + fmap.n_categories
         self.d_in = self.d_cross + 2 * dim
         self.cross = nn.ModuleList(
             CrossLayer(self.d_cross, cfg.cross_rank) for _ in range(cfg.cross_layers)
         )
         self.cross_out = nn.Linear(self.d_cross, 1, bias=False) if cfg.cross_layers else None
-        self.deep = mlp([self.d_in, *cfg.mlp], cfg.dropout)
+        self.deep_in = BlockLinear(self.d_sparse, self.d_in - self.d_sparse, cfg.mlp[0])
+        head: list[nn.Module] = [nn.ReLU()] + ([nn.Dropout(cfg.dropout)] if cfg.dropout else [])
+        self.deep = nn.Sequential(*head, *mlp(cfg.mlp, cfg.dropout))
         self.deep_out = nn.Linear(cfg.mlp[-1], 1)
 
     def set_visual_tables(self, items: np.ndarray, queries: np.ndarray) -> None:
@@ -88,12 +120,13 @@ class CTRNet(nn.Module):
         self.item_vectors = torch.as_tensor(items, dtype=torch.float32)
         self.query_vectors = torch.as_tensor(queries, dtype=torch.float32)
 
-    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        """``x = [field embeddings, cos, affinity[cat], affinity, √D·q, √D·i]`` for a batch.
+    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two input blocks of a batch: field embeddings ``e`` and the features ``f``.
 
-        The first ``d_cross`` columns feed the cross network, all of them the MLP: the
-        visual vectors interact explicitly through ``cos`` (crossing 2·D more columns would
-        cost more than the rest of the step).
+        ``f = [cos, affinity[cat], affinity, √D·q, √D·i]``. ``x = [e, f]`` feeds the MLP
+        and its first ``d_cross`` columns the cross network: the visual vectors interact
+        explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
+        of the step).
         """
         f = self.n_fields
         b = idx.shape[0]
@@ -108,14 +141,14 @@ class CTRNet(nn.Module):
         aff = self.user_affinity.index_select(0, user)
         aff_item = aff.gather(1, cat.unsqueeze(1))
         s = self.visual_scale
-        return torch.cat([emb, cos, aff_item, aff, qv * s, iv * s], dim=1)
+        return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits ``[B]``."""
-        x = self.inputs(idx)
-        out = self.deep_out(self.deep(x))
+        emb, feats = self.inputs(idx)
+        out = self.deep_out(self.deep(self.deep_in(emb, feats)))
         if self.cross:
-            x0 = x[:, : self.d_cross]
+            x0 = torch.cat([emb, feats[:, : self.d_cross - self.d_sparse]], dim=1)
             xl = x0
             for layer in self.cross:
                 xl = layer(x0, xl)
@@ -133,6 +166,9 @@ class CTRModule(L.LightningModule):
         self.triplets = triplets
         self.automatic_optimization = False
         self._gen = torch.Generator().manual_seed(seed)
+        # the training forward: compiled when asked; a plain function attribute, so neither
+        # state_dict keys nor checkpoints change (validation and inference stay eager)
+        self._train_forward = torch.compile(net.forward) if cfg.compile else net.forward
         self.best_auc = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
@@ -160,7 +196,7 @@ class CTRModule(L.LightningModule):
         pairs = [batch] if isinstance(batch, tuple) else batch
         opt = self.optimizers()
         for x, y in pairs:
-            loss = F.binary_cross_entropy_with_logits(self.net(x), y)
+            loss = F.binary_cross_entropy_with_logits(self._train_forward(x), y)
             total = loss
             if self.triplets is not None and self.net.debias is not None:
                 k = self.cfg.debias.triplets_per_step

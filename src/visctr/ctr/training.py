@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -25,7 +26,7 @@ from visctr.ctr.debias import export_debias, mine_triplets
 from visctr.ctr.features import Encoder, FeatureMap, compute_train_stats, load_embeddings
 from visctr.ctr.model import CTRModule, CTRNet
 from visctr.ctr.stream import Grouped, ImpressionStream
-from visctr.errors import InputError
+from visctr.errors import ConfigError, InputError
 from visctr.eval.metrics import auc, ctr_metrics
 from visctr.io import load_torch, save_torch, write_json
 from visctr.world.store import World
@@ -46,6 +47,12 @@ def _run_key(
             "reference": str(Path(reference).resolve()) if reference else None,
         }
     )
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend would find, if any."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    return next((p for p in map(shutil.which, names) if p), None)
 
 
 def is_done(out_dir: Path, key: str) -> bool:
@@ -81,6 +88,12 @@ def train_ctr(
         raise InputError(
             "debiasing needs the S1 reference embeddings: pass --reference DIR "
             "(or reference=...) or turn debias off"
+        )
+    on_cpu = cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
+    if cfg.compile and on_cpu and not _cpp_compiler():
+        raise ConfigError(
+            "ctr.compile on CPU needs a C++ compiler (g++, clang++ or $CXX) for "
+            "torch.compile; install one or set ctr.compile: false"
         )
     key = _run_key(world, embeddings, cfg, seed, reference)
     if is_done(out_dir, key):
