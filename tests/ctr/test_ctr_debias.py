@@ -57,27 +57,41 @@ def test_head_items_top_share_ties_by_row_never_shown_is_tail():
     assert np.flatnonzero(head_items(np.zeros(10, np.int64), 0.3)).tolist() == []
 
 
-def test_mining_matches_exhaustive_search():
+@pytest.mark.parametrize("negatives", ["hard", "farthest"])
+def test_mining_matches_exhaustive_search(negatives):
     rng = np.random.default_rng(0)
     n = 60
     ref = rng.normal(size=(n, 8)).astype(np.float32)
+    method = (ref + rng.normal(size=(n, 8))).astype(np.float32)  # a related, different space
     counts = rng.integers(0, 50, n)
     usable = np.ones(n, bool)
     usable[[3, 7]] = False
-    cfg = DebiasConfig(head_share=0.2, k_neighbours=3, k_far=4)
-    t = mine_triplets(ref, usable, counts, cfg)
+    cfg = DebiasConfig(head_share=0.2, k_neighbours=3, k_far=4, neighbourhood=6,
+                       negatives=negatives)  # fmt: skip
+    t = mine_triplets(ref, usable, counts, cfg, method)
     head = head_items(counts, 0.2)
     assert set(t.anchors) == set(np.flatnonzero(head & usable))
     tail = np.flatnonzero(~head & usable)
     unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    munit = method / np.linalg.norm(method, axis=1, keepdims=True)
     for i, a in enumerate(t.anchors):
-        sims = unit[tail] @ unit[a]
-        order = tail[np.argsort(-sims)]
+        order = tail[np.argsort(-(unit[tail] @ unit[a]))]
         assert set(t.pos[i]) == set(order[:3])
-        assert set(t.neg[i]) == set(order[-4:])
+        if negatives == "farthest":
+            assert set(t.neg[i]) == set(order[-4:])
+        else:
+            by_method = tail[np.argsort(-(munit[tail] @ munit[a]))]
+            outside = [j for j in by_method if j not in set(order[:6])]
+            assert t.neg[i].tolist() == outside[:4]
     gen = torch.Generator().manual_seed(0)
     a, p, q = t.sample(100, gen)
     assert head[a.numpy()].all() and (~head[p.numpy()]).all() and (~head[q.numpy()]).all()
+
+
+def test_hard_negatives_need_the_method_vectors():
+    ref = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match="method"):
+        mine_triplets(ref, np.ones(30, bool), np.arange(30), DebiasConfig(negatives="hard"))
 
 
 def test_mining_needs_head_and_tail():

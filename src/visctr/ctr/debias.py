@@ -7,11 +7,15 @@
   ``g = sigmoid(Linear([v, d]))`` one gate per dimension.
 - Triplets (our choice; the paper gives only the outline): anchor = a head item (top
   ``head_share`` of items by training impressions); positive = a tail item among its
-  ``k_neighbours`` nearest in S1 space; negative = a tail item among its ``k_far``
-  farthest in S1 space (exact FAISS inner-product search over the tail items' S1 vectors,
-  the farthest found by searching with the negated anchor). Mined once before training;
+  ``k_neighbours`` nearest in S1 space; negative = a tail item far from it in S1 space.
+  "Far" by default means *hard*: among the tail items outside the anchor's
+  ``neighbourhood`` nearest in S1 space, the ``k_far`` nearest to it in the method's own
+  space — the places where the click-trained space puts items next to a head item that
+  the unbiased reference does not. (``negatives: farthest`` takes the ``k_far`` farthest
+  in S1 space instead; those are separated from the start, so the loss is ~0 and the
+  term teaches nothing.) Exact FAISS inner-product search; mined once before training,
   each step samples ``triplets_per_step`` of them. The triplet loss is applied to the
-  DebiasNet output of the *method's* item vectors, so the debiased space inherits the
+  DebiasNet output of the method's item vectors, so the debiased space inherits the
   unbiased S1 neighbourhoods across the head/tail divide.
 - Retrieval uses the gated fusion by default (what the CTR model itself consumes); set
   ``debias.retrieval_vector: debiased`` to export ``d`` alone. ``debias.pt`` holds the
@@ -108,12 +112,49 @@ def head_items(item_counts: np.ndarray, head_share: float) -> np.ndarray:
     return head & (item_counts > 0)
 
 
-def mine_triplets(
-    reference: np.ndarray, usable: np.ndarray, item_counts: np.ndarray, cfg
-) -> Triplets:
-    """Mine head→tail triplets in the S1 reference space with exact FAISS search.
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    ``reference``: float32 [n_items, D] S1 vectors aligned to item rows; ``usable``: items
+
+def _hard_negatives(
+    ref: np.ndarray, method: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg
+) -> np.ndarray:
+    """Per anchor, ``k_far`` tail rows: nearest in ``method`` space, outside the S1 neighbourhood.
+
+    Only with fewer than ``neighbourhood + k_far`` tail items can a row come up short: it
+    repeats the ones found, or with none takes the anchor's farthest tail items in S1 space.
+    """
+    import faiss
+
+    k = min(cfg.k_far, tails.size)
+    n_nb = min(cfg.neighbourhood, tails.size)
+    n_cand = min(tails.size, n_nb + k)  # at most n_nb of them are filtered out
+    s1 = faiss.IndexFlatIP(ref.shape[1])
+    s1.add(ref[tails])
+    _, near_s1 = s1.search(ref[anchors], n_nb)
+    _, far_s1 = s1.search(-ref[anchors], k)
+    mt = faiss.IndexFlatIP(method.shape[1])
+    mt.add(method[tails])
+    _, cand = mt.search(method[anchors], n_cand)
+    out = np.empty((anchors.size, k), dtype=np.int64)
+    for i in range(anchors.size):
+        keep = cand[i][~np.isin(cand[i], near_s1[i])][:k]
+        out[i] = np.resize(keep, k) if keep.size else far_s1[i]
+    return tails[out]
+
+
+def mine_triplets(
+    reference: np.ndarray,
+    usable: np.ndarray,
+    item_counts: np.ndarray,
+    cfg,
+    method: np.ndarray | None = None,
+) -> Triplets:
+    """Mine head→tail triplets with the S1 reference (exact FAISS search).
+
+    ``reference``: float32 [n_items, D] S1 vectors aligned to item rows; ``method``: the
+    method's item vectors, same rows (needed for ``negatives: hard``); ``usable``: items
     with both a reference and a method vector.
     """
     import faiss
@@ -127,17 +168,18 @@ def mine_triplets(
             f"{anchors.size} head and {tails.size} tail items; is the training "
             "log too small or head_share too low?"
         )
-    ref = np.ascontiguousarray(reference, dtype=np.float32)
-    ref = ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+    ref = _unit(reference)
     index = faiss.IndexFlatIP(ref.shape[1])
     index.add(ref[tails])
-    k_pos = min(cfg.k_neighbours, tails.size)
-    k_neg = min(cfg.k_far, tails.size)
-    _, near = index.search(ref[anchors], k_pos)
-    _, far = index.search(-ref[anchors], k_neg)
-    return Triplets(
-        anchors.astype(np.int64), tails[near].astype(np.int64), tails[far].astype(np.int64)
-    )
+    _, near = index.search(ref[anchors], min(cfg.k_neighbours, tails.size))
+    if cfg.negatives == "hard":
+        if method is None:
+            raise ValueError("negatives='hard' needs the method's item vectors")
+        neg = _hard_negatives(ref, _unit(method), anchors, tails, cfg)
+    else:
+        _, far = index.search(-ref[anchors], min(cfg.k_far, tails.size))
+        neg = tails[far]
+    return Triplets(anchors.astype(np.int64), tails[near].astype(np.int64), neg.astype(np.int64))
 
 
 def export_debias(head: DebiasHead, cfg, dim: int, path: Path) -> None:

@@ -112,7 +112,9 @@ def train_ctr(
                 "the same backbone"
             )
         usable = emb.item_has_vector & ref.item_has_vector
-        triplets = mine_triplets(ref.item_vectors, usable, stats.item_counts, cfg.debias)
+        triplets = mine_triplets(
+            ref.item_vectors, usable, stats.item_counts, cfg.debias, emb.item_vectors
+        )
 
     # inputs are valid: only now touch out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
