@@ -122,7 +122,7 @@ def test_finished_run_is_skipped_and_changed_config_retrains(
     assert (plain_model / "done.json").read_text() == done
 
 
-def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path):
+def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path, monkeypatch):
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("max_epochs: 1\nbatch_size: 512\ntrainer:\n  progress_bar: false\n")
     out = tmp_path / "m"
@@ -139,6 +139,10 @@ def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path
     assert r.exit_code == 2 and "unknown key 'max_epoch'" in r.output
     r = cli("--out", str(tmp_path / "d"), "--debias")
     assert r.exit_code == 2 and "--reference" in r.output
+    monkeypatch.setattr("visctr.ctr.training._cpp_compiler", lambda: None)  # --compile reaches it
+    r = cli("--out", str(tmp_path / "c"), "--compile", "--accelerator", "cpu")
+    assert r.exit_code == 2 and "C++ compiler" in r.output
+    assert not (tmp_path / "c").exists()
 
 
 # ---- bad input -------------------------------------------------------------------------

@@ -36,6 +36,13 @@ from visctr.cli_common import handle_errors, trainer_options
     help="S3 debias network + gate (default: the config's debias.enabled).",
 )
 @click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=None,
+    help="torch.compile the training step (default: the config's compile, off); pays off "
+    "on logs of millions of rows, needs a C++ compiler on CPU.",
+)
+@click.option(
     "--out",
     "out_dir",
     required=True,
@@ -57,6 +64,7 @@ def train_ctr_cmd(
     embeddings: Path,
     reference: Path | None,
     debias: bool | None,
+    compile_: bool | None,
     out_dir: Path,
     seed: int,
     config_file: Path | None,
@@ -73,6 +81,8 @@ def train_ctr_cmd(
         data = merge(data, {"trainer": trainer_overrides})
     if debias is not None:
         data = merge(data, {"debias": {"enabled": debias}})
+    if compile_ is not None:
+        data = merge(data, {"compile": compile_})
     cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
     world = World.load(world_dir)
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
