@@ -88,6 +88,18 @@ def test_mining_matches_exhaustive_search(negatives):
     assert head[a.numpy()].all() and (~head[p.numpy()]).all() and (~head[q.numpy()]).all()
 
 
+def test_hard_negatives_never_repeat_a_positive_on_a_small_catalog():
+    rng = np.random.default_rng(1)
+    n = 20  # 12 tail items: fewer than the default neighbourhood (100) + k_far
+    ref = rng.normal(size=(n, 6)).astype(np.float32)
+    counts = np.r_[np.full(8, 100), np.zeros(n - 8, np.int64)]
+    cfg = DebiasConfig(negatives="hard", head_share=0.4, k_neighbours=3, k_far=10)
+    t = mine_triplets(ref, np.ones(n, bool), counts, cfg, ref + rng.normal(size=ref.shape))
+    assert t.neg.shape == (8, 10)
+    for pos, neg in zip(t.pos, t.neg, strict=True):
+        assert not set(pos) & set(neg)
+
+
 def test_hard_negatives_need_the_method_vectors():
     ref = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
     with pytest.raises(ValueError, match="method"):

@@ -86,6 +86,35 @@ def test_compiled_training_gives_the_same_model_format(
     assert all(math.isfinite(v) for v in m.values()) and m["auc"] > 0.6
 
 
+def test_compiled_module_pickles_after_compiling(tiny_world, tiny_embeddings):
+    import pickle
+
+    from visctr.ctr.features import compute_train_stats, load_embeddings
+    from visctr.ctr.model import CTRModule, CTRNet
+
+    cfg = fast_cfg(compile=True)
+    emb = load_embeddings(tiny_embeddings, tiny_world)
+    stats = compute_train_stats(tiny_world, emb, cfg)
+    net = CTRNet(stats.feature_map, cfg, stats.affinity)
+    net.set_visual_tables(emb.item_vectors, emb.query_vectors)
+    module = CTRModule(net, cfg, None, seed=0)
+    x = torch.zeros(8, stats.feature_map.n_fields + 4, dtype=torch.long)
+    torch.testing.assert_close(module._train_forward(x), net(x))  # compiled == eager
+    assert module._compiled is not None
+    clone = pickle.loads(pickle.dumps(module))  # e.g. ddp_spawn ships the module
+    assert clone._compiled is None
+    torch.testing.assert_close(clone._train_forward(x), clone.net(x))
+
+
+def test_old_model_format_is_a_clear_error(plain_model, tiny_world, tiny_embeddings, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(plain_model, old)
+    blob = torch.load(old / "model.pt", weights_only=True)
+    torch.save({**blob, "format": 1}, old / "model.pt")
+    with pytest.raises(InputError, match="format 2 \\(found 1\\)"):
+        evaluate_ctr(old, tiny_world, tiny_embeddings)
+
+
 def test_compile_without_a_cpp_compiler_is_a_config_error(
     tiny_world, tiny_embeddings, tmp_path, monkeypatch
 ):

@@ -25,8 +25,8 @@ class DebiasConfig:
     # "farthest": the k_far farthest tail items in S1 space. "hard": the k_far tail items
     # nearest the anchor in the *method's* space among those outside its `neighbourhood`
     # nearest in S1 space, where the method's space disagrees with the reference. On the
-    # small world the farthest ones are separated from the first step (triplet loss ~1e-4)
-    # while hard ones give a real loss (~0.05), yet on a dev world (seed 100) "hard" lowered
+    # small world the farthest ones are separated from the first step (triplet loss ~5e-4)
+    # while hard ones give a real loss (~0.07), yet on a dev world (seed 100) "hard" lowered
     # HR@10 (0.536 vs 0.551) without helping random-exposure AUC (0.697 vs 0.700), so the
     # default stays "farthest". See README, "Tuning".
     negatives: Literal["hard", "farthest"] = "farthest"
@@ -76,9 +76,9 @@ class CTRConfig:
     shuffle_buffer: int = 200_000  # rows shuffled together while streaming
     read_rows: int = 65_536  # rows per Parquet read
     inner_steps: int = 8  # optimiser steps per Lightning training_step (amortises its overhead)
-    # torch.compile the training forward/backward: ~15% more samples/s on CPU once compiled,
-    # but compiling takes 15-60 s (and a C++ compiler on CPU), so it pays off only on logs
-    # of millions of rows; the small presets train each CTR model in ~10 s and leave it off
+    # torch.compile the training forward/backward: ~10-15% more samples/s on CPU once
+    # compiled, but compiling takes 2-16 s here (and a C++ compiler on CPU), so it
+    # pays off on logs of millions of rows; a small-preset CTR model trains in ~10 s
     compile: bool = False
     debias: DebiasConfig = field(default_factory=DebiasConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

@@ -7,13 +7,14 @@
   ``g = sigmoid(Linear([v, d]))`` one gate per dimension.
 - Triplets (our choice; the paper gives only the outline): anchor = a head item (top
   ``head_share`` of items by training impressions); positive = a tail item among its
-  ``k_neighbours`` nearest in S1 space; negative = a tail item far from it in S1 space.
-  "Far" by default means *hard*: among the tail items outside the anchor's
-  ``neighbourhood`` nearest in S1 space, the ``k_far`` nearest to it in the method's own
-  space — the places where the click-trained space puts items next to a head item that
-  the unbiased reference does not. (``negatives: farthest`` takes the ``k_far`` farthest
-  in S1 space instead; those are separated from the start, so the loss is ~0 and the
-  term teaches nothing.) Exact FAISS inner-product search; mined once before training,
+  ``k_neighbours`` nearest in S1 space; negative = a tail item far from it in S1 space:
+  by default (``negatives: farthest``) among its ``k_far`` farthest. Those are apart from
+  the start, so on ``small`` the loss is ~5e-4 and the term teaches little.
+  ``negatives: hard`` takes, among the tail items outside the anchor's ``neighbourhood``
+  nearest in S1 space, the ``k_far`` nearest to it in the method's own space: the places
+  where the click-trained space puts items next to a head item that the unbiased
+  reference does not. That loss is real (~0.07), but on a dev world it did not help (see
+  the README, "Tuning"). Exact FAISS inner-product search; mined once before training,
   each step samples ``triplets_per_step`` of them. The triplet loss is applied to the
   DebiasNet output of the method's item vectors, so the debiased space inherits the
   unbiased S1 neighbourhoods across the head/tail divide.
@@ -122,13 +123,17 @@ def _hard_negatives(
 ) -> np.ndarray:
     """Per anchor, ``k_far`` tail rows: nearest in ``method`` space, outside the S1 neighbourhood.
 
-    Only with fewer than ``neighbourhood + k_far`` tail items can a row come up short: it
-    repeats the ones found, or with none takes the anchor's farthest tail items in S1 space.
+    With fewer than ``neighbourhood + k_far`` tail items the neighbourhood shrinks (not
+    below ``k_neighbours``); a row still short repeats the ones found, and only when every
+    tail item is a positive does it fall back to the farthest tail items in S1 space.
     """
     import faiss
 
     k = min(cfg.k_far, tails.size)
-    n_nb = min(cfg.neighbourhood, tails.size)
+    n_pos = min(cfg.k_neighbours, tails.size)
+    # shrink the neighbourhood on small catalogs so k items stay outside it, but never below
+    # the positives: a positive must not come back as a negative of the same anchor
+    n_nb = max(n_pos, min(cfg.neighbourhood, tails.size - k))
     n_cand = min(tails.size, n_nb + k)  # at most n_nb of them are filtered out
     s1 = faiss.IndexFlatIP(ref.shape[1])
     s1.add(ref[tails])

@@ -166,13 +166,27 @@ class CTRModule(L.LightningModule):
         self.triplets = triplets
         self.automatic_optimization = False
         self._gen = torch.Generator().manual_seed(seed)
-        # the training forward: compiled when asked; a plain function attribute, so neither
-        # state_dict keys nor checkpoints change (validation and inference stay eager)
-        self._train_forward = torch.compile(net.forward) if cfg.compile else net.forward
+        self._compiled = None  # built on first use; never pickled or deep-copied
         self.best_auc = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
         self._reset_epoch()
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward: ``self.net``, through ``torch.compile`` when configured.
+
+        The compiled function is a plain attribute (not a submodule), so state_dict keys
+        and checkpoints are the same either way; validation and inference stay eager.
+        """
+        if not self.cfg.compile:
+            return self.net(x)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.net.forward)
+        return self._compiled(x)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        return {**state, "_compiled": None}  # a compiled closure is bound to this process
 
     def _reset_epoch(self) -> None:
         self._loss_sum = torch.zeros(())

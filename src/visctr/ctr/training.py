@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
 import time
 import warnings
@@ -31,7 +32,7 @@ from visctr.eval.metrics import auc, ctr_metrics
 from visctr.io import load_torch, save_torch, write_json
 from visctr.world.store import World
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: the MLP's first layer as two weight blocks (deep_in.a/b)
 PREDICT_BATCH = 8192
 
 
@@ -51,7 +52,8 @@ def _run_key(
 
 def _cpp_compiler() -> str | None:
     """The C++ compiler torch.compile's CPU backend would find, if any."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    cxx = shlex.split(os.environ.get("CXX", ""))  # e.g. "ccache g++": its first word runs
+    names = cxx[:1] or ["g++", "clang++", "c++"]
     return next((p for p in map(shutil.which, names) if p), None)
 
 
@@ -89,15 +91,15 @@ def train_ctr(
             "debiasing needs the S1 reference embeddings: pass --reference DIR "
             "(or reference=...) or turn debias off"
         )
+    key = _run_key(world, embeddings, cfg, seed, reference)
+    if is_done(out_dir, key):
+        return out_dir
     on_cpu = cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
     if cfg.compile and on_cpu and not _cpp_compiler():
         raise ConfigError(
             "ctr.compile on CPU needs a C++ compiler (g++, clang++ or $CXX) for "
             "torch.compile; install one or set ctr.compile: false"
         )
-    key = _run_key(world, embeddings, cfg, seed, reference)
-    if is_done(out_dir, key):
-        return out_dir
     t0 = time.perf_counter()
     emb = load_embeddings(Path(embeddings), world)
     stats = compute_train_stats(world, emb, cfg)
@@ -218,7 +220,9 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
     blob = load_torch(model_dir / "model.pt")
     if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
         raise InputError(
-            f"{model_dir / 'model.pt'}: not a visctr CTR model (format {MODEL_FORMAT})"
+            f"{model_dir / 'model.pt'}: not a visctr CTR model of format {MODEL_FORMAT} (found "
+            f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
+            "retrain it with this version"
         )
     cfg = from_dict(CTRConfig, blob["config"])
     emb = load_embeddings(Path(embeddings), world)
