@@ -146,6 +146,33 @@ def test_stream_shards_partition_the_rows(tiny_world, stats, monkeypatch, tmp_pa
     assert np.array_equal(_sorted_rows(np.concatenate(parts)), _sorted_rows(whole))
 
 
+def test_parts_read_only_the_row_groups_that_can_hold_them(tiny_world, stats, tmp_path):
+    import pyarrow.parquet as pq
+
+    _, emb, st = stats
+    fmap = st.feature_map
+    path = tmp_path / "train.parquet"
+    pq.write_table(pq.read_table(tiny_world.impressions_path("train")), path, row_group_size=500)
+    pf = pq.ParquetFile(path)
+    enc = Encoder(fmap, emb)
+
+    def stream(part):
+        return ImpressionStream(path, enc, 64, part=part, val_start=fmap.val_start, read_rows=300)
+
+    fit_g, val_g = stream("fit")._part_groups(pf), stream("val")._part_groups(pf)
+    assert 0 < len(val_g) < pf.num_row_groups and len(fit_g) > 0
+    assert set(fit_g) | set(val_g) == set(range(pf.num_row_groups))  # time-ordered logs
+    ts = [
+        pf.read_row_group(int(g), columns=["timestamp"])["timestamp"]
+        for g in range(pf.num_row_groups)
+    ]
+    for g in set(range(pf.num_row_groups)) - set(val_g):
+        assert max(ts[g].to_pylist()) < fmap.val_start
+    # the rows are still exactly the parts' rows
+    assert len(_collect(stream("fit"))[0]) == st.n_fit
+    assert len(_collect(stream("val"))[0]) == st.n_val
+
+
 def test_encoding_fields_and_fixed_position(tiny_world, stats):
     _, emb, st = stats
     fmap = st.feature_map

@@ -80,10 +80,32 @@ class ImpressionStream(IterableDataset):
         """(index, count) of this reader; validation streams are not sharded."""
         return _shard() if self.shard else (0, 1)
 
+    def _part_groups(self, pf) -> np.ndarray:
+        """Row groups that can hold rows of this part, from the timestamp statistics.
+
+        Logs are time-ordered, so the validation part is the last few row groups: reading
+        only those (rather than decoding and dropping the whole file) keeps validation
+        time and memory independent of the log's length. Without statistics, all groups.
+        """
+        groups = np.arange(pf.num_row_groups)
+        if self.part == "all":
+            return groups
+        col = pf.schema_arrow.get_field_index("timestamp")
+        keep = []
+        for g in groups:
+            st = pf.metadata.row_group(int(g)).column(col).statistics
+            if st is None or not st.has_min_max:
+                keep.append(g)
+            elif self.part == "fit" and st.min < self.val_start:
+                keep.append(g)
+            elif self.part == "val" and st.max >= self.val_start:
+                keep.append(g)
+        return np.asarray(keep, dtype=np.int64)
+
     def _batches(self, rng: np.random.Generator | None) -> Iterator[dict[str, np.ndarray]]:
         pf = open_log(self.path)
         shard, n_shards = self._reader()
-        groups = np.arange(pf.num_row_groups)
+        groups = self._part_groups(pf)
         if rng is not None:
             groups = rng.permutation(groups)
         by_group = groups.size >= n_shards
