@@ -124,6 +124,33 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(
     assert not (tmp_path / "c").exists()
 
 
+def test_random_exposure_by_category_matches_brute_force(plain_model, tiny_world, tiny_embeddings):
+    from visctr.ctr.training import random_exposure_by_category
+    from visctr.eval.metrics import auc
+
+    pred = predict_ctr(plain_model, tiny_world, tiny_embeddings, "random")
+    got = random_exposure_by_category(tiny_world, pred)
+    items, queries = tiny_world.items, tiny_world.queries
+    cat = dict(zip(items["item_id"].tolist(), items["category"].tolist(), strict=True))
+    target = dict(
+        zip(queries["query_id"].tolist(), queries["target_item_id"].tolist(), strict=True)
+    )
+    same = np.array(
+        [
+            cat[i] == cat[target[q]]
+            for i, q in zip(pred["item_id"].tolist(), pred["query_id"].tolist(), strict=True)
+        ]
+    )
+    y, p = pred["labels"], pred["probs"]
+    assert got["random_same_category_share"] == pytest.approx(same.mean())
+    assert got["random_same_category_click_share"] == pytest.approx(y[same].sum() / y.sum())
+    for key, mask in (("auc_random_same_category", same), ("auc_random_other_category", ~same)):
+        want = auc(y[mask], p[mask])
+        assert (math.isnan(want) and math.isnan(got[key])) or got[key] == pytest.approx(want)
+    full = evaluate_ctr(plain_model, tiny_world, tiny_embeddings, by_category=True)
+    assert {k: full[k] for k in got} == pytest.approx(got, nan_ok=True)
+
+
 def test_predict_covers_the_split_at_position_zero(plain_model, tiny_world, tiny_embeddings):
     logs = tiny_world.read_impressions("test")
     p = predict_ctr(plain_model, tiny_world, tiny_embeddings, "test")

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from visctr.cli import main
-from visctr.pipeline.run import METHODS, METRICS
+from visctr.pipeline.run import BY_CATEGORY, METHODS, METRICS
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +48,14 @@ def test_results_json_schema(tiny_run):
                 assert all(0 <= v <= 1 for v in e["per_seed"]), (m, k, e)
     assert r["timings_s"]["total"] > 0
     assert (out / "config.yaml").is_file()
+    by_cat = r["random_exposure_by_category"]
+    assert set(by_cat) == set(METHODS)
+    for m in METHODS:
+        assert set(by_cat[m]) == set(BY_CATEGORY)
+        for k in BY_CATEGORY:
+            v = by_cat[m][k]["per_seed"][0]
+            assert v is None or 0 <= v <= 1, (m, k, v)  # None: a subset with one class
+        assert 0 < by_cat[m]["random_same_category_share"]["per_seed"][0] < 1
 
 
 def test_report_links_existing_pngs(tiny_run):
@@ -60,6 +68,7 @@ def test_report_links_existing_pngs(tiny_run):
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
     for m in METHODS:
         assert m in report
+    assert "### Random exposure by category" in report
 
 
 def test_rerun_reuses_every_stage_and_matches(tiny_run):

@@ -24,7 +24,13 @@ import torch
 from visctr.config import config_hash, from_dict, to_dict
 from visctr.ctr.config import CTRConfig
 from visctr.ctr.debias import export_debias, mine_triplets
-from visctr.ctr.features import Encoder, FeatureMap, compute_train_stats, load_embeddings
+from visctr.ctr.features import (
+    Encoder,
+    FeatureMap,
+    IdIndex,
+    compute_train_stats,
+    load_embeddings,
+)
 from visctr.ctr.model import CTRModule, CTRNet
 from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.errors import ConfigError, InputError
@@ -42,6 +48,7 @@ def _run_key(
     return config_hash(
         {
             "ctr": to_dict(cfg),
+            "format": MODEL_FORMAT,
             "seed": seed,
             "world": str(Path(world.root).resolve()),
             "embeddings": str(Path(embeddings).resolve()),
@@ -264,8 +271,38 @@ def predict_ctr(
     }
 
 
-def evaluate_ctr(model_dir: Path, world: World, embeddings: Path) -> dict[str, float]:
+def random_exposure_by_category(world: World, pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """Random-exposure AUC split by whether the shown item has the query target's category.
+
+    ``pred``: ``predict_ctr`` output for the ``random`` split. The target is the
+    simulator's hidden ground truth (``queries.target_item_id``), used here for analysis
+    only. With items drawn uniformly, same-category pairs are few but take most clicks,
+    so the overall AUC mostly measures telling categories apart; the same-category AUC
+    is where fine-grained likeness decides. Also returns those pairs' share of
+    impressions and of clicks.
+    """
+    items = IdIndex(world.items["item_id"])
+    cats = np.asarray(world.items["category"], dtype=np.int64)
+    qidx = IdIndex(world.queries["query_id"])
+    targets = np.asarray(world.queries["target_item_id"], dtype=np.int64)
+    target_cat = cats[items.rows(targets[qidx.rows(pred["query_id"])])]
+    same = cats[items.rows(pred["item_id"])] == target_cat
+    y, p = pred["labels"], pred["probs"]
+    clicks = max(int(y.sum()), 1)
+    return {
+        "auc_random_same_category": auc(y[same], p[same]) if same.any() else float("nan"),
+        "auc_random_other_category": auc(y[~same], p[~same]) if (~same).any() else float("nan"),
+        "random_same_category_share": float(same.mean()),
+        "random_same_category_click_share": float(y[same].sum() / clicks),
+    }
+
+
+def evaluate_ctr(
+    model_dir: Path, world: World, embeddings: Path, by_category: bool = False
+) -> dict[str, float]:
     """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
+
+    ``by_category`` adds ``random_exposure_by_category``'s four figures.
 
     ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
     Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
@@ -277,10 +314,13 @@ def evaluate_ctr(model_dir: Path, world: World, embeddings: Path) -> dict[str, f
     is_tail = ~np.isin(test["item_id"], head_ids)
     m = ctr_metrics(test["labels"], test["probs"], test["query_id"], is_tail)
     rnd = predict_ctr(model_dir, world, embeddings, "random")
-    return {
+    out = {
         "auc": m["auc"],
         "logloss": m["logloss"],
         "gauc": m["gauc"],
         "auc_random_exposure": auc(rnd["labels"], rnd["probs"]),
         "auc_tail": m["auc_tail"],
     }
+    if by_category:
+        out.update(random_exposure_by_category(world, rnd))
+    return out

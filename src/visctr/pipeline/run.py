@@ -42,6 +42,12 @@ METRICS = (
     "auc_random_exposure",
     "auc_tail",
 )
+BY_CATEGORY = (
+    "auc_random_same_category",
+    "auc_random_other_category",
+    "random_same_category_share",
+    "random_same_category_click_share",
+)
 METHOD_DESCRIPTIONS = {
     "ResNet-C": "encoder trained on category labels (cross-entropy); plain CTR model",
     "S1": "S1 self-supervised pre-training only (InfoNCE on all catalog images); plain CTR model",
@@ -101,6 +107,7 @@ def _agg(values: list[float]) -> dict[str, Any]:
 def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     """Run everything for ``cfg.seeds`` training seeds; returns the results dict."""
     from visctr.ctr import evaluate_ctr, train_ctr
+    from visctr.ctr.training import MODEL_FORMAT
     from visctr.encoders import classify, embed, finetune, pretrain
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.world import World
@@ -127,6 +134,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
 
     per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in METHODS}
+    by_cat: dict[str, dict[str, list[float]]] = {m: {k: [] for k in BY_CATEGORY} for m in METHODS}
     tops: dict[str, np.ndarray] = {}
     curves: dict[str, dict] = {}
     for i in range(cfg.seeds):
@@ -186,7 +194,12 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             )
             run_stage(
                 ctr_dir / name,
-                {"cfg": to_dict(ccfg), "emb": (emb_dir / "stage.json").read_text(), "seed": seed},
+                {
+                    "cfg": to_dict(ccfg),
+                    "emb": (emb_dir / "stage.json").read_text(),
+                    "seed": seed,
+                    "format": MODEL_FORMAT,  # a new model format retrains, never fails to load
+                },
                 lambda d, e=emb_dir, c=ccfg, r=(emb / "s1") if debias else None: train_ctr(
                     world, e, d, c, seed, reference=r
                 ),
@@ -195,7 +208,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
                 restart,
             )
             t0 = time.perf_counter()
-            ctr_m = evaluate_ctr(ctr_dir / name, world, emb_dir)
+            ctr_m = evaluate_ctr(ctr_dir / name, world, emb_dir, by_category=True)
             debias_path = ctr_dir / name / "debias.pt" if debias else None
             ret_m, top = evaluate_retrieval(world, emb_dir, debias_path)
             timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - t0
@@ -204,6 +217,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             m = {**ret_m, **ctr_m}
             for k in METRICS:
                 per_seed[method][k].append(float(m[k]))
+            for k in BY_CATEGORY:
+                by_cat[method][k].append(float(m[k]))
             click.echo(
                 f"  {method:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
                 f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
@@ -217,6 +232,10 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         "world_seed": cfg.seed,
         "training_seeds": [cfg.seed + i for i in range(cfg.seeds)],
         "methods": {m: {k: _agg(v) for k, v in per_seed[m].items()} for m in METHODS},
+        # analysis beside the metrics: what the random-exposure AUC is made of
+        "random_exposure_by_category": {
+            m: {k: _agg(v) for k, v in by_cat[m].items()} for m in METHODS
+        },
         "world": world.meta["summary"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
