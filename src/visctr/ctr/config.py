@@ -76,7 +76,7 @@ class CTRConfig:
     shuffle_buffer: int = 200_000  # rows shuffled together while streaming
     read_rows: int = 65_536  # rows per Parquet read
     inner_steps: int = 8  # optimiser steps per Lightning training_step (amortises its overhead)
-    # torch.compile the training forward/backward: ~10-15% more samples/s on CPU once
+    # torch.compile the training forward/backward: ~10-13% more samples/s on CPU once
     # compiled, but compiling takes 2-16 s here (and a C++ compiler on CPU), so it
     # pays off on logs of millions of rows; a small-preset CTR model trains in ~10 s
     compile: bool = False
