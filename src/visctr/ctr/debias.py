@@ -119,9 +119,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _hard_negatives(
-    ref: np.ndarray, method: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg
+    s1, ref: np.ndarray, method: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg
 ) -> np.ndarray:
     """Per anchor, ``k_far`` tail rows: nearest in ``method`` space, outside the S1 neighbourhood.
+
+    ``s1``: the FAISS index over the tail items' (unit) S1 vectors, ``ref[tails]``.
 
     With fewer than ``neighbourhood + k_far`` tail items the neighbourhood shrinks (not
     below ``k_neighbours``); a row still short repeats the ones found, and only when every
@@ -135,8 +137,6 @@ def _hard_negatives(
     # the positives: a positive must not come back as a negative of the same anchor
     n_nb = max(n_pos, min(cfg.neighbourhood, tails.size - k))
     n_cand = min(tails.size, n_nb + k)  # at most n_nb of them are filtered out
-    s1 = faiss.IndexFlatIP(ref.shape[1])
-    s1.add(ref[tails])
     _, near_s1 = s1.search(ref[anchors], n_nb)
     _, far_s1 = s1.search(-ref[anchors], k)
     mt = faiss.IndexFlatIP(method.shape[1])
@@ -180,7 +180,7 @@ def mine_triplets(
     if cfg.negatives == "hard":
         if method is None:
             raise ValueError("negatives='hard' needs the method's item vectors")
-        neg = _hard_negatives(ref, _unit(method), anchors, tails, cfg)
+        neg = _hard_negatives(index, ref, _unit(method), anchors, tails, cfg)
     else:
         _, far = index.search(-ref[anchors], min(cfg.k_far, tails.size))
         neg = tails[far]

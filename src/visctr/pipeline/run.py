@@ -133,8 +133,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     world = World.load(world_dir / "data")
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
 
-    per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in METHODS}
-    by_cat: dict[str, dict[str, list[float]]] = {m: {k: [] for k in BY_CATEGORY} for m in METHODS}
+    keys = METRICS + BY_CATEGORY
+    per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in METHODS}
     tops: dict[str, np.ndarray] = {}
     curves: dict[str, dict] = {}
     for i in range(cfg.seeds):
@@ -215,10 +215,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             if i == 0:
                 tops[method] = top
             m = {**ret_m, **ctr_m}
-            for k in METRICS:
+            for k in keys:
                 per_seed[method][k].append(float(m[k]))
-            for k in BY_CATEGORY:
-                by_cat[method][k].append(float(m[k]))
             click.echo(
                 f"  {method:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
                 f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
@@ -231,10 +229,10 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         "seeds": cfg.seeds,
         "world_seed": cfg.seed,
         "training_seeds": [cfg.seed + i for i in range(cfg.seeds)],
-        "methods": {m: {k: _agg(v) for k, v in per_seed[m].items()} for m in METHODS},
+        "methods": {m: {k: _agg(per_seed[m][k]) for k in METRICS} for m in METHODS},
         # analysis beside the metrics: what the random-exposure AUC is made of
         "random_exposure_by_category": {
-            m: {k: _agg(v) for k, v in by_cat[m].items()} for m in METHODS
+            m: {k: _agg(per_seed[m][k]) for k in BY_CATEGORY} for m in METHODS
         },
         "world": world.meta["summary"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
