@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _child import print_peak_ratio, run_child
 
 N_ITEMS, N_USERS, N_QUERIES, N_CAT, DIM = 6000, 2000, 100_000, 10, 64
 ROW_GROUP = 1_000_000
@@ -149,12 +149,9 @@ def main() -> None:
             t0 = time.perf_counter()
             world, emb = build_world(Path(tmp), n)
             gen_s = time.perf_counter() - t0
-            r = subprocess.run([sys.executable, "-c", CHILD, str(world), str(emb),
-                                str(Path(tmp) / "model"), str(args.threads), str(args.max_val_rows), str(int(args.trace))],
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode != 0:
-                sys.exit(f"training on {n:,} rows failed:\n{r.stderr[-3000:]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+            argv = [str(world), str(emb), str(Path(tmp) / "model"), str(args.threads),
+                    str(args.max_val_rows), str(int(args.trace))]  # fmt: skip
+            res = run_child(CHILD, argv, f"training on {n:,} rows")
             res["rows"] = n
             results.append(res)
             print(
@@ -166,12 +163,7 @@ def main() -> None:
                 + (f", numpy/Python peak {res['traced_peak_mb']:.0f} MB" if args.trace else ""),
                 flush=True,
             )
-    if len(results) >= 2:
-        a, b = results[0], results[-1]
-        print(
-            f"peak RSS ratio {b['rows'] // a['rows']}x rows: {b['peak_mb'] / a['peak_mb']:.2f}x "
-            f"({b['peak_mb'] - a['peak_mb']:+.0f} MB)"
-        )
+    print_peak_ratio(results, "rows", "rows")
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from _child import print_peak_ratio, run_child
 
 N_QUERIES, N_CAT, SIZE = 2000, 10, 28
 
@@ -99,11 +99,7 @@ def main() -> None:
     for n in args.items:
         with tempfile.TemporaryDirectory() as tmp:
             world = build_world(Path(tmp), n)
-            r = subprocess.run([sys.executable, "-c", CHILD, str(world), tmp, str(args.threads)],
-                               capture_output=True, text=True)  # fmt: skip
-            if r.returncode != 0:
-                sys.exit(f"embed on {n:,} items failed:\n{r.stderr[-3000:]}")
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+            res = run_child(CHILD, [str(world), tmp, str(args.threads)], f"embed on {n:,} items")
             res["items"] = n
             results.append(res)
             images_mb = n * SIZE * SIZE / 2**20
@@ -113,12 +109,7 @@ def main() -> None:
                 f"embed {res['wall_s']:.1f}s ({(n + N_QUERIES) / res['wall_s']:,.0f} images/s)",
                 flush=True,
             )
-    if len(results) >= 2:
-        a, b = results[0], results[-1]
-        print(
-            f"peak RSS ratio for {b['items'] / a['items']:.0f}x items: "
-            f"{b['peak_mb'] / a['peak_mb']:.2f}x ({b['peak_mb'] - a['peak_mb']:+.0f} MB)"
-        )
+    print_peak_ratio(results, "items", "items")
 
 
 if __name__ == "__main__":
