@@ -12,40 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visctr.config import from_dict, merge, read_yaml, to_dict
+from visctr.config import from_dict, merge, read_yaml
 from visctr.ctr.config import CTRConfig
 from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
 from visctr.errors import ConfigError
 from visctr.train import TrainerConfig
-from visctr.world.simulate import PRESETS as WORLD_PRESETS
+from visctr.world.presets import PRESETS as WORLD_PRESETS
+from visctr.world.presets import resolve_world_config
 from visctr.world.simulate import SimConfig
 
-
-def resolve_world_config(
-    preset: str,
-    config_path: Path | None = None,
-    catalog: str | None = None,
-    data_dir: str | None = None,
-) -> SimConfig:
-    """Preset sizes, then the YAML ``world`` section, then command-line flags."""
-    data: dict[str, Any] = to_dict(SimConfig())
-    data = merge(data, WORLD_PRESETS[preset])
-    if config_path is not None:
-        raw = read_yaml(config_path)
-        data = merge(data, raw.get("world") or {})
-    if catalog is not None:
-        data["catalog"]["source"] = catalog
-    if data_dir is not None:
-        data["catalog"]["data_dir"] = data_dir
-    return from_dict(SimConfig, data, "world")
-
-
-# Stage budgets per preset (sizes of the world come from visctr.world.simulate.PRESETS).
+# Stage budgets per preset (sizes of the world come from visctr.world.presets.PRESETS).
 # Every preset runs S1 (and the λ·L_S1 term of S2) with InfoNCE rather than the library
-# default SimSiam: with the CPU budget of `small` (12 epochs, ~280 steps) SimSiam had
-# barely started (S1 HR@10 0.117 / 0.073 / 0.129 over seeds 0-2, mean 0.106 against
-# ResNet-C 0.114), while
-# InfoNCE reached 0.336 on seed 0 at the same cost. See README, "Tuning".
+# default SimSiam, which had barely started within the CPU budget of `small`; the measured
+# figures behind this choice are in the README ("Tuning"), not here, so they cannot go stale.
 _S1_INFONCE = {"s1": {"method": "infonce"}, "s2": {"s1_method": "infonce"}}
 STAGE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": merge(

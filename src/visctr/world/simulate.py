@@ -80,31 +80,6 @@ class SimConfig:
             raise ValueError("head_share must be in (0, 1)")
 
 
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        "catalog": {"max_items": 600},
-        "n_users": 100,
-        "n_queries": 2_000,
-        "n_random_queries": 400,
-        "n_retrieval_queries": 400,
-    },
-    "small": {
-        "catalog": {"max_items": 6_000},
-        "n_users": 1_000,
-        "n_queries": 30_000,
-        "n_random_queries": 20_000,
-        "n_retrieval_queries": 2_000,
-    },
-    "full": {
-        "catalog": {"max_items": None},
-        "n_users": 10_000,
-        "n_queries": 140_000,
-        "n_random_queries": 50_000,
-        "n_retrieval_queries": 10_000,
-    },
-}
-
-
 # ---------------------------------------------------------------------------- pieces
 
 
