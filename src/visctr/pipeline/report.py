@@ -8,6 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from visctr.io import atomic_path, write_text
+from visctr.pipeline.layout import RunLayout
+from visctr.pipeline.results import fmt, format_table
+from visctr.world.simulate import format_summary
+
 
 def _plt():
     import matplotlib
@@ -19,25 +24,22 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    from visctr.io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
 
 
 def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path) -> None:
-    from visctr.pipeline.run import METHODS
-
+    methods = list(results["methods"])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    x = np.arange(len(METHODS))
+    x = np.arange(len(methods))
     w = 0.8 / len(metrics)
     for j, (key, label) in enumerate(metrics):
-        mean = [results["methods"][m][key]["mean"] or 0.0 for m in METHODS]
-        std = [results["methods"][m][key]["std"] or 0.0 for m in METHODS]
+        mean = [results["methods"][m][key]["mean"] or 0.0 for m in methods]
+        std = [results["methods"][m][key]["std"] or 0.0 for m in methods]
         ax.bar(x + (j - (len(metrics) - 1) / 2) * w, mean, w, yerr=std, capsize=3, label=label)
-    ax.set_xticks(x, METHODS)
+    ax.set_xticks(x, methods)
     ax.set_title(f"{title} (mean ± std over {results['seeds']} seed(s))")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
@@ -45,13 +47,12 @@ def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path)
 
 
 def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) -> None:
-    from visctr.pipeline.run import METHODS
-
+    """Query photos and each method's top-5 (``tops``: method -> ranked item rows)."""
     plt = _plt()
     rows = world.query_rows("retrieval")[:n_queries]
     ids = world.items["item_id"]
     sorter = np.argsort(ids)
-    methods = [m for m in METHODS if m in tops]
+    methods = list(tops)
     k = 5
     fig, axes = plt.subplots(
         len(rows) * len(methods), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows) * len(methods))
@@ -136,8 +137,6 @@ def _series(hist: Any, word: str) -> list[float]:
 
 def _by_category_section(results: dict) -> list[str]:
     """Random-exposure AUC within / across the query target's category, per method."""
-    from visctr.pipeline.run import fmt
-
     rows = results.get("random_exposure_by_category")
     if not rows:
         return []
@@ -165,12 +164,17 @@ def _by_category_section(results: dict) -> list[str]:
     ]
 
 
-def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg: Any) -> None:
-    from visctr.io import write_text
-    from visctr.pipeline.run import METHOD_DESCRIPTIONS, format_table
-    from visctr.world.simulate import format_summary
-
-    plots = out / "plots"
+def write_report(
+    layout: RunLayout,
+    results: dict,
+    world,
+    tops: dict,
+    curves: dict,
+    cfg: Any,
+    descriptions: dict[str, str],
+) -> None:
+    """``report.md`` and ``plots/`` of a run; ``descriptions``: method -> one line."""
+    plots = layout.plots
     plots.mkdir(parents=True, exist_ok=True)
     _examples(world, tops, min(cfg.examples, 4), plots / "retrieval_examples.png")
     _bars(
@@ -205,7 +209,7 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
         *_by_category_section(results),
         "## Methods",
         "",
-        *[f"- **{m}**: {d}" for m, d in METHOD_DESCRIPTIONS.items()],
+        *[f"- **{m}**: {d}" for m, d in descriptions.items()],
         "",
         "## The world",
         "",
@@ -228,4 +232,4 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
         *[f"- {k}: {v:.1f}" for k, v in t.items()],
         "",
     ]
-    write_text("\n".join(lines), out / "report.md")
+    write_text("\n".join(lines), layout.report)
