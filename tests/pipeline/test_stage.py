@@ -77,3 +77,19 @@ def test_restart_recomputes_and_missing_outputs_are_an_error(tmp_path):
     assert calls == ["x", "x"]
     with pytest.raises(FileNotFoundError, match="no output"):
         s.run(tmp_path / "b", {"k": 1}, lambda d: None, "b", ["out.txt"])
+
+
+def test_world_key_follows_the_catalog_content(tmp_path):
+    from PIL import Image
+
+    from visctr.pipeline.config import resolve_run_config
+    from visctr.pipeline.run import world_key
+
+    for cat, v in (("a", 10), ("b", 200)):
+        (tmp_path / "c" / cat).mkdir(parents=True)
+        Image.new("L", (8, 8), v).save(tmp_path / "c" / cat / "x.png")
+    cfg = resolve_run_config("tiny", catalog=str(tmp_path / "c"))
+    k1 = world_key(cfg)
+    assert world_key(cfg) == k1
+    Image.new("L", (8, 8), 11).save(tmp_path / "c" / "a" / "x.png")
+    assert world_key(cfg) != k1

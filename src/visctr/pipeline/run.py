@@ -49,7 +49,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo(f"[world] preset={cfg.preset} seed={cfg.seed}")
     world_digest = stages.run(
         layout.world_stage,
-        {"world": to_dict(cfg.world), "seed": cfg.seed},
+        world_key(cfg),
         lambda d: simulate(cfg.world, cfg.seed, layout.world),
         "world",
         WORLD_OUTPUTS,
@@ -154,6 +154,18 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo(format_table(results))
     click.echo(f"results: {layout.results}  report: {layout.report}  ({timings['total']:.0f}s)")
     return results
+
+
+def world_key(cfg: Any) -> dict:
+    """The world stage's key: simulator config, seed and the catalog's *content* digest (an
+    edited catalog makes a new world even under the same path)."""
+    from visctr.data.catalog import catalog_fingerprint
+
+    return {
+        "world": to_dict(cfg.world),
+        "seed": cfg.seed,
+        "catalog": catalog_fingerprint(cfg.world.catalog),
+    }
 
 
 def _train_encoder(recipe, world, cfg, out_dir: Path, seed: int, init: Path | None) -> Path:
