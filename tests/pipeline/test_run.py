@@ -57,11 +57,29 @@ def test_results_json_schema(tiny_run):
         assert 0 < by_cat[m]["random_same_category_share"]["per_seed"][0] < 1
 
 
+def test_ab_test_section(tiny_run):
+    out, _ = tiny_run
+    r = json.loads((out / "results.json").read_text())
+    ab = r["ab_test"]
+    assert ab["traffic_queries"] == 500 and ab["top_k"] == 10
+    assert set(ab["methods"]) == {*METHODS, "legacy", "oracle"}
+    oracle = ab["methods"]["oracle"]["ctr"]["per_seed"][0]
+    for name, row in ab["methods"].items():
+        ctr = row["ctr"]["per_seed"][0]
+        assert 0 < ctr <= oracle + 1e-12, name  # the oracle maximises expected clicks
+        assert 0 <= row["tail_exposure_share"]["per_seed"][0] <= 1
+        assert 0 < row["coverage"]["per_seed"][0] <= 1 and 0 <= row["gini"]["per_seed"][0] < 1
+        if name != "S2":
+            lo, hi = row["lift_vs_S2"]["ci_per_seed"][0]
+            assert lo <= row["lift_vs_S2"]["per_seed"][0] <= hi
+    assert "## Simulated A/B test" in (out / "report.md").read_text()
+
+
 def test_report_links_existing_pngs(tiny_run):
     out, _ = tiny_run
     report = (out / "report.md").read_text()
     links = re.findall(r"\]\(([^)]+\.png)\)", report)
-    assert len(links) >= 4
+    assert len(links) >= 5
     for link in links:
         p = out / link
         assert p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link

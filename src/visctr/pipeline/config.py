@@ -34,11 +34,30 @@ STAGE_PRESETS: dict[str, dict[str, Any]] = {
             "s2": {"epochs": 1, "batch_size": 128, "probe_items": 200},
             "classify": {"epochs": 1, "batch_size": 128, "probe_items": 200},
             "ctr": {"max_epochs": 1},
+            "abtest": {"queries": 500},
         },
     ),
     "small": _S1_INFONCE,
     "full": _S1_INFONCE,
 }
+
+
+@dataclass
+class ABTestConfig:
+    """The simulated online A/B test of every method's policy (``visctr.eval.abtest``)."""
+
+    queries: int = 5_000  # fresh traffic queries (0: no A/B test)
+    candidates: int = 50  # retrieved per query from the whole catalog, then re-ranked
+    top_k: int | None = None  # shown per query (None: the world's logging top_k)
+    seed: int = 0  # traffic stream (the same traffic for every training seed)
+
+    def __post_init__(self) -> None:
+        if self.queries < 0:
+            raise ValueError(f"queries must be >= 0, got {self.queries}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if self.top_k is not None and not 1 <= self.top_k <= self.candidates:
+            raise ValueError(f"top_k must be in 1..candidates, got {self.top_k}")
 
 
 @dataclass
@@ -55,6 +74,7 @@ class RunConfig:
     ctr: CTRConfig = field(default_factory=CTRConfig)
     trainer: dict = field(default_factory=dict)  # overrides applied to every stage
     examples: int = 6  # query photos in the report's retrieval grid
+    abtest: ABTestConfig = field(default_factory=ABTestConfig)
 
 
 def resolve_run_config(
@@ -71,7 +91,7 @@ def resolve_run_config(
     if preset not in WORLD_PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
     raw = read_yaml(config_path) if config_path is not None else {}
-    known = {"world", "s1", "s2", "classify", "ctr", "trainer", "examples"}
+    known = {"world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
@@ -97,6 +117,7 @@ def resolve_run_config(
     data.update(preset=preset, seeds=seeds, seed=seed, trainer=trainer)
     if "examples" in raw:
         data["examples"] = raw["examples"]
+    data["abtest"] = merge(STAGE_PRESETS[preset].get("abtest", {}), raw.get("abtest") or {})
     cfg = from_dict(RunConfig, data, "config")
     cfg.world = world
     if seeds < 1:

@@ -58,6 +58,12 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
 
     recipes = encoder_order()
+    ab = None
+    if cfg.abtest.queries > 0:
+        from visctr.pipeline.abtest import ABTest
+
+        ab = stages.timed("abtest", lambda: ABTest(world, cfg))
+    ab_per_seed: list[dict] = []
     keys = METRICS + BY_CATEGORY
     per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in METHODS}
     tops: dict[str, np.ndarray] = {}
@@ -133,6 +139,16 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
                 f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
                 f"{m['auc_random_exposure']:.3f}"
             )
+        if ab is not None:
+            row = stages.timed("abtest", lambda: ab.run_seed(layout, seed))
+            ab_per_seed.append(row)
+            click.echo(
+                "  A/B CTR "
+                + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
+                + f"  (S1+S2+D vs S2 {row['S1+S2+D'].get('lift_vs_S2', float('nan')):+.1%})"
+                if "S1+S2+D" in row
+                else ""
+            )
 
     timings = stages.timings
     timings["total"] = time.perf_counter() - t_start
@@ -149,6 +165,10 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         "world": world.meta["summary"],
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
+    if ab is not None:
+        from visctr.pipeline.abtest import aggregate_ab
+
+        results["ab_test"] = aggregate_ab(ab_per_seed, ab)
     write_json(results, layout.results)
     write_report(layout, results, world, tops, curves, cfg, descriptions(cfg))
     click.echo(format_table(results))
