@@ -137,6 +137,37 @@ def test_finetune_init_errors(s1_run, tiny_world, tmp_path):
         finetune(tiny_world, other, tmp_path / "y", seed=0, init=s1_run)
 
 
+class _HeadsAtStart(L.Callback):
+    """The S1 objective's state when S2 training starts (after the init heads loaded)."""
+
+    state: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v.detach().clone() for k, v in pl_module.objective.state_dict().items()}
+
+
+def _assert_heads_continued(start: dict, saved: dict) -> None:
+    assert start is not None and set(start) == set(saved)
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+
+
+def test_finetune_continues_the_s1_heads(s1_run, tiny_world, tmp_path):
+    probe = _HeadsAtStart()
+    finetune(tiny_world, s2_config(epochs=1), tmp_path, seed=0, init=s1_run, callbacks=[probe])
+    _assert_heads_continued(probe.state, torch.load(s1_run, weights_only=True)["heads"]["s1"])
+
+
+def test_finetune_continues_heads_of_old_encoder_files(s1_run, tiny_world, tmp_path):
+    # files written before the S1 objective config was one dataclass: a 3-key s1_spec
+    obj = torch.load(s1_run, weights_only=True)
+    obj["heads"]["s1_spec"] = {"method": "simsiam", "proj_dim": 32, "pred_dim": 16}
+    old = tmp_path / "old.pt"
+    torch.save(obj, old)
+    probe = _HeadsAtStart()
+    finetune(tiny_world, s2_config(epochs=1), tmp_path / "s2", seed=0, init=old, callbacks=[probe])
+    _assert_heads_continued(probe.state, obj["heads"]["s1"])
+
+
 def test_embed_missing_encoder(tiny_world, tmp_path):
     with pytest.raises(InputError, match="nope.pt"):
         embed(tmp_path / "nope.pt", tiny_world, tmp_path)

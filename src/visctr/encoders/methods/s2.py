@@ -17,7 +17,8 @@ from visctr.encoders.backbones import Encoder
 from visctr.encoders.config import S2Config
 from visctr.encoders.data import NegativePool
 from visctr.encoders.methods.base import EncoderMethod
-from visctr.encoders.methods.s1 import S1Objective, two_view_embeddings
+from visctr.encoders.methods.s1 import two_view_embeddings
+from visctr.encoders.objectives import build_objective, head_spec
 from visctr.encoders.probe import KnnProbe
 from visctr.losses import click_contrastive_loss, pair_keys
 
@@ -38,13 +39,7 @@ class S2Method(EncoderMethod):
         probe: KnnProbe | None = None,
     ) -> None:
         super().__init__(encoder, cfg, seed, probe)
-        self.objective = (
-            S1Objective(
-                encoder.embed_dim, cfg.s1_method, cfg.proj_dim, cfg.pred_dim, cfg.s1_temperature
-            )
-            if cfg.lambda_s1 > 0
-            else None
-        )
+        self.objective = build_objective(cfg.s1, encoder) if cfg.lambda_s1 > 0 else None
         keys = pair_keys(clicked_pairs[:, 0], clicked_pairs[:, 1])
         self.register_buffer("clicked_keys", torch.unique(keys), persistent=False)
         self.pool = pool
@@ -93,35 +88,29 @@ class S2Method(EncoderMethod):
         out = {"click": l_click.detach()}
         loss = l_click
         if self.objective is not None:
-            e1, e2 = two_view_embeddings(
+            views = two_view_embeddings(
                 self.encoder, batch["catalog"]["image"], cfg.augment, self.generator(2)
             )
-            l_s1 = self.objective(e1, e2)
+            l_s1 = self.objective(views)
             loss = loss + cfg.lambda_s1 * l_s1
             out["s1"] = l_s1.detach()
         return loss, out
 
+    def after_optimizer_step(self) -> None:
+        if self.objective is not None:
+            self.objective.after_optimizer_step(self.encoder)
+
     def heads_state(self) -> dict[str, dict[str, Any]]:
         if self.objective is None:
             return {}
-        return {
-            "s1": self.objective.state_dict(),
-            "s1_spec": {
-                "method": self.cfg.s1_method,
-                "proj_dim": self.cfg.proj_dim,
-                "pred_dim": self.cfg.pred_dim,
-            },
-        }
+        return {"s1": self.objective.state_dict(), "s1_spec": self.objective.spec()}
 
     def load_s1_heads(self, heads: dict[str, Any]) -> bool:
         """Continue the S1 heads saved by pre-training when they match; True if loaded."""
         spec = heads.get("s1_spec")
-        want = {
-            "method": self.cfg.s1_method,
-            "proj_dim": self.cfg.proj_dim,
-            "pred_dim": self.cfg.pred_dim,
-        }
-        if self.objective is None or spec != want or "s1" not in heads:
+        if self.objective is None or spec is None or "s1" not in heads:
+            return False
+        if head_spec(spec) != head_spec(self.objective.spec()):
             return False
         self.objective.load_state_dict(heads["s1"])
         return True
