@@ -168,6 +168,19 @@ def test_finetune_continues_heads_of_old_encoder_files(s1_run, tiny_world, tmp_p
     _assert_heads_continued(probe.state, obj["heads"]["s1"])
 
 
+def test_finetune_refuses_a_different_s1_objective(s1_run, tiny_world, tmp_path):
+    # the init encoder was pre-trained with SimSiam: S2's S1 term must not restart it
+    with pytest.raises(ConfigError, match=r"s1\.method: simsiam.*lambda_s1: 0"):
+        finetune(tiny_world, s2_config("infonce", epochs=1), tmp_path / "a", seed=0, init=s1_run)
+    other = s2_config(epochs=1)
+    other.s1.proj_dim = 64
+    with pytest.raises(ConfigError, match=r"s1\.proj_dim: 32"):
+        finetune(tiny_world, other, tmp_path / "b", seed=0, init=s1_run)
+    # no S1 term, nothing to continue: fine
+    finetune(tiny_world, s2_config("infonce", epochs=1, lambda_s1=0.0), tmp_path / "c", seed=0,
+             init=s1_run)  # fmt: skip
+
+
 def test_embed_missing_encoder(tiny_world, tmp_path):
     with pytest.raises(InputError, match="nope.pt"):
         embed(tmp_path / "nope.pt", tiny_world, tmp_path)
