@@ -33,7 +33,7 @@ def _views(enc, b=8, seed=0):
 
 
 def test_builtin_objectives_are_registered():
-    assert {"simsiam", "infonce"} <= set(OBJECTIVES)
+    assert {"simsiam", "infonce", "byol"} <= set(OBJECTIVES)
     for name, cls in OBJECTIVES.items():
         assert issubclass(cls, S1Objective) and cls.name == name
 
@@ -123,3 +123,47 @@ def test_run_presets_and_old_run_files(tmp_path):
     cfg = resolve_run_config("small", old)
     assert cfg.s1.objective.method == "simsiam" and cfg.s2.s1.method == "simsiam"
     assert cfg.s2.s1.proj_dim == 128
+
+
+# --- BYOL ----------------------------------------------------------------------------
+
+
+def _byol(momentum=0.9):
+    enc = _encoder()
+    cfg = S1ObjectiveConfig(method="byol", proj_dim=8, pred_dim=4, momentum=momentum)
+    return enc, build_objective(cfg, enc)
+
+
+def test_byol_target_starts_as_a_frozen_copy_of_the_online_networks():
+    enc, obj = _byol()
+    online = {**enc.state_dict(), **obj.projector.state_dict()}
+    target = {**obj.target_encoder.state_dict(), **obj.target_projector.state_dict()}
+    assert set(online) == set(target) and all(torch.equal(online[k], target[k]) for k in online)
+    frozen = [*obj.target_encoder.parameters(), *obj.target_projector.parameters()]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    loss = obj(_views(enc))
+    assert 0 <= loss.item() <= 8
+    loss.backward()
+    assert all(p.grad is None for p in frozen)
+    assert next(enc.parameters()).grad is not None and obj.predictor[0].weight.grad is not None
+    assert obj.target_encoder is not enc and head_spec(obj.spec())["method"] == "byol"
+
+
+def test_byol_ema_moves_the_target_toward_the_online_networks_by_the_momentum():
+    enc, obj = _byol(momentum=0.9)
+    with torch.no_grad():
+        for p in [*enc.parameters(), *obj.projector.parameters()]:
+            p.add_(torch.randn_like(p))
+    pairs = [(enc, obj.target_encoder), (obj.projector, obj.target_projector)]
+    before = [[t.detach().clone() for t in tgt.parameters()] for _, tgt in pairs]
+    obj.after_optimizer_step(enc)
+    for (online, target), old in zip(pairs, before, strict=True):
+        for po, pt, p0 in zip(online.parameters(), target.parameters(), old, strict=True):
+            torch.testing.assert_close(pt, 0.9 * p0 + 0.1 * po)
+            assert not torch.equal(pt, p0)
+    _, still = _byol(momentum=1.0)  # momentum 1: the target never moves
+    t0 = [t.clone() for t in still.target_encoder.parameters()]
+    still.after_optimizer_step(enc)
+    assert all(
+        torch.equal(a, b) for a, b in zip(t0, still.target_encoder.parameters(), strict=True)
+    )

@@ -43,7 +43,7 @@ def test_recipes_apply_their_overrides():
 
 def test_descriptions_follow_the_config():
     cfg = resolve_run_config("tiny")
-    for method, label in (("simsiam", "SimSiam"), ("infonce", "InfoNCE")):
+    for method, label in (("simsiam", "SimSiam"), ("infonce", "InfoNCE"), ("byol", "BYOL")):
         cfg.s1 = dataclasses.replace(cfg.s1, objective=S1ObjectiveConfig(method=method))
         assert label in mt.descriptions(cfg)["S1"]
 

@@ -4,7 +4,7 @@
 """
 
 # the built-in objectives register themselves on import
-from visctr.encoders.objectives import infonce, simsiam  # noqa: F401
+from visctr.encoders.objectives import byol, infonce, simsiam  # noqa: F401
 from visctr.encoders.objectives.base import (
     OBJECTIVES,
     S1Objective,
