@@ -10,10 +10,13 @@ by :func:`register`, its loss in :mod:`visctr.losses`, and its import in this pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from visctr.config import to_dict
 
 if TYPE_CHECKING:
     from visctr.encoders.config import S1ObjectiveConfig
@@ -50,16 +53,14 @@ class S1Objective(nn.Module):
         """Called after every optimiser step with the online encoder (e.g. EMA targets)."""
 
     def spec(self) -> dict[str, Any]:
-        """What :meth:`heads_state` saves beside the weights: the objective's config."""
-        from visctr.config import to_dict
-
+        """What the method's ``heads_state`` saves as ``s1_spec``: the objective's config."""
         return to_dict(self.cfg)
 
 
 OBJECTIVES: dict[str, type[S1Objective]] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[type[S1Objective]], type[S1Objective]]:
     """Class decorator: make an :class:`S1Objective` selectable as ``method: name``."""
 
     def add(cls: type[S1Objective]) -> type[S1Objective]:
