@@ -1,7 +1,9 @@
 """Typed configuration: dataclasses loaded strictly from YAML.
 
 Each stage owns its config dataclass next to its code; this module holds the strict
-loader (unknown keys and wrong types are errors, typos are never ignored).
+loader (unknown keys and wrong types are errors, typos are never ignored). A dataclass
+that moved keys into a nested section lists the old names in a ``LEGACY_KEYS`` class
+variable (``{"old_key": "section.key"}``) so files of the old layout keep loading.
 """
 
 from __future__ import annotations
@@ -68,12 +70,25 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+def _fold_legacy(data: dict, legacy: dict[str, str]) -> dict:
+    """Move old flat keys to their nested place; an old key wins over the nested one."""
+    out = dict(data)
+    for old, new in legacy.items():
+        section, key = new.split(".", 1)
+        if old in out and isinstance(out.get(section, {}), (dict, type(None))):
+            out[section] = {**(out.get(section) or {}), key: out.pop(old)}
+    return out
+
+
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    legacy = getattr(cls, "LEGACY_KEYS", None)
+    if legacy:
+        data = _fold_legacy(data, legacy)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from visctr.encoders import ClassifyConfig, EncoderConfig, S1Config, S2Config
+from visctr.encoders import (
+    ClassifyConfig,
+    EncoderConfig,
+    S1Config,
+    S1ObjectiveConfig,
+    S2Config,
+)
 from visctr.train import TrainerConfig
 from visctr.world import World
 
@@ -23,12 +29,16 @@ def _tiny(cls, **kw):
     return cls(**{**base, **kw})
 
 
-def s1_config(**kw) -> S1Config:
-    return _tiny(S1Config, **{"proj_dim": 32, "pred_dim": 16, **kw})
+def tiny_objective(method: str = "simsiam", **kw) -> S1ObjectiveConfig:
+    return S1ObjectiveConfig(method=method, **{"proj_dim": 32, "pred_dim": 16, **kw})
 
 
-def s2_config(**kw) -> S2Config:
-    extra = {"proj_dim": 32, "pred_dim": 16, "s1_batch_size": 32, "extra_negatives": 32}
+def s1_config(method: str = "simsiam", **kw) -> S1Config:
+    return _tiny(S1Config, **{"objective": tiny_objective(method), **kw})
+
+
+def s2_config(method: str = "simsiam", **kw) -> S2Config:
+    extra = {"s1": tiny_objective(method), "s1_batch_size": 32, "extra_negatives": 32}
     return _tiny(S2Config, **{**extra, **kw})
 
 

@@ -29,6 +29,6 @@ def test_nested_yaml_values_and_strictness():
     with pytest.raises(ConfigError, match="unknown key 'lamda_s1'"):
         from_dict(S2Config, {"lamda_s1": 0.1})
     with pytest.raises(ConfigError, match="method"):
-        from_dict(S1Config, {"method": "byol"})
+        from_dict(S1Config, {"method": "nope"})
     with pytest.raises(ConfigError, match="crop_min_scale"):
         from_dict(S1Config, {"augment": {"crop_min_scale": 0}})

@@ -137,6 +137,123 @@ def test_finetune_init_errors(s1_run, tiny_world, tmp_path):
         finetune(tiny_world, other, tmp_path / "y", seed=0, init=s1_run)
 
 
+class _HeadsAtStart(L.Callback):
+    """The S1 objective's state when S2 training starts (after the init heads loaded)."""
+
+    state: dict | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v.detach().clone() for k, v in pl_module.objective.state_dict().items()}
+
+
+def _assert_heads_continued(start: dict, saved: dict) -> None:
+    assert start is not None and set(start) == set(saved)
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+
+
+def test_finetune_continues_the_s1_heads(s1_run, tiny_world, tmp_path):
+    probe = _HeadsAtStart()
+    finetune(tiny_world, s2_config(epochs=1), tmp_path, seed=0, init=s1_run, callbacks=[probe])
+    _assert_heads_continued(probe.state, torch.load(s1_run, weights_only=True)["heads"]["s1"])
+
+
+def test_finetune_continues_heads_of_old_encoder_files(s1_run, tiny_world, tmp_path):
+    # files written before the S1 objective config was one dataclass: a 3-key s1_spec
+    obj = torch.load(s1_run, weights_only=True)
+    obj["heads"]["s1_spec"] = {"method": "simsiam", "proj_dim": 32, "pred_dim": 16}
+    old = tmp_path / "old.pt"
+    torch.save(obj, old)
+    probe = _HeadsAtStart()
+    finetune(tiny_world, s2_config(epochs=1), tmp_path / "s2", seed=0, init=old, callbacks=[probe])
+    _assert_heads_continued(probe.state, obj["heads"]["s1"])
+
+
+def test_finetune_refuses_a_different_s1_objective(s1_run, tiny_world, tmp_path):
+    # the init encoder was pre-trained with SimSiam: S2's S1 term must not restart it
+    with pytest.raises(ConfigError, match=r"s1\.method: simsiam.*lambda_s1: 0"):
+        finetune(tiny_world, s2_config("infonce", epochs=1), tmp_path / "a", seed=0, init=s1_run)
+    other = s2_config(epochs=1)
+    other.s1.proj_dim = 64
+    with pytest.raises(ConfigError, match=r"s1\.proj_dim: 32"):
+        finetune(tiny_world, other, tmp_path / "b", seed=0, init=s1_run)
+    # no S1 term, nothing to continue: fine
+    finetune(tiny_world, s2_config("infonce", epochs=1, lambda_s1=0.0), tmp_path / "c", seed=0,
+             init=s1_run)  # fmt: skip
+
+
+BYOL_YAML = """
+pretrain:
+  epochs: 1
+  batch_size: 64
+  probe_items: 100
+  objective: {method: byol, proj_dim: 32, pred_dim: 16, momentum: 0.9}
+  encoder: {width: 8, stages: 2, blocks: 1, embed_dim: 16}
+  trainer: {progress_bar: false, accelerator: cpu, checkpoint_every_n_steps: 2}
+"""
+
+
+@pytest.fixture(scope="module")
+def byol_run(tiny_world_dir, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from visctr.encoders.cli import pretrain as pretrain_cli
+
+    tmp = tmp_path_factory.mktemp("byol")
+    (tmp / "c.yaml").write_text(BYOL_YAML)
+    args = [
+        "--world",
+        str(tiny_world_dir),
+        "--out",
+        str(tmp / "s1"),
+        "--config",
+        str(tmp / "c.yaml"),
+    ]
+    res = CliRunner().invoke(pretrain_cli, args)
+    assert res.exit_code == 0, res.output
+    return tmp / "s1" / "encoder.pt"
+
+
+def test_byol_pretrain_from_the_cli_writes_a_loadable_encoder(byol_run):
+    assert len(_history(byol_run)) == 1
+    enc = load_encoder(byol_run)
+    with torch.inference_mode():
+        assert torch.isfinite(enc.encode(torch.zeros(2, 1, 28, 28, dtype=torch.uint8))).all()
+    heads = torch.load(byol_run, weights_only=True)["heads"]
+    assert heads["s1_spec"]["method"] == "byol" and heads["s1_spec"]["momentum"] == 0.9
+    target = {k for k in heads["s1"] if k.startswith("target_encoder.")}
+    assert {f"target_encoder.{k}" for k in enc.state_dict()} == target
+    # the EMA target moved away from its copy of the initial encoder, but not onto the online one
+    online = enc.state_dict()
+    assert not all(torch.equal(heads["s1"][f"target_encoder.{k}"], v) for k, v in online.items())
+    ckpt = torch.load(byol_run.parent / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(k.startswith("objective.target_encoder.") for k in ckpt["state_dict"])
+
+
+def test_byol_killed_run_resumes_its_target(tiny_world, tmp_path):
+    cfg = s1_config("byol", epochs=2)
+    whole = pretrain(tiny_world, cfg, tmp_path / "a", seed=0)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(tiny_world, cfg, tmp_path / "b", seed=0, callbacks=[_Crash(5)])
+    resumed = pretrain(tiny_world, cfg, tmp_path / "b", seed=0)
+    a, b = (torch.load(p, weights_only=True) for p in (whole, resumed))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["heads"]["s1"][k], b["heads"]["s1"][k]) for k in a["heads"]["s1"])
+
+
+def test_finetune_continues_byol_heads_and_target(byol_run, tiny_world, tmp_path):
+    probe = _HeadsAtStart()
+    cfg = s2_config("byol", epochs=1)
+    cfg.s1.momentum = 0.9
+    out = finetune(tiny_world, cfg, tmp_path, seed=0, init=byol_run, callbacks=[probe])
+    saved = torch.load(byol_run, weights_only=True)["heads"]["s1"]
+    _assert_heads_continued(probe.state, saved)
+    after = torch.load(out, weights_only=True)["heads"]["s1"]
+    moved = [k for k in saved if k.startswith("target_encoder.") and "weight" in k]
+    assert moved and not any(torch.equal(after[k], saved[k]) for k in moved)  # EMA ran in S2
+    with pytest.raises(ConfigError, match=r"s1\.method: byol"):
+        finetune(tiny_world, s2_config("simsiam", epochs=1), tmp_path / "x", seed=0, init=byol_run)
+
+
 def test_embed_missing_encoder(tiny_world, tmp_path):
     with pytest.raises(InputError, match="nope.pt"):
         embed(tmp_path / "nope.pt", tiny_world, tmp_path)

@@ -16,6 +16,7 @@ from visctr.losses import (
     info_nce_loss,
     simsiam_loss,
 )
+from visctr.losses.byol import byol_loss
 
 SETTINGS = settings(max_examples=25, deadline=None)
 
@@ -51,6 +52,31 @@ def test_simsiam_stop_gradient():
     simsiam_loss(p1, p2, z1, z2).backward()
     assert z1.grad is None and z2.grad is None
     assert p1.grad is not None and p1.grad.abs().sum() > 0
+
+
+# --- BYOL ----------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(b=st.integers(1, 6), d=st.integers(1, 5), seed=st.integers(0, 10**6))
+def test_byol_matches_loop(b, d, seed):
+    p1, p2, z1, z2 = (_rand(seed + k, b, d) for k in range(4))
+    ref = sum(2 - 2 * _cos(p1[i], z2[i]) for i in range(b)) / b
+    ref += sum(2 - 2 * _cos(p2[i], z1[i]) for i in range(b)) / b
+    assert byol_loss(p1, p2, z1, z2).item() == pytest.approx(ref, rel=1e-9, abs=1e-9)
+
+
+def test_byol_stop_gradient_and_range():
+    p1, p2, z1, z2 = (_rand(k, 4, 3).requires_grad_() for k in range(4))
+    loss = byol_loss(p1, p2, z1, z2)
+    assert 0 <= loss.item() <= 8
+    loss.backward()
+    assert z1.grad is None and z2.grad is None
+    assert p1.grad is not None and p1.grad.abs().sum() > 0
+    same = _rand(0, 4, 3)
+    assert byol_loss(same, same, 2 * same, 3 * same).item() == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        byol_loss(p1, p2, z1, z2[:2])
 
 
 # --- InfoNCE -------------------------------------------------------------------------

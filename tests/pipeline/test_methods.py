@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from visctr.encoders import S1ObjectiveConfig
 from visctr.pipeline import methods as mt
 from visctr.pipeline.config import resolve_run_config
 
@@ -42,10 +43,9 @@ def test_recipes_apply_their_overrides():
 
 def test_descriptions_follow_the_config():
     cfg = resolve_run_config("tiny")
-    cfg.s1 = dataclasses.replace(cfg.s1, method="simsiam")
-    assert "SimSiam" in mt.descriptions(cfg)["S1"]
-    cfg.s1 = dataclasses.replace(cfg.s1, method="infonce")
-    assert "InfoNCE" in mt.descriptions(cfg)["S1"]
+    for method, label in (("simsiam", "SimSiam"), ("infonce", "InfoNCE"), ("byol", "BYOL")):
+        cfg.s1 = dataclasses.replace(cfg.s1, objective=S1ObjectiveConfig(method=method))
+        assert label in mt.descriptions(cfg)["S1"]
 
 
 def test_a_new_method_is_one_table_entry(monkeypatch):

@@ -1,12 +1,13 @@
 """The image-encoder side of visctr.
 
-- S1 :func:`pretrain`: self-supervised (SimSiam / InfoNCE) on all catalog images,
+- S1 :func:`pretrain`: self-supervised, a plug-in objective (:mod:`.objectives`) on all
+  catalog images,
 - S2 :func:`finetune`: click-supervised contrastive + ``lambda_s1`` × S1,
 - ResNet-C :func:`classify`: category cross-entropy baseline,
 - :func:`embed`: item and query embeddings to Parquet, :func:`load_encoder`.
 
-Building blocks usable alone: :mod:`.backbones`, :mod:`.augment`, :mod:`.methods`,
-:mod:`visctr.losses`.
+Building blocks usable alone: :mod:`.backbones`, :mod:`.augment`, :mod:`.objectives`,
+:mod:`.methods`, :mod:`visctr.losses`.
 """
 
 from visctr.encoders.augment import AugmentConfig, augment
@@ -16,6 +17,7 @@ from visctr.encoders.config import (
     ClassifyConfig,
     EncoderConfig,
     S1Config,
+    S1ObjectiveConfig,
     S2Config,
     StageConfig,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "Encoder",
     "EncoderConfig",
     "S1Config",
+    "S1ObjectiveConfig",
     "S2Config",
     "StageConfig",
     "augment",

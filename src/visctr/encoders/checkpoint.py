@@ -2,8 +2,9 @@
 
 ``{"format": "visctr-encoder/1", "config": {backbone, backbone_kwargs, in_channels,
 image_size, embed_dim, mean, std}, "state_dict": {...}, "heads": {name: state_dict},
-"meta": {stage, seed, ...}}``. ``heads`` keeps the S1 projector/predictor so S2 can
-continue the S1 objective from where pre-training left it.
+"meta": {stage, seed, ...}}``. ``heads`` keeps the S1 objective's state (``s1``: its
+projector/predictor, and a target network if it has one) and config (``s1_spec``) so S2
+can continue the S1 objective from where pre-training left it.
 """
 
 from __future__ import annotations

@@ -126,7 +126,11 @@ def _catalog_verb(verb: str, cfg_name: str, stage_name: str, doc: str) -> click.
 
 
 pretrain = _catalog_verb(
-    "pretrain", "S1Config", "pretrain", "S1: self-supervised pre-training on every catalog image."
+    "pretrain",
+    "S1Config",
+    "pretrain",
+    "S1: self-supervised pre-training on every catalog image. The config's objective.method "
+    "picks the S1 objective (default simsiam; an unknown name lists the registered ones).",
 )
 classify = _catalog_verb(
     "classify", "ClassifyConfig", "classify", "ResNet-C: the category-supervised baseline encoder."

@@ -7,7 +7,7 @@ clicks) S1, S2 (scratch), S1+S2 and ResNet-C together train in minutes on 2 core
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from visctr.encoders.augment import AugmentConfig
 from visctr.train import TrainerConfig
@@ -60,20 +60,71 @@ class StageConfig:
 
 
 @dataclass
-class S1Config(StageConfig):
-    """S1: self-supervised pre-training on every catalog image (unbiased)."""
+class S1ObjectiveConfig:
+    """The S1 objective: which registered method, the sizes of its heads, its loss settings.
 
-    method: Literal["simsiam", "infonce"] = "simsiam"
+    One dataclass for S1 (``s1.objective``) and for the λ·L_S1 term of S2 (``s2.s1``);
+    ``method`` names an objective in :data:`visctr.encoders.objectives.OBJECTIVES`.
+    """
+
+    method: str = "simsiam"  # a registered objective (visctr.encoders.objectives)
+    proj_dim: int = 256  # projector output
+    pred_dim: int = 64  # predictor bottleneck (objectives with a predictor)
+    temperature: float = 0.2  # contrastive objectives (infonce)
+    momentum: float = 0.99  # EMA of a target network per optimiser step (byol)
+
+    def __post_init__(self) -> None:
+        from visctr.encoders.objectives import OBJECTIVES
+
+        if self.method not in OBJECTIVES:
+            raise ValueError(
+                f"method: unknown S1 objective {self.method!r} "
+                f"(registered: {', '.join(sorted(OBJECTIVES))})"
+            )
+        if self.proj_dim < 1 or self.pred_dim < 1:
+            raise ValueError(
+                f"proj_dim and pred_dim must be >= 1, got {self.proj_dim}, {self.pred_dim}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+
+
+@dataclass
+class S1Config(StageConfig):
+    """S1: self-supervised pre-training on every catalog image (unbiased).
+
+    Files written for the flat layout (``method``, ``temperature``, ``proj_dim``,
+    ``pred_dim`` in the section itself) still load: those keys are read into
+    ``objective`` and win over it (they come from a user file, which overrides presets).
+    """
+
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {
+        k: f"objective.{k}" for k in ("method", "temperature", "proj_dim", "pred_dim")
+    }
+
     epochs: int = 12
-    temperature: float = 0.2  # infonce
-    proj_dim: int = 256  # SimSiam projector / InfoNCE head output
-    pred_dim: int = 64  # SimSiam predictor bottleneck
+    objective: S1ObjectiveConfig = field(default_factory=S1ObjectiveConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class S2Config(StageConfig):
-    """S2: click-supervised contrastive fine-tuning (+ ``lambda_s1`` × the S1 loss)."""
+    """S2: click-supervised contrastive fine-tuning (+ ``lambda_s1`` × the S1 loss).
+
+    ``s1`` is the objective of the λ·L_S1 term. Starting from an S1 encoder, it must match
+    the objective the encoder was pre-trained with (its heads are continued; a mismatch
+    is an error). The flat keys of older files (``s1_method``, ``s1_temperature``,
+    ``proj_dim``, ``pred_dim``) are read into ``s1`` and win over it.
+    """
+
+    LEGACY_KEYS: ClassVar[dict[str, str]] = {
+        "s1_method": "s1.method",
+        "s1_temperature": "s1.temperature",
+        "proj_dim": "s1.proj_dim",
+        "pred_dim": "s1.pred_dim",
+    }
 
     epochs: int = 3
     lr: float = 1e-3
@@ -82,11 +133,8 @@ class S2Config(StageConfig):
     same_category_share: float = 0.5  # of the extra negatives, share from the batch's categories
     negatives_grad: bool = False  # backprop through the extra negatives (costlier)
     lambda_s1: float = 0.5  # weight of the S1 term over random catalog batches (0: clicks only)
-    s1_method: Literal["simsiam", "infonce"] = "simsiam"
+    s1: S1ObjectiveConfig = field(default_factory=S1ObjectiveConfig)
     s1_batch_size: int = 64
-    s1_temperature: float = 0.2
-    proj_dim: int = 256
-    pred_dim: int = 64
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pair_flip: bool = True  # random horizontal flip of query and item images (same flip per pair)
 

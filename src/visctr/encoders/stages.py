@@ -276,8 +276,9 @@ def finetune(
         return S2Method(enc, cfg, seed, pairs.clicked_pairs(), pool, _probe(catalog, cfg, seed))
 
     method = _seeded(seed, build)
-    if init_obj is not None:
-        method.load_s1_heads(init_obj.get("heads", {}))
+    if init_obj is not None and not method.load_s1_heads(init_obj.get("heads", {}), str(init)):
+        if method.objective is not None:
+            print(f"[s2] {init} has no S1 heads: the S1 term starts with new ones", flush=True)
     spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
     return _fit("s2", method, loaders, cfg, out_dir, seed, h, spec, callbacks)
 

@@ -96,7 +96,9 @@ CTR_VARIANTS: dict[str, Callable[[Any], Any]] = {"plain": _ctr_plain, "debias": 
 
 
 def _s1_objective(cfg: Any) -> str:
-    return {"infonce": "InfoNCE", "simsiam": "SimSiam"}.get(cfg.s1.method, cfg.s1.method)
+    from visctr.encoders.objectives import OBJECTIVES
+
+    return OBJECTIVES[cfg.s1.objective.method].__name__  # the class name: SimSiam, InfoNCE, ...
 
 
 ENCODERS: dict[str, EncoderRecipe] = {

@@ -2,7 +2,8 @@
 randomness, epoch history with the online kNN probe, checkpointed state.
 
 A method subclass implements :meth:`EncoderMethod.step_loss` (returns the loss and named
-parts to log) and, if it has trainable heads to keep, :meth:`EncoderMethod.heads_state`.
+parts to log), if it has trainable heads to keep :meth:`EncoderMethod.heads_state`, and if
+something follows the weights (an EMA target) :meth:`EncoderMethod.after_optimizer_step`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from visctr.encoders.augment import step_generator
 from visctr.encoders.backbones import Encoder
@@ -42,6 +42,10 @@ class EncoderMethod(L.LightningModule):
     def heads_state(self) -> dict[str, dict[str, torch.Tensor]]:
         return {}
 
+    def after_optimizer_step(self) -> None:
+        """Runs right after every optimiser step, before the step's callbacks (so an EMA
+        update is in the checkpoint of that step)."""
+
     def generator(self, stream: int = 0) -> torch.Generator:
         """Randomness of this step: fixed by (seed, global step, rank, stream)."""
         return step_generator(
@@ -66,6 +70,10 @@ class EncoderMethod(L.LightningModule):
             self._sums[name] = self._sums.get(name, torch.zeros((), device=v.device)) + v
         self._count += 1
         return loss
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
 
     def finish_epoch(self) -> None:
         """Append this epoch's history row (mean losses, kNN probe); once per epoch.
@@ -135,19 +143,6 @@ class _WarmupCosine:
             return (step + 1) / self.warmup
         progress = (step - self.warmup) / max(self.total - self.warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def mlp(dims: list[int], last_bn: bool = False) -> nn.Sequential:
-    """Linear-BN-ReLU layers; the last layer plain Linear (+ BN when ``last_bn``)."""
-    layers: list[nn.Module] = []
-    for i in range(len(dims) - 1):
-        last = i == len(dims) - 2
-        layers.append(nn.Linear(dims[i], dims[i + 1], bias=not (last and last_bn) and last))
-        if not last:
-            layers += [nn.BatchNorm1d(dims[i + 1]), nn.ReLU(inplace=True)]
-        elif last_bn:
-            layers.append(nn.BatchNorm1d(dims[i + 1]))
-    return nn.Sequential(*layers)
 
 
 class EpochEnd(L.Callback):

@@ -17,14 +17,20 @@ from visctr.encoders.backbones import Encoder
 from visctr.encoders.config import S2Config
 from visctr.encoders.data import NegativePool
 from visctr.encoders.methods.base import EncoderMethod
-from visctr.encoders.methods.s1 import S1Objective, two_view_embeddings
+from visctr.encoders.methods.s1 import two_view_embeddings
+from visctr.encoders.objectives import build_objective, head_spec
 from visctr.encoders.probe import KnnProbe
+from visctr.errors import ConfigError, InputError
 from visctr.losses import click_contrastive_loss, pair_keys
 
 
 def _random_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     flip = torch.rand(len(x), generator=g, device=x.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _fmt(spec: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
 
 
 class S2Method(EncoderMethod):
@@ -38,13 +44,7 @@ class S2Method(EncoderMethod):
         probe: KnnProbe | None = None,
     ) -> None:
         super().__init__(encoder, cfg, seed, probe)
-        self.objective = (
-            S1Objective(
-                encoder.embed_dim, cfg.s1_method, cfg.proj_dim, cfg.pred_dim, cfg.s1_temperature
-            )
-            if cfg.lambda_s1 > 0
-            else None
-        )
+        self.objective = build_objective(cfg.s1, encoder) if cfg.lambda_s1 > 0 else None
         keys = pair_keys(clicked_pairs[:, 0], clicked_pairs[:, 1])
         self.register_buffer("clicked_keys", torch.unique(keys), persistent=False)
         self.pool = pool
@@ -93,35 +93,46 @@ class S2Method(EncoderMethod):
         out = {"click": l_click.detach()}
         loss = l_click
         if self.objective is not None:
-            e1, e2 = two_view_embeddings(
+            views = two_view_embeddings(
                 self.encoder, batch["catalog"]["image"], cfg.augment, self.generator(2)
             )
-            l_s1 = self.objective(e1, e2)
+            l_s1 = self.objective(views)
             loss = loss + cfg.lambda_s1 * l_s1
             out["s1"] = l_s1.detach()
         return loss, out
 
+    def after_optimizer_step(self) -> None:
+        if self.objective is not None:
+            self.objective.after_optimizer_step(self.encoder)
+
     def heads_state(self) -> dict[str, dict[str, Any]]:
         if self.objective is None:
             return {}
-        return {
-            "s1": self.objective.state_dict(),
-            "s1_spec": {
-                "method": self.cfg.s1_method,
-                "proj_dim": self.cfg.proj_dim,
-                "pred_dim": self.cfg.pred_dim,
-            },
-        }
+        return {"s1": self.objective.state_dict(), "s1_spec": self.objective.spec()}
 
-    def load_s1_heads(self, heads: dict[str, Any]) -> bool:
-        """Continue the S1 heads saved by pre-training when they match; True if loaded."""
-        spec = heads.get("s1_spec")
-        want = {
-            "method": self.cfg.s1_method,
-            "proj_dim": self.cfg.proj_dim,
-            "pred_dim": self.cfg.pred_dim,
-        }
-        if self.objective is None or spec != want or "s1" not in heads:
+    def load_s1_heads(self, heads: dict[str, Any], source: str) -> bool:
+        """Continue the S1 heads that ``source`` (an ``encoder.pt``) was saved with.
+
+        True if loaded; False when there is no S1 term (``lambda_s1: 0``) or ``source``
+        has no S1 heads (e.g. a ResNet-C encoder), so the term starts with fresh heads.
+        The saved objective must match ``s1`` in method and head sizes, else
+        :class:`ConfigError`: the heads are never restarted silently.
+        """
+        if self.objective is None or "s1" not in heads:
             return False
-        self.objective.load_state_dict(heads["s1"])
+        if "s1_spec" not in heads:
+            raise InputError(f"{source}: has S1 heads but no s1_spec; re-run its pre-training")
+        ours = self.objective.spec()
+        got, want = head_spec(heads["s1_spec"]), head_spec(ours)
+        if got != want:
+            fix = ", ".join(f"s1.{k}: {v}" for k, v in got.items() if ours.get(k) != v)
+            raise ConfigError(
+                f"{source}: its S1 heads were trained with {_fmt(got)}, but the S2 config's "
+                f"s1 asks for {_fmt(want)}; set {fix} in the S2 config (s2.s1.* in a "
+                "'visctr run' file) to continue them, or lambda_s1: 0 to drop the S1 term"
+            )
+        try:
+            self.objective.load_state_dict(heads["s1"])
+        except RuntimeError as e:
+            raise InputError(f"{source}: its S1 heads do not fit ({e})") from None
         return True
