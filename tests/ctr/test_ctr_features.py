@@ -13,21 +13,13 @@ from visctr.ctr.features import (
     N_EXTRA,
     Encoder,
     FeatureMap,
-    IdIndex,
     compute_train_stats,
     load_embeddings,
     pop_bucket_edges,
     read_user_ids,
 )
 from visctr.ctr.stream import ImpressionStream
-
-
-@pytest.mark.parametrize("ids", [np.array([5, 3, 9, 0]), np.array([10**12, -7, 42])])
-def test_id_index_matches_dict(ids):
-    idx = IdIndex(ids)
-    ref = {int(v): i for i, v in enumerate(ids)}
-    query = np.concatenate([ids, [1, 2, 10**13, -1]])
-    assert idx.rows(query).tolist() == [ref.get(int(q), -1) for q in query]
+from visctr.ids import IdIndex
 
 
 def test_pop_buckets_are_log2():

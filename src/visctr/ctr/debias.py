@@ -6,9 +6,10 @@
 - ``Gate`` fuses the original and the debiased vector: ``g·v + (1−g)·d`` with
   ``g = sigmoid(Linear([v, d]))`` one gate per dimension.
 - Triplets (our choice; the paper gives only the outline): anchor = a head item (top
-  ``head_share`` of items by training impressions); positive = a tail item among its
-  ``k_neighbours`` nearest in S1 space; negative = a tail item far from it in S1 space:
-  by default (``negatives: farthest``) among its ``k_far`` farthest. Those are apart from
+  ``head_share`` of items by fit-part training impressions, the one head/tail rule of
+  ``visctr.world.head_tail``); positive = a tail item among its ``k_neighbours`` nearest
+  in S1 space; negative = a tail item far from it in S1 space: by default
+  (``negatives: farthest``) among its ``k_far`` farthest. Those are apart from
   the start, so on ``small`` the loss is ~5e-4 and the term teaches little.
   ``negatives: hard`` takes, among the tail items outside the anchor's ``neighbourhood``
   nearest in S1 space, the ``k_far`` nearest to it in the method's own space: the places
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visctr.errors import InputError
+from visctr.world.head_tail import head_mask
 
 DEBIAS_FORMAT = 1
 
@@ -104,15 +106,6 @@ class Triplets:
         return anchors[a], torch.from_numpy(self.pos)[a, p], torch.from_numpy(self.neg)[a, q]
 
 
-def head_items(item_counts: np.ndarray, head_share: float) -> np.ndarray:
-    """Boolean mask of head items: top ``head_share`` by count, ties by row, count > 0."""
-    n_head = int(np.floor(head_share * item_counts.size))
-    order = np.lexsort((np.arange(item_counts.size), -item_counts))
-    head = np.zeros(item_counts.size, dtype=bool)
-    head[order[:n_head]] = True
-    return head & (item_counts > 0)
-
-
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -164,7 +157,7 @@ def mine_triplets(
     """
     import faiss
 
-    is_head = head_items(item_counts, cfg.head_share)
+    is_head = head_mask(item_counts, cfg.head_share)
     head, tail = is_head & usable, ~is_head & usable
     anchors, tails = np.flatnonzero(head), np.flatnonzero(tail)
     if anchors.size == 0 or tails.size < 2:

@@ -41,45 +41,13 @@ import numpy as np
 
 from visctr.embeddings import read_embeddings
 from visctr.errors import InputError
+from visctr.ids import IdIndex
 from visctr.world.store import IMPRESSION_COLUMNS, World, check_columns
 
 FEATURE_MAP_VERSION = 1
 LOG_COLUMNS = ["query_id", "user_id", "item_id", "position", "clicked", "timestamp"]
 # extra columns of the packed index tensor, after the sparse fields
 N_EXTRA = 4  # user affinity row, item row, query row, item category
-
-
-class IdIndex:
-    """Vectorised int64 id -> row lookup (dense table when ids are compact, else search)."""
-
-    def __init__(self, ids: np.ndarray):
-        ids = np.asarray(ids, dtype=np.int64)
-        self.ids = ids
-        self._lut: np.ndarray | None = None
-        if ids.size and ids.min() >= 0 and ids.max() < 4 * ids.size + 1024:
-            lut = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
-            lut[ids] = np.arange(ids.size)
-            self._lut = lut
-        else:
-            self._order = np.argsort(ids, kind="stable")
-            self._sorted = ids[self._order]
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    def rows(self, query: np.ndarray) -> np.ndarray:
-        """Row of each id, -1 when absent."""
-        q = np.asarray(query, dtype=np.int64)
-        if self._lut is not None:
-            out = np.full(q.shape, -1, dtype=np.int64)
-            ok = (q >= 0) & (q < self._lut.size)
-            out[ok] = self._lut[q[ok]]
-            return out
-        if self._sorted.size == 0:
-            return np.full(q.shape, -1, dtype=np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, q), 0, self._sorted.size - 1)
-        hit = self._sorted[pos] == q
-        return np.where(hit, self._order[pos], -1)
 
 
 @dataclass

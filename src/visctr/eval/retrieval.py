@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from visctr.ids import IdIndex
+
 
 def normalize(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
@@ -90,9 +92,13 @@ def evaluate_retrieval(world, embeddings_dir, debias_path=None, split: str = "re
 
         items = apply_debias(debias_path, items)
         queries = apply_debias(debias_path, queries)
-    ids = world.items["item_id"]
-    sorter = np.argsort(ids)
-    target_rows = sorter[np.searchsorted(ids, world.queries["target_item_id"][rows], sorter=sorter)]
+    target_rows = IdIndex(world.items["item_id"]).rows(
+        world.queries["target_item_id"][rows],
+        strict=True,
+        what="target_item_id",
+        path=Path(world.root) / "queries.parquet",
+        hint="; every target must be a catalog item (items.parquet)",
+    )
     return evaluate_vectors(
         queries, target_rows, items, world.items["category"], world.items["is_head"]
     )
