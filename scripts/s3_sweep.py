@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from visctr.ctr import CTRConfig, evaluate_ctr, train_ctr
+from visctr.ctr import CTRConfig, debias_transform, train_ctr
 from visctr.ctr.config import DebiasConfig
+from visctr.eval.ctr import evaluate_ctr
 from visctr.eval.retrieval import evaluate_retrieval
 from visctr.train import TrainerConfig
 from visctr.world import World
@@ -58,8 +59,8 @@ def main() -> None:
             ref = emb / "s1" if debias.enabled else None
             train_ctr(world, emb / "s1_s2", out, cfg, seed, reference=ref)
             m = evaluate_ctr(out, world, emb / "s1_s2")
-            dpath = out / "debias.pt" if debias.enabled else None
-            m.update(evaluate_retrieval(world, emb / "s1_s2", dpath)[0])
+            transform = debias_transform(out / "debias.pt") if debias.enabled else None
+            m.update(evaluate_retrieval(world, emb / "s1_s2", transform)[0])
             results.setdefault(tag, []).append(m)
             print(tag, seed, "  ".join(f"{k} {m[k]:.4f}" for k in KEYS), flush=True)
     print()

@@ -14,10 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, evaluate_ctr, predict_ctr, train_ctr
+from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, predict_ctr, train_ctr
 from visctr.ctr.cli import train_ctr_cmd
 from visctr.embeddings import read_embeddings, write_embeddings
 from visctr.errors import ConfigError, InputError
+from visctr.eval.ctr import evaluate_ctr
 from visctr.train import TrainerConfig
 from visctr.world import World
 
@@ -125,7 +126,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(
 
 
 def test_random_exposure_by_category_matches_brute_force(plain_model, tiny_world, tiny_embeddings):
-    from visctr.ctr.training import random_exposure_by_category
+    from visctr.eval.ctr import random_exposure_by_category
     from visctr.eval.metrics import auc
 
     pred = predict_ctr(plain_model, tiny_world, tiny_embeddings, "random")

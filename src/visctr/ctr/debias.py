@@ -22,7 +22,8 @@
 - Retrieval uses the gated fusion by default (what the CTR model itself consumes); set
   ``debias.retrieval_vector: debiased`` to export ``d`` alone. ``debias.pt`` holds the
   DebiasNet and Gate weights plus that choice and is loadable with ``weights_only=True``;
-  ``apply_debias`` maps any embedding array with it.
+  ``DebiasTransform`` (or ``apply_debias``) maps any embedding array with it: retrieval
+  evaluation and serving apply the same function.
 """
 
 from __future__ import annotations
@@ -209,26 +210,62 @@ def load_debias(path: Path) -> tuple[DebiasHead, str]:
     return head, str(blob["retrieval_vector"])
 
 
+class DebiasServing(nn.Module):
+    """The vector retrieval uses, as one module: the gated fusion ``head(v)`` or the
+    debiased vector ``head.net(v)`` alone, L2-normalised (traceable for serving)."""
+
+    def __init__(self, head: DebiasHead, mode: str) -> None:
+        super().__init__()
+        if mode not in ("gated", "debiased"):
+            raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
+        self.head = head
+        self.gated = mode == "gated"
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        y = self.head(v) if self.gated else self.head.net(v)
+        return F.normalize(y, dim=-1)
+
+
+class DebiasTransform:
+    """An exported ``debias.pt`` as a function on embedding arrays ``[n, D] → [n, D]``.
+
+    What ``visctr.eval.retrieval.evaluate_retrieval`` takes as its ``transform`` and what
+    serving applies to the item vectors: L2-normalised float32 vectors, the gated fusion
+    (default, what the CTR model uses) or the debiased vector alone, as chosen at training
+    (``mode`` overrides). The file is read once.
+    """
+
+    def __init__(self, path: Path, mode: str | None = None, batch_size: int = 65_536):
+        self.path = Path(path)
+        head, saved_mode = load_debias(self.path)
+        self.mode = mode or saved_mode
+        self.module = DebiasServing(head, self.mode).eval()
+        self.dim = head.gate.proj.out_features
+        self.batch_size = batch_size
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise InputError(
+                f"{self.path}: expects vectors of width {self.dim}, got shape {v.shape}"
+            )
+        out = np.empty_like(v)
+        bs = self.batch_size
+        with torch.no_grad():
+            for s in range(0, v.shape[0], bs):
+                x = torch.from_numpy(np.ascontiguousarray(v[s : s + bs]))
+                out[s : s + bs] = self.module(x).numpy()
+        return out
+
+
+def debias_transform(path: Path, mode: str | None = None) -> DebiasTransform:
+    """The retrieval transform of a trained S3 model's ``debias.pt`` (see ``DebiasTransform``)."""
+    return DebiasTransform(path, mode)
+
+
 def apply_debias(
     debias_path: Path, vectors: np.ndarray, batch_size: int = 65_536, mode: str | None = None
 ) -> np.ndarray:
-    """Map an embedding array ``[n, D]`` through the exported debias head.
-
-    Returns L2-normalised float32 vectors: the gated fusion (default, what the CTR model
-    uses) or the debiased vector alone, as chosen at training (``mode`` overrides).
-    """
-    head, saved_mode = load_debias(Path(debias_path))
-    mode = mode or saved_mode
-    if mode not in ("gated", "debiased"):
-        raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
-    v = np.asarray(vectors, dtype=np.float32)
-    dim = head.gate.proj.out_features
-    if v.ndim != 2 or v.shape[1] != dim:
-        raise InputError(f"{debias_path}: expects vectors of width {dim}, got shape {v.shape}")
-    out = np.empty_like(v)
-    with torch.no_grad():
-        for s in range(0, v.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(v[s : s + batch_size]))
-            y = head(x) if mode == "gated" else head.net(x)
-            out[s : s + batch_size] = F.normalize(y, dim=-1).numpy()
-    return out
+    """Map an embedding array ``[n, D]`` through the exported debias head (one call of
+    ``DebiasTransform``)."""
+    return DebiasTransform(debias_path, mode, batch_size)(vectors)

@@ -1,4 +1,6 @@
-"""Train, predict and evaluate one CTR model (one per method) from a world + embeddings.
+"""Train one CTR model (one per method) from a world + embeddings, and predict with it.
+
+Evaluation (metrics over the test and random-exposure splits) is ``visctr.eval.ctr``.
 
 Artifacts in ``out_dir`` (each written atomically; ``done.json`` last, so a directory
 without it is incomplete): ``model.pt`` (weights + config, ``weights_only``-loadable),
@@ -27,14 +29,12 @@ from visctr.ctr.debias import export_debias, mine_triplets
 from visctr.ctr.features import (
     Encoder,
     FeatureMap,
-    IdIndex,
     compute_train_stats,
     load_embeddings,
 )
 from visctr.ctr.model import CTRModule, CTRNet
 from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.errors import ConfigError, InputError
-from visctr.eval.metrics import auc, ctr_metrics
 from visctr.io import load_torch, save_torch, write_json
 from visctr.world.store import World
 
@@ -269,58 +269,3 @@ def predict_ctr(
         "query_id": enc.emb.query_ids.ids[query_rows],
         "item_id": enc.items.ids[item_rows],
     }
-
-
-def random_exposure_by_category(world: World, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Random-exposure AUC split by whether the shown item has the query target's category.
-
-    ``pred``: ``predict_ctr`` output for the ``random`` split. The target is the
-    simulator's hidden ground truth (``queries.target_item_id``), used here for analysis
-    only. With items drawn uniformly, same-category pairs are few but take most clicks,
-    so the overall AUC mostly measures telling categories apart; the same-category AUC
-    is where fine-grained likeness decides. Also returns those pairs' share of
-    impressions and of clicks.
-    """
-    items = IdIndex(world.items["item_id"])
-    cats = np.asarray(world.items["category"], dtype=np.int64)
-    qidx = IdIndex(world.queries["query_id"])
-    targets = np.asarray(world.queries["target_item_id"], dtype=np.int64)
-    target_cat = cats[items.rows(targets[qidx.rows(pred["query_id"])])]
-    same = cats[items.rows(pred["item_id"])] == target_cat
-    y, p = pred["labels"], pred["probs"]
-    clicks = max(int(y.sum()), 1)
-    return {
-        "auc_random_same_category": auc(y[same], p[same]) if same.any() else float("nan"),
-        "auc_random_other_category": auc(y[~same], p[~same]) if (~same).any() else float("nan"),
-        "random_same_category_share": float(same.mean()),
-        "random_same_category_click_share": float(y[same].sum() / clicks),
-    }
-
-
-def evaluate_ctr(
-    model_dir: Path, world: World, embeddings: Path, by_category: bool = False
-) -> dict[str, float]:
-    """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
-
-    ``by_category`` adds ``random_exposure_by_category``'s four figures.
-
-    ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
-    Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
-    so ``logloss`` on logged data reflects top-slot CTR (it over-predicts lower slots);
-    AUC and gAUC compare relevance and are unaffected by that calibration offset.
-    """
-    test = predict_ctr(model_dir, world, embeddings, "test")
-    head_ids = np.asarray(world.items["item_id"])[np.asarray(world.items["is_head"], dtype=bool)]
-    is_tail = ~np.isin(test["item_id"], head_ids)
-    m = ctr_metrics(test["labels"], test["probs"], test["query_id"], is_tail)
-    rnd = predict_ctr(model_dir, world, embeddings, "random")
-    out = {
-        "auc": m["auc"],
-        "logloss": m["logloss"],
-        "gauc": m["gauc"],
-        "auc_random_exposure": auc(rnd["labels"], rnd["probs"]),
-        "auc_tail": m["auc_tail"],
-    }
-    if by_category:
-        out.update(random_exposure_by_category(world, rnd))
-    return out

@@ -106,9 +106,10 @@ def _agg(values: list[float]) -> dict[str, Any]:
 
 def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     """Run everything for ``cfg.seeds`` training seeds; returns the results dict."""
-    from visctr.ctr import evaluate_ctr, train_ctr
+    from visctr.ctr import debias_transform, train_ctr
     from visctr.ctr.training import MODEL_FORMAT
     from visctr.encoders import classify, embed, finetune, pretrain
+    from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.world import World
     from visctr.world.simulate import format_summary, simulate
@@ -209,8 +210,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             )
             t0 = time.perf_counter()
             ctr_m = evaluate_ctr(ctr_dir / name, world, emb_dir, by_category=True)
-            debias_path = ctr_dir / name / "debias.pt" if debias else None
-            ret_m, top = evaluate_retrieval(world, emb_dir, debias_path)
+            transform = debias_transform(ctr_dir / name / "debias.pt") if debias else None
+            ret_m, top = evaluate_retrieval(world, emb_dir, transform)
             timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - t0
             if i == 0:
                 tops[method] = top
