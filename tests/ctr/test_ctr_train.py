@@ -90,16 +90,21 @@ def test_compiled_training_gives_the_same_model_format(
 def test_compiled_module_pickles_after_compiling(tiny_world, tiny_embeddings):
     import pickle
 
-    from visctr.ctr.features import compute_train_stats, load_embeddings
-    from visctr.ctr.model import CTRModule, CTRNet
+    from visctr.ctr.batch import N_EXTRA, Batch
+    from visctr.ctr.model import build_ctr_net
+    from visctr.ctr.stats import compute_train_stats
+    from visctr.ctr.trainer import CTRModule
+    from visctr.ctr.visual import load_embeddings
 
     cfg = fast_cfg(compile=True)
     emb = load_embeddings(tiny_embeddings, tiny_world)
     stats = compute_train_stats(tiny_world, emb, cfg)
-    net = CTRNet(stats.feature_map, cfg, stats.affinity)
+    net = build_ctr_net(cfg, stats.feature_map, stats.affinity)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
-    module = CTRModule(net, cfg, None, seed=0)
-    x = torch.zeros(8, stats.feature_map.n_fields + 4, dtype=torch.long)
+    module = CTRModule(net, cfg, seed=0)
+    x = Batch(
+        torch.zeros(8, stats.feature_map.n_fields + N_EXTRA, dtype=torch.long), torch.zeros(8)
+    )
     torch.testing.assert_close(module._train_forward(x), net(x))  # compiled == eager
     assert module._compiled is not None
     clone = pickle.loads(pickle.dumps(module))  # e.g. ddp_spawn ships the module

@@ -24,6 +24,8 @@
   DebiasNet and Gate weights plus that choice and is loadable with ``weights_only=True``;
   ``DebiasTransform`` (or ``apply_debias``) maps any embedding array with it: retrieval
   evaluation and serving apply the same function.
+- ``S3Debias`` is the head as part of the CTR network: it holds the mined triplets and
+  computes ``λ·L_triplet`` (``aux_loss``), so the trainer only adds what the net returns.
 """
 
 from __future__ import annotations
@@ -105,6 +107,38 @@ class Triplets:
         q = torch.randint(self.neg.shape[1], (n,), generator=generator)
         anchors = torch.from_numpy(self.anchors)
         return anchors[a], torch.from_numpy(self.pos)[a, p], torch.from_numpy(self.neg)[a, q]
+
+
+class S3Debias(DebiasHead):
+    """The S3 part of a CTR network: the debias head, its mined triplets and their loss.
+
+    A ``DebiasHead`` (same weights, same state-dict keys, exported the same way) that
+    also owns ``λ·L_triplet``: the CTR trainer adds :meth:`aux_loss` to the click loss and
+    needs to know nothing about triplets. ``triplets=None`` (a loaded model): no loss.
+    """
+
+    def __init__(self, dim: int, cfg, triplets: Triplets | None = None):
+        super().__init__(dim, cfg.hidden)
+        self.triplets = triplets
+        self.weight = cfg.weight
+        self.margin = cfg.margin
+        self.per_step = cfg.triplets_per_step
+
+    def aux_loss(
+        self, item_vectors: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``(λ·L_triplet, {"triplet_loss": L_triplet})`` on ``per_step`` sampled triplets.
+
+        The triplet loss is taken on the DebiasNet output of the rows of ``item_vectors``
+        (the method's item vectors), so the debiased space learns the S1 neighbourhoods.
+        """
+        if self.triplets is None:
+            return None, {}
+        k = self.per_step
+        a, p, n = (t.to(item_vectors.device) for t in self.triplets.sample(k, generator))
+        d = self.net(torch.cat([item_vectors[a], item_vectors[p], item_vectors[n]]))
+        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin)
+        return self.weight * trip, {"triplet_loss": trip}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
