@@ -64,6 +64,10 @@ class CTRModule(L.LightningModule):
         self._val_p: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
 
+    def _aux_means(self, steps: int) -> dict[str, float]:
+        """Epoch means of the parts the network's aux loss reported (e.g. ``triplet_loss``)."""
+        return {name: float(total) / steps for name, total in self._aux_sums.items()}
+
     def configure_optimizers(self):
         fused = self.device.type in ("cpu", "cuda") or None  # one kernel per step, not ~10
         return torch.optim.Adam(
@@ -109,7 +113,7 @@ class CTRModule(L.LightningModule):
             {
                 "epoch": self.current_epoch,
                 "train_loss": float(self._loss_sum) / steps,
-                **{name: float(s) / steps for name, s in self._aux_sums.items()},
+                **self._aux_means(steps),
                 "val_auc": val_auc,
                 "val_logloss": val_ll,
                 "steps": self._steps,
@@ -129,6 +133,7 @@ class CTRModule(L.LightningModule):
                 {
                     "epoch": self.current_epoch,
                     "train_loss": float(self._loss_sum) / steps,
+                    **self._aux_means(steps),
                     "steps": self._steps,
                     "seconds": round(time.perf_counter() - self._t0, 3),
                 }
