@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="visctr-embed-bench-"))
     if args.world is None:
-        from visctr.pipeline.config import resolve_world_config
+        from visctr.world.presets import resolve_world_config
         from visctr.world.simulate import simulate
 
         args.world = tmp / "world"

@@ -54,7 +54,7 @@ def tiny_world_dir(tmp_path_factory) -> Path:
 def fmnist_tiny_world_dir(tmp_path_factory) -> Path:
     """The real ``tiny`` preset over Fashion-MNIST (installed by ``make test``)."""
     from visctr.errors import InputError
-    from visctr.pipeline.config import resolve_world_config
+    from visctr.world.presets import resolve_world_config
     from visctr.world.simulate import simulate
 
     out = tmp_path_factory.mktemp("fmnist") / "w"

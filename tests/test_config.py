@@ -4,7 +4,7 @@ import pytest
 
 from visctr.config import from_dict
 from visctr.errors import ConfigError
-from visctr.pipeline.config import resolve_world_config
+from visctr.world.presets import resolve_world_config
 
 
 @dataclass

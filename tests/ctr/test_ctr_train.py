@@ -175,13 +175,25 @@ def test_gate_output_differs_from_input(debias_model, tiny_embeddings):
 
 
 def test_finished_run_is_skipped_and_changed_config_retrains(
-    plain_model, tiny_world, tiny_embeddings
+    plain_model, tiny_world, tiny_embeddings, tmp_path
 ):
     done = (plain_model / "done.json").read_text()
     mtime = (plain_model / "model.pt").stat().st_mtime_ns
     train_ctr(tiny_world, tiny_embeddings, plain_model, fast_cfg(), seed=0)
     assert (plain_model / "model.pt").stat().st_mtime_ns == mtime
     assert (plain_model / "done.json").read_text() == done
+    # the same finished directory under a changed config is trained again, not reused
+    out = tmp_path / "m"
+    shutil.copytree(plain_model, out)
+    before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    train_ctr(tiny_world, tiny_embeddings, out, fast_cfg(lr=3e-2), seed=0)
+    after = torch.load(out / "model.pt", weights_only=True)
+    assert after["config"]["lr"] == 3e-2
+    assert (
+        json.loads((out / "done.json").read_text())["config_hash"]
+        != json.loads(done)["config_hash"]
+    )
+    assert not torch.equal(after["state_dict"]["deep_out.weight"], before["deep_out.weight"])
 
 
 def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path, monkeypatch):

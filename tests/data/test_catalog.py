@@ -192,3 +192,73 @@ def test_manifest_extra_column_is_an_error(tmp_path):
     )
     with pytest.raises(InputError, match=r"m\.parquet: manifest has unexpected column 'catgory'"):
         load_catalog(CatalogConfig(source=str(path)))
+
+
+def _csv(tmp_path, text: str, images=("a.png", "b.png")):
+    for name in images:
+        _png(tmp_path / name)
+    path = tmp_path / "m.csv"
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("item_id,image_path,category\n1.5,a.png,x\n2,b.png,x\n", "row 0: item_id '1.5' is not an integer"),
+        ("item_id,image_path,category\n1,a.png,x\n99999999999999999999,b.png,x\n", "row 1: item_id 99999999999999999999 does not fit in int64"),
+        ("item_id,image_path,category\n1,a.png,x\n2,b.png,\n", "row 1: column 'category' is null"),
+        (b"item_id,image_path,category\n1,a.png,caf\xe9\n", "not UTF-8"),
+    ],
+)  # fmt: skip
+def test_manifest_ids_and_text_are_strict(tmp_path, text, match):
+    with pytest.raises(InputError, match=match):
+        load_catalog(CatalogConfig(source=str(_csv(tmp_path, text))))
+
+
+def test_float_ids_in_parquet_are_refused(tmp_path):
+    _png(tmp_path / "a.png")
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"item_id": [1.0], "image_path": ["a.png"], "category": ["x"]}), path)
+    with pytest.raises(InputError, match="'item_id' must be integers, got double"):
+        load_catalog(CatalogConfig(source=str(path)))
+
+
+def test_category_codes_are_text_so_01_and_1_stay_apart(tmp_path):
+    path = _csv(tmp_path, "item_id,image_path,category\n1,a.png,01\n2,b.png,1\n")
+    cat = load_catalog(CatalogConfig(source=str(path)))
+    assert cat.category_names == ["01", "1"] and cat.categories.tolist() == [0, 1]
+
+
+def test_folder_symlinked_out_of_the_catalog_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    _png(outside / "secret.png")
+    root = tmp_path / "catalog"
+    _png(root / "shoes" / "a.png")
+    (root / "bags").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InputError, match="outside the catalog folder"):
+        load_catalog(CatalogConfig(source=str(root)))
+
+
+def test_fingerprint_follows_content_not_paths(tmp_path):
+    from visctr.data.catalog import catalog_fingerprint
+
+    _png(tmp_path / "c" / "shoes" / "a.png", value=10)
+    _png(tmp_path / "c" / "bags" / "b.png")
+    cfg = CatalogConfig(source=str(tmp_path / "c"))
+    first = catalog_fingerprint(cfg)
+    assert catalog_fingerprint(cfg) == first
+    _png(tmp_path / "c" / "shoes" / "a.png", value=11)  # same name, new pixels
+    assert catalog_fingerprint(cfg) != first
+    rows = [{"item_id": 1, "image_path": "a.png", "category": "x"}]
+    m = _manifest(tmp_path / "m", rows)
+    before = catalog_fingerprint(CatalogConfig(source=str(m)))
+    _png(tmp_path / "m" / "a.png", value=99)  # the manifest is unchanged, an image is not
+    assert catalog_fingerprint(CatalogConfig(source=str(m))) != before
+    fm = tmp_path / "f"
+    fm.mkdir()
+    _fmnist_dir(fm)
+    f1 = catalog_fingerprint(CatalogConfig(source="fashion-mnist:train", data_dir=str(fm)))
+    assert f1 == catalog_fingerprint(CatalogConfig(source="fashion-mnist:train", data_dir=str(fm)))
+    (fm / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(np.zeros(20, np.uint8))))
+    assert f1 != catalog_fingerprint(CatalogConfig(source="fashion-mnist:train", data_dir=str(fm)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,51 @@ def load_catalog(cfg: CatalogConfig, seed: int = 0) -> Catalog:
         idx = np.sort(rng.permutation(len(cat))[: cfg.max_items])
         cat = cat.subset(idx)
     return cat
+
+
+def catalog_fingerprint(cfg: CatalogConfig) -> str:
+    """A digest of the catalog's source *content* (file bytes, names, categories), so a
+    cache keyed on it follows an edited image or manifest, not a path or an mtime."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def add(p: Path, name: str) -> None:
+        h.update(name.encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+
+    src = cfg.source
+    if src.startswith("fashion-mnist"):
+        split = src.split(":", 1)[1] if ":" in src else "train"
+        root = find_fashion_mnist_dir(cfg.data_dir)
+        prefix = "train" if split == "train" else "t10k"
+        for base in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+            for name in (base, base + ".gz"):
+                if (root / name).is_file():
+                    add(root / name, name)
+                    break
+    else:
+        path = Path(src)
+        if path.is_dir():
+            classes, paths, cats = _folder_images(path)
+            for img, c in zip(paths, cats, strict=True):
+                add(img, f"{classes[c]}/{img.name}")
+        elif path.is_file():
+            add(path, path.name)
+            if path.suffix in (".parquet", ".csv"):
+                table = read_manifest_table(path)
+                if "image_path" in table.column_names:
+                    root = path.parent.resolve()
+                    for rel in table.column("image_path").to_pylist():
+                        img = (root / str(rel)).resolve()
+                        if img.is_file() and img.is_relative_to(root):
+                            add(img, str(rel))
+        else:
+            h.update(b"missing:" + src.encode())  # loading will say what is wrong
+    return h.hexdigest()[:32]
 
 
 def normalise_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -271,7 +317,12 @@ def _read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np
     return out
 
 
-def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
+def _folder_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    """Category names, image paths and their category codes of an image folder.
+
+    Category folders and images must stay inside ``root`` (a symlink out of it is an
+    error, as a manifest path escaping its folder is)."""
+    real_root = root.resolve()
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise InputError(f"{root}: image folder has no category subfolders")
@@ -279,8 +330,18 @@ def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
     for ci, name in enumerate(classes):
         for p in sorted((root / name).iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES:
+                if not p.resolve().is_relative_to(real_root):
+                    raise InputError(
+                        f"{p}: resolves to {p.resolve()}, outside the catalog folder {root}; "
+                        "copy the images into it instead of linking"
+                    )
                 paths.append(p)
                 cats.append(ci)
+    return classes, paths, cats
+
+
+def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
+    classes, paths, cats = _folder_images(root)
     if not paths:
         raise InputError(
             f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -296,17 +357,63 @@ def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
 
 
 MANIFEST_COLUMNS = ("item_id", "image_path", "category")
+_INT64 = (-(2**63), 2**63 - 1)
 
 
-def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
+def read_manifest_table(path: Path):
+    """The manifest as an Arrow table; CSV columns are read as text (no type guessing, so
+    category codes ``01`` and ``1`` stay distinct and ids are parsed strictly)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: unreadable manifest ({e})") from None
+        if path.suffix == ".parquet":
+            return pq.read_table(path)
+        with open(path, "rb") as f:
+            head = f.readline().decode("utf-8", errors="replace")
+        names = [c.strip() for c in head.rstrip("\r\n").split(",")]
+        return pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+            ),
+        )
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0][:300]
+        if "UTF8" in msg or "UTF-8" in msg:
+            raise InputError(
+                f"{path}: not UTF-8 text ({msg}); save the manifest as UTF-8"
+            ) from None
+        raise InputError(f"{path}: unreadable manifest ({msg})") from None
+
+
+def _integer_ids(col, path: Path) -> np.ndarray:
+    """int64 ids from an integer or text column; floats, decimals and overflow are errors."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(col.type):
+        values = col.to_pylist()
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values = []
+        for row, v in enumerate(col.to_pylist()):
+            if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", v):
+                raise InputError(f"{path}: row {row}: item_id {v!r} is not an integer")
+            values.append(int(v))
+    else:
+        raise InputError(
+            f"{path}: column 'item_id' must be integers, got {col.type} (a float id would be "
+            "truncated)"
+        )
+    for row, v in enumerate(values):
+        if not _INT64[0] <= v <= _INT64[1]:
+            raise InputError(f"{path}: row {row}: item_id {v} does not fit in int64")
+    return np.asarray(values, dtype=np.int64)
+
+
+def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
+
+    table = read_manifest_table(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
     if missing:
         raise InputError(
@@ -326,10 +433,7 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
         if nulls:
             row = table.column(col).is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
             raise InputError(f"{path}: row {row}: column {col!r} is null ({nulls} null rows)")
-    try:
-        ids = np.asarray(table.column("item_id").to_numpy(zero_copy_only=False), dtype=np.int64)
-    except (ValueError, TypeError, pa.ArrowInvalid):
-        raise InputError(f"{path}: column 'item_id' must be integers") from None
+    ids = _integer_ids(table.column("item_id"), path)
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1][0]

@@ -65,4 +65,36 @@ def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, train
     run_pipeline(cfg, out, restart=restart)
 
 
-COMMANDS = [run]
+@click.command("abtest")
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A finished visctr run directory.",
+)
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="World directory (default: the run's own world/data).",
+)
+@click.option(
+    "--queries",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Fresh traffic queries (default: the run config's abtest.queries).",
+)
+@click.option("--seed", type=int, default=None, help="Traffic stream (default: abtest.seed).")
+@handle_errors
+def abtest(run_dir, world_dir, queries, seed):
+    """Simulated online A/B test: every method's policy, legacy and oracle on fresh traffic."""
+    from visctr.pipeline.abtest import abtest_run, format_ab_table
+
+    out = abtest_run(run_dir, world_dir, queries, seed, echo=click.echo)
+    click.echo(format_ab_table(out))
+    click.echo(f"written: {Path(run_dir) / 'abtest.json'}")
+
+
+COMMANDS = [run, abtest]

@@ -8,6 +8,11 @@ from typing import Any
 
 import numpy as np
 
+from visctr.io import atomic_path, write_text
+from visctr.pipeline.layout import RunLayout
+from visctr.pipeline.results import fmt, format_table
+from visctr.world.simulate import format_summary
+
 
 def _plt():
     import matplotlib
@@ -19,25 +24,22 @@ def _plt():
 
 
 def _save(fig, path: Path) -> None:
-    from visctr.io import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _plt().close(fig)
 
 
 def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path) -> None:
-    from visctr.pipeline.run import METHODS
-
+    methods = list(results["methods"])
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    x = np.arange(len(METHODS))
+    x = np.arange(len(methods))
     w = 0.8 / len(metrics)
     for j, (key, label) in enumerate(metrics):
-        mean = [results["methods"][m][key]["mean"] or 0.0 for m in METHODS]
-        std = [results["methods"][m][key]["std"] or 0.0 for m in METHODS]
+        mean = [results["methods"][m][key]["mean"] or 0.0 for m in methods]
+        std = [results["methods"][m][key]["std"] or 0.0 for m in methods]
         ax.bar(x + (j - (len(metrics) - 1) / 2) * w, mean, w, yerr=std, capsize=3, label=label)
-    ax.set_xticks(x, METHODS)
+    ax.set_xticks(x, methods)
     ax.set_title(f"{title} (mean ± std over {results['seeds']} seed(s))")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
@@ -45,11 +47,10 @@ def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path)
 
 
 def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) -> None:
-    from visctr.pipeline.run import METHODS
-
-    plt = _plt()
+    """Query photos and each method's top-5 (``tops``: method -> ranked item rows)."""
     from visctr.ids import IdIndex
 
+    plt = _plt()
     rows = world.query_rows("retrieval")[:n_queries]
     targets = IdIndex(world.items["item_id"]).rows(
         world.queries["target_item_id"][rows],
@@ -57,7 +58,7 @@ def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) ->
         what="target_item_id",
         path=world.root / "queries.parquet",
     )
-    methods = [m for m in METHODS if m in tops]
+    methods = list(tops)
     k = 5
     fig, axes = plt.subplots(
         len(rows) * len(methods), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(rows) * len(methods))
@@ -142,8 +143,6 @@ def _series(hist: Any, word: str) -> list[float]:
 
 def _by_category_section(results: dict) -> list[str]:
     """Random-exposure AUC within / across the query target's category, per method."""
-    from visctr.pipeline.run import fmt
-
     rows = results.get("random_exposure_by_category")
     if not rows:
         return []
@@ -171,12 +170,76 @@ def _by_category_section(results: dict) -> list[str]:
     ]
 
 
-def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg: Any) -> None:
-    from visctr.io import write_text
-    from visctr.pipeline.run import METHOD_DESCRIPTIONS, format_table
-    from visctr.world.simulate import format_summary
+def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
+    plt = _plt()
+    names = list(ab["methods"])
+    mean = [ab["methods"][n]["ctr"]["mean"] or 0.0 for n in names]
+    std = [ab["methods"][n]["ctr"]["std"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    colors = ["0.6" if n in ("legacy", "oracle") else "C0" for n in names]
+    ax.bar(np.arange(len(names)), mean, 0.7, yerr=std, capsize=3, color=colors)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("CTR (expected clicks / impression)")
+    ax.set_title(
+        f"Simulated A/B test: {ab['traffic_queries']:,} fresh queries, top {ab['top_k']} "
+        f"shown (mean ± std over {seeds} seed(s))"
+    )
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
 
-    plots = out / "plots"
+
+def _pct(entry: dict) -> str:
+    if entry.get("mean") is None:
+        return "—"
+    return f"{entry['mean']:+.1%} ± {entry['std']:.1%}"
+
+
+def _ab_section(results: dict) -> list[str]:
+    ab = results.get("ab_test")
+    if not ab:
+        return []
+    rows = []
+    for name, r in ab["methods"].items():
+        ci = r.get("lift_vs_S2", {}).get("ci_per_seed")
+        ci_s = "; ".join(f"[{a:+.1%}, {b:+.1%}]" for a, b in ci) if ci else "—"
+        rows.append(
+            f"| {name} | {fmt(r['ctr'], 4)} | {fmt(r['ctr_sampled'], 4)} | "
+            f"{_pct(r['lift_vs_S2'])} | {ci_s} | {_pct(r['lift_vs_legacy'])} | "
+            f"{fmt(r['oracle_share'])} | {fmt(r['tail_exposure_share'])} | "
+            f"{fmt(r['coverage'])} | {fmt(r['gini'])} |"
+        )
+    return [
+        "## Simulated A/B test",
+        "",
+        f"Every policy serves the same {ab['traffic_queries']:,} fresh queries (later than the "
+        f"test split, never used for training or tuning) and shows its top {ab['top_k']}; a "
+        f"method retrieves {ab['candidates']} candidates from the whole catalog with its "
+        "embeddings and re-ranks them with its CTR model. CTR = expected clicks per "
+        "impression under the world's hidden click model (sampled clicks beside it). Lift "
+        "CIs: 95% paired bootstrap over queries, one interval per seed. `legacy` is the "
+        "logging policy (control), `oracle` the true click probabilities (ceiling).",
+        "",
+        "| policy | CTR | CTR (sampled) | lift vs S2 | lift vs S2, CI per seed | lift vs legacy "
+        "| share of oracle | tail exposure | coverage | Gini |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "![A/B test CTR](plots/ab_ctr.png)",
+        "",
+    ]
+
+
+def write_report(
+    layout: RunLayout,
+    results: dict,
+    world,
+    tops: dict,
+    curves: dict,
+    cfg: Any,
+    descriptions: dict[str, str],
+) -> None:
+    """``report.md`` and ``plots/`` of a run; ``descriptions``: method -> one line."""
+    plots = layout.plots
     plots.mkdir(parents=True, exist_ok=True)
     _examples(world, tops, min(cfg.examples, 4), plots / "retrieval_examples.png")
     _bars(
@@ -192,6 +255,8 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
         plots / "ctr_auc.png",
     )
     _curves(curves, plots / "training_curves.png")
+    if results.get("ab_test"):
+        _ab_plot(results["ab_test"], results["seeds"], plots / "ab_ctr.png")
     t = results["timings_s"]
     lines = [
         f"# visctr run — preset `{results['preset']}`, {results['seeds']} seed(s)",
@@ -209,9 +274,10 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
         "AUC tail: logged test impressions of tail items.",
         "",
         *_by_category_section(results),
+        *_ab_section(results),
         "## Methods",
         "",
-        *[f"- **{m}**: {d}" for m, d in METHOD_DESCRIPTIONS.items()],
+        *[f"- **{m}**: {d}" for m, d in descriptions.items()],
         "",
         "## The world",
         "",
@@ -234,4 +300,4 @@ def write_report(out: Path, results: dict, world, tops: dict, curves: dict, cfg:
         *[f"- {k}: {v:.1f}" for k, v in t.items()],
         "",
     ]
-    write_text("\n".join(lines), out / "report.md")
+    write_text("\n".join(lines), layout.report)

@@ -42,7 +42,7 @@ def simulate(
     config_path: Path | None,
 ) -> None:
     """Build the visual-search world: catalog, users, query photos, biased logs, eval sets."""
-    from visctr.pipeline.config import resolve_world_config
+    from visctr.world.presets import resolve_world_config
     from visctr.world.simulate import format_summary
     from visctr.world.simulate import simulate as run_sim
 

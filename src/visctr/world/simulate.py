@@ -67,6 +67,13 @@ class SimConfig:
     days: int = 14
     train_share: float = 0.8  # first share of time is train, the rest test
     head_share: float = 0.2  # top share of items by training impressions = head
+    # Visual exposure bias (both 0 = the first world, where head and tail items are
+    # visually exchangeable). appeal_strength: how strongly a hidden per-item appeal, a
+    # smooth function of the image, multiplies click probability (exp(strength · appeal),
+    # appeal standardised over the catalog). style_correlation: correlation between that
+    # visual score and the Zipf popularity order (0 = popularity independent of looks).
+    appeal_strength: float = 0.0
+    style_correlation: float = 0.0
     logging: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -80,41 +87,71 @@ class SimConfig:
             raise ValueError("train_share must be in (0, 1)")
         if not 0 < self.head_share < 1:
             raise ValueError("head_share must be in (0, 1)")
-
-
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        "catalog": {"max_items": 600},
-        "n_users": 100,
-        "n_queries": 2_000,
-        "n_random_queries": 400,
-        "n_retrieval_queries": 400,
-    },
-    "small": {
-        "catalog": {"max_items": 6_000},
-        "n_users": 1_000,
-        "n_queries": 30_000,
-        "n_random_queries": 20_000,
-        "n_retrieval_queries": 2_000,
-    },
-    "full": {
-        "catalog": {"max_items": None},
-        "n_users": 10_000,
-        "n_queries": 140_000,
-        "n_random_queries": 50_000,
-        "n_retrieval_queries": 10_000,
-    },
-}
+        if not -1 <= self.style_correlation <= 1:
+            raise ValueError("style_correlation must be in [-1, 1]")
+        if not 0 <= self.appeal_strength <= 5:
+            raise ValueError("appeal_strength must be in [0, 5]")
 
 
 # ---------------------------------------------------------------------------- pieces
 
 
-def zipf_popularity(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
-    """Popularity shares ∝ 1/rank^s over a random order of the items."""
-    ranks = rng.permutation(n) + 1
+def zipf_popularity(
+    n: int,
+    exponent: float,
+    rng: np.random.Generator,
+    style: np.ndarray | None = None,
+    correlation: float = 0.0,
+) -> np.ndarray:
+    """Popularity shares ∝ 1/rank^s. Ranks follow a random order of the items, or, with
+    ``correlation`` ≠ 0, the order of ``correlation·style + √(1−correlation²)·noise``
+    (``style`` standardised), so popular items tend to share a look."""
+    if correlation == 0 or style is None:
+        ranks = rng.permutation(n) + 1
+    else:
+        z = correlation * style + np.sqrt(1 - correlation**2) * rng.standard_normal(n)
+        ranks = np.empty(n, dtype=np.int64)
+        ranks[np.argsort(-z, kind="stable")] = np.arange(1, n + 1)
     pop = 1.0 / ranks.astype(np.float64) ** exponent
     return pop / pop.sum()
+
+
+def appeal_scores(images: np.ndarray, seed: int, chunk: int = 4096) -> np.ndarray:
+    """Hidden per-item appeal: a fixed random projection of an edge-orientation histogram
+    (8 orientations × 4×4 cells of Sobel gradient energy), standardised over the catalog.
+
+    Smooth in image content (similar images get similar appeal) and deliberately none of
+    the features anything trains on: not the legacy policy's thumbnail, not the click
+    model's pixel likeness, not an encoder.
+    """
+    import torch.nn.functional as F
+
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
+    centres = torch.arange(8) * (np.pi / 8)
+    feats = []
+    for s in range(0, len(images), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(images[s : s + chunk])).float()
+        x = x.mean(1, keepdim=True) / 255.0
+        g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernels)
+        mag = g.pow(2).sum(1, keepdim=True).sqrt()  # [B, 1, H, W]
+        ang = torch.atan2(g[:, 1:2], g[:, 0:1]).remainder(np.pi)  # orientation in [0, π)
+        d = (ang - centres.view(1, 8, 1, 1)).abs()
+        w = torch.clamp(1 - torch.minimum(d, np.pi - d) / (np.pi / 8), min=0)  # soft bins
+        hist = F.adaptive_avg_pool2d(w * mag, 4).flatten(1)  # [B, 128]
+        feats.append(F.normalize(hist, dim=1))
+    f = torch.cat(feats)
+    proj = torch.randn(f.shape[1], generator=torch.Generator().manual_seed(seed + 7))
+    a = (f @ proj).double().numpy()
+    return ((a - a.mean()) / max(a.std(), 1e-12)).astype(np.float64)
+
+
+def appeal_multiplier(appeal: np.ndarray, strength: float) -> np.ndarray:
+    """``exp(strength·appeal)`` scaled to mean 1 over the catalog (1 everywhere at 0)."""
+    if strength == 0:
+        return np.ones_like(appeal, dtype=np.float64)
+    m = np.exp(strength * appeal)
+    return m / m.mean()
 
 
 def sample_targets(
@@ -169,8 +206,10 @@ def click_probability(
     categories: np.ndarray,
     likeness: np.ndarray,
     cfg: ClickModelConfig,
+    appeal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """P(click) for shown items ``[Q, K]`` (item indices) at ``positions`` ``[Q, K]``."""
+    """P(click) for shown items ``[Q, K]`` (item indices) at ``positions`` ``[Q, K]``;
+    ``appeal``: per-item click multiplier (``appeal_multiplier``), none when omitted."""
     n_cat = user_aff.shape[1]
     exact = shown == targets[:, None]
     same = categories[shown] == categories[targets][:, None]
@@ -186,6 +225,8 @@ def click_probability(
     aff = np.take_along_axis(user_aff, categories[shown], axis=1) * n_cat  # 1 = neutral
     mod = np.clip(aff, 0.2, 3.0) ** cfg.affinity_strength
     pos_bias = 1.0 / (1.0 + positions) ** cfg.position_decay
+    if appeal is not None:
+        rel = rel * appeal[shown]
     return np.clip(pos_bias * rel * mod, 0.0, 1.0)
 
 
@@ -198,6 +239,7 @@ class WorldArrays:
 
     catalog: Catalog
     popularity: np.ndarray
+    appeal: np.ndarray  # hidden per-item appeal score (standardised)
     affinity: np.ndarray
     queries: dict[str, np.ndarray]
     query_images: np.ndarray
@@ -280,7 +322,9 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
             f"{cat.source}: catalog has {n} items, fewer than top_k={cfg.logging.top_k}"
         )
     rng = np.random.default_rng(seed)
-    popularity = zipf_popularity(n, cfg.zipf_exponent, rng)
+    appeal = appeal_scores(cat.images, seed, cfg.chunk_size)
+    popularity = zipf_popularity(n, cfg.zipf_exponent, rng, appeal, cfg.style_correlation)
+    mult = appeal_multiplier(appeal, cfg.appeal_strength)
     n_cat = cat.n_categories
     affinity = rng.dirichlet(np.full(n_cat, cfg.user_concentration), size=cfg.n_users)
     affinity = affinity.astype(np.float32)
@@ -325,12 +369,12 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
     pix = pixel_vectors(cat.images)
     like = _likeness(shown, targets, pix, cfg.chunk_size)
     p = click_probability(
-        shown, positions, targets, affinity[users], cat.categories, like, cfg.clicks
+        shown, positions, targets, affinity[users], cat.categories, like, cfg.clicks, mult
     )
     clicked = rng.random(p.shape) < p
     r_like = _likeness(r_shown, r_targets, pix, cfg.chunk_size)
     rp = click_probability(
-        r_shown, r_positions, r_targets, affinity[r_users], cat.categories, r_like, cfg.clicks
+        r_shown, r_positions, r_targets, affinity[r_users], cat.categories, r_like, cfg.clicks, mult
     )
     r_clicked = rng.random(rp.shape) < rp
 
@@ -372,9 +416,13 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
             (np.bincount(r_shown.ravel(), minlength=n) == 0).mean()
         ),
         "top_k": k,
+        "appeal_strength": cfg.appeal_strength,
+        "style_correlation": cfg.style_correlation,
+        # how far exposure follows looks: Pearson correlation of appeal and log-popularity
+        "appeal_popularity_correlation": float(np.corrcoef(appeal, np.log(popularity))[0, 1]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return WorldArrays(cat, popularity, affinity, queries, qimages, impressions, summary)
+    return WorldArrays(cat, popularity, appeal, affinity, queries, qimages, impressions, summary)
 
 
 def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
@@ -394,6 +442,12 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
     summary["head_items"] = int(is_head.sum())
     summary["tail_items"] = int(n - is_head.sum())
     summary["head_share_of_train_impressions"] = float(counts[is_head].sum() / max(counts.sum(), 1))
+    tail = ~is_head
+    summary["head_tail_appeal_gap"] = (
+        float(w.appeal[is_head].mean() - w.appeal[tail].mean())
+        if is_head.any() and tail.any()
+        else 0.0
+    )
     with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "impressions").mkdir()
@@ -406,6 +460,7 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
                     "category": pa.array(cat.categories, pa.int32()),
                     "image_row": pa.array(np.arange(n), pa.int64()),
                     "popularity": pa.array(w.popularity, pa.float64()),
+                    "appeal": pa.array(w.appeal, pa.float64()),
                     "train_impressions": pa.array(counts, pa.int64()),
                     "is_head": pa.array(is_head, pa.bool_()),
                 }
@@ -483,4 +538,8 @@ def format_summary(s: dict) -> str:
         f"head/tail: {s.get('head_items', '?')} head items take "
         f"{s.get('head_share_of_train_impressions', float('nan')):.1%} of training impressions, "
         f"{s.get('tail_items', '?')} tail items",
+        f"visual exposure bias: appeal strength {s.get('appeal_strength', 0.0):g}, style "
+        f"correlation {s.get('style_correlation', 0.0):g}; corr(appeal, log popularity) "
+        f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean appeal "
+        f"{s.get('head_tail_appeal_gap', float('nan')):+.2f}",
     ])  # fmt: skip

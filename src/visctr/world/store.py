@@ -41,10 +41,20 @@ IMPRESSION_COLUMNS = {
 
 def check_columns(schema, expected: dict[str, str], path: Path) -> None:
     """Raise a clear error when a Parquet schema lacks a column or has the wrong type."""
+    import pyarrow as pa
+
     for name, typ in expected.items():
         if name not in schema.names:
             raise InputError(f"{path}: missing column {name!r}")
-        got = str(schema.field(name).type)
+        t = schema.field(name).type
+        got = str(t)
+        if typ == "list<float>":  # any list (item name varies by writer) of float32/64
+            ok = (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_floating(
+                t.value_type
+            )
+            if not ok:
+                raise InputError(f"{path}: column {name!r} has type {got}, expected a float list")
+            continue
         if got != typ and not (typ == "string" and got == "large_string"):
             raise InputError(f"{path}: column {name!r} has type {got}, expected {typ}")
 
@@ -91,6 +101,8 @@ class World:
 
     @classmethod
     def load(cls, root: str | Path) -> World:
+        """Read and validate a world directory; every error names the file and the field."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         root = Path(root)
@@ -100,22 +112,36 @@ class World:
                 f"{root}: not a world directory (no world.json); run "
                 "'visctr simulate --out DIR' first"
             )
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{meta_path}: not valid JSON ({e})") from None
+        names = meta.get("category_names") if isinstance(meta, dict) else None
+        if not isinstance(names, list) or not names:
+            raise InputError(f"{meta_path}: 'category_names' must be a non-empty list")
 
         def table(name: str, expected: dict[str, str]) -> dict[str, np.ndarray]:
             path = root / name
             if not path.is_file():
                 raise InputError(f"{path}: file not found")
-            t = pq.read_table(path)
+            try:
+                t = pq.read_table(path)
+            except (pa.ArrowException, OSError) as e:
+                raise InputError(f"{path}: unreadable Parquet ({e})") from None
             check_columns(t.schema, expected, path)
             return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
 
         items = table("items.parquet", ITEM_COLUMNS)
         queries = table("queries.parquet", QUERY_COLUMNS)
         queries["split"] = queries["split"].astype(str)
-        users_t = pq.read_table(root / "users.parquet")
-        aff = np.asarray(users_t.column("affinity").to_pylist(), dtype=np.float32)
-        return cls(
+        users = table("users.parquet", USER_COLUMNS)
+        try:
+            aff = np.asarray(list(users["affinity"]), dtype=np.float32)
+        except ValueError:
+            raise InputError(
+                f"{root / 'users.parquet'}: 'affinity' rows must all have one length"
+            ) from None
+        world = cls(
             root=root,
             meta=meta,
             items=items,
@@ -123,4 +149,84 @@ class World:
             users_affinity=aff,
             item_images=load_npy(root / "images" / "items.npy"),
             query_images=load_npy(root / "images" / "queries.npy"),
+        )
+        world._validate(users["user_id"])
+        return world
+
+    def _validate(self, user_ids: np.ndarray) -> None:
+        """Cross-table checks: ids unique, codes in range, references that resolve."""
+        root = self.root
+        items_p, queries_p, users_p = (
+            root / "items.parquet",
+            root / "queries.parquet",
+            root / "users.parquet",
+        )
+        _unique(self.items["item_id"], items_p, "item_id")
+        _unique(self.queries["query_id"], queries_p, "query_id")
+        _unique(user_ids, users_p, "user_id")
+        _in_range(self.items["category"], self.n_categories, items_p, "category")
+        for img, path, t in (
+            (self.item_images, root / "images" / "items.npy", self.items),
+            (self.query_images, root / "images" / "queries.npy", self.queries),
+        ):
+            if img.ndim != 4:
+                raise InputError(f"{path}: expected uint8 [N, C, H, W], got shape {img.shape}")
+            src = items_p if t is self.items else queries_p
+            _in_range(
+                t["image_row"], len(img), src, "image_row", f"the {len(img)} images of {path}"
+            )
+        bad = ~np.isin(self.queries["split"], QUERY_SPLITS)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{queries_p}: row {row}: split {str(self.queries['split'][row])!r} is not one of "
+                f"{', '.join(QUERY_SPLITS)}"
+            )
+        missing = ~np.isin(self.queries["target_item_id"], self.items["item_id"])
+        if missing.any():
+            row = int(np.flatnonzero(missing)[0])
+            raise InputError(
+                f"{queries_p}: row {row}: target_item_id {self.queries['target_item_id'][row]} "
+                f"is not an item of {items_p}"
+            )
+        unknown = ~np.isin(self.queries["user_id"], user_ids)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise InputError(
+                f"{queries_p}: row {row}: user_id {self.queries['user_id'][row]} is not a "
+                f"user of {users_p}"
+            )
+        aff = self.users_affinity
+        if aff.ndim != 2 or aff.shape != (len(user_ids), self.n_categories):
+            raise InputError(
+                f"{users_p}: 'affinity' must be one row of {self.n_categories} values per user "
+                f"(the world's categories), got shape {aff.shape}"
+            )
+        if not np.isfinite(aff).all():
+            raise InputError(f"{users_p}: 'affinity' has NaN or inf")
+        if not np.array_equal(np.asarray(user_ids), np.arange(len(user_ids))):
+            raise InputError(
+                f"{users_p}: user_id must be 0..{len(user_ids) - 1} in row order (the row of "
+                "each user's affinity)"
+            )
+
+
+QUERY_SPLITS = ("train", "test", "random", "retrieval")
+USER_COLUMNS = {"user_id": "int64", "affinity": "list<float>"}
+
+
+def _unique(ids: np.ndarray, path: Path, column: str) -> None:
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{path}: {column} {uniq[counts > 1][0]} appears more than once")
+
+
+def _in_range(values: np.ndarray, n: int, path: Path, column: str, what: str = "") -> None:
+    v = np.asarray(values)
+    bad = (v < 0) | (v >= n)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path}: row {row}: {column} {v[row]} is outside 0..{n - 1}"
+            + (f" ({what})" if what else "")
         )

@@ -1,0 +1,160 @@
+"""The simulated A/B test over a run directory: every method of ``pipeline.methods`` plus
+the ``legacy`` control and the ``oracle`` ceiling serve the same fresh traffic
+(``visctr.eval.abtest``); used by ``visctr run`` and ``visctr abtest``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from visctr.eval import abtest as ab
+from visctr.pipeline.layout import RunLayout
+from visctr.pipeline.methods import CTR_VARIANTS, METHODS
+from visctr.pipeline.results import aggregate
+from visctr.world.store import World
+
+BASELINES = ("S2", "legacy")
+FIGURES = (
+    "ctr",
+    "ctr_sampled",
+    "oracle_share",
+    "lift_vs_S2",
+    "lift_vs_legacy",
+    "tail_exposure_share",
+    "coverage",
+    "gini",
+)
+
+
+class ABTest:
+    """Traffic, click model and the seed-independent policies, built once per run."""
+
+    def __init__(self, world: World, cfg: Any, echo=print) -> None:
+        self.world, self.cfg, self.echo = world, cfg, echo
+        a = cfg.abtest
+        self.k = a.top_k or int(world.meta["summary"].get("top_k", 10))
+        self.traffic = ab.simulate_traffic(world, a.queries, a.seed)
+        self.clicks = ab.ClickModel(world, self.traffic)
+        self.is_head = np.asarray(world.items["is_head"], dtype=bool)
+        self.fixed = {
+            "legacy": ab.score_policy(
+                self.clicks, ab.legacy_policy(world, self.traffic, self.k), 0
+            ),
+            "oracle": ab.score_policy(self.clicks, self.clicks.best(self.k), 0),
+        }
+
+    def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, float]]:
+        """Every method's policy for one training seed, next to legacy and oracle."""
+        from visctr.ctr import debias_transform
+        from visctr.embeddings import align, read_embeddings
+
+        figures = dict(self.fixed)
+        query_vectors: dict[str, np.ndarray] = {}
+        item_ids = np.asarray(self.world.items["item_id"], dtype=np.int64)
+        for name, method in METHODS.items():
+            recipe = method.encoder
+            if recipe not in query_vectors:
+                query_vectors[recipe] = ab.embed_traffic(layout.encoder(seed, recipe), self.traffic)
+            qv = query_vectors[recipe]
+            emb_dir = layout.embeddings(seed, recipe)
+            ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
+            items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
+            ctr_dir = layout.ctr(seed, method.slug)
+            ccfg = CTR_VARIANTS[method.ctr](self.cfg.ctr)
+            r_items, r_queries = items, qv
+            if ccfg.debias.enabled:  # retrieval through the debias network, as at serving
+                transform = debias_transform(ctr_dir / "debias.pt")
+                r_items, r_queries = transform(items), transform(qv)
+            score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, self.traffic, qv)
+            shown = ab.retrieve_and_rerank(
+                r_queries, r_items, self.cfg.abtest.candidates, self.k, score
+            )
+            figures[name] = ab.score_policy(self.clicks, shown, seed)
+        return ab.summarise(figures, self.is_head, BASELINES, seed)
+
+
+def aggregate_ab(per_seed: list[dict[str, dict[str, float]]], test: ABTest) -> dict:
+    """``results.json["ab_test"]``: per policy and figure ``{mean, std, per_seed}``; the lift
+    CIs (paired bootstrap over traffic queries, 95%) per seed beside them."""
+    names = list(per_seed[0])
+    methods: dict[str, dict[str, Any]] = {}
+    for name in names:
+        row: dict[str, Any] = {}
+        for fig in FIGURES:
+            vals = [s[name].get(fig, float("nan")) for s in per_seed]
+            row[fig] = aggregate(vals)
+        for b in BASELINES:
+            lo = [s[name].get(f"lift_vs_{b}_ci_low") for s in per_seed]
+            hi = [s[name].get(f"lift_vs_{b}_ci_high") for s in per_seed]
+            if all(v is not None for v in lo):
+                row[f"lift_vs_{b}"]["ci_per_seed"] = [[a, c] for a, c in zip(lo, hi, strict=True)]
+        methods[name] = row
+    return {
+        "traffic_queries": len(test.traffic),
+        "candidates": test.cfg.abtest.candidates,
+        "top_k": test.k,
+        "ci": "95% paired bootstrap over traffic queries, per seed",
+        "methods": methods,
+    }
+
+
+def abtest_run(
+    run_dir, world_dir=None, queries: int | None = None, seed: int | None = None, echo=print
+) -> dict:
+    """The A/B test of a finished ``visctr run`` directory, for every training seed it holds;
+    writes ``abtest.json`` there (the same layout as ``results.json["ab_test"]``)."""
+    from pathlib import Path
+
+    from visctr.config import from_dict, read_yaml
+    from visctr.errors import InputError
+    from visctr.io import write_json
+    from visctr.pipeline.config import RunConfig
+
+    layout = RunLayout(Path(run_dir))
+    if not layout.config.is_file():
+        raise InputError(f"{layout.root}: not a visctr run directory (no config.yaml)")
+    cfg = from_dict(RunConfig, read_yaml(layout.config), str(layout.config))
+    if queries is not None:
+        cfg.abtest.queries = queries
+    if seed is not None:
+        cfg.abtest.seed = seed
+    if cfg.abtest.queries < 1:
+        raise InputError("--queries must be >= 1")
+    world = World.load(Path(world_dir) if world_dir else layout.world)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    for s in seeds:
+        for m in METHODS.values():
+            if not (layout.ctr(s, m.slug) / "done.json").is_file():
+                raise InputError(
+                    f"{layout.ctr(s, m.slug)}: no finished CTR model of {m.name} for seed {s}; "
+                    f"finish the run first (visctr run ... --out {layout.root})"
+                )
+    test = ABTest(world, cfg, echo)
+    per_seed = []
+    for s in seeds:
+        per_seed.append(test.run_seed(layout, s))
+        echo(f"seed {s}: " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in per_seed[-1].items()))
+    out = aggregate_ab(per_seed, test)
+    write_json(out, layout.root / "abtest.json")
+    return out
+
+
+def format_ab_table(ab: dict) -> str:
+    head = ["policy", "ctr", "lift_vs_S2", "lift_vs_legacy", "oracle_share", "tail_exposure"]
+    rows = [head]
+    for name, r in ab["methods"].items():
+
+        def pct(e):
+            return "—" if e["mean"] is None else f"{e['mean']:+.1%} ± {e['std']:.1%}"
+
+        rows.append([
+            name,
+            f"{r['ctr']['mean']:.4f} ± {r['ctr']['std']:.4f}",
+            pct(r["lift_vs_S2"]),
+            pct(r["lift_vs_legacy"]),
+            "—" if r["oracle_share"]["mean"] is None else f"{r['oracle_share']['mean']:.3f}",
+            f"{r['tail_exposure_share']['mean']:.3f}",
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -1,0 +1,192 @@
+"""The experiment as data: which encoders a run trains and which methods it compares.
+
+``ENCODERS`` names each encoder recipe (its stage, what it starts from, its config);
+``METHODS`` names each compared method (its encoder, its CTR variant, its unbiased
+reference, its description). ``visctr run`` is a loop over these two tables, and a
+sixth method is one more :class:`Method` entry (plus its code, if its CTR variant or
+encoder stage is new).
+
+Descriptions are derived from the resolved config, so they say what actually ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from visctr.config import to_dict
+
+
+@dataclass(frozen=True)
+class EncoderStage:
+    """How one kind of encoder is trained: the stage function and its config section."""
+
+    section: str  # the RunConfig section holding its config (classify | s1 | s2)
+    train: Callable[..., Path]  # train(world, cfg, out_dir, seed, init) -> encoder.pt
+
+
+def _classify(world, cfg, out_dir, seed, init):
+    from visctr.encoders import classify
+
+    return classify(world, cfg, out_dir, seed)
+
+
+def _pretrain(world, cfg, out_dir, seed, init):
+    from visctr.encoders import pretrain
+
+    return pretrain(world, cfg, out_dir, seed)
+
+
+def _finetune(world, cfg, out_dir, seed, init):
+    from visctr.encoders import finetune
+
+    return finetune(world, cfg, out_dir, seed, init=init)
+
+
+STAGES: dict[str, EncoderStage] = {
+    "classify": EncoderStage("classify", _classify),
+    "pretrain": EncoderStage("s1", _pretrain),
+    "finetune": EncoderStage("s2", _finetune),
+}
+
+
+@dataclass(frozen=True)
+class EncoderRecipe:
+    """One encoder a run trains: ``stage`` from ``init`` (another recipe) or from scratch.
+
+    ``overrides``: fields replaced in the stage's config section (e.g. ``lambda_s1=0``
+    for S2 from clicks only).
+    """
+
+    name: str  # folder under encoders/ and embeddings/
+    stage: str  # key of STAGES
+    init: str | None = None  # name of the recipe whose encoder initialises this one
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def config(self, run_cfg: Any) -> Any:
+        section = getattr(run_cfg, STAGES[self.stage].section)
+        return dataclasses.replace(section, **dict(self.overrides)) if self.overrides else section
+
+
+@dataclass(frozen=True)
+class Method:
+    """One compared method: an encoder recipe, a CTR variant and, for S3, its reference."""
+
+    name: str  # as in tables and results.json
+    slug: str  # folder of its CTR model under ctr/
+    encoder: str  # key of ENCODERS: the embeddings it retrieves with and feeds the CTR model
+    ctr: str = "plain"  # key of CTR_VARIANTS
+    reference: str | None = None  # key of ENCODERS: the unbiased reference (S3 triplets)
+    describe: Callable[[Any], str] = lambda cfg: ""
+
+
+def _ctr_plain(ctr_cfg: Any) -> Any:
+    return dataclasses.replace(ctr_cfg, debias=dataclasses.replace(ctr_cfg.debias, enabled=False))
+
+
+def _ctr_debias(ctr_cfg: Any) -> Any:
+    return dataclasses.replace(ctr_cfg, debias=dataclasses.replace(ctr_cfg.debias, enabled=True))
+
+
+# CTR variants: the run's ``ctr`` config section -> the config one method trains with
+CTR_VARIANTS: dict[str, Callable[[Any], Any]] = {"plain": _ctr_plain, "debias": _ctr_debias}
+
+
+def _s1_objective(cfg: Any) -> str:
+    return {"infonce": "InfoNCE", "simsiam": "SimSiam"}.get(cfg.s1.method, cfg.s1.method)
+
+
+ENCODERS: dict[str, EncoderRecipe] = {
+    r.name: r
+    for r in (
+        EncoderRecipe("resnet_c", "classify"),
+        EncoderRecipe("s1", "pretrain"),
+        EncoderRecipe("s2", "finetune", overrides=(("lambda_s1", 0.0),)),
+        EncoderRecipe("s1_s2", "finetune", init="s1"),
+    )
+}
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "ResNet-C",
+            "resnet_c",
+            "resnet_c",
+            describe=lambda cfg: (
+                "encoder trained on category labels (cross-entropy); plain CTR model"
+            ),
+        ),
+        Method(
+            "S1",
+            "s1",
+            "s1",
+            describe=lambda cfg: (
+                f"S1 self-supervised pre-training only ({_s1_objective(cfg)} "
+                "on all catalog images); plain CTR model"
+            ),
+        ),
+        Method(
+            "S2",
+            "s2",
+            "s2",
+            describe=lambda cfg: (
+                "S2 click-contrastive fine-tuning from random init, clicks "
+                "only (λ=0); plain CTR model"
+            ),
+        ),
+        Method(
+            "S1+S2",
+            "s1_s2",
+            "s1_s2",
+            describe=lambda cfg: (
+                f"S1, then S2 with the λ·L_S1 term over the catalog "
+                f"(λ={cfg.s2.lambda_s1:g}, {_s1_objective(cfg)}); plain CTR model"
+            ),
+        ),
+        Method(
+            "S1+S2+D",
+            "s1_s2_d",
+            "s1_s2",
+            ctr="debias",
+            reference="s1",
+            describe=lambda cfg: (
+                "the S1+S2 encoder; CTR model with the S3 debias network + "
+                f"gate (triplets from S1 neighbours, {cfg.ctr.debias.negatives} negatives, "
+                f"λ={cfg.ctr.debias.weight:g}); retrieval through the debias network"
+            ),
+        ),
+    )
+}
+
+
+def encoder_order(methods: dict[str, Method] = METHODS) -> list[EncoderRecipe]:
+    """The encoder recipes the methods need, each after the one it is initialised from."""
+    needed: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...] = ()) -> None:
+        if name in path:
+            raise ValueError(f"encoder recipes form a cycle: {' -> '.join((*path, name))}")
+        if name in needed:
+            return
+        init = ENCODERS[name].init
+        if init is not None:
+            visit(init, (*path, name))
+        needed.append(name)
+
+    for name in ENCODERS:  # table order first, so runs train in a stable order
+        if any(name in (m.encoder, m.reference) for m in methods.values()):
+            visit(name)
+    return [ENCODERS[n] for n in needed]
+
+
+def encoder_key(recipe: EncoderRecipe, run_cfg: Any) -> Any:
+    """The config part of an encoder stage's cache key (its init is chained separately)."""
+    return to_dict(recipe.config(run_cfg))
+
+
+def descriptions(run_cfg: Any) -> dict[str, str]:
+    return {name: m.describe(run_cfg) for name, m in METHODS.items()}

@@ -1,0 +1,55 @@
+"""Atomic writes and safe loads (``visctr.io``)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from visctr.errors import InputError
+from visctr.io import atomic_path, load_npy, load_torch, save_npy, save_torch, write_json
+
+
+def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_failure(tmp_path):
+    p = tmp_path / "sub" / "a.json"
+    write_json({"v": 1}, p)
+    with pytest.raises(RuntimeError):
+        with atomic_path(p) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert json.loads(p.read_text()) == {"v": 1}
+    assert sorted(x.name for x in p.parent.iterdir()) == ["a.json"]  # no temp left over
+    write_json({"v": 2}, p)
+    assert json.loads(p.read_text()) == {"v": 2}
+
+
+def test_npy_round_trip_and_errors(tmp_path):
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    save_npy(a, tmp_path / "a.npy")
+    b = load_npy(tmp_path / "a.npy")
+    assert np.array_equal(a, b) and isinstance(b, np.memmap)
+    with pytest.raises(InputError, match="file not found"):
+        load_npy(tmp_path / "missing.npy")
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(InputError, match="bad.npy: not a readable .npy"):
+        load_npy(tmp_path / "bad.npy")
+
+
+class _Planted:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_load_torch_reads_tensors_and_refuses_pickled_objects(tmp_path):
+    save_torch({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(load_torch(tmp_path / "ok.pt")["w"], torch.ones(2))
+    torch.save({"x": _Planted()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="evil.pt: not a loadable checkpoint"):
+        load_torch(tmp_path / "evil.pt")
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "ok.pt").read_bytes()[:40])
+    with pytest.raises(InputError, match="trunc.pt"):
+        load_torch(tmp_path / "trunc.pt")
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_torch(tmp_path / "nope.pt")
