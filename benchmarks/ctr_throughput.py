@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import Triplets, triplet_loss
-from visctr.ctr.features import FeatureMap, FieldSpec
-from visctr.ctr.model import CTRModule, CTRNet, mlp
+from visctr.ctr.debias import Triplets
+from visctr.ctr.feature_map import FeatureMap, FieldSpec
+from visctr.ctr.model import build_ctr_net, mlp
+from visctr.ctr.trainer import CTRModule
 
 VOCABS = [("user", 2001), ("hour", 24), ("day", 7), ("position", 51), ("category", 10),
           ("pop_bucket", 16)]  # fmt: skip
@@ -73,12 +75,10 @@ def make_data(n: int, batch: int, dim: int, seed: int = 0):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     aff = rng.dirichlet(np.ones(N_CAT), VOCABS[0][1]).astype(np.float32)
     offs = fmap.offsets()
-    packed = np.stack(
-        [raw[name] + offs[j] for j, (name, _) in enumerate(VOCABS)]
-        + [raw["user_row"], raw["item"], raw["query"], raw["category"]],
-        axis=1,
-    )
-    batches = [(torch.from_numpy(packed[s : s + batch]), torch.from_numpy(y[s : s + batch]))
+    sparse = np.stack([raw[name] + offs[j] for j, (name, _) in enumerate(VOCABS)], axis=1)
+    whole = Batch.from_columns(sparse, raw["user_row"], raw["item"], raw["query"],
+                               raw["category"], y)  # fmt: skip
+    batches = [Batch(whole.packed[s : s + batch], whole.labels[s : s + batch])
                for s in range(0, n - batch + 1, batch)]  # fmt: skip
     # dense columns as a plain pipeline would feed them (pre-gathered per impression)
     q, i = queries[raw["query"]], items[raw["item"]]
@@ -90,29 +90,26 @@ def make_data(n: int, batch: int, dim: int, seed: int = 0):
 
 
 def timed_steps(step, batches, warmup: int = 3) -> float:
-    for x in batches[:warmup]:
-        step(*x)
+    for b in batches[:warmup]:
+        step(b)
     t0 = time.perf_counter()
-    for x in batches:
-        step(*x)
+    for b in batches:
+        step(b)
     return sum(len(b[-1]) for b in batches) / (time.perf_counter() - t0)
 
 
 def visctr_contender(fmap, cfg, items, queries, aff, triplets=None, compile=False):
-    net = CTRNet(fmap, cfg, aff)
+    net = build_ctr_net(cfg, fmap, aff, triplets)
     net.set_visual_tables(items, queries)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as CTRModule
     gen = torch.Generator().manual_seed(0)
     forward = torch.compile(net.forward) if compile else net.forward  # as CTRModule
 
-    def step(x, y):
-        loss = F.binary_cross_entropy_with_logits(forward(x), y)
-        if triplets is not None:
-            a, p, n = triplets.sample(cfg.debias.triplets_per_step, gen)
-            iv = net.item_vectors
-            d = net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
-            k = a.shape[0]
-            loss = loss + cfg.debias.weight * triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], 0.2)
+    def step(batch: Batch):  # as CTRModule.training_step
+        loss = F.binary_cross_entropy_with_logits(forward(batch), batch.labels)
+        aux, _ = net.aux_loss(batch, gen)
+        if aux is not None:
+            loss = loss + aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -126,10 +123,10 @@ def bare_contender(fmap, cfg, d_dense):
     out = nn.Linear(cfg.mlp[-1], 1)
     params = [*emb.parameters(), *deep.parameters(), *out.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # same optimiser as ours
-    f = fmap.n_fields
 
-    def step(x, d, y):
-        e = emb(x[:, :f]).flatten(1)
+    def step(b):
+        x, d, y = b
+        e = emb(x).flatten(1)
         z = out(deep(torch.cat([e, d], 1))).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(z, y)
         opt.zero_grad(set_to_none=True)
@@ -163,9 +160,9 @@ def deepfm_contender(cfg, raw, dense, y, batch):
 def lightning_contender(fmap, cfg, items, queries, aff, batches):
     import lightning as L
 
-    net = CTRNet(fmap, cfg, aff)
+    net = build_ctr_net(cfg, fmap, aff)
     net.set_visual_tables(items, queries)
-    module = CTRModule(net, cfg, None, seed=0)
+    module = CTRModule(net, cfg, seed=0)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=10_000, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
@@ -198,8 +195,8 @@ def main() -> None:
     cfg = CTRConfig(batch_size=args.batch)
     d_dense = sum(v.shape[1] for v in dense.values())
     dense_all = np.concatenate(list(dense.values()), axis=1).astype(np.float32)
-    bare_batches = [(x[:, : fmap.n_fields], torch.from_numpy(dense_all[s : s + args.batch]), yb)
-                    for (x, yb), s in zip(batches, range(0, n, args.batch), strict=False)]  # fmt: skip
+    bare_batches = [(b.sparse, torch.from_numpy(dense_all[s : s + args.batch]), b.labels)
+                    for b, s in zip(batches, range(0, n, args.batch), strict=False)]  # fmt: skip
     net, ours = visctr_contender(fmap, cfg, items, queries, aff)
     assert net.d_in == fmap.n_fields * cfg.field_dim + d_dense, "bare must have the same shape"
     dcfg = CTRConfig(batch_size=args.batch, debias=DebiasConfig(enabled=True))
@@ -211,8 +208,8 @@ def main() -> None:
     deepfm = deepfm_contender(cfg, raw, dense, y, args.batch)
     _, ours_c = visctr_contender(fmap, cfg, items, queries, aff, compile=True)
     t0 = time.perf_counter()
-    for x in batches[:2]:
-        ours_c(*x)
+    for b in batches[:2]:
+        ours_c(b)
     compile_s = time.perf_counter() - t0
     light = light_c = None
     if not args.no_lightning:

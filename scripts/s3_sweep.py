@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from visctr.ctr import CTRConfig, evaluate_ctr, train_ctr
+from visctr.ctr import CTRConfig, debias_transform, train_ctr
 from visctr.ctr.config import DebiasConfig
+from visctr.eval.ctr import evaluate_ctr
 from visctr.eval.retrieval import evaluate_retrieval
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import METHODS
@@ -63,8 +64,8 @@ def main() -> None:
             ref = layout.embeddings(args.seed, method.reference) if debias.enabled else None
             train_ctr(world, emb, out, cfg, seed, reference=ref)
             m = evaluate_ctr(out, world, emb)
-            dpath = out / "debias.pt" if debias.enabled else None
-            m.update(evaluate_retrieval(world, emb, dpath)[0])
+            transform = debias_transform(out / "debias.pt") if debias.enabled else None
+            m.update(evaluate_retrieval(world, emb, transform)[0])
             results.setdefault(tag, []).append(m)
             print(tag, seed, "  ".join(f"{k} {m[k]:.4f}" for k in KEYS), flush=True)
     print()

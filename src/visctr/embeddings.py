@@ -1,26 +1,66 @@
-"""Embedding files: ``item_id``/``query_id`` + ``vector`` Parquet (docs/world-format.md)."""
+"""Embedding files: ``item_id``/``query_id`` + ``vector`` Parquet (docs/world-format.md).
+
+The one reader and the one writer of these files (encoder export, tests, benchmarks).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from visctr.errors import InputError
+from visctr.ids import IdIndex
+
+ROW_GROUP = 65_536  # rows per Parquet row group when writing
 
 
 def write_embeddings(
-    ids: np.ndarray, vectors: np.ndarray, path: str | Path, id_column: str = "item_id"
+    ids: np.ndarray,
+    vectors: np.ndarray | Iterable[np.ndarray],
+    path: str | Path,
+    id_column: str = "item_id",
+    row_group: int = ROW_GROUP,
 ) -> None:
-    """Write ``id_column`` int64 + ``vector`` fixed_size_list<float32> atomically."""
+    """Write ``id_column`` int64 + ``vector`` fixed_size_list<float32>[D] atomically.
+
+    ``vectors``: one array ``[N, D]``, or an iterable of ``[n_i, D]`` chunks (``ids`` in
+    the same order), streamed to the file in row groups of ``row_group`` rows so that
+    memory stays at one chunk. No chunk at all writes a valid empty file.
+    """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from visctr.io import write_parquet
+    from visctr.io import atomic_path
 
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    flat = pa.array(vectors.ravel(), pa.float32())
-    vec = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    write_parquet(pa.table({id_column: pa.array(np.asarray(ids), pa.int64()), "vector": vec}), path)
+    ids = np.asarray(ids)
+    chunks = [vectors] if isinstance(vectors, np.ndarray) else vectors
+    writer = None
+    start = 0
+    with atomic_path(path) as tmp:
+        try:
+            for chunk in chunks:
+                vec = np.ascontiguousarray(chunk, dtype=np.float32)
+                flat = pa.array(vec.reshape(-1), pa.float32())
+                table = pa.table(
+                    {
+                        id_column: pa.array(ids[start : start + len(vec)], pa.int64()),
+                        "vector": pa.FixedSizeListArray.from_arrays(flat, vec.shape[1]),
+                    }
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table, row_group_size=row_group)
+                start += len(vec)
+            if start != len(ids):
+                raise ValueError(f"{path}: {len(ids)} ids but {start} vectors")
+            if writer is None:  # no rows: still a valid, empty file
+                schema = pa.schema([(id_column, pa.int64()), ("vector", pa.list_(pa.float32(), 1))])
+                pq.write_table(schema.empty_table(), tmp)
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
@@ -79,12 +119,9 @@ def align(
     path: str | Path,
     what: str = "item_id",
 ) -> np.ndarray:
-    """Rows of ``vectors`` for the ``wanted`` ids, in that order; error if any is missing."""
-    sorter = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids, wanted, sorter=sorter)
-    pos = np.clip(pos, 0, len(ids) - 1)
-    found = ids[sorter[pos]] == wanted if len(ids) else np.zeros(len(wanted), bool)
-    if not found.all():
-        missing = wanted[~found]
-        raise InputError(f"{path}: {len(missing)} {what}s are missing (first: {missing[0]})")
-    return vectors[sorter[pos]]
+    """Rows of ``vectors`` (read from ``path``) for the ``wanted`` ids, in that order; an
+    ``InputError`` naming the first id that ``path`` lacks."""
+    rows = IdIndex(ids).rows(
+        wanted, strict=True, what=what, path=path, hint=f"; {path} has no vector for them"
+    )
+    return vectors[rows]

@@ -15,12 +15,12 @@ from visctr.ctr.debias import (
     Gate,
     apply_debias,
     export_debias,
-    head_items,
     load_debias,
     mine_triplets,
     triplet_loss,
 )
 from visctr.errors import InputError
+from visctr.world.head_tail import head_mask
 
 
 @settings(max_examples=50, deadline=None)
@@ -51,12 +51,6 @@ def test_debias_net_starts_as_identity_on_unit_vectors():
     assert torch.allclose(DebiasNet(8)(v), v, atol=1e-6)
 
 
-def test_head_items_top_share_ties_by_row_never_shown_is_tail():
-    counts = np.array([5, 0, 9, 5, 1, 0, 0, 0, 0, 0])
-    assert np.flatnonzero(head_items(counts, 0.3)).tolist() == [0, 2, 3]
-    assert np.flatnonzero(head_items(np.zeros(10, np.int64), 0.3)).tolist() == []
-
-
 @pytest.mark.parametrize("negatives", ["hard", "farthest"])
 def test_mining_matches_exhaustive_search(negatives):
     rng = np.random.default_rng(0)
@@ -69,7 +63,7 @@ def test_mining_matches_exhaustive_search(negatives):
     cfg = DebiasConfig(head_share=0.2, k_neighbours=3, k_far=4, neighbourhood=6,
                        negatives=negatives)  # fmt: skip
     t = mine_triplets(ref, usable, counts, cfg, method)
-    head = head_items(counts, 0.2)
+    head = head_mask(counts, 0.2)
     assert set(t.anchors) == set(np.flatnonzero(head & usable))
     tail = np.flatnonzero(~head & usable)
     unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)

@@ -6,28 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from visctr.ctr import CTRConfig
 from visctr.ctr import stream as stream_mod
-from visctr.ctr.features import (
-    N_EXTRA,
-    Encoder,
-    FeatureMap,
-    IdIndex,
-    compute_train_stats,
-    load_embeddings,
-    pop_bucket_edges,
-    read_user_ids,
-)
+from visctr.ctr.batch import N_EXTRA, Batch, BatchPacker
+from visctr.ctr.feature_map import FeatureMap
+from visctr.ctr.stats import compute_train_stats, pop_bucket_edges, read_user_ids
 from visctr.ctr.stream import ImpressionStream
-
-
-@pytest.mark.parametrize("ids", [np.array([5, 3, 9, 0]), np.array([10**12, -7, 42])])
-def test_id_index_matches_dict(ids):
-    idx = IdIndex(ids)
-    ref = {int(v): i for i, v in enumerate(ids)}
-    query = np.concatenate([ids, [1, 2, 10**13, -1]])
-    assert idx.rows(query).tolist() == [ref.get(int(q), -1) for q in query]
+from visctr.ctr.visual import load_embeddings
+from visctr.ids import IdIndex
 
 
 def test_pop_buckets_are_log2():
@@ -84,8 +72,12 @@ def test_feature_map_json_roundtrip(stats, tmp_path):
 
 
 def _collect(ds):
-    xs, ys = zip(*list(ds), strict=True)
-    return np.concatenate([x.numpy() for x in xs]), np.concatenate([y.numpy() for y in ys])
+    batches = list(ds)
+    assert all(isinstance(b, Batch) for b in batches)
+    return (
+        np.concatenate([b.packed.numpy() for b in batches]),
+        np.concatenate([b.labels.numpy() for b in batches]),
+    )
 
 
 def _sorted_rows(x):
@@ -96,7 +88,7 @@ def test_stream_covers_each_row_once_shuffled_and_reproducible(tiny_world, stats
     _, emb, st = stats
     fmap = st.feature_map
     path = tiny_world.impressions_path("train")
-    enc = Encoder(fmap, emb)
+    enc = BatchPacker(fmap, emb)
 
     def make(seed, part):
         return ImpressionStream(
@@ -128,7 +120,7 @@ def test_stream_shards_partition_the_rows(tiny_world, stats, monkeypatch, tmp_pa
     import pyarrow.parquet as pq
 
     _, emb, st = stats
-    enc = Encoder(st.feature_map, emb)
+    enc = BatchPacker(st.feature_map, emb)
     path = tiny_world.impressions_path("train")
     if row_group:
         path2 = tmp_path / "train.parquet"
@@ -154,7 +146,7 @@ def test_parts_read_only_the_row_groups_that_can_hold_them(tiny_world, stats, tm
     path = tmp_path / "train.parquet"
     pq.write_table(pq.read_table(tiny_world.impressions_path("train")), path, row_group_size=500)
     pf = pq.ParquetFile(path)
-    enc = Encoder(fmap, emb)
+    enc = BatchPacker(fmap, emb)
 
     def stream(part):
         return ImpressionStream(path, enc, 64, part=part, val_start=fmap.val_start, read_rows=300)
@@ -179,16 +171,36 @@ def test_encoding_fields_and_fixed_position(tiny_world, stats):
     logs = tiny_world.read_impressions("train")
     n = 50
     cols = {k: v[:n] for k, v in logs.items()}
-    x, y = Encoder(fmap, emb).encode(cols, tiny_world.impressions_path("train"))
-    xe, _ = Encoder(fmap, emb, fixed_position=0).encode(cols, tiny_world.impressions_path("train"))
+    path = tiny_world.impressions_path("train")
+    b = BatchPacker(fmap, emb).pack(cols, path)
+    be = BatchPacker(fmap, emb, fixed_position=0).pack(cols, path)
     names = [f.name for f in fmap.fields]
     f = len(names)
-    assert x.shape == (n, f + N_EXTRA) and np.array_equal(y, cols["clicked"])
+    assert b.packed.shape == (n, f + N_EXTRA) and np.array_equal(b.labels, cols["clicked"])
+    x, xe = b.sparse, be.sparse
+    assert x.shape == (n, f)
     off = {fs.name: fs.offset for fs in fmap.fields}
     assert np.array_equal(x[:, names.index("position")] - off["position"], cols["position"])
     assert (xe[:, names.index("position")] == off["position"]).all()
     assert np.array_equal(x[:, names.index("hour")] - off["hour"], (cols["timestamp"] // 3600) % 24)
-    item_rows = x[:, f + 1]
-    assert np.array_equal(np.asarray(fmap.item_ids)[item_rows], cols["item_id"])
-    assert np.array_equal(emb.query_ids.ids[x[:, f + 2]], cols["query_id"])
-    assert (x[:, :f] < fmap.total_vocab).all() and (x[:, :f] >= 0).all()
+    assert np.array_equal(np.asarray(fmap.item_ids)[b.item_row], cols["item_id"])
+    assert np.array_equal(emb.query_ids.ids[b.query_row], cols["query_id"])
+    cats = np.asarray(fmap.item_category)[b.item_row]
+    assert np.array_equal(b.category, cats)
+    assert np.array_equal(x[:, names.index("category")] - off["category"], cats)
+    user = x[:, names.index("user")] - off["user"]
+    assert np.array_equal(b.user_row, user)  # affinity row = user field index (0 = unknown)
+    assert (x < fmap.total_vocab).all() and (x >= 0).all()
+
+
+def test_batch_from_columns_reads_back_by_name():
+    rng = np.random.default_rng(0)
+    sparse = rng.integers(0, 100, (6, 3))
+    cols = [rng.integers(0, 50, 6) for _ in range(4)]
+    y = rng.random(6) < 0.5
+    b = Batch.from_columns(sparse, *cols, y)
+    assert isinstance(b.packed, torch.Tensor) and b.size == 6
+    assert np.array_equal(b.sparse.numpy(), sparse)
+    for got, want in zip((b.user_row, b.item_row, b.query_row, b.category), cols, strict=True):
+        assert np.array_equal(got.numpy(), want)
+    assert np.array_equal(b.labels.numpy(), y.astype(np.float32))

@@ -14,10 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, evaluate_ctr, predict_ctr, train_ctr
+from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, predict_ctr, train_ctr
 from visctr.ctr.cli import train_ctr_cmd
 from visctr.embeddings import read_embeddings, write_embeddings
 from visctr.errors import ConfigError, InputError
+from visctr.eval.ctr import evaluate_ctr
 from visctr.train import TrainerConfig
 from visctr.world import World
 
@@ -89,16 +90,21 @@ def test_compiled_training_gives_the_same_model_format(
 def test_compiled_module_pickles_after_compiling(tiny_world, tiny_embeddings):
     import pickle
 
-    from visctr.ctr.features import compute_train_stats, load_embeddings
-    from visctr.ctr.model import CTRModule, CTRNet
+    from visctr.ctr.batch import N_EXTRA, Batch
+    from visctr.ctr.model import build_ctr_net
+    from visctr.ctr.stats import compute_train_stats
+    from visctr.ctr.trainer import CTRModule
+    from visctr.ctr.visual import load_embeddings
 
     cfg = fast_cfg(compile=True)
     emb = load_embeddings(tiny_embeddings, tiny_world)
     stats = compute_train_stats(tiny_world, emb, cfg)
-    net = CTRNet(stats.feature_map, cfg, stats.affinity)
+    net = build_ctr_net(cfg, stats.feature_map, stats.affinity)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
-    module = CTRModule(net, cfg, None, seed=0)
-    x = torch.zeros(8, stats.feature_map.n_fields + 4, dtype=torch.long)
+    module = CTRModule(net, cfg, seed=0)
+    x = Batch(
+        torch.zeros(8, stats.feature_map.n_fields + N_EXTRA, dtype=torch.long), torch.zeros(8)
+    )
     torch.testing.assert_close(module._train_forward(x), net(x))  # compiled == eager
     assert module._compiled is not None
     clone = pickle.loads(pickle.dumps(module))  # e.g. ddp_spawn ships the module
@@ -125,7 +131,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(
 
 
 def test_random_exposure_by_category_matches_brute_force(plain_model, tiny_world, tiny_embeddings):
-    from visctr.ctr.training import random_exposure_by_category
+    from visctr.eval.ctr import random_exposure_by_category
     from visctr.eval.metrics import auc
 
     pred = predict_ctr(plain_model, tiny_world, tiny_embeddings, "random")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from visctr.encoders.data import CatalogImages, ClickPairs, EpochSampler, NegativePool, _lookup
+from visctr.encoders.data import CatalogImages, ClickPairs, EpochSampler, NegativePool
 from visctr.errors import InputError
 
 
@@ -40,9 +40,13 @@ def test_epoch_sampler_depends_on_seed_and_epoch_only():
     assert list(a) != list(b)
 
 
-def test_lookup_names_unknown_ids():
-    with pytest.raises(InputError, match="item_id 7 not found"):
-        _lookup(np.array([1, 2, 3]), np.array([10, 20, 30]), np.array([2, 7]), "x: item_id")
+def test_click_pairs_name_an_unknown_item(tiny_world, monkeypatch):
+    imp = tiny_world.read_impressions("train")
+    imp["item_id"] = imp["item_id"].copy()
+    imp["item_id"][np.flatnonzero(imp["clicked"] == 1)[0]] = 10**9
+    monkeypatch.setattr(type(tiny_world), "read_impressions", lambda self, split: imp)
+    with pytest.raises(InputError, match=r"train\.parquet: item_id 1000000000 not found"):
+        ClickPairs(tiny_world)
 
 
 def test_click_pairs_from_world(tiny_world):

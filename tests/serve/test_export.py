@@ -82,3 +82,31 @@ def test_build_index_matches_exact_on_easy_data():
     for kind in ("flat", "hnsw"):
         _, idx = build_index(x, IndexConfig(kind=kind)).search(x[:20], 1)
         assert (idx[:, 0] == np.arange(20)).mean() >= 0.95
+
+
+def test_export_with_debias_serves_and_indexes_the_same_transform(encoder_and_embeddings, tmp_path):
+    """``debias.ts`` (query side) is the function ``visctr evaluate --debias`` applies, and
+    the index holds the item vectors through it."""
+    import faiss
+
+    from visctr.ctr import debias_transform
+    from visctr.ctr.config import DebiasConfig
+    from visctr.ctr.debias import DebiasHead, export_debias
+    from visctr.embeddings import read_embeddings
+
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    torch.manual_seed(0)
+    head = DebiasHead(16, 8)
+    torch.nn.init.normal_(head.net.fc2.weight)
+    export_debias(head, DebiasConfig(hidden=8), 16, tmp_path / "debias.pt")
+    out = export_artifacts(
+        enc_path, emb_dir, tmp_path / "x", IndexConfig(kind="flat"), tmp_path / "debias.pt"
+    )
+    _, v = read_embeddings(emb_dir / "items.parquet")
+    want = debias_transform(tmp_path / "debias.pt")(v)
+    assert np.abs(want - v).max() > 1e-2  # the transform is not the identity
+    with torch.no_grad():
+        served = torch.jit.load(str(out / "debias.ts"))(torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(served, want, atol=1e-5)
+    index = faiss.read_index(str(out / "index.faiss"))
+    np.testing.assert_allclose(index.reconstruct_n(0, len(v)), want, atol=1e-6)

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from visctr.world import World
+from visctr.world.head_tail import head_mask
 from visctr.world.simulate import (
     click_probability,
-    head_mask,
     sample_targets,
     simulate_arrays,
     write_world,

@@ -1,15 +1,36 @@
-"""Ranking: the CTR model, the S3 debias network + gate, their training and evaluation.
+"""Ranking: the CTR model, the S3 debias network + gate, their training and inference.
 
 Public API::
 
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=None) -> Path
     predict_ctr(model_dir, world, embeddings, split) -> dict[str, np.ndarray]
-    evaluate_ctr(model_dir, world, embeddings) -> dict[str, float]
+    build_ctr_net(cfg, fmap, affinity, triplets=None) -> CTRNet   # cfg.arch from ARCHS
+    debias_transform(debias_path) -> DebiasTransform   # vectors -> debiased vectors
     apply_debias(debias_path, vectors) -> np.ndarray
+
+Evaluation lives one layer up, in ``visctr.eval`` (``visctr.eval.ctr.evaluate_ctr``,
+``visctr.eval.retrieval.evaluate_retrieval``); ctr imports only ``visctr.eval.metrics``.
+
+Modules, one job each: ``feature_map`` (the frozen feature encoding), ``visual`` (the
+embeddings a model reads), ``logs`` (reading impression files), ``stats`` (training-log
+statistics), ``batch`` (the ``Batch`` layout and its packer), ``stream`` (streaming,
+shuffled, sharded batches), ``model`` (networks and the ``ARCHS`` registry), ``debias``
+(S3), ``trainer`` (the Lightning loop), ``training`` (train/predict entry points).
 """
 
 from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import apply_debias
-from visctr.ctr.training import evaluate_ctr, predict_ctr, train_ctr
+from visctr.ctr.debias import DebiasTransform, apply_debias, debias_transform
+from visctr.ctr.model import ARCHS, build_ctr_net
+from visctr.ctr.training import predict_ctr, train_ctr
 
-__all__ = ["CTRConfig", "DebiasConfig", "apply_debias", "evaluate_ctr", "predict_ctr", "train_ctr"]
+__all__ = [
+    "ARCHS",
+    "CTRConfig",
+    "DebiasConfig",
+    "DebiasTransform",
+    "apply_debias",
+    "build_ctr_net",
+    "debias_transform",
+    "predict_ctr",
+    "train_ctr",
+]

@@ -72,7 +72,8 @@ def train_ctr_cmd(
 ) -> None:
     """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
     from visctr.config import from_dict, merge, read_yaml
-    from visctr.ctr import CTRConfig, evaluate_ctr, train_ctr
+    from visctr.ctr import CTRConfig, train_ctr
+    from visctr.eval.ctr import evaluate_ctr  # the CLI sits above eval; ctr itself does not
     from visctr.train import is_global_zero
     from visctr.world import World
 

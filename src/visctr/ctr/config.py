@@ -61,6 +61,7 @@ class CTRConfig:
     pop_buckets: int = 16  # log2-scale buckets of training impression counts
     affinity_smoothing: float = 5.0  # pseudo-clicks of the global category prior
     # model
+    arch: str = "dcnv2"  # the network: a key of visctr.ctr.model.ARCHS (an open registry)
     cross_layers: int = 1  # DCNv2 cross layers over [field embeddings, cos, affinity]
     cross_rank: int = 16  # low-rank W = U·V (0 = full rank)
     mlp: list[int] = field(default_factory=lambda: [256, 128])

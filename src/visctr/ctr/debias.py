@@ -6,9 +6,10 @@
 - ``Gate`` fuses the original and the debiased vector: ``g·v + (1−g)·d`` with
   ``g = sigmoid(Linear([v, d]))`` one gate per dimension.
 - Triplets (our choice; the paper gives only the outline): anchor = a head item (top
-  ``head_share`` of items by training impressions); positive = a tail item among its
-  ``k_neighbours`` nearest in S1 space; negative = a tail item far from it in S1 space:
-  by default (``negatives: farthest``) among its ``k_far`` farthest. Those are apart from
+  ``head_share`` of items by fit-part training impressions, the one head/tail rule of
+  ``visctr.world.head_tail``); positive = a tail item among its ``k_neighbours`` nearest
+  in S1 space; negative = a tail item far from it in S1 space: by default
+  (``negatives: farthest``) among its ``k_far`` farthest. Those are apart from
   the start, so on ``small`` the loss is ~5e-4 and the term teaches little.
   ``negatives: hard`` takes, among the tail items outside the anchor's ``neighbourhood``
   nearest in S1 space, the ``k_far`` nearest to it in the method's own space: the places
@@ -21,7 +22,10 @@
 - Retrieval uses the gated fusion by default (what the CTR model itself consumes); set
   ``debias.retrieval_vector: debiased`` to export ``d`` alone. ``debias.pt`` holds the
   DebiasNet and Gate weights plus that choice and is loadable with ``weights_only=True``;
-  ``apply_debias`` maps any embedding array with it.
+  ``DebiasTransform`` (or ``apply_debias``) maps any embedding array with it: retrieval
+  evaluation and serving apply the same function.
+- ``S3Debias`` is the head as part of the CTR network: it holds the mined triplets and
+  computes ``λ·L_triplet`` (``aux_loss``), so the trainer only adds what the net returns.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visctr.errors import InputError
+from visctr.world.head_tail import head_mask
 
 DEBIAS_FORMAT = 1
 
@@ -104,13 +109,36 @@ class Triplets:
         return anchors[a], torch.from_numpy(self.pos)[a, p], torch.from_numpy(self.neg)[a, q]
 
 
-def head_items(item_counts: np.ndarray, head_share: float) -> np.ndarray:
-    """Boolean mask of head items: top ``head_share`` by count, ties by row, count > 0."""
-    n_head = int(np.floor(head_share * item_counts.size))
-    order = np.lexsort((np.arange(item_counts.size), -item_counts))
-    head = np.zeros(item_counts.size, dtype=bool)
-    head[order[:n_head]] = True
-    return head & (item_counts > 0)
+class S3Debias(DebiasHead):
+    """The S3 part of a CTR network: the debias head, its mined triplets and their loss.
+
+    A ``DebiasHead`` (same weights, same state-dict keys, exported the same way) that
+    also owns ``λ·L_triplet``: the CTR trainer adds :meth:`aux_loss` to the click loss and
+    needs to know nothing about triplets. ``triplets=None`` (a loaded model): no loss.
+    """
+
+    def __init__(self, dim: int, cfg, triplets: Triplets | None = None):
+        super().__init__(dim, cfg.hidden)
+        self.triplets = triplets
+        self.weight = cfg.weight
+        self.margin = cfg.margin
+        self.per_step = cfg.triplets_per_step
+
+    def aux_loss(
+        self, item_vectors: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``(λ·L_triplet, {"triplet_loss": L_triplet})`` on ``per_step`` sampled triplets.
+
+        The triplet loss is taken on the DebiasNet output of the rows of ``item_vectors``
+        (the method's item vectors), so the debiased space learns the S1 neighbourhoods.
+        """
+        if self.triplets is None:
+            return None, {}
+        k = self.per_step
+        a, p, n = (t.to(item_vectors.device) for t in self.triplets.sample(k, generator))
+        d = self.net(torch.cat([item_vectors[a], item_vectors[p], item_vectors[n]]))
+        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin)
+        return self.weight * trip, {"triplet_loss": trip}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -164,7 +192,7 @@ def mine_triplets(
     """
     import faiss
 
-    is_head = head_items(item_counts, cfg.head_share)
+    is_head = head_mask(item_counts, cfg.head_share)
     head, tail = is_head & usable, ~is_head & usable
     anchors, tails = np.flatnonzero(head), np.flatnonzero(tail)
     if anchors.size == 0 or tails.size < 2:
@@ -216,26 +244,62 @@ def load_debias(path: Path) -> tuple[DebiasHead, str]:
     return head, str(blob["retrieval_vector"])
 
 
+class DebiasServing(nn.Module):
+    """The vector retrieval uses, as one module: the gated fusion ``head(v)`` or the
+    debiased vector ``head.net(v)`` alone, L2-normalised (traceable for serving)."""
+
+    def __init__(self, head: DebiasHead, mode: str) -> None:
+        super().__init__()
+        if mode not in ("gated", "debiased"):
+            raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
+        self.head = head
+        self.gated = mode == "gated"
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        y = self.head(v) if self.gated else self.head.net(v)
+        return F.normalize(y, dim=-1)
+
+
+class DebiasTransform:
+    """An exported ``debias.pt`` as a function on embedding arrays ``[n, D] → [n, D]``.
+
+    What ``visctr.eval.retrieval.evaluate_retrieval`` takes as its ``transform`` and what
+    serving applies to the item vectors: L2-normalised float32 vectors, the gated fusion
+    (default, what the CTR model uses) or the debiased vector alone, as chosen at training
+    (``mode`` overrides). The file is read once.
+    """
+
+    def __init__(self, path: Path, mode: str | None = None, batch_size: int = 65_536):
+        self.path = Path(path)
+        head, saved_mode = load_debias(self.path)
+        self.mode = mode or saved_mode
+        self.module = DebiasServing(head, self.mode).eval()
+        self.dim = head.gate.proj.out_features
+        self.batch_size = batch_size
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.ndim != 2 or v.shape[1] != self.dim:
+            raise InputError(
+                f"{self.path}: expects vectors of width {self.dim}, got shape {v.shape}"
+            )
+        out = np.empty_like(v)
+        bs = self.batch_size
+        with torch.no_grad():
+            for s in range(0, v.shape[0], bs):
+                x = torch.from_numpy(np.ascontiguousarray(v[s : s + bs]))
+                out[s : s + bs] = self.module(x).numpy()
+        return out
+
+
+def debias_transform(path: Path, mode: str | None = None) -> DebiasTransform:
+    """The retrieval transform of a trained S3 model's ``debias.pt`` (see ``DebiasTransform``)."""
+    return DebiasTransform(path, mode)
+
+
 def apply_debias(
     debias_path: Path, vectors: np.ndarray, batch_size: int = 65_536, mode: str | None = None
 ) -> np.ndarray:
-    """Map an embedding array ``[n, D]`` through the exported debias head.
-
-    Returns L2-normalised float32 vectors: the gated fusion (default, what the CTR model
-    uses) or the debiased vector alone, as chosen at training (``mode`` overrides).
-    """
-    head, saved_mode = load_debias(Path(debias_path))
-    mode = mode or saved_mode
-    if mode not in ("gated", "debiased"):
-        raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
-    v = np.asarray(vectors, dtype=np.float32)
-    dim = head.gate.proj.out_features
-    if v.ndim != 2 or v.shape[1] != dim:
-        raise InputError(f"{debias_path}: expects vectors of width {dim}, got shape {v.shape}")
-    out = np.empty_like(v)
-    with torch.no_grad():
-        for s in range(0, v.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(v[s : s + batch_size]))
-            y = head(x) if mode == "gated" else head.net(x)
-            out[s : s + batch_size] = F.normalize(y, dim=-1).numpy()
-    return out
+    """Map an embedding array ``[n, D]`` through the exported debias head (one call of
+    ``DebiasTransform``)."""
+    return DebiasTransform(debias_path, mode, batch_size)(vectors)

@@ -1,6 +1,7 @@
-"""The CTR model: fused field embeddings + dense visual features -> DCNv2 cross ‖ deep MLP.
+"""CTR networks: the ``dcnv2`` architecture (fused field embeddings + dense visual features
+-> DCNv2 cross ‖ deep MLP) and the open registry ``ARCHS`` behind ``ctr.arch``.
 
-Input per impression (see ``features``): one packed int64 row. The network
+Input per impression: a ``Batch`` (see ``batch``), read by field name. The network
 
 1. looks up all sparse fields in **one** embedding table (fields at fixed offsets, one
    ``index_select`` for the whole batch, no per-field Python loop);
@@ -20,30 +21,32 @@ that needs one — the visual columns come from frozen tables, and skipping thei
 gradient removes about an eighth of the step's matmul work. With the debias head on,
 the visual block needs its gradient and gets it.
 
-``CTRConfig.compile`` runs the network through ``torch.compile`` during training (see
-``CTRModule``); the saved weights are the same either way.
+A network owns its auxiliary loss: ``aux_loss(batch, generator)`` returns the term the
+trainer adds to the click loss (S3's ``λ·L_triplet`` here, through ``S3Debias``) and its
+parts for logging, so the trainer (``trainer.CTRModule``) knows nothing of S3.
 
-``CTRModule`` is the Lightning wrapper: BCE (+ λ·triplet loss when debiasing), manual
-optimisation (one optimiser step per batch, no closure), validation AUC per epoch for
-early stopping, best weights kept in memory (and in Lightning checkpoints for resume).
+An architecture is a config choice: ``ctr.arch`` names an entry of ``ARCHS``, a factory
+``(fmap, cfg, affinity, triplets) -> network``; add one with ``ARCHS["name"] = Factory``.
+A network provides what ``CTRNet`` does: ``forward(batch) -> logits [B]``,
+``aux_loss``, ``aux_parts``, ``set_visual_tables(items, queries)`` and ``debias`` (the
+S3 head exported as ``debias.pt``, or ``None``).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import time
+from collections.abc import Callable
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import DebiasHead, Triplets, triplet_loss
-from visctr.ctr.features import FeatureMap
-from visctr.eval.metrics import auc, logloss
+from visctr.ctr.debias import S3Debias, Triplets
+from visctr.ctr.feature_map import FeatureMap
+from visctr.errors import ConfigError
 
 
 class CrossLayer(nn.Module):
@@ -89,10 +92,22 @@ def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
 
 
 class CTRNet(nn.Module):
-    """Plain PyTorch CTR network over packed index rows; visual tables set per run."""
+    """The ``dcnv2`` network over ``Batch``es; visual tables set per run (not saved).
 
-    def __init__(self, fmap: FeatureMap, cfg: CTRConfig, affinity: np.ndarray | torch.Tensor):
+    ``triplets``: the S3 triplets mined for this run (``cfg.debias.enabled``); they give
+    the debias head its training loss. ``None`` for inference, or without debiasing.
+    """
+
+    def __init__(
+        self,
+        fmap: FeatureMap,
+        cfg: CTRConfig,
+        affinity: np.ndarray | torch.Tensor,
+        triplets: Triplets | None = None,
+    ):
         super().__init__()
+        if triplets is not None and not cfg.debias.enabled:
+            raise ValueError("triplets given but cfg.debias.enabled is off")
         self.n_fields = fmap.n_fields
         self.field_dim = cfg.field_dim
         dim = fmap.visual_dim
@@ -102,7 +117,7 @@ class CTRNet(nn.Module):
         self.register_buffer("user_affinity", torch.as_tensor(affinity, dtype=torch.float32))
         self.register_buffer("item_vectors", torch.zeros(0, dim), persistent=False)
         self.register_buffer("query_vectors", torch.zeros(0, dim), persistent=False)
-        self.debias = DebiasHead(dim, cfg.debias.hidden) if cfg.debias.enabled else None
+        self.debias = S3Debias(dim, cfg.debias, triplets) if cfg.debias.enabled else None
         self.d_sparse = self.n_fields * cfg.field_dim
         self.d_cross = self.d_sparse + 2 + fmap.n_categories
         self.d_in = self.d_cross + 2 * dim
@@ -120,7 +135,7 @@ class CTRNet(nn.Module):
         self.item_vectors = torch.as_tensor(items, dtype=torch.float32)
         self.query_vectors = torch.as_tensor(queries, dtype=torch.float32)
 
-    def inputs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """The two input blocks of a batch: field embeddings ``e`` and the features ``f``.
 
         ``f = [cos, affinity[cat], affinity, √D·q, √D·i]``. ``x = [e, f]`` feeds the MLP
@@ -128,24 +143,22 @@ class CTRNet(nn.Module):
         explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
         of the step).
         """
-        f = self.n_fields
-        b = idx.shape[0]
-        emb = self.embedding(idx[:, :f]).reshape(b, f * self.field_dim)
-        user, item, query, cat = idx[:, f], idx[:, f + 1], idx[:, f + 2], idx[:, f + 3]
-        iv = self.item_vectors.index_select(0, item)
-        qv = self.query_vectors.index_select(0, query)
+        b = batch.packed.shape[0]
+        emb = self.embedding(batch.sparse).reshape(b, self.n_fields * self.field_dim)
+        iv = self.item_vectors.index_select(0, batch.item_row)
+        qv = self.query_vectors.index_select(0, batch.query_row)
         if self.debias is not None:
             both = F.normalize(self.debias(torch.cat([qv, iv])), dim=-1)
             qv, iv = both[:b], both[b:]
         cos = (qv * iv).sum(-1, keepdim=True)
-        aff = self.user_affinity.index_select(0, user)
-        aff_item = aff.gather(1, cat.unsqueeze(1))
+        aff = self.user_affinity.index_select(0, batch.user_row)
+        aff_item = aff.gather(1, batch.category.unsqueeze(1))
         s = self.visual_scale
         return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B]``."""
-        emb, feats = self.inputs(idx)
+        emb, feats = self.inputs(batch)
         out = self.deep_out(self.deep(self.deep_in(emb, feats)))
         if self.cross:
             x0 = torch.cat([emb, feats[:, : self.d_cross - self.d_sparse]], dim=1)
@@ -155,134 +168,45 @@ class CTRNet(nn.Module):
             out = out + self.cross_out(xl)
         return out.squeeze(1)
 
+    @property
+    def aux_parts(self) -> tuple[str, ...]:
+        """Names of the parts ``aux_loss`` reports (the trainer logs their epoch means)."""
+        has_triplets = self.debias is not None and self.debias.triplets is not None
+        return ("triplet_loss",) if has_triplets else ()
 
-class CTRModule(L.LightningModule):
-    """Training loop glue: loss, optimiser, validation AUC, best-weights tracking, history."""
+    def aux_loss(
+        self, batch: Batch, generator: torch.Generator
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The term added to the click loss of ``batch`` (``None``: nothing to add) and its
+        unweighted parts by name. Here S3's ``λ·L_triplet`` on triplets drawn with
+        ``generator``; it does not depend on the batch."""
+        if self.debias is None:
+            return None, {}
+        return self.debias.aux_loss(self.item_vectors, generator)
 
-    def __init__(self, net: CTRNet, cfg: CTRConfig, triplets: Triplets | None, seed: int):
-        super().__init__()
-        self.net = net
-        self.cfg = cfg
-        self.triplets = triplets
-        self.automatic_optimization = False
-        self._gen = torch.Generator().manual_seed(seed)
-        self._compiled = None  # built on first use; never pickled or deep-copied
-        self.best_auc = -math.inf
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.history: list[dict] = []
-        self._reset_epoch()
 
-    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The training forward: ``self.net``, through ``torch.compile`` when configured.
+# (fmap, cfg, affinity, triplets) -> a network with CTRNet's interface
+CTRNetFactory = Callable[..., nn.Module]
+ARCHS: dict[str, CTRNetFactory] = {"dcnv2": CTRNet}  # open: add entries to offer more
 
-        The compiled function is a plain attribute (not a submodule), so state_dict keys
-        and checkpoints are the same either way; validation and inference stay eager.
-        """
-        if not self.cfg.compile:
-            return self.net(x)
-        if self._compiled is None:
-            self._compiled = torch.compile(self.net.forward)
-        return self._compiled(x)
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        return {**state, "_compiled": None}  # a compiled closure is bound to this process
+def arch_factory(name: str) -> CTRNetFactory:
+    """The registered factory of ``ctr.arch`` ``name``; a ``ConfigError`` listing the known
+    ones otherwise."""
+    try:
+        return ARCHS[name]
+    except KeyError:
+        raise ConfigError(
+            f"ctr.arch: unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))}"
+        ) from None
 
-    def _reset_epoch(self) -> None:
-        self._loss_sum = torch.zeros(())
-        self._trip_sum = torch.zeros(())
-        self._steps = 0
-        self._t0 = time.perf_counter()
-        self._val_p: list[torch.Tensor] = []
-        self._val_y: list[torch.Tensor] = []
 
-    def configure_optimizers(self):
-        fused = self.device.type in ("cpu", "cuda") or None  # one kernel per step, not ~10
-        return torch.optim.Adam(
-            self.net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=fused
-        )
-
-    def on_train_epoch_start(self) -> None:
-        self._reset_epoch()
-
-    def training_step(self, batch, batch_idx):
-        """One optimiser step per ``(x, y)`` pair; ``batch`` is a list of pairs (``Grouped``)."""
-        pairs = [batch] if isinstance(batch, tuple) else batch
-        opt = self.optimizers()
-        for x, y in pairs:
-            loss = F.binary_cross_entropy_with_logits(self._train_forward(x), y)
-            total = loss
-            if self.triplets is not None and self.net.debias is not None:
-                k = self.cfg.debias.triplets_per_step
-                a, p, n = (t.to(x.device) for t in self.triplets.sample(k, self._gen))
-                iv = self.net.item_vectors
-                d = self.net.debias.net(torch.cat([iv[a], iv[p], iv[n]]))
-                trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.cfg.debias.margin)
-                total = loss + self.cfg.debias.weight * trip
-                self._trip_sum += trip.detach().cpu()
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(total)
-            opt.step()
-            self._loss_sum += loss.detach().cpu()
-            self._steps += 1
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self._val_p.append(torch.sigmoid(self.net(x)).float().cpu())
-        self._val_y.append(y.cpu())
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_p:
-            return
-        p = torch.cat(self._val_p).numpy()
-        y = torch.cat(self._val_y).numpy()
-        self._val_p, self._val_y = [], []
-        val_auc, val_ll = auc(y, p), logloss(y, p)
-        # under DDP every rank scores the same validation rows, so val_auc is the same on all
-        self.log("val_auc", val_auc, prog_bar=True, sync_dist=True)
-        if self.trainer.sanity_checking:
-            return
-        steps = max(self._steps, 1)
-        self.history.append(
-            {
-                "epoch": self.current_epoch,
-                "train_loss": float(self._loss_sum) / steps,
-                "triplet_loss": float(self._trip_sum) / steps
-                if self.triplets is not None
-                else None,
-                "val_auc": val_auc,
-                "val_logloss": val_ll,
-                "steps": self._steps,
-                "seconds": round(time.perf_counter() - self._t0, 3),
-            }
-        )
-        if val_auc > self.best_auc:
-            self.best_auc = val_auc
-            self.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-            )
-
-    def on_train_epoch_end(self) -> None:
-        if self.trainer.val_dataloaders is None or not self.trainer.enable_validation:
-            steps = max(self._steps, 1)
-            self.history.append(
-                {
-                    "epoch": self.current_epoch,
-                    "train_loss": float(self._loss_sum) / steps,
-                    "steps": self._steps,
-                    "seconds": round(time.perf_counter() - self._t0, 3),
-                }
-            )
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["visctr_best"] = {
-            "auc": self.best_auc,
-            "state": self.best_state,
-            "history": self.history,
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        best = checkpoint.get("visctr_best") or {}
-        self.best_auc = best.get("auc", -math.inf)
-        self.best_state = best.get("state")
-        self.history = list(best.get("history", []))
+def build_ctr_net(
+    cfg: CTRConfig,
+    fmap: FeatureMap,
+    affinity: np.ndarray | torch.Tensor,
+    triplets: Triplets | None = None,
+) -> CTRNet:
+    """The CTR network ``cfg.arch`` for this feature map (weights freshly initialised from
+    torch's global RNG); ``triplets`` give the S3 head its loss when debiasing."""
+    return arch_factory(cfg.arch)(fmap, cfg, affinity, triplets)

@@ -1,4 +1,4 @@
-"""Streaming impressions: Parquet record batches -> shuffled packed index tensors.
+"""Streaming impressions: Parquet record batches -> shuffled ``Batch``es of packed indices.
 
 Memory is bounded by ``shuffle_buffer + read_rows`` rows whatever the log size: the file
 is read batch by batch (``ParquetFile.iter_batches``), each batch is encoded at once to
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from visctr.ctr.features import LOG_COLUMNS, Encoder, log_columns, open_log
+from visctr.ctr.batch import Batch, BatchPacker
+from visctr.ctr.logs import LOG_COLUMNS, log_columns, open_log
 
 Part = Literal["all", "fit", "val"]
 
@@ -37,7 +38,7 @@ def _shard() -> tuple[int, int]:
 
 
 class ImpressionStream(IterableDataset):
-    """Yields ``(index [B, F+4] int64, labels [B] float32)`` batches from one impressions file.
+    """Yields ``Batch``es (packed int64 indices, float32 labels) from one impressions file.
 
     ``part`` selects the fit part (timestamp < ``val_start``), the validation part, or all.
     With ``shuffle`` the order changes every epoch (seed + epoch), reproducibly.
@@ -46,7 +47,7 @@ class ImpressionStream(IterableDataset):
     def __init__(
         self,
         path: Path,
-        encoder: Encoder,
+        packer: BatchPacker,
         batch_size: int,
         part: Part = "all",
         val_start: int | None = None,
@@ -59,7 +60,7 @@ class ImpressionStream(IterableDataset):
     ):
         super().__init__()
         self.path = Path(path)
-        self.encoder = encoder
+        self.packer = packer
         self.batch_size = batch_size
         self.part = part
         self.val_start = val_start
@@ -129,7 +130,7 @@ class ImpressionStream(IterableDataset):
             if cols["item_id"].size:
                 yield cols
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         self.epoch += 1
         n_shards = self._reader()[1]
@@ -148,15 +149,13 @@ class ImpressionStream(IterableDataset):
             if emitted == before:
                 raise RuntimeError(f"{self.path}: this reader's shard is empty")
 
-    def _one_pass(
-        self, rng: np.random.Generator | None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _one_pass(self, rng: np.random.Generator | None) -> Iterator[Batch]:
         bs = self.batch_size
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []
         held = 0
         for cols in self._batches(rng):
-            x, y = self.encoder.encode(cols, self.path)
+            x, y = self.packer.pack(cols, self.path)
             if rng is None:  # in order: emit as we go
                 buf_x.append(x)
                 buf_y.append(y)
@@ -165,7 +164,7 @@ class ImpressionStream(IterableDataset):
                     xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
                     n = (held // bs) * bs
                     for s in range(0, n, bs):
-                        yield torch.from_numpy(xs[s : s + bs]), torch.from_numpy(ys[s : s + bs])
+                        yield Batch.from_numpy(xs[s : s + bs], ys[s : s + bs])
                     buf_x, buf_y, held = [xs[n:]], [ys[n:]], held - n
                 continue
             buf_x.append(x)
@@ -177,7 +176,7 @@ class ImpressionStream(IterableDataset):
                 n = (held // 2 // bs) * bs or (held // bs) * bs  # keep half to mix with next
                 for s in range(0, n, bs):
                     idx = perm[s : s + bs]
-                    yield torch.from_numpy(xs[idx]), torch.from_numpy(ys[idx])
+                    yield Batch.from_numpy(xs[idx], ys[idx])
                 rest = perm[n:]
                 buf_x, buf_y, held = [xs[rest]], [ys[rest]], rest.size
         if held:
@@ -186,7 +185,7 @@ class ImpressionStream(IterableDataset):
                 perm = rng.permutation(held)
                 xs, ys = xs[perm], ys[perm]
             for s in range(0, held, bs):
-                yield torch.from_numpy(xs[s : s + bs]), torch.from_numpy(ys[s : s + bs])
+                yield Batch.from_numpy(xs[s : s + bs], ys[s : s + bs])
 
 
 class Grouped(IterableDataset):
@@ -201,8 +200,8 @@ class Grouped(IterableDataset):
         self.dataset = dataset
         self.k = max(1, k)
 
-    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
-        group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    def __iter__(self) -> Iterator[list[Batch]]:
+        group: list[Batch] = []
         for batch in self.dataset:
             group.append(batch)
             if len(group) == self.k:

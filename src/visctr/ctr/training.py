@@ -1,4 +1,6 @@
-"""Train, predict and evaluate one CTR model (one per method) from a world + embeddings.
+"""Train one CTR model (one per method) from a world + embeddings, and predict with it.
+
+Evaluation (metrics over the test and random-exposure splits) is ``visctr.eval.ctr``.
 
 Artifacts in ``out_dir`` (each written atomically; ``done.json`` last, so a directory
 without it is incomplete): ``model.pt`` (weights + config, ``weights_only``-loadable),
@@ -22,19 +24,16 @@ import numpy as np
 import torch
 
 from visctr.config import config_hash, from_dict, to_dict
+from visctr.ctr.batch import BatchPacker
 from visctr.ctr.config import CTRConfig
 from visctr.ctr.debias import export_debias, mine_triplets
-from visctr.ctr.features import (
-    Encoder,
-    FeatureMap,
-    IdIndex,
-    compute_train_stats,
-    load_embeddings,
-)
-from visctr.ctr.model import CTRModule, CTRNet
+from visctr.ctr.feature_map import FeatureMap
+from visctr.ctr.model import CTRNet, arch_factory, build_ctr_net
+from visctr.ctr.stats import compute_train_stats
 from visctr.ctr.stream import Grouped, ImpressionStream
+from visctr.ctr.trainer import CTRModule
+from visctr.ctr.visual import load_embeddings
 from visctr.errors import ConfigError, InputError
-from visctr.eval.metrics import auc, ctr_metrics
 from visctr.io import load_torch, save_torch, write_json
 from visctr.world.store import World
 
@@ -98,6 +97,7 @@ def train_ctr(
             "debiasing needs the S1 reference embeddings: pass --reference DIR "
             "(or reference=...) or turn debias off"
         )
+    arch_factory(cfg.arch)  # an unknown architecture fails before any work
     key = _run_key(world, embeddings, cfg, seed, reference)
     if is_done(out_dir, key):
         return out_dir
@@ -138,13 +138,13 @@ def train_ctr(
     write_json({"config_hash": key, "seed": seed}, run_file)
 
     L.seed_everything(seed, workers=True, verbose=False)
-    net = CTRNet(fmap, cfg, stats.affinity)
+    net = build_ctr_net(cfg, fmap, stats.affinity, triplets)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
-    module = CTRModule(net, cfg, triplets, seed)
+    module = CTRModule(net, cfg, seed)
     train_path = world.impressions_path("train")
     fit_ds = ImpressionStream(
         train_path,
-        Encoder(fmap, emb),
+        BatchPacker(fmap, emb),
         cfg.batch_size,
         part="fit",
         val_start=fmap.val_start,
@@ -159,7 +159,7 @@ def train_ctr(
     if stats.n_val > 0:
         val_ds = ImpressionStream(
             train_path,
-            Encoder(fmap, emb, fixed_position=0),
+            BatchPacker(fmap, emb, fixed_position=0),
             PREDICT_BATCH,
             part="val",
             val_start=fmap.val_start,
@@ -215,8 +215,8 @@ def train_ctr(
     return out_dir
 
 
-def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet, Encoder]:
-    """The trained network (visual tables from ``embeddings``) and its eval-time encoder."""
+def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet, BatchPacker]:
+    """The trained network (visual tables from ``embeddings``) and its eval-time packer."""
     model_dir = Path(model_dir)
     if not (model_dir / "done.json").is_file():
         raise InputError(
@@ -233,12 +233,12 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
         )
     cfg = from_dict(CTRConfig, blob["config"])
     emb = load_embeddings(Path(embeddings), world)
-    enc = Encoder(fmap, emb, fixed_position=0)
-    net = CTRNet(fmap, cfg, blob["state_dict"]["user_affinity"])
+    packer = BatchPacker(fmap, emb, fixed_position=0)
+    net = build_ctr_net(cfg, fmap, blob["state_dict"]["user_affinity"])
     net.load_state_dict(blob["state_dict"])
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
     net.eval()
-    return net, enc
+    return net, packer
 
 
 def predict_ctr(
@@ -249,16 +249,15 @@ def predict_ctr(
     Returns ``labels`` (int8), ``probs`` (float32), ``query_id``, ``item_id`` (int64), in
     file order.
     """
-    net, enc = load_model(model_dir, world, embeddings)
-    ds = ImpressionStream(world.impressions_path(split), enc, PREDICT_BATCH)
-    n_f = len(enc.names)
+    net, packer = load_model(model_dir, world, embeddings)
+    ds = ImpressionStream(world.impressions_path(split), packer, PREDICT_BATCH)
     probs, labels, items, queries = [], [], [], []
     with torch.inference_mode():
-        for x, y in ds:
-            probs.append(torch.sigmoid(net(x)).numpy())
-            labels.append(y.numpy().astype(np.int8))
-            items.append(x[:, n_f + 1].numpy())
-            queries.append(x[:, n_f + 2].numpy())
+        for batch in ds:
+            probs.append(torch.sigmoid(net(batch)).numpy())
+            labels.append(batch.labels.numpy().astype(np.int8))
+            items.append(batch.item_row.numpy())
+            queries.append(batch.query_row.numpy())
     if not probs:
         raise InputError(f"{world.impressions_path(split)}: the {split!r} split is empty")
     item_rows = np.concatenate(items)
@@ -266,61 +265,6 @@ def predict_ctr(
     return {
         "labels": np.concatenate(labels),
         "probs": np.concatenate(probs).astype(np.float32),
-        "query_id": enc.emb.query_ids.ids[query_rows],
-        "item_id": enc.items.ids[item_rows],
+        "query_id": packer.emb.query_ids.ids[query_rows],
+        "item_id": packer.items.ids[item_rows],
     }
-
-
-def random_exposure_by_category(world: World, pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """Random-exposure AUC split by whether the shown item has the query target's category.
-
-    ``pred``: ``predict_ctr`` output for the ``random`` split. The target is the
-    simulator's hidden ground truth (``queries.target_item_id``), used here for analysis
-    only. With items drawn uniformly, same-category pairs are few but take most clicks,
-    so the overall AUC mostly measures telling categories apart; the same-category AUC
-    is where fine-grained likeness decides. Also returns those pairs' share of
-    impressions and of clicks.
-    """
-    items = IdIndex(world.items["item_id"])
-    cats = np.asarray(world.items["category"], dtype=np.int64)
-    qidx = IdIndex(world.queries["query_id"])
-    targets = np.asarray(world.queries["target_item_id"], dtype=np.int64)
-    target_cat = cats[items.rows(targets[qidx.rows(pred["query_id"])])]
-    same = cats[items.rows(pred["item_id"])] == target_cat
-    y, p = pred["labels"], pred["probs"]
-    clicks = max(int(y.sum()), 1)
-    return {
-        "auc_random_same_category": auc(y[same], p[same]) if same.any() else float("nan"),
-        "auc_random_other_category": auc(y[~same], p[~same]) if (~same).any() else float("nan"),
-        "random_same_category_share": float(same.mean()),
-        "random_same_category_click_share": float(y[same].sum() / clicks),
-    }
-
-
-def evaluate_ctr(
-    model_dir: Path, world: World, embeddings: Path, by_category: bool = False
-) -> dict[str, float]:
-    """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
-
-    ``by_category`` adds ``random_exposure_by_category``'s four figures.
-
-    ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
-    Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
-    so ``logloss`` on logged data reflects top-slot CTR (it over-predicts lower slots);
-    AUC and gAUC compare relevance and are unaffected by that calibration offset.
-    """
-    test = predict_ctr(model_dir, world, embeddings, "test")
-    head_ids = np.asarray(world.items["item_id"])[np.asarray(world.items["is_head"], dtype=bool)]
-    is_tail = ~np.isin(test["item_id"], head_ids)
-    m = ctr_metrics(test["labels"], test["probs"], test["query_id"], is_tail)
-    rnd = predict_ctr(model_dir, world, embeddings, "random")
-    out = {
-        "auc": m["auc"],
-        "logloss": m["logloss"],
-        "gauc": m["gauc"],
-        "auc_random_exposure": auc(rnd["labels"], rnd["probs"]),
-        "auc_tail": m["auc_tail"],
-    }
-    if by_category:
-        out.update(random_exposure_by_category(world, rnd))
-    return out

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from visctr.errors import InputError
+from visctr.ids import IdIndex
 from visctr.world.store import World
 
 IN_MEMORY_LIMIT = 2 * 2**30  # image stores below this size are read into RAM once
@@ -95,18 +96,13 @@ class ClickPairs(Dataset):
         path = world.impressions_path("train")
         if len(self.query_ids) == 0:
             raise InputError(f"{path}: no clicks in the training impressions; S2 needs clicks")
-        self.query_rows = _lookup(
-            world.queries["query_id"],
-            world.queries["image_row"],
-            self.query_ids,
-            f"{path}: query_id",
-        )
-        self.item_rows = _lookup(
-            world.items["item_id"], world.items["image_row"], self.item_ids, f"{path}: item_id"
-        )
-        self.item_cats = _lookup(
-            world.items["item_id"], world.items["category"], self.item_ids, f"{path}: item_id"
-        ).astype(np.int64)
+        queries = IdIndex(world.queries["query_id"])
+        q = queries.rows(self.query_ids, strict=True, what="query_id", path=path)
+        self.query_rows = world.queries["image_row"][q]
+        items = IdIndex(world.items["item_id"])
+        i = items.rows(self.item_ids, strict=True, what="item_id", path=path)
+        self.item_rows = world.items["image_row"][i]
+        self.item_cats = world.items["category"][i].astype(np.int64)
         self.query_images = materialise(world.query_images)
         self.item_images = materialise(world.item_images)
 
@@ -133,19 +129,6 @@ class ClickPairs(Dataset):
             "item_id": torch.from_numpy(self.item_ids[idx]),
             "category": torch.from_numpy(self.item_cats[idx]),
         }
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, where: str) -> np.ndarray:
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
-    pos = np.searchsorted(sk, wanted)
-    pos_c = np.minimum(pos, len(sk) - 1)
-    bad = (pos >= len(sk)) | (sk[pos_c] != wanted)
-    if bad.any():
-        raise InputError(
-            f"{where} {int(wanted[np.argmax(bad)])} not found ({int(bad.sum())} unknown ids)"
-        )
-    return values[order[pos_c]]
 
 
 def make_loader(

@@ -2,7 +2,7 @@
 
 Writes ``items.parquet`` (``item_id`` int64, ``vector`` fixed_size_list<float32>[D]) and
 ``queries.parquet`` (``query_id`` int64, ``vector``), L2-normalised, streamed in row
-groups and renamed into place atomically. A plain ``inference_mode`` loop, no Lightning.
+groups and renamed into place atomically (``visctr.embeddings.write_embeddings``). A plain ``inference_mode`` loop, no Lightning.
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from visctr.embeddings import ROW_GROUP, write_embeddings
 from visctr.encoders.backbones import Encoder
 from visctr.encoders.checkpoint import load_encoder
 from visctr.errors import InputError
-from visctr.io import atomic_path
 from visctr.world.store import World
-
-ROW_GROUP = 65_536
 
 
 def _device(device: str) -> torch.device:
@@ -43,35 +41,12 @@ def embed_images(
         yield out.numpy()
 
 
-def _write_vectors(path: Path, id_name: str, ids: np.ndarray, chunks) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    writer = None
-    start = 0
-    with atomic_path(path) as tmp:
-        try:
-            for vec in chunks:
-                d = vec.shape[1]
-                if not np.isfinite(vec).all():
-                    raise InputError(f"{path}: the encoder produced non-finite embeddings")
-                vectors = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), d)
-                table = pa.table(
-                    {
-                        id_name: pa.array(ids[start : start + len(vec)], pa.int64()),
-                        "vector": vectors,
-                    }
-                )
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table, row_group_size=ROW_GROUP)
-                start += len(vec)
-            if writer is None:  # no rows: still a valid, empty file
-                schema = pa.schema([(id_name, pa.int64()), ("vector", pa.list_(pa.float32(), 1))])
-                pq.write_table(schema.empty_table(), tmp)
-        finally:
-            if writer is not None:
-                writer.close()
+def _finite(chunks, path: Path):
+    """Pass ``chunks`` through, raising on the first non-finite embedding."""
+    for vec in chunks:
+        if not np.isfinite(vec).all():
+            raise InputError(f"{path}: the encoder produced non-finite embeddings")
+        yield vec
 
 
 def embed(
@@ -96,16 +71,10 @@ def embed(
     out_dir.mkdir(parents=True, exist_ok=True)
     items_path, queries_path = out_dir / "items.parquet", out_dir / "queries.parquet"
     items, queries = world.items, world.queries
-    _write_vectors(
-        items_path,
-        "item_id",
-        items["item_id"],
-        embed_images(encoder, world.item_images, items["image_row"], batch_size, dev),
-    )
-    _write_vectors(
-        queries_path,
-        "query_id",
-        queries["query_id"],
-        embed_images(encoder, world.query_images, queries["image_row"], batch_size, dev),
+    item_vecs = embed_images(encoder, world.item_images, items["image_row"], batch_size, dev)
+    write_embeddings(items["item_id"], _finite(item_vecs, items_path), items_path, "item_id")
+    query_vecs = embed_images(encoder, world.query_images, queries["image_row"], batch_size, dev)
+    write_embeddings(
+        queries["query_id"], _finite(query_vecs, queries_path), queries_path, "query_id"
     )
     return items_path, queries_path

@@ -265,12 +265,14 @@ def ctr_scorer(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``score(candidates [Q, N] item rows) -> logits [Q, N]`` of a trained CTR model for the
     traffic's (user, query photo, time) with each candidate at the top slot."""
-    from visctr.ctr.features import Embeddings, Encoder, IdIndex
+    from visctr.ctr.batch import Batch, BatchPacker
     from visctr.ctr.training import load_model
+    from visctr.ctr.visual import Embeddings
+    from visctr.ids import IdIndex
 
-    net, enc = load_model(model_dir, world, embeddings_dir)
+    net, trained = load_model(model_dir, world, embeddings_dir)
     q = len(traffic)
-    emb = enc.emb
+    emb = trained.emb
     fresh = Embeddings(
         emb.item_vectors,
         emb.item_has_vector,
@@ -279,7 +281,7 @@ def ctr_scorer(
         emb.items_path,
         emb.queries_path,
     )
-    packer = Encoder(enc.fmap, fresh, fixed_position=0)
+    packer = BatchPacker(trained.fmap, fresh, fixed_position=0)
     net.set_visual_tables(emb.item_vectors, fresh.query_vectors)
     item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
 
@@ -293,11 +295,12 @@ def ctr_scorer(
             "position": np.zeros(cand.size, dtype=np.int64),
             "clicked": np.zeros(cand.size, dtype=np.int8),
         }
-        x, _ = packer.encode(cols, world.root / "A/B traffic")
+        packed = packer.pack(cols, world.root / "A/B traffic")
         out = np.empty(cand.size, dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, cand.size, 65_536):
-                out[s : s + 65_536] = net(torch.from_numpy(x[s : s + 65_536])).numpy()
+                part = packed.packed[s : s + 65_536], packed.labels[s : s + 65_536]
+                out[s : s + 65_536] = net(Batch.from_numpy(*part)).numpy()
         return out.reshape(cand.shape)
 
     return score

@@ -43,9 +43,14 @@ def evaluate(
     from visctr.world import World
 
     world = World.load(world_dir)
-    metrics, _ = evaluate_retrieval(world, embeddings, debias)
+    transform = None
+    if debias is not None:
+        from visctr.ctr import debias_transform
+
+        transform = debias_transform(debias)
+    metrics, _ = evaluate_retrieval(world, embeddings, transform)
     if ctr_model is not None:
-        from visctr.ctr import evaluate_ctr
+        from visctr.eval.ctr import evaluate_ctr
 
         metrics.update(evaluate_ctr(ctr_model, world, embeddings))
     for k, v in metrics.items():

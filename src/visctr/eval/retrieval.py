@@ -4,11 +4,20 @@
 - ``longtail_hr@10`` / ``head_hr@10``: HR@10 over queries whose target is a tail / head
   item (head = top 20% of items by training impressions; never-shown items are tail).
 - ``category_recall@10``: mean share of the top 10 that has the target's category.
+
+The functions up to ``evaluate_vectors`` are pure (arrays in, metrics out);
+``evaluate_retrieval`` reads a method's embeddings and applies an optional transform
+(the S3 debias network) that the caller supplies: eval never imports ctr.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
+
+from visctr.ids import IdIndex
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -63,14 +72,11 @@ def evaluate_vectors(
     return retrieval_metrics(top, target_rows, item_categories, is_head, ks), top
 
 
-def evaluate_retrieval(world, embeddings_dir, debias_path=None, split: str = "retrieval"):
-    """Retrieval metrics of one method's embeddings on the world's uniform retrieval queries.
-
-    With ``debias_path`` (a trained S3 debias network), query and item vectors are mapped
-    through it first, as S1+S2+D does at serving time.
-    """
-    from pathlib import Path
-
+def retrieval_inputs(
+    world, embeddings_dir: Path, split: str = "retrieval"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(query vectors, item vectors, target item rows)`` of one method's embeddings on the
+    world's ``split`` queries; items in world row order. Errors name the missing id."""
     from visctr.embeddings import align, read_embeddings
 
     d = Path(embeddings_dir)
@@ -85,14 +91,37 @@ def evaluate_retrieval(world, embeddings_dir, debias_path=None, split: str = "re
     rows = world.query_rows(split)
     qids = world.queries["query_id"][rows]
     queries = align(query_ids, query_vecs, qids, d / "queries.parquet", "query_id")
-    if debias_path is not None:
-        from visctr.ctr import apply_debias
+    target_rows = IdIndex(world.items["item_id"]).rows(
+        world.queries["target_item_id"][rows],
+        strict=True,
+        what="target_item_id",
+        path=Path(world.root) / "queries.parquet",
+        hint="; every target must be a catalog item (items.parquet)",
+    )
+    return queries, items, target_rows
 
-        items = apply_debias(debias_path, items)
-        queries = apply_debias(debias_path, queries)
-    ids = world.items["item_id"]
-    sorter = np.argsort(ids)
-    target_rows = sorter[np.searchsorted(ids, world.queries["target_item_id"][rows], sorter=sorter)]
+
+def evaluate_retrieval(
+    world,
+    embeddings_dir: Path,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    split: str = "retrieval",
+) -> tuple[dict[str, float], np.ndarray]:
+    """Retrieval metrics of one method's embeddings on the world's uniform retrieval queries,
+    and the ranked item rows ``[Q, 50]``.
+
+    ``transform`` maps query and item vectors before the search (one ``[n, D]`` array to
+    another): S1+S2+D passes its debias network,
+    ``visctr.ctr.debias_transform(model_dir / "debias.pt")``, as it does at serving time.
+    """
+    if transform is not None and not callable(transform):
+        raise TypeError(
+            f"transform must be a function of the vectors, got {type(transform).__name__}; "
+            "for a debias.pt pass visctr.ctr.debias_transform(path)"
+        )
+    queries, items, target_rows = retrieval_inputs(world, embeddings_dir, split)
+    if transform is not None:
+        items, queries = transform(items), transform(queries)
     return evaluate_vectors(
         queries, target_rows, items, world.items["category"], world.items["is_head"]
     )

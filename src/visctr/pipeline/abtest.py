@@ -46,7 +46,7 @@ class ABTest:
 
     def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, float]]:
         """Every method's policy for one training seed, next to legacy and oracle."""
-        from visctr.ctr import apply_debias
+        from visctr.ctr import debias_transform
         from visctr.embeddings import align, read_embeddings
 
         figures = dict(self.fixed)
@@ -64,8 +64,8 @@ class ABTest:
             ccfg = CTR_VARIANTS[method.ctr](self.cfg.ctr)
             r_items, r_queries = items, qv
             if ccfg.debias.enabled:  # retrieval through the debias network, as at serving
-                r_items = apply_debias(ctr_dir / "debias.pt", items)
-                r_queries = apply_debias(ctr_dir / "debias.pt", qv)
+                transform = debias_transform(ctr_dir / "debias.pt")
+                r_items, r_queries = transform(items), transform(qv)
             score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, self.traffic, qv)
             shown = ab.retrieve_and_rerank(
                 r_queries, r_items, self.cfg.abtest.candidates, self.k, score

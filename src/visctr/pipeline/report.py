@@ -48,10 +48,16 @@ def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path)
 
 def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) -> None:
     """Query photos and each method's top-5 (``tops``: method -> ranked item rows)."""
+    from visctr.ids import IdIndex
+
     plt = _plt()
     rows = world.query_rows("retrieval")[:n_queries]
-    ids = world.items["item_id"]
-    sorter = np.argsort(ids)
+    targets = IdIndex(world.items["item_id"]).rows(
+        world.queries["target_item_id"][rows],
+        strict=True,
+        what="target_item_id",
+        path=world.root / "queries.parquet",
+    )
     methods = list(tops)
     k = 5
     fig, axes = plt.subplots(
@@ -59,7 +65,7 @@ def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) ->
     )
     axes = np.atleast_2d(axes)
     for qi, qrow in enumerate(rows):
-        target = sorter[np.searchsorted(ids, world.queries["target_item_id"][qrow], sorter=sorter)]
+        target = targets[qi]
         qimg = world.query_images[world.queries["image_row"][qrow]]
         for mi, m in enumerate(methods):
             r = qi * len(methods) + mi

@@ -32,9 +32,10 @@ CTR_OUTPUTS = ("model.pt", "feature_map.json", "debias.pt")
 
 def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     """Run everything for ``cfg.seeds`` training seeds; returns the results dict."""
-    from visctr.ctr import evaluate_ctr, train_ctr
+    from visctr.ctr import debias_transform, train_ctr
     from visctr.ctr.training import MODEL_FORMAT
     from visctr.encoders import embed
+    from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.pipeline.report import write_report
     from visctr.world import World
@@ -126,7 +127,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
 
             def evaluate(ctr_dir=ctr_dir, emb_dir=emb_dir, debias_path=debias_path):
                 ctr_m = evaluate_ctr(ctr_dir, world, emb_dir, by_category=True)
-                ret_m, top = evaluate_retrieval(world, emb_dir, debias_path)
+                transform = debias_transform(debias_path) if debias_path else None
+                ret_m, top = evaluate_retrieval(world, emb_dir, transform)
                 return {**ret_m, **ctr_m}, top
 
             m, top = stages.timed("evaluate", evaluate)

@@ -40,19 +40,6 @@ class _Normalised(nn.Module):
         return torch.nn.functional.normalize(self.encoder(x), dim=1)
 
 
-class _DebiasServing(nn.Module):
-    """The vector retrieval uses: the gated fusion or the debiased vector, normalised."""
-
-    def __init__(self, head: nn.Module, mode: str) -> None:
-        super().__init__()
-        self.head = head
-        self.gated = mode == "gated"
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        y = self.head(v) if self.gated else self.head.net(v)
-        return torch.nn.functional.normalize(y, dim=1)
-
-
 def build_index(vectors: np.ndarray, cfg: IndexConfig):
     """A FAISS inner-product index over L2-normalised ``vectors``."""
     import faiss
@@ -102,15 +89,14 @@ def export_artifacts(
             traced = torch.jit.trace(_Normalised(encoder).eval(), example)
         traced.save(str(tmp / "encoder.ts"))
         if debias_path is not None:
-            from visctr.ctr import apply_debias
-            from visctr.ctr.debias import load_debias
+            from visctr.ctr import debias_transform
 
-            head, mode = load_debias(debias_path)
-            net = _DebiasServing(head, mode).eval()
+            # one function for the served query side (traced) and the indexed item side
+            transform = debias_transform(debias_path)
             with torch.no_grad():
-                d_traced = torch.jit.trace(net, torch.zeros(2, vectors.shape[1]))
+                d_traced = torch.jit.trace(transform.module, torch.zeros(2, vectors.shape[1]))
             d_traced.save(str(tmp / "debias.ts"))
-            vectors = apply_debias(debias_path, vectors)
+            vectors = transform(vectors)
         index = build_index(vectors, index_cfg)
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "item_ids.npy", item_ids)

@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from visctr.data.catalog import Catalog, CatalogConfig, load_catalog
 from visctr.errors import InputError
+from visctr.ids import IdIndex
 from visctr.world.camera import CameraConfig, photograph
+from visctr.world.head_tail import head_mask
 
 DAY = 86_400
 
@@ -423,16 +425,6 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
     return WorldArrays(cat, popularity, appeal, affinity, queries, qimages, impressions, summary)
 
 
-def head_mask(train_counts: np.ndarray, head_share: float) -> np.ndarray:
-    """Top ``head_share`` of items by training impressions (shown at least once) are head."""
-    n = len(train_counts)
-    order = np.argsort(-train_counts, kind="stable")
-    n_head = int(round(head_share * n))
-    head = np.zeros(n, dtype=bool)
-    head[order[:n_head]] = True
-    return head & (train_counts > 0)
-
-
 def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
     """Write a world directory atomically (docs/world-format.md)."""
     import pyarrow as pa
@@ -443,8 +435,7 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
     cat = w.catalog
     n = len(cat)
     train = w.impressions["train"]
-    sorter = np.argsort(cat.item_ids)
-    rows = sorter[np.searchsorted(cat.item_ids, train["item_id"], sorter=sorter)]
+    rows = IdIndex(cat.item_ids).rows(train["item_id"], strict=True, what="item_id")
     counts = np.bincount(rows, minlength=n).astype(np.int64)
     is_head = head_mask(counts, cfg.head_share)
     summary = dict(w.summary)
