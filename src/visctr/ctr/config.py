@@ -51,6 +51,27 @@ class DebiasConfig:
 
 
 @dataclass
+class IPSConfig:
+    """Inverse-propensity weighting of the CTR loss (the standard debiasing baseline).
+
+    Propensity of a logged impression = P(examined | position) × exposure of the item,
+    both estimated from the fit part of the training logs: the position term is the
+    click rate at the position over the click rate at the top slot (monotone, at most 1);
+    the exposure term is the item's impression count over the mean count of shown items.
+    Weight = 1 / propensity, clipped to [1/clip, clip] and normalised to mean 1 per batch
+    (self-normalised IPS), so the loss keeps its scale.
+    """
+
+    enabled: bool = False
+    clip: float = 10.0
+    exposure: bool = True  # include the item-exposure term (False: position only)
+
+    def __post_init__(self) -> None:
+        if self.clip < 1:
+            raise ValueError(f"ips.clip must be >= 1, got {self.clip}")
+
+
+@dataclass
 class CTRConfig:
     """CTR model, features and training. Validation = the last share of the training period."""
 
@@ -82,6 +103,7 @@ class CTRConfig:
     # pays off on logs of millions of rows; a small-preset CTR model trains in ~10 s
     compile: bool = False
     debias: DebiasConfig = field(default_factory=DebiasConfig)
+    ips: IPSConfig = field(default_factory=IPSConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:

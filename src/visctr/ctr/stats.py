@@ -34,6 +34,9 @@ class TrainStats:
     n_val: int
     n_val_clicks: int
     n_fit_clicks: int = 0
+    # fit-part impressions and clicks per position (clipped at max_position): for IPS
+    position_impressions: np.ndarray | None = None
+    position_clicks: np.ndarray | None = None
 
 
 def read_user_ids(world: World) -> np.ndarray:
@@ -87,6 +90,8 @@ def compute_train_stats(
     clicks_uc = np.zeros((len(users), n_cat), dtype=np.float64)
     clicks_c = np.zeros(n_cat, dtype=np.float64)
     n_fit = n_val = n_val_clicks = n_fit_clicks = 0
+    pos_imp = np.zeros(cfg.max_position + 1, dtype=np.int64)
+    pos_clk = np.zeros(cfg.max_position + 1, dtype=np.int64)
     for rb in pf.iter_batches(batch_size=cfg.read_rows, columns=LOG_COLUMNS):
         cols = log_columns(rb, train_path)
         item_rows = items.rows(cols["item_id"])
@@ -99,6 +104,9 @@ def compute_train_stats(
         n_fit_clicks += int(clicked[fit].sum())
         ir, cl = item_rows[fit], clicked[fit]
         item_counts += np.bincount(ir, minlength=n_items)
+        pos = np.clip(cols["position"][fit], 0, cfg.max_position)
+        pos_imp += np.bincount(pos, minlength=cfg.max_position + 1)
+        pos_clk += np.bincount(pos[cl], minlength=cfg.max_position + 1)
         urows = users.rows(cols["user_id"][fit])
         known = urows >= 0
         user_seen[urows[known]] = True
@@ -159,4 +167,6 @@ def compute_train_stats(
         item_pop_bucket=pop.astype(int).tolist(),
         user_ids=world_users[vocab_rows].tolist(),
     )
-    return TrainStats(fmap, affinity, item_counts, n_fit, n_val, n_val_clicks, n_fit_clicks)
+    return TrainStats(
+        fmap, affinity, item_counts, n_fit, n_val, n_val_clicks, n_fit_clicks, pos_imp, pos_clk
+    )

@@ -28,9 +28,10 @@ from visctr.eval.metrics import auc, logloss
 class CTRModule(L.LightningModule):
     """Training loop glue: loss, optimiser, validation AUC, best-weights tracking, history."""
 
-    def __init__(self, net: CTRNet, cfg: CTRConfig, seed: int):
+    def __init__(self, net: CTRNet, cfg: CTRConfig, seed: int, weights=None):
         super().__init__()
         self.net = net
+        self.weights = weights  # e.g. IPSWeights: batch -> per-impression loss weights
         self.cfg = cfg
         self.automatic_optimization = False
         self._gen = torch.Generator().manual_seed(seed)  # for the network's aux_loss
@@ -82,7 +83,8 @@ class CTRModule(L.LightningModule):
         group = [batch] if isinstance(batch, Batch) else batch
         opt = self.optimizers()
         for b in group:
-            loss = F.binary_cross_entropy_with_logits(self._train_forward(b), b.labels)
+            w = self.weights(b) if self.weights is not None else None
+            loss = F.binary_cross_entropy_with_logits(self._train_forward(b), b.labels, weight=w)
             aux, parts = self.net.aux_loss(b, self._gen)
             total = loss if aux is None else loss + aux
             for name, value in parts.items():

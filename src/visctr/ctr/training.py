@@ -140,7 +140,19 @@ def train_ctr(
     L.seed_everything(seed, workers=True, verbose=False)
     net = build_ctr_net(cfg, fmap, stats.affinity, triplets)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
-    module = CTRModule(net, cfg, seed)
+    weights = None
+    if cfg.ips.enabled:
+        from visctr.ctr.ips import IPSWeights
+
+        weights = IPSWeights.estimate(
+            fmap,
+            stats.item_counts,
+            stats.position_impressions,
+            stats.position_clicks,
+            cfg.ips.clip,
+            cfg.ips.exposure,
+        )
+    module = CTRModule(net, cfg, seed, weights)
     train_path = world.impressions_path("train")
     fit_ds = ImpressionStream(
         train_path,

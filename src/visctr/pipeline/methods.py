@@ -83,16 +83,20 @@ class Method:
     describe: Callable[[Any], str] = lambda cfg: ""
 
 
-def _ctr_plain(ctr_cfg: Any) -> Any:
-    return dataclasses.replace(ctr_cfg, debias=dataclasses.replace(ctr_cfg.debias, enabled=False))
-
-
-def _ctr_debias(ctr_cfg: Any) -> Any:
-    return dataclasses.replace(ctr_cfg, debias=dataclasses.replace(ctr_cfg.debias, enabled=True))
+def _ctr_variant(ctr_cfg: Any, debias: bool, ips: bool) -> Any:
+    return dataclasses.replace(
+        ctr_cfg,
+        debias=dataclasses.replace(ctr_cfg.debias, enabled=debias),
+        ips=dataclasses.replace(ctr_cfg.ips, enabled=ips),
+    )
 
 
 # CTR variants: the run's ``ctr`` config section -> the config one method trains with
-CTR_VARIANTS: dict[str, Callable[[Any], Any]] = {"plain": _ctr_plain, "debias": _ctr_debias}
+CTR_VARIANTS: dict[str, Callable[[Any], Any]] = {
+    "plain": lambda c: _ctr_variant(c, debias=False, ips=False),
+    "debias": lambda c: _ctr_variant(c, debias=True, ips=False),  # S3
+    "ips": lambda c: _ctr_variant(c, debias=False, ips=True),  # inverse-propensity weights
+}
 
 
 def _s1_objective(cfg: Any) -> str:
