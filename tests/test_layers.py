@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "visctr.ids",
             "visctr.config",
             "visctr.train",
+            "visctr.precision",
             "visctr.embeddings",
             "visctr.eval.metrics",
             "visctr.cli_common",

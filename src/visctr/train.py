@@ -20,7 +20,9 @@ class TrainerConfig:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
+    # auto: bf16-mixed for encoder stages on CPUs with native bf16, else 32-true (see
+    # visctr.precision); 32 | 32-true | bf16-mixed | 16-mixed force one
+    precision: str = "auto"
     num_threads: int | None = None  # torch intra-op threads on CPU (None: leave as is)
     deterministic: bool = True
     # periodic checkpoint for resume after a crash; 0 = at the end of every epoch instead
@@ -93,13 +95,18 @@ def build_trainer(
     out_dir: str | Path,
     max_epochs: int,
     callbacks: list[Any] | None = None,
+    bf16_ok: bool = False,
     **kwargs: Any,
 ):
-    """A Lightning Trainer that checkpoints periodically to ``out_dir/checkpoints/last.ckpt``."""
+    """A Lightning Trainer that checkpoints periodically to ``out_dir/checkpoints/last.ckpt``.
+
+    ``bf16_ok``: an encoder stage, where ``precision: auto`` may pick bf16 on the CPU."""
     import logging
 
     import lightning as L
     import torch
+
+    from visctr.precision import resolve_precision
 
     # Lightning's banner lines (GPU available, tips) are noise in a multi-stage run.
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -118,7 +125,7 @@ def build_trainer(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
-        precision=cfg.precision,
+        precision=resolve_precision(cfg.precision, cfg.accelerator, bf16_ok),
         max_epochs=max_epochs,
         deterministic=cfg.deterministic,
         default_root_dir=str(out_dir),

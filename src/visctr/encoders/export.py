@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from visctr.embeddings import ROW_GROUP, write_embeddings
 from visctr.encoders.backbones import Encoder
 from visctr.encoders.checkpoint import load_encoder
 from visctr.errors import InputError
+from visctr.precision import resolve_precision
 from visctr.world.store import World
 
 
@@ -28,16 +30,25 @@ def _device(device: str) -> torch.device:
 
 @torch.inference_mode()
 def embed_images(
-    encoder: Encoder, images: np.ndarray, rows: np.ndarray, batch_size: int, device: torch.device
+    encoder: Encoder,
+    images: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool = False,
 ):
-    """Yield L2-normalised float32 embeddings ``[n, D]`` of ``images[rows]`` chunk by chunk."""
+    """Yield L2-normalised float32 embeddings ``[n, D]`` of ``images[rows]`` chunk by chunk.
+
+    ``bf16``: the encoder runs under bf16 autocast; normalisation stays in fp32."""
     chunk = max(batch_size, (ROW_GROUP // batch_size) * batch_size)
     for start in range(0, len(rows), chunk):
         block = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + chunk]]))
         out = torch.empty(len(block), encoder.embed_dim, dtype=torch.float32)
         for s in range(0, len(block), batch_size):
             x = block[s : s + batch_size].to(device, non_blocking=True)
-            out[s : s + len(x)] = encoder.encode(x).float().cpu()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                z = encoder(x)
+            out[s : s + len(x)] = F.normalize(z.float(), dim=1).cpu()
         yield out.numpy()
 
 
@@ -56,8 +67,12 @@ def embed(
     batch_size: int = 1024,
     device: str = "auto",
     backbone: nn.Module | None = None,
+    precision: str = "auto",
 ) -> tuple[Path, Path]:
-    """Embed all items and all query photos of ``world``; returns (items, queries) paths."""
+    """Embed all items and all query photos of ``world``; returns (items, queries) paths.
+
+    ``precision``: ``auto`` runs the encoder under bf16 autocast on CPUs with native bf16
+    (``visctr.precision``), ``32`` forces fp32, ``bf16-mixed`` forces bf16."""
     encoder_path, out_dir = Path(encoder_path), Path(out_dir)
     if not encoder_path.is_file():
         raise InputError(
@@ -67,13 +82,19 @@ def embed(
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     dev = _device(device)
+    try:
+        bf16 = resolve_precision(precision, dev.type, bf16_ok=True) == "bf16-mixed"
+    except ValueError as e:
+        raise InputError(f"embed: {e}") from None
     encoder = load_encoder(encoder_path, backbone).to(dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     items_path, queries_path = out_dir / "items.parquet", out_dir / "queries.parquet"
     items, queries = world.items, world.queries
-    item_vecs = embed_images(encoder, world.item_images, items["image_row"], batch_size, dev)
+    item_vecs = embed_images(encoder, world.item_images, items["image_row"], batch_size, dev, bf16)
     write_embeddings(items["item_id"], _finite(item_vecs, items_path), items_path, "item_id")
-    query_vecs = embed_images(encoder, world.query_images, queries["image_row"], batch_size, dev)
+    query_vecs = embed_images(
+        encoder, world.query_images, queries["image_row"], batch_size, dev, bf16
+    )
     write_embeddings(
         queries["query_id"], _finite(query_vecs, queries_path), queries_path, "query_id"
     )

@@ -127,7 +127,7 @@ def _fit(
     write_text(h + "\n", marker)
     write_text(dump_yaml(cfg), out_dir / "config.yaml")
     trainer = build_trainer(
-        cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])]
+        cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])], bf16_ok=True
     )
     if resume is not None:
         print(f"[{stage}] resuming from {resume}", flush=True)

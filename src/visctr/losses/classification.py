@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from visctr.precision import fp32
 
+
+@fp32
 def category_cross_entropy(
     logits: torch.Tensor, categories: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:

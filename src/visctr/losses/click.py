@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from visctr.losses.distributed import gather_no_grad, gather_with_grad, is_distributed, rank
+from visctr.precision import fp32
 
 ITEM_ID_LIMIT = 2**31  # keys pack (query_id, item_id) into one int64
 QUERY_ID_LIMIT = 2**32
@@ -69,6 +70,7 @@ def false_negative_mask(
     return same_item | clicked
 
 
+@fp32
 def click_contrastive_loss(
     query_emb: torch.Tensor,
     item_emb: torch.Tensor,

@@ -11,8 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from visctr.losses.distributed import gather_with_grad, is_distributed, rank
+from visctr.precision import fp32
 
 
+@fp32
 def info_nce_loss(
     z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, gather: bool = False
 ) -> torch.Tensor:

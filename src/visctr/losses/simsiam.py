@@ -10,12 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from visctr.precision import fp32
+
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean of ``-cos(p_i, z_i)`` with no gradient flowing into ``z``."""
     return -F.cosine_similarity(p, z.detach(), dim=1).mean()
 
 
+@fp32
 def simsiam_loss(
     p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor
 ) -> torch.Tensor:

@@ -1,0 +1,83 @@
+"""Precision: ``auto`` picks bf16 only for encoder stages on CPUs with native bf16; losses
+compute in fp32 under autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visctr.losses import info_nce_loss, simsiam_loss
+from visctr.precision import cpu_supports_bf16, fp32, resolve_precision
+
+
+def test_auto_resolves_by_stage_and_cpu(monkeypatch):
+    monkeypatch.setenv("VISCTR_CPU_BF16", "1")
+    assert cpu_supports_bf16()
+    assert resolve_precision("auto", "cpu", bf16_ok=True) == "bf16-mixed"
+    assert resolve_precision("auto", "cpu", bf16_ok=False) == "32-true"  # CTR stays fp32
+    assert resolve_precision("auto", "gpu", bf16_ok=True) == "32-true"  # elsewhere: fp32
+    assert resolve_precision("32", "cpu", bf16_ok=True) == "32-true"  # --precision 32 forces
+    monkeypatch.setenv("VISCTR_CPU_BF16", "0")
+    assert resolve_precision("auto", "cpu", bf16_ok=True) == "32-true"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("bf17", "cpu")
+
+
+def test_detection_asks_torch_then_cpuinfo(monkeypatch, tmp_path):
+    import builtins
+
+    monkeypatch.delenv("VISCTR_CPU_BF16", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_supports_bf16()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    real_open = builtins.open
+    for flags, want in (("fpu avx2 avx512_bf16", True), ("fpu avx avx2", False)):
+        info = tmp_path / "cpuinfo"
+        info.write_text(f"processor : 0\nflags : {flags}\n")
+        monkeypatch.setattr(
+            builtins,
+            "open",
+            lambda f, *a, **k: real_open(info if f == "/proc/cpuinfo" else f, *a, **k),
+        )
+        assert cpu_supports_bf16() is want
+
+
+def test_losses_compute_in_fp32_under_autocast():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(32, 16, generator=g), torch.randn(32, 16, generator=g)
+    ref = info_nce_loss(a, b, 0.2, gather=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = info_nce_loss(a.bfloat16(), b.bfloat16(), 0.2, gather=False)
+    assert got.dtype == torch.float32
+    # inputs rounded to bf16, the loss itself in fp32: close to the fp32 loss
+    assert got.item() == pytest.approx(ref.item(), rel=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = simsiam_loss(a.bfloat16(), b.bfloat16(), b.bfloat16(), a.bfloat16())
+    assert s.dtype == torch.float32
+
+    @fp32
+    def inner(x):
+        return torch.is_autocast_enabled("cpu"), x.dtype
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert inner(a.bfloat16()) == (False, torch.float32)
+    assert inner(a.double())[1] == torch.float64  # fp64 is left alone
+
+
+def test_embed_under_bf16_stays_close_to_fp32():
+    import numpy as np
+
+    from visctr.encoders.backbones import Encoder, build_backbone
+    from visctr.encoders.export import embed_images
+
+    torch.manual_seed(0)
+    enc = Encoder(build_backbone("convnet", 1, 28, width=4, stages=1, blocks=1), 8).eval()
+    imgs = np.random.default_rng(0).integers(0, 255, (16, 1, 28, 28), dtype=np.uint8)
+    rows = np.arange(16)
+    a = next(embed_images(enc, imgs, rows, 8, torch.device("cpu"), bf16=False))
+    b = next(embed_images(enc, imgs, rows, 8, torch.device("cpu"), bf16=True))
+    assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
+    assert (a * b).sum(1).min() > 0.99  # cosine to the fp32 vector
+    assert not np.array_equal(a, b)  # bf16 really ran
