@@ -12,6 +12,10 @@ all of them alike.
   ``NegativeCosineSimilarity``, a plain PyTorch loop.
 - bare: encoder forward+backward+SGD step on a fixed float batch of 2B images.
 
+visctr and bare run twice: in fp32 and under bf16 autocast (``bf16-mixed``), the rows
+``visctr bf16`` / ``bare bf16``; lightly runs at its default (fp32). The CPU's native
+bf16 support is printed: without AVX512-BF16/AMX, bf16 is emulated and slower.
+
     .venv/bin/python benchmarks/s1_throughput.py [--batch-size 256] [--threads 2]
 """
 
@@ -43,7 +47,7 @@ def make_encoder(args):
     return build_encoder(EncoderConfig(backbone=args.backbone), 1, args.image_size)
 
 
-def run_visctr(images: np.ndarray, args) -> float:
+def run_visctr(images: np.ndarray, args, precision: str = "32-true") -> float:
     import lightning as L
 
     from visctr.encoders.config import S1Config
@@ -75,6 +79,7 @@ def run_visctr(images: np.ndarray, args) -> float:
         enable_model_summary=False,
         callbacks=[timer],
         deterministic=True,
+        precision=precision,
     )
     torch.utils.deterministic.fill_uninitialized_memory = False
     trainer.fit(method, loader)
@@ -140,7 +145,7 @@ def run_lightly(images: np.ndarray, args, workers: int) -> float:
     return 2 * args.batch_size * args.steps / (time.perf_counter() - t0)
 
 
-def run_bare(args) -> float:
+def run_bare(args, bf16: bool = False) -> float:
     encoder = make_encoder(args)
     opt = torch.optim.SGD(encoder.parameters(), lr=1e-3)
     x = torch.rand(2 * args.batch_size, 1, args.image_size, args.image_size)
@@ -148,7 +153,8 @@ def run_bare(args) -> float:
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             t0 = time.perf_counter()
-        loss = encoder(x).square().mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = encoder(x).float().square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -169,11 +175,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     images = catalog_images(args.items, args.image_size)
+    from visctr.precision import cpu_supports_bf16
+
     runs = {
         "visctr": lambda: run_visctr(images, args),
+        "visctr bf16": lambda: run_visctr(images, args, "bf16-mixed"),
         "lightly (0 workers)": lambda: run_lightly(images, args, 0),
         f"lightly ({args.workers} workers)": lambda: run_lightly(images, args, args.workers),
         "bare fwd+bwd": lambda: run_bare(args),
+        "bare bf16": lambda: run_bare(args, bf16=True),
     }
     res: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
@@ -193,6 +203,12 @@ def main() -> None:
     best_lightly = max(v for k, v in med.items() if k.startswith("lightly"))
     print(f"  visctr / best lightly   {med['visctr'] / best_lightly:8.2f}x")
     print(f"  visctr / bare fwd+bwd   {med['visctr'] / med['bare fwd+bwd']:8.2f}")
+    print(f"  visctr bf16 / bare bf16 {med['visctr bf16'] / med['bare bf16']:8.2f}")
+    print(f"  visctr bf16 / fp32      {med['visctr bf16'] / med['visctr']:8.2f}x")
+    print(
+        f"  native CPU bf16 (AVX512-BF16/AMX): {'yes' if cpu_supports_bf16() else 'no'}"
+        " (precision: auto uses bf16 for encoder stages only where this says yes)"
+    )
 
 
 if __name__ == "__main__":
