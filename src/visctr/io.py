@@ -1,7 +1,17 @@
-"""Atomic artifact writes and safe loads.
+"""Artifact directories, atomic writes and safe loads.
 
-Every artifact is written to a temporary name in the same directory and renamed,
-so a crash never leaves a truncated file where a complete one is expected.
+- Every artifact is written to a temporary name in the same directory and renamed, so a
+  crash never leaves a truncated file where a complete one is expected; a directory
+  written whole (a world, an embeddings pair, an export) is renamed into place whole.
+  Files and directories get the permissions the umask gives (``mkstemp``/``mkdtemp``
+  alone would make them private to their owner).
+- Every directory visctr writes carries a marker, ``.visctr.json`` ``{"kind": ...,
+  "version": 1}``. visctr writes into (or replaces) a directory only when it is new,
+  empty, or marked with the same kind, and never into one of its own inputs: an ``--out``
+  typo cannot delete a user's files (:func:`check_out_dir`, :func:`claim_out_dir`).
+- Checkpoints and exports are read with :func:`load_torch` only, which never unpickles
+  arbitrary objects, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says; the loaded dicts
+  are checked with :func:`field` and :func:`check_state_dict` before use.
 """
 
 from __future__ import annotations
@@ -9,15 +19,194 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visctr.errors import InputError
+
+MARKER = ".visctr.json"
+MARKER_VERSION = 1
+KINDS = ("world", "embeddings", "export", "run", "encoder", "ctr")
+
+# ``.NAME.XXXXXXXX.tmp`` (mkstemp/mkdtemp: 8 chars of [a-z0-9_]) and ``.NAME.XXXXXXXX.old``
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?:tmp|old)$")
+
+
+# ---- permissions ------------------------------------------------------------------------
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where it can be, so no thread sees it change)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(path: Path, mode: int) -> None:
+    os.chmod(path, mode & ~current_umask())
+
+
+# ---- artifact directories ----------------------------------------------------------------
+
+
+def read_marker(directory: str | os.PathLike) -> str | None:
+    """The kind in ``directory/.visctr.json``; None without one; error when it is damaged."""
+    path = Path(directory) / MARKER
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, OSError):
+        data = None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in KINDS:
+        raise InputError(
+            f'{path}: damaged visctr marker (expected {{"kind": one of {", ".join(KINDS)}}}); '
+            "if this directory is yours to replace, delete it first"
+        )
+    return kind
+
+
+def write_marker(directory: str | os.PathLike, kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r} (one of {KINDS})")
+    write_json({"kind": kind, "version": MARKER_VERSION}, Path(directory) / MARKER)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(path)).resolve()
+
+
+def check_not_input(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None], option: str = "--out"
+) -> None:
+    """Refuse an output path that is, contains, or lies inside one of ``inputs``."""
+    o = _resolved(out)
+    for given in inputs:
+        if given is None:
+            continue
+        i = _resolved(given)
+        if o == i:
+            how = "is"
+        elif i.is_relative_to(o):
+            how = "contains"
+        elif o.is_relative_to(i):
+            how = "is inside"
+        else:
+            continue
+        raise InputError(
+            f"{option} {out} {how} the input {given}; writing there could destroy the input: "
+            f"pass a separate {option} directory"
+        )
+
+
+def check_out_dir(
+    out: str | os.PathLike,
+    kind: str,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    option: str = "--out",
+) -> Path:
+    """Refuse an output directory visctr may not fill with a ``kind`` artifact.
+
+    Allowed: a new path, an empty directory, or a directory marked ``.visctr.json`` with
+    the same kind (a previous run of the same step). Refused: an existing file, a
+    non-empty directory without the marker or marked with another kind, and a path that
+    is, contains or is inside one of ``inputs``. Writes nothing.
+    """
+    out = Path(out)
+    check_not_input(out, inputs, option)
+    if out.exists() and not out.is_dir():
+        raise InputError(
+            f"{option} {out}: exists and is not a directory; pass a new or empty directory"
+        )
+    if not out.is_dir():
+        return out
+    found = read_marker(out)
+    if found == kind:
+        return out
+    if found is not None:
+        raise InputError(
+            f"{option} {out}: holds a visctr {found} directory, not a {kind} one; "
+            f"pass another {option}"
+        )
+    try:
+        empty = next(os.scandir(out), None) is None
+    except OSError as e:
+        raise InputError(f"{option} {out}: cannot list it ({e.strerror})") from None
+    if not empty:
+        raise InputError(
+            f"{option} {out}: not empty and not written by visctr (no {MARKER}); refusing to "
+            f"write a {kind} directory over it: pass a new or empty directory"
+        )
+    return out
+
+
+def claim_out_dir(
+    out: str | os.PathLike,
+    kind: str,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    option: str = "--out",
+) -> Path:
+    """:func:`check_out_dir`, then create ``out`` and mark it as a ``kind`` directory."""
+    out = check_out_dir(out, kind, inputs, option)
+    out.mkdir(parents=True, exist_ok=True)
+    if read_marker(out) is None:
+        write_marker(out, kind)
+    return out
+
+
+def check_out_file(
+    out: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), option: str = "--out"
+) -> Path:
+    """Refuse an output JSON file path that is a directory, an input, inside an input, or an
+    existing file that is not a JSON object (what visctr writes there)."""
+    out = Path(out)
+    check_not_input(out, inputs, option)
+    if out.is_dir():
+        raise InputError(f"{option} {out}: is a directory; pass a file path such as DIR/out.json")
+    if out.exists():
+        try:
+            ok = isinstance(json.loads(out.read_bytes()), dict)
+        except (ValueError, OSError):
+            ok = False
+        if not ok:
+            raise InputError(
+                f"{option} {out}: exists and is not a JSON file written by visctr; refusing to "
+                "overwrite it: pass a new path"
+            )
+    return out
+
+
+def sweep_temp(directory: str | os.PathLike, name: str | None = None) -> int:
+    """Delete the temporary files/directories a killed write left in ``directory``
+    (``.NAME.XXXXXXXX.tmp``, ``.NAME.XXXXXXXX.old``; only those of ``NAME`` if given)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    n = 0
+    for entry in directory.iterdir():
+        m = _TEMP_RE.match(entry.name)
+        if m is None or (name is not None and m.group("name") != name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# ---- atomic writes -----------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -30,6 +219,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _apply_umask(tmp_path, 0o666)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -37,16 +227,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces ``path`` whole."""
+def atomic_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Yield a temporary directory (already marked ``kind``); on success it replaces
+    ``path`` whole. ``path`` must pass :func:`check_out_dir` for ``kind``."""
     path = Path(path)
+    check_out_dir(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temp(path.parent, path.name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        write_marker(tmp, kind)
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        _apply_umask(tmp, 0o777)
+        check_out_dir(path, kind)  # again: it may have changed while we wrote
+        if path.is_dir() and not path.is_symlink():
+            # a directory can be renamed over an empty one: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -80,17 +276,6 @@ def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
             np.save(f, array)
 
 
-def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
-    """Load an image/vector store; memory-mapped so RAM does not grow with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise InputError(f"{path}: not a readable .npy array ({e})") from None
-
-
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
@@ -98,14 +283,142 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
 
 
+# ---- safe loads --------------------------------------------------------------------------
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
+    """Load an image/vector store; memory-mapped so RAM does not grow with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy array ({_short(e)})") from None
+
+
+_UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+@contextlib.contextmanager
+def _weights_only_env() -> Iterator[None]:
+    """Hide ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` from torch while a load runs: recent torch
+    lets an explicit ``weights_only=True`` win over it, older ones may not."""
+    saved = os.environ.pop(_UNSAFE_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[_UNSAFE_ENV] = saved
+
+
+def _short(e: BaseException, limit: int = 200) -> str:
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_torch(path: str | os.PathLike) -> Any:
-    """Load a checkpoint without unpickling arbitrary objects (``weights_only=True``)."""
+    """Load a ``torch.save`` file without unpickling arbitrary objects.
+
+    ``weights_only=True`` always, whatever the environment says; every failure (missing,
+    truncated, not a checkpoint, holds Python objects) is an :class:`InputError` naming
+    the file.
+    """
+    import pickle
+
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with _weights_only_env():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"a reference to {found.group(1)}" if found else "Python objects"
+        raise InputError(
+            f"{path}: not a loadable checkpoint: it holds {what}, which a safe (weights_only) "
+            "load refuses; visctr did not write it: delete it or pass the right file"
+        ) from None
     except Exception as e:  # torch raises many types for corrupt files
-        raise InputError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+        raise InputError(
+            f"{path}: not a loadable checkpoint ({type(e).__name__}: {_short(e)})"
+        ) from None
+
+
+# ---- checks on loaded dicts --------------------------------------------------------------
+
+_MISSING = object()
+
+
+def field(
+    blob: Any,
+    key: str,
+    path: str | os.PathLike,
+    types: type | tuple[type, ...],
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: Iterable[Any] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    prefix: str = "",
+) -> Any:
+    """``blob[key]`` after checking its type, bounds and allowed values; else an
+    :class:`InputError` naming the file and the field (``prefix + key``)."""
+    where = f"{prefix}{key}"
+    if not isinstance(blob, dict):
+        raise InputError(
+            f"{path}: {prefix.rstrip('.') or 'file'}: expected a mapping, found "
+            f"{type(blob).__name__}"
+        )
+    value = blob.get(key, _MISSING)
+    if value is _MISSING:
+        raise InputError(f"{path}: missing field {where!r}; the file is damaged or not visctr's")
+    want = types if isinstance(types, tuple) else (types,)
+    bad_bool = isinstance(value, bool) and bool not in want
+    if bad_bool or not isinstance(value, want):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in want)
+        raise InputError(f"{path}: field {where!r} must be {names}, found {type(value).__name__}")
+    if choices is not None and value not in list(choices):
+        raise InputError(
+            f"{path}: field {where!r} must be one of {list(choices)}, found {_r(value)}"
+        )
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and not value >= lo) or (hi is not None and not value <= hi):
+            raise InputError(f"{path}: field {where!r} = {_r(value)} is outside [{lo}, {hi}]")
+    if check is not None and not check(value):
+        raise InputError(f"{path}: field {where!r} has an invalid value {_r(value)}")
+    return value
+
+
+def _r(value: Any) -> str:
+    import reprlib
+
+    return reprlib.repr(value)
+
+
+def check_state_dict(state: Any, reference: Any, path: str | os.PathLike, what: str) -> None:
+    """Check that ``state`` holds exactly the tensors of module ``reference`` with the same
+    shapes (build ``reference`` under ``torch.device("meta")``: no memory is allocated)."""
+    import torch
+
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: {what}: expected a mapping of tensors")
+    want = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise InputError(f"{path}: {what}: entry {_r(k)} is not a named tensor")
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise InputError(f"{path}: {what}: missing tensor {missing[0]!r}")
+    extra = [k for k in state if k not in want]
+    if extra:
+        raise InputError(f"{path}: {what}: unexpected tensor {_r(extra[0])}")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != shape:
+            raise InputError(
+                f"{path}: {what}: tensor {k!r} has shape {list(state[k].shape)}, expected "
+                f"{list(shape)}"
+            )

@@ -34,7 +34,7 @@ from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.ctr.trainer import CTRModule
 from visctr.ctr.visual import load_embeddings
 from visctr.errors import ConfigError, InputError
-from visctr.io import load_torch, save_torch, write_json
+from visctr.io import claim_out_dir, load_torch, save_torch, write_json
 from visctr.world.store import World
 
 MODEL_FORMAT = 2  # 2: the MLP's first layer as two weight blocks (deep_in.a/b)
@@ -126,7 +126,7 @@ def train_ctr(
         )
 
     # inputs are valid: only now touch out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out_dir, "ctr")
     (out_dir / "done.json").unlink(missing_ok=True)
     run_file = out_dir / "run.json"
     resume = resume_checkpoint(out_dir)

@@ -2,7 +2,9 @@
 
 Writes ``items.parquet`` (``item_id`` int64, ``vector`` fixed_size_list<float32>[D]) and
 ``queries.parquet`` (``query_id`` int64, ``vector``), L2-normalised, streamed in row
-groups and renamed into place atomically (``visctr.embeddings.write_embeddings``). A plain ``inference_mode`` loop, no Lightning.
+groups (``visctr.embeddings.write_embeddings``); the pair is written in a temporary
+directory renamed into place whole (an ``embeddings`` artifact directory,
+:func:`visctr.io.atomic_dir`). A plain ``inference_mode`` loop, no Lightning.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from visctr.embeddings import ROW_GROUP, write_embeddings
 from visctr.encoders.backbones import Encoder
 from visctr.encoders.checkpoint import load_encoder
 from visctr.errors import InputError
+from visctr.io import atomic_dir, check_out_dir
 from visctr.precision import resolve_precision
 from visctr.world.store import World
 
@@ -25,7 +28,19 @@ from visctr.world.store import World
 def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise InputError(f"device {device!r}: no CUDA device here; use cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"device {device!r}: only {n} CUDA device(s) here (cuda:0..{n - 1})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available here; use cpu or auto")
+    return dev
 
 
 @torch.inference_mode()
@@ -81,21 +96,29 @@ def embed(
         )
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    check_out_dir(out_dir, "embeddings", (encoder_path, world.root))
     dev = _device(device)
     try:
         bf16 = resolve_precision(precision, dev.type, bf16_ok=True) == "bf16-mixed"
     except ValueError as e:
         raise InputError(f"embed: {e}") from None
     encoder = load_encoder(encoder_path, backbone).to(dev)
-    out_dir.mkdir(parents=True, exist_ok=True)
     items_path, queries_path = out_dir / "items.parquet", out_dir / "queries.parquet"
     items, queries = world.items, world.queries
-    item_vecs = embed_images(encoder, world.item_images, items["image_row"], batch_size, dev, bf16)
-    write_embeddings(items["item_id"], _finite(item_vecs, items_path), items_path, "item_id")
-    query_vecs = embed_images(
-        encoder, world.query_images, queries["image_row"], batch_size, dev, bf16
-    )
-    write_embeddings(
-        queries["query_id"], _finite(query_vecs, queries_path), queries_path, "query_id"
-    )
+    with atomic_dir(out_dir, kind="embeddings") as tmp:  # the pair appears together
+        item_vecs = embed_images(
+            encoder, world.item_images, items["image_row"], batch_size, dev, bf16
+        )
+        write_embeddings(
+            items["item_id"], _finite(item_vecs, items_path), tmp / items_path.name, "item_id"
+        )
+        query_vecs = embed_images(
+            encoder, world.query_images, queries["image_row"], batch_size, dev, bf16
+        )
+        write_embeddings(
+            queries["query_id"],
+            _finite(query_vecs, queries_path),
+            tmp / queries_path.name,
+            "query_id",
+        )
     return items_path, queries_path

@@ -35,7 +35,7 @@ from visctr.encoders.methods import EncoderMethod, ResNetCMethod, S1Method, S2Me
 from visctr.encoders.methods.base import EpochEnd
 from visctr.encoders.probe import KnnProbe
 from visctr.errors import ConfigError, InputError
-from visctr.io import write_json, write_text
+from visctr.io import claim_out_dir, write_json, write_text
 from visctr.train import build_trainer, resume_checkpoint
 from visctr.world.store import World
 
@@ -116,7 +116,7 @@ def _fit(
     callbacks: list[Any] | None,
 ) -> Path:
     """Train (resuming a matching checkpoint) and write the stage's artifacts."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out_dir, "encoder")
     ckpt_dir = out_dir / "checkpoints"
     marker = ckpt_dir / "config_hash.txt"
     resume = resume_checkpoint(out_dir)

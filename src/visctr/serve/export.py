@@ -76,15 +76,16 @@ def export_artifacts(
     from visctr.embeddings import read_embeddings
     from visctr.encoders import load_encoder
     from visctr.encoders.checkpoint import read_encoder_file
-    from visctr.io import atomic_dir, write_json
+    from visctr.io import atomic_dir, check_out_dir, write_json
 
+    check_out_dir(out, "export", (encoder_path, embeddings_dir, debias_path))
     index_cfg = index_cfg or IndexConfig()
     spec = read_encoder_file(encoder_path)["config"]
     encoder = load_encoder(encoder_path)
     c, s = int(spec["in_channels"]), int(spec["image_size"])
     example = torch.zeros(2, c, s, s, dtype=torch.uint8)
     item_ids, vectors = read_embeddings(Path(embeddings_dir) / "items.parquet")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="export") as tmp:
         with torch.no_grad():
             traced = torch.jit.trace(_Normalised(encoder).eval(), example)
         traced.save(str(tmp / "encoder.ts"))

@@ -448,7 +448,7 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
         if is_head.any() and tail.any()
         else 0.0
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="world") as tmp:
         (tmp / "images").mkdir()
         (tmp / "impressions").mkdir()
         save_npy(cat.images, tmp / "images" / "items.npy")
@@ -520,6 +520,9 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
 
 def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
     """Simulate a world and write it to ``out`` (atomically). Returns the summary."""
+    from visctr.io import check_out_dir
+
+    check_out_dir(out, "world")  # before the work, not only when renaming into place
     w = simulate_arrays(cfg, seed)
     return write_world(w, cfg, seed, Path(out))
 
