@@ -233,15 +233,22 @@ def export_debias(head: DebiasHead, cfg, dim: int, path: Path) -> None:
 
 def load_debias(path: Path) -> tuple[DebiasHead, str]:
     """The exported debias head and which vector retrieval uses (``gated``/``debiased``)."""
-    from visctr.io import load_torch
+    from visctr.io import check_state_dict, field, load_torch
 
     blob = load_torch(path)
     if not isinstance(blob, dict) or blob.get("format") != DEBIAS_FORMAT:
         raise InputError(f"{path}: not a visctr debias export (format {DEBIAS_FORMAT})")
-    head = DebiasHead(int(blob["dim"]), int(blob["hidden"]))
+    dim = field(blob, "dim", path, int, lo=1, hi=65_536)
+    hidden = field(blob, "hidden", path, int, lo=1, hi=65_536)
+    mode = field(blob, "retrieval_vector", path, str, choices=("gated", "debiased"))
+    with torch.device("meta"):  # shapes only: nothing allocated before the weights fit
+        check_state_dict(
+            field(blob, "state_dict", path, dict), DebiasHead(dim, hidden), path, "weights"
+        )
+    head = DebiasHead(dim, hidden)
     head.load_state_dict(blob["state_dict"])
     head.eval()
-    return head, str(blob["retrieval_vector"])
+    return head, mode
 
 
 class DebiasServing(nn.Module):

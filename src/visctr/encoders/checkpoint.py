@@ -9,15 +9,17 @@ can continue the S1 objective from where pre-training left it.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from visctr.encoders.backbones import Encoder, build_backbone
+from visctr.encoders.backbones import BACKBONES, Encoder, build_backbone
 from visctr.encoders.config import EncoderConfig
 from visctr.errors import InputError
-from visctr.io import load_torch, save_torch
+from visctr.io import check_state_dict, field, load_torch, save_torch
 
 FORMAT = "visctr-encoder/1"
 CUSTOM = "custom"
@@ -68,7 +70,16 @@ def save_encoder(
     )
 
 
+# Bounds on what an encoder file may ask to build: generous for real models, small enough
+# that a hostile file cannot make visctr allocate unbounded memory before its weights are
+# checked against the architecture.
+SPEC_LIMITS = {"in_channels": (1, 64), "image_size": (8, 4096), "embed_dim": (1, 65_536)}
+BACKBONE_LIMITS = {"width": (1, 4096), "stages": (1, 12), "blocks": (1, 64)}
+
+
 def read_encoder_file(path: str | Path) -> dict[str, Any]:
+    """The dict in an ``encoder.pt``, loaded safely, with its fields checked (types, bounds);
+    the weights are checked against the architecture by :func:`encoder_from_file`."""
     path = Path(path)
     obj = load_torch(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -76,6 +87,28 @@ def read_encoder_file(path: str | Path) -> dict[str, Any]:
             f"{path}: not a visctr encoder file (expected format {FORMAT}); "
             "pass the encoder.pt written by pretrain/finetune/classify"
         )
+    spec = field(obj, "config", path, dict)
+    c = "config."
+    field(spec, "backbone", path, str, choices=(*BACKBONES, CUSTOM), prefix=c)
+    kwargs = field(spec, "backbone_kwargs", path, dict, prefix=c)
+    for key in kwargs:
+        if key in BACKBONE_LIMITS:
+            lo, hi = BACKBONE_LIMITS[key]
+            field(kwargs, key, path, int, lo=lo, hi=hi, prefix=f"{c}backbone_kwargs.")
+        elif key == "small_stem":
+            field(kwargs, key, path, (bool, type(None)), prefix=f"{c}backbone_kwargs.")
+        else:
+            raise InputError(f"{path}: unknown field {c}backbone_kwargs.{str(key)[:40]!r}")
+    for key, (lo, hi) in SPEC_LIMITS.items():
+        types = (int, type(None)) if key == "embed_dim" else int
+        field(spec, key, path, types, lo=lo, hi=hi, prefix=c)
+    field(spec, "mean", path, (int, float), check=math.isfinite, prefix=c)
+    field(spec, "std", path, (int, float), check=lambda v: math.isfinite(v) and v > 0, prefix=c)
+    field(obj, "state_dict", path, dict)
+    heads = field(obj, "heads", path, dict)
+    for key in heads:
+        field(heads, key, path, dict, prefix="heads.")
+    field(obj, "meta", path, dict)
     return obj
 
 
@@ -94,17 +127,27 @@ def encoder_from_file(
     path: Path,
     backbone: nn.Module | None = None,
 ) -> Encoder:
+    """The encoder of a :func:`read_encoder_file` dict; its weights must fit the
+    architecture exactly (checked on the meta device before anything is allocated)."""
     spec = obj["config"]
+
+    def build() -> nn.Module:
+        try:
+            return build_backbone(
+                spec["backbone"], spec["in_channels"], spec["image_size"], **spec["backbone_kwargs"]
+            )
+        except (ValueError, TypeError) as e:
+            raise InputError(f"{path}: {e}") from None
+
     if backbone is None:
         if spec["backbone"] == CUSTOM:
             raise InputError(f"{path}: holds a custom backbone; pass the module to load it into")
-        try:
-            backbone = build_backbone(
-                spec["backbone"], spec["in_channels"], spec["image_size"], **spec["backbone_kwargs"]
-            )
-        except ValueError as e:
-            raise InputError(f"{path}: {e}") from None
+        with torch.device("meta"):
+            shape_ref = Encoder(build(), spec["embed_dim"], spec["mean"], spec["std"])
+        check_state_dict(obj["state_dict"], shape_ref, path, "encoder weights")
+        backbone = build()
     enc = Encoder(backbone, spec["embed_dim"], spec["mean"], spec["std"])
+    check_state_dict(obj["state_dict"], enc, path, "encoder weights")
     try:
         enc.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
