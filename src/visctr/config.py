@@ -9,6 +9,7 @@ variable (``{"old_key": "section.key"}``) so files of the old layout keep loadin
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,21 @@ from typing import Any, TypeVar
 from visctr.errors import ConfigError
 
 T = TypeVar("T")
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _v(value: Any, limit: int = 80) -> str:
+    """A bounded ``repr`` for messages: a huge value never makes a huge (or slow) error."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_value(value: Any, tp: Any, where: str) -> Any:
@@ -35,37 +51,37 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
                 return _check_value(value, arg, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: expected {tp}, got {value!r}")
+        raise ConfigError(errors[0] if errors else f"{where}: expected {tp}, got {_v(value)}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{where}: must be one of {list(args)}, got {_v(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {_v(value)}")
         inner = args[0] if args else Any
         return type(value)(_check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {_v(value)}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_v(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_v(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{where}: expected a number, got {_v(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_v(value)}")
         return value
     return value
 
@@ -85,22 +101,22 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{where}: expected a mapping, got {_v(data)}")
     legacy = getattr(cls, "LEGACY_KEYS", None)
     if legacy:
         data = _fold_legacy(data, legacy)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(fields))})"
+            f"{where}: unknown key {_v(unknown[0])} (known: {', '.join(sorted(fields))})"
         )
     kwargs = {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        raise ConfigError(f"{where}: {_short(str(e))}") from None
 
 
 def to_dict(obj: Any) -> Any:
@@ -122,16 +138,68 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few kB; this bounds parse time and memory
+MAX_YAML_DEPTH = 64
+
+
+def _strict_loader():
+    """A SafeLoader that refuses anchors/aliases (a few hundred bytes of aliases expand
+    to gigabytes: the "billion laughs") and nesting deeper than ``MAX_YAML_DEPTH`` (the
+    composer recurses per level: 20,000 levels would raise RecursionError)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                mark = event.start_mark
+                raise ConfigError(
+                    f"line {mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                    "supported in visctr configs; write the values out"
+                )
+            self._depth += 1
+            try:
+                if self._depth > MAX_YAML_DEPTH:
+                    mark = event.start_mark
+                    raise ConfigError(
+                        f"line {mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels"
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return StrictLoader
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping: UTF-8, at most 1 MiB, no aliases, bounded depth."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES >> 20} MiB; not a visctr config")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: not UTF-8 text; save the file as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        raise ConfigError(f"{path}: invalid YAML ({_short(str(e))})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
