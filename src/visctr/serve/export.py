@@ -132,14 +132,44 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, 
         raise InputError(
             f"{export_dir}: not an export folder (no export.json); run 'visctr export' first"
         )
-    meta = json.loads(meta_path.read_text())
-    img = _read_image(Path(image), meta["image_size"], meta["channels"], str(image))
-    encoder = torch.jit.load(str(export_dir / "encoder.ts"), map_location="cpu")
+    try:
+        meta = json.loads(meta_path.read_bytes())
+    except ValueError as e:
+        raise InputError(f"{meta_path}: not valid JSON ({e}); rerun 'visctr export'") from None
+    from visctr.io import field, load_npy
+
+    size = field(meta, "image_size", meta_path, int, lo=8, hi=4096)
+    channels = field(meta, "channels", meta_path, int, lo=1, hi=64)
+    debias = field(meta, "debias", meta_path, bool)
+    for name in ("encoder.ts", "index.faiss", "item_ids.npy", *(["debias.ts"] if debias else [])):
+        if not (export_dir / name).is_file():
+            raise InputError(f"{export_dir / name}: missing; rerun 'visctr export'")
+    img = _read_image(Path(image), size, channels, str(image))
+    encoder = _jit_load(export_dir / "encoder.ts")
     with torch.no_grad():
         q = encoder(torch.from_numpy(img[None].copy()))
-        if meta.get("debias"):
-            q = torch.jit.load(str(export_dir / "debias.ts"), map_location="cpu")(q)
-    index = faiss.read_index(str(export_dir / "index.faiss"))
-    ids = np.load(export_dir / "item_ids.npy", allow_pickle=False)
+        if debias:
+            q = _jit_load(export_dir / "debias.ts")(q)
+    try:
+        index = faiss.read_index(str(export_dir / "index.faiss"))
+    except RuntimeError as e:
+        msg = str(e).strip().splitlines()[-1][:200] if str(e).strip() else "unreadable"
+        raise InputError(f"{export_dir / 'index.faiss'}: not a FAISS index ({msg})") from None
+    ids = load_npy(export_dir / "item_ids.npy", mmap=False)
+    if ids.ndim != 1 or ids.shape[0] != index.ntotal or ids.dtype.kind not in "iu":
+        raise InputError(
+            f"{export_dir / 'item_ids.npy'}: expected {index.ntotal} integer ids, found "
+            f"{ids.dtype} {list(ids.shape)}; rerun 'visctr export'"
+        )
     scores, idx = index.search(q.numpy().astype(np.float32), k)
     return [(int(ids[i]), float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
+
+
+def _jit_load(path: Path) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unreadable"
+        raise InputError(
+            f"{path}: not a TorchScript module ({msg}); rerun 'visctr export'"
+        ) from None

@@ -151,6 +151,14 @@ class World:
             query_images=load_npy(root / "images" / "queries.npy"),
         )
         world._validate(users["user_id"])
+        for split in SPLITS:  # the logs are streamed later: check their schema now
+            path = world.impressions_path(split)
+            if path.is_file():
+                try:
+                    schema = pq.read_schema(path)
+                except (pa.ArrowException, OSError) as e:
+                    raise InputError(f"{path}: unreadable Parquet ({e})") from None
+                check_columns(schema, IMPRESSION_COLUMNS, path)
         return world
 
     def _validate(self, user_ids: np.ndarray) -> None:
@@ -169,8 +177,10 @@ class World:
             (self.item_images, root / "images" / "items.npy", self.items),
             (self.query_images, root / "images" / "queries.npy", self.queries),
         ):
-            if img.ndim != 4:
-                raise InputError(f"{path}: expected uint8 [N, C, H, W], got shape {img.shape}")
+            if img.ndim != 4 or img.dtype != np.uint8:
+                raise InputError(
+                    f"{path}: expected uint8 [N, C, H, W], got {img.dtype} shape {img.shape}"
+                )
             src = items_p if t is self.items else queries_p
             _in_range(
                 t["image_row"], len(img), src, "image_row", f"the {len(img)} images of {path}"
