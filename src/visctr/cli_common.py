@@ -1,51 +1,166 @@
-"""Pieces shared by every CLI verb: error reporting and the accelerator options."""
+"""Pieces shared by every CLI verb: error reporting, option types, the accelerator options
+and the ``--out`` checks.
+
+Every verb reports a failure as one line on stderr (the traceback only with ``visctr
+--debug``): input and configuration errors (:class:`VisctrError`, exit 2), a file system
+error (OSError: permission, read-only, disk full; exit 2) naming the path, a stop by
+signal during training (exit 143 / 130) saying how to resume, and anything else as an
+internal error (exit 1). KeyboardInterrupt and SystemExit pass through.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
-from visctr.errors import VisctrError
+from visctr.errors import Interrupted, VisctrError
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some space or write elsewhere",
+    errno.EDQUOT: "free some space or write elsewhere",
+    errno.EACCES: "check its permissions or write elsewhere",
+    errno.EPERM: "check its permissions or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path, what the system said, what to do."""
+    where = e.filename if e.filename is not None else None
+    what = e.strerror or str(e) or type(e).__name__
+    line = f"{where}: {what}" if where is not None else what
+    if e.filename2 is not None:
+        line += f" (-> {e.filename2})"
+    hint = _OS_HINTS.get(e.errno or -1)
+    return f"{line}; {hint}" if hint else line
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Report :class:`VisctrError` as one line (traceback only with ``--debug``), exit 2."""
+    """Report failures as one line (traceback only with ``--debug``); see the module doc."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context(silent=True)
+        debug = bool(ctx and ctx.find_root().params.get("debug"))
         try:
             return fn(*args, **kwargs)
+        except Interrupted as e:
+            if e.message:
+                click.echo(f"visctr: {_one_line(e.message)}", err=True)
+            sys.exit(e.code)
         except VisctrError as e:
-            ctx = click.get_current_context(silent=True)
-            debug = bool(ctx and ctx.find_root().params.get("debug"))
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(e)}", err=True)
             sys.exit(2)
+        except OSError as e:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {_one_line(os_error_line(e))}", err=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as e:  # the last resort: one line, never a traceback by default
+            if debug:
+                traceback.print_exc()
+            msg = _one_line(f"{type(e).__name__}: {e}", 300)
+            click.echo(
+                f"error: internal error ({msg}); rerun with --debug for the traceback", err=True
+            )
+            sys.exit(1)
 
     return wrapper
 
 
+# ---- option types --------------------------------------------------------------------------
+
+SEED = click.IntRange(0, 2**32 - 1)  # numpy and Lightning seeds are unsigned 32-bit
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,3})?)$")
+
+
+def check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--device``: auto | cpu | cuda | cuda:N | mps."""
+    if value is not None and not _DEVICE_RE.match(value):
+        raise click.BadParameter(f"{value[:40]!r}: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _check_devices(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    from visctr.train import check_devices
+
+    try:
+        return check_devices(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None or value == "auto":
+        return value
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    known = StrategyRegistry.available_strategies()
+    if value not in known:
+        raise click.BadParameter(
+            f"{value[:40]!r}: use auto or one of Lightning's strategies (ddp, ddp_spawn, fsdp, "
+            "deepspeed, ...)"
+        )
+    return value
+
+
 def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--accelerator --devices --num-nodes --strategy --precision`` → ``trainer_overrides``."""
+    from visctr.train import ACCELERATORS, PRECISIONS
 
-    @click.option("--accelerator", default=None, help="cpu | gpu | auto (default: auto).")
-    @click.option("--devices", default=None, help="Devices per node: an integer or 'auto'.")
-    @click.option("--num-nodes", type=int, default=None, help="Nodes for multi-node DDP.")
-    @click.option("--strategy", default=None, help="Lightning strategy: auto | ddp | ...")
-    @click.option("--precision", default=None, help="32-true | bf16-mixed | 16-mixed.")
+    @click.option(
+        "--accelerator",
+        type=click.Choice(ACCELERATORS),
+        default=None,
+        help="cpu | gpu | auto (default: auto).",
+    )
+    @click.option(
+        "--devices",
+        default=None,
+        callback=_check_devices,
+        help="Devices per node: an integer, -1 (all), 'auto' or ids like '0,1'.",
+    )
+    @click.option("--num-nodes", type=POSITIVE, default=None, help="Nodes for multi-node DDP.")
+    @click.option(
+        "--strategy", default=None, callback=_check_strategy, help="Lightning strategy: auto | ddp."
+    )
+    @click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default=None,
+        help="32-true | bf16-mixed | 16-mixed.",
+    )
     @functools.wraps(fn)
     def wrapper(*args: Any, accelerator, devices, num_nodes, strategy, precision, **kwargs: Any):
         over: dict[str, Any] = {}
         if accelerator is not None:
             over["accelerator"] = accelerator
         if devices is not None:
-            over["devices"] = int(devices) if str(devices).isdigit() else devices
+            over["devices"] = devices
         if num_nodes is not None:
             over["num_nodes"] = num_nodes
         if strategy is not None:
@@ -55,3 +170,27 @@ def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return fn(*args, trainer_overrides=over, **kwargs)
 
     return wrapper
+
+
+# ---- --out ---------------------------------------------------------------------------------
+
+
+def check_out(
+    out: Path, kind: str, *inputs: str | os.PathLike | None, option: str = "--out"
+) -> None:
+    """The one ``--out`` check of every verb (see :func:`visctr.io.check_out_dir`): refuse a
+    file, a non-empty directory visctr did not write as a ``kind`` directory, and a path
+    that is, contains or is inside one of ``inputs``. Writes nothing."""
+    from visctr.io import check_out_dir, check_out_file
+
+    if kind == "file":
+        check_out_file(out, inputs, option)
+    else:
+        check_out_dir(out, kind, inputs, option)
+
+
+def path_input(value: str | None) -> Path | None:
+    """A ``--catalog``-like value that names a path (not ``fashion-mnist:SPLIT``)."""
+    if value is None or value.startswith("fashion-mnist"):
+        return None
+    return Path(value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import handle_errors, trainer_options
+from visctr.cli_common import SEED, check_out, handle_errors, trainer_options
 
 
 @click.command("train-ctr")
@@ -49,7 +49,7 @@ from visctr.cli_common import handle_errors, trainer_options
     type=click.Path(path_type=Path),
     help="Output directory for model.pt, feature_map.json, history.json, ...",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--config",
     "config_file",
@@ -77,6 +77,7 @@ def train_ctr_cmd(
     from visctr.train import is_global_zero
     from visctr.world import World
 
+    check_out(out_dir, "ctr", world_dir, embeddings, reference, config_file)
     data = read_yaml(config_file) if config_file else {}
     if trainer_overrides:
         data = merge(data, {"trainer": trainer_overrides})

@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from visctr.cli_common import handle_errors, trainer_options
+from visctr.cli_common import (
+    POSITIVE,
+    SEED,
+    check_device,
+    check_out,
+    handle_errors,
+    trainer_options,
+)
 from visctr.config import from_dict, merge, read_yaml
 from visctr.errors import ConfigError
 
@@ -75,7 +82,9 @@ def _world(path: Path):
 
 
 def _stage_options(fn):
-    fn = click.option("--epochs", type=int, default=None, help="Override the config's epochs.")(fn)
+    fn = click.option(
+        "--epochs", type=POSITIVE, default=None, help="Override the config's epochs."
+    )(fn)
     fn = click.option(
         "--config",
         "config",
@@ -83,7 +92,7 @@ def _stage_options(fn):
         default=None,
         help="YAML file: its section named after this verb (or s1/s2 as in a 'visctr run' config) is the stage config.",
     )(fn)
-    fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
+    fn = click.option("--seed", type=SEED, default=0, show_default=True)(fn)
     fn = click.option(
         "--out",
         "out",
@@ -119,6 +128,7 @@ def _catalog_verb(verb: str, cfg_name: str, stage_name: str, doc: str) -> click.
         from visctr.encoders import config as configs
         from visctr.encoders import stages
 
+        check_out(out, "encoder", world, config)
         cfg = _load_cfg(getattr(configs, cfg_name), verb, config, epochs, trainer_overrides)
         _echo(getattr(stages, stage_name)(_world(world), cfg, out, seed))
 
@@ -160,6 +170,7 @@ def finetune(
     from visctr.encoders.config import S2Config
     from visctr.encoders.stages import finetune as run
 
+    check_out(out, "encoder", world, config, init)
     cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides)
     _echo(run(_world(world), cfg, out, seed, init=init))
 
@@ -186,13 +197,20 @@ def finetune(
     required=True,
     help="Output directory for items.parquet and queries.parquet.",
 )
-@click.option("--batch-size", type=int, default=1024, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--batch-size", type=POSITIVE, default=1024, show_default=True)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=check_device,
+    help="auto | cpu | cuda | cuda:N | mps",
+)
 @handle_errors
 def embed(world: Path, encoder: Path, out: Path, batch_size: int, device: str) -> None:
     """Embed every catalog item and query photo (L2-normalised) to Parquet."""
     from visctr.encoders.export import embed as run
 
+    check_out(out, "embeddings", world, encoder)
     items, queries = run(encoder, _world(world), out, batch_size=batch_size, device=device)
     click.echo(items)
     click.echo(queries)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import handle_errors
+from visctr.cli_common import check_out, handle_errors
 
 
 @click.command("evaluate")
@@ -42,6 +42,8 @@ def evaluate(
     from visctr.io import write_json
     from visctr.world import World
 
+    if out is not None:
+        check_out(out, "file", world_dir, embeddings, ctr_model, debias)
     world = World.load(world_dir)
     transform = None
     if debias is not None:

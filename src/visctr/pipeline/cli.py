@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import handle_errors, trainer_options
+from visctr.cli_common import (
+    POSITIVE,
+    SEED,
+    check_out,
+    handle_errors,
+    path_input,
+    trainer_options,
+)
 
 
 @click.command("run")
@@ -19,14 +26,14 @@ from visctr.cli_common import handle_errors, trainer_options
 )
 @click.option(
     "--seeds",
-    type=int,
+    type=POSITIVE,
     default=1,
     show_default=True,
     help="Training seeds per method (claims need >= 3).",
 )
 @click.option(
     "--seed",
-    type=int,
+    type=SEED,
     default=0,
     show_default=True,
     help="World seed; training seeds are seed..seed+seeds-1.",
@@ -50,9 +57,11 @@ from visctr.cli_common import handle_errors, trainer_options
 @handle_errors
 def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, trainer_overrides):
     """Build the world, train the five methods, evaluate them, write results.json + report.md."""
+    from visctr.io import claim_out_dir
     from visctr.pipeline.config import resolve_run_config
     from visctr.pipeline.run import run_pipeline
 
+    check_out(out, "run", path_input(catalog), data_dir, config_path)
     cfg = resolve_run_config(
         preset,
         config_path,
@@ -62,6 +71,7 @@ def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, train
         data_dir=data_dir,
         trainer_overrides=trainer_overrides,
     )
+    claim_out_dir(out, "run")
     run_pipeline(cfg, out, restart=restart)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import handle_errors
+from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
 
 
 @click.command("export")
@@ -31,7 +31,7 @@ from visctr.cli_common import handle_errors
 @click.option(
     "--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True
 )
-@click.option("--nlist", type=int, default=0, help="IVF lists (0: about 4·sqrt(items)).")
+@click.option("--nlist", type=NON_NEGATIVE, default=0, help="IVF lists (0: about 4·sqrt(items)).")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @handle_errors
 def export(
@@ -40,6 +40,7 @@ def export(
     """Serving artifacts: TorchScript encoder (+ debias network) and a FAISS index."""
     from visctr.serve.export import IndexConfig, export_artifacts
 
+    check_out(out, "export", encoder, embeddings, debias)
     export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias)
     click.echo(
         f"exported encoder.ts{', debias.ts' if debias else ''}, index.faiss ({kind}) to {out}"
@@ -55,7 +56,7 @@ def export(
     help="A `visctr export` folder.",
 )
 @click.option("--image", type=click.Path(path_type=Path), required=True, help="Query photo.")
-@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @handle_errors
 def search(export_dir: Path, image: Path, top_k: int) -> None:
     """Top-K catalog items for a photo (item_id and cosine score)."""

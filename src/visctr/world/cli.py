@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import handle_errors
+from visctr.cli_common import SEED, check_out, handle_errors, path_input
 
 
 @click.command()
@@ -23,7 +23,7 @@ from visctr.cli_common import handle_errors
     help="fashion-mnist:train|test, an image folder, or a .parquet/.csv manifest.",
 )
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST idx files.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
 @click.option(
     "--config",
@@ -46,6 +46,7 @@ def simulate(
     from visctr.world.simulate import format_summary
     from visctr.world.simulate import simulate as run_sim
 
+    check_out(out, "world", path_input(catalog), data_dir, config_path)
     cfg = resolve_world_config(preset, config_path, catalog=catalog, data_dir=data_dir)
     summary = run_sim(cfg, seed, out)
     click.echo(format_summary(summary))
