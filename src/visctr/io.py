@@ -157,12 +157,21 @@ def claim_out_dir(
     inputs: Iterable[str | os.PathLike | None] = (),
     option: str = "--out",
 ) -> Path:
-    """:func:`check_out_dir`, then create ``out`` and mark it as a ``kind`` directory."""
+    """:func:`check_out_dir`, then create ``out``, mark it as a ``kind`` directory and sweep
+    the temporary files a killed earlier write left in it."""
     out = check_out_dir(out, kind, inputs, option)
     out.mkdir(parents=True, exist_ok=True)
     if read_marker(out) is None:
         write_marker(out, kind)
+    if _first_process():  # other DDP ranks start later, while rank 0 may be writing
+        sweep_temp(out)
     return out
+
+
+def _first_process() -> bool:
+    return all(
+        int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID")
+    )
 
 
 def check_out_file(
