@@ -1,0 +1,891 @@
+"""Hostile inputs and hostile environments: one test per class of failure, each hostile
+case a parameter.
+
+1. ``--out`` never destroys what visctr did not write (marker files, input overlap, files).
+2. Artifacts follow the umask.
+3. SIGTERM / Ctrl-C during training: non-zero exit, one line saying how to resume.
+4. A damaged ``last.ckpt`` or a killed write's temporary files never block a rerun.
+5. Loads never unpickle arbitrary objects, whatever the environment says; loaded dicts
+   are checked before use.
+6. Every failure of the CLI is one line: bad files in a world, bad options, bad YAML,
+   file-system errors, and unexpected exceptions; KeyboardInterrupt is not hidden.
+7. Config parsing is bounded (alias bombs, deep nesting, huge values, huge files).
+
+In-process (``CliRunner``) except where a signal needs its own process.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+
+from visctr.cli import main
+from visctr.config import from_dict, read_yaml
+from visctr.encoders import EncoderConfig, build_encoder, embed
+from visctr.encoders.checkpoint import encoder_spec, read_encoder_file, save_encoder
+from visctr.errors import ConfigError, InputError
+from visctr.io import atomic_dir, atomic_path, load_torch
+from visctr.train import TrainerConfig, build_trainer, resume_checkpoint
+from visctr.world import World
+
+TINY_ENCODER = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16)
+
+
+# ---- shared assets and helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def assets(tiny_world_dir, tmp_path_factory) -> dict[str, Path]:
+    """A random tiny encoder and its embeddings of the tiny world."""
+    d = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    enc = build_encoder(TINY_ENCODER, 1, 28).eval()
+    (d / "enc").mkdir()
+    save_encoder(d / "enc" / "encoder.pt", enc, encoder_spec(enc, TINY_ENCODER, 1, 28))
+    embed(d / "enc" / "encoder.pt", World.load(tiny_world_dir), d / "emb", device="cpu")
+    return {"world": tiny_world_dir, "encoder": d / "enc" / "encoder.pt", "emb": d / "emb"}
+
+
+def cli(*args) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line(res, match: str, code: int = 2) -> None:
+    """Exit ``code``, one line on stderr starting ``error:`` containing ``match``."""
+    assert not isinstance(res.exception, (AssertionError, TypeError, NameError)), res.exception
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == code, (res.exit_code, res.output, res.exception)
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and match in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+def assert_usage_error(res, option: str) -> None:
+    """click's usage error: exit 2, names the option, no traceback."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert "Invalid value" in res.stderr and option in res.stderr, res.stderr
+    assert "Traceback" not in res.output
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (and root itself) with a digest of its bytes."""
+    out = {}
+    for p in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+        key = str(p.relative_to(root))
+        out[key] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def _png_folder(root: Path, n: int = 12) -> Path:
+    from PIL import Image
+
+    for c in ("shoes", "bags"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (28, 28), 10 * i + (c == "bags") * 100).save(root / c / f"{i}.png")
+    return root
+
+
+def _manifest_folder(root: Path) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (28, 28), 30 * i).save(root / f"{i}.png")
+    cols = {"item_id": [0, 1, 2, 3], "image_path": [f"{i}.png" for i in range(4)]}
+    cols["category"] = ["a", "b", "a", "b"]
+    pq.write_table(pa.table(cols), root / "manifest.parquet")
+    return root / "manifest.parquet"
+
+
+def _marked(d: Path, kind: str, *files: str) -> Path:
+    d.mkdir(parents=True)
+    (d / ".visctr.json").write_text(json.dumps({"kind": kind, "version": 1}))
+    for f in files:
+        (d / f).write_text("mine")
+    return d
+
+
+# ---- 1. --out never destroys what visctr did not write ----------------------------------------
+
+
+def _out_cases(tmp: Path, a: dict[str, Path]):
+    """(args, directory that must stay byte-identical, expected words of the error)."""
+    user = tmp / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("my thesis")
+    photos = _png_folder(tmp / "photos")
+    manifest = _manifest_folder(tmp / "shop")
+    afile = tmp / "a-file"
+    afile.write_text("keep me")
+    w, e, emb = a["world"], a["encoder"], a["emb"]
+    encdir = _marked(tmp / "encdir", "encoder", "encoder.pt")
+    own = tmp / "own"
+    shutil.copytree(e.parent, own)
+    link = tmp / "link-to-world"
+    link.symlink_to(w, target_is_directory=True)
+    return {
+        "simulate-into-user-files": (
+            ["simulate", "--catalog", photos, "--out", user],
+            user,
+            "not written by visctr",
+        ),
+        "simulate-into-its-catalog-folder": (
+            ["simulate", "--catalog", photos, "--out", photos],
+            photos,
+            "is the input",
+        ),
+        "simulate-into-the-manifest-folder": (
+            ["simulate", "--catalog", manifest, "--out", manifest.parent],
+            manifest.parent,
+            "contains the input",
+        ),
+        "simulate-over-a-file": (
+            ["simulate", "--catalog", photos, "--out", afile],
+            tmp,
+            "is not a directory",
+        ),
+        "run-into-user-files": (
+            ["run", "--preset", "tiny", "--catalog", photos, "--out", user],
+            user,
+            "not written by visctr",
+        ),
+        "export-into-its-embeddings": (
+            ["export", "--encoder", e, "--embeddings", emb, "--out", emb],
+            emb,
+            "is the input",
+        ),
+        "embed-into-its-world": (
+            ["embed", "--world", w, "--encoder", e, "--out", w],
+            w,
+            "is the input",
+        ),
+        "embed-into-a-symlink-to-its-world": (
+            ["embed", "--world", w, "--encoder", e, "--out", link],
+            w,
+            "is the input",
+        ),
+        "embed-into-an-encoder-directory": (
+            ["embed", "--world", w, "--encoder", e, "--out", encdir],
+            encdir,
+            "visctr encoder",
+        ),
+        "pretrain-inside-its-world": (
+            ["pretrain", "--world", w, "--out", w / "enc", "--epochs", 1],
+            w,
+            "is inside the input",
+        ),
+        "finetune-over-its-init": (
+            ["finetune", "--world", w, "--init", own / "encoder.pt", "--out", own],
+            own,
+            "contains the input",
+        ),
+        "train-ctr-into-its-embeddings": (
+            ["train-ctr", "--world", w, "--embeddings", emb, "--out", emb],
+            emb,
+            "is the input",
+        ),
+        "train-ctr-over-a-file": (
+            ["train-ctr", "--world", w, "--embeddings", emb, "--out", afile],
+            tmp,
+            "is not a directory",
+        ),
+        "evaluate-metrics-into-its-embeddings": (
+            ["evaluate", "--world", w, "--embeddings", emb, "--out", emb / "m.json"],
+            emb,
+            "is inside the input",
+        ),
+        "evaluate-over-a-non-json-file": (
+            ["evaluate", "--world", w, "--embeddings", emb, "--out", afile],
+            tmp,
+            "not a JSON file written by visctr",
+        ),
+    }
+
+
+OUT_CASES = [
+    "simulate-into-user-files",
+    "simulate-into-its-catalog-folder",
+    "simulate-into-the-manifest-folder",
+    "simulate-over-a-file",
+    "run-into-user-files",
+    "export-into-its-embeddings",
+    "embed-into-its-world",
+    "embed-into-a-symlink-to-its-world",
+    "embed-into-an-encoder-directory",
+    "pretrain-inside-its-world",
+    "finetune-over-its-init",
+    "train-ctr-into-its-embeddings",
+    "train-ctr-over-a-file",
+    "evaluate-metrics-into-its-embeddings",
+    "evaluate-over-a-non-json-file",
+]
+
+
+@pytest.mark.parametrize("case", OUT_CASES)
+def test_out_never_destroys_what_visctr_did_not_write(case, assets, tmp_path):
+    a = dict(assets)
+    # the world and embeddings are copied so a failure here cannot spoil other tests
+    a["world"] = tmp_path / "world"
+    shutil.copytree(assets["world"], a["world"])
+    a["emb"] = tmp_path / "emb"
+    shutil.copytree(assets["emb"], a["emb"])
+    (tmp_path / "t").mkdir()
+    args, watched, match = _out_cases(tmp_path / "t", a)[case]
+    before = snapshot(watched)
+    res = cli(*args)
+    assert_one_line(res, match)
+    assert snapshot(watched) == before
+    assert not list(watched.parent.glob(".*.old")) and not list(watched.glob(".*.old"))
+
+
+def test_out_replaces_its_own_kind_whole(tiny_world_dir, assets, tmp_path):
+    """A directory visctr marked is rewritten (atomically, leftovers of a killed write swept);
+    the new write is complete or absent, never mixed."""
+    w = World.load(tiny_world_dir)
+    out = tmp_path / "emb"
+    embed(assets["encoder"], w, out, device="cpu")
+    assert json.loads((out / ".visctr.json").read_text()) == {"kind": "embeddings", "version": 1}
+    (tmp_path / ".emb.abcd1234.tmp").mkdir()  # a killed earlier write
+    (tmp_path / ".emb.efgh5678.tmp").write_text("half")
+    embed(assets["encoder"], w, out, device="cpu")
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".visctr.json",
+        "items.parquet",
+        "queries.parquet",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
+    # a failure mid-write leaves the previous pair in place
+    before = snapshot(out)
+    with pytest.raises(RuntimeError), atomic_dir(out, kind="embeddings") as tmp:
+        (tmp / "items.parquet").write_text("half")
+        raise RuntimeError("killed")
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_artifacts_follow_the_umask(umask, tiny_world_dir, assets, tmp_path):
+    from visctr.serve.export import IndexConfig, export_artifacts
+
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "f.json") as p:
+            p.write_text("{}")
+        embed(assets["encoder"], World.load(tiny_world_dir), tmp_path / "emb", device="cpu")
+        export_artifacts(assets["encoder"], assets["emb"], tmp_path / "ex", IndexConfig("flat"))
+    finally:
+        os.umask(old)
+    files = [
+        tmp_path / "f.json",
+        tmp_path / "emb" / "items.parquet",
+        tmp_path / "ex" / "export.json",
+    ]
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+    for d in (tmp_path / "ex", tmp_path / "emb"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask, d
+
+
+# ---- 3. signals during training ---------------------------------------------------------------
+
+# ``visctr VERB ...`` in a child that signals itself at a fixed training step: deterministic,
+# no race with the machine's speed.
+SIGNAL_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import lightning as L
+    import visctr.encoders.stages as stages
+    import visctr.train as train
+
+    SIG, AT = getattr(signal, sys.argv[1]), int(sys.argv[2])
+
+    class SendSignal(L.Callback):
+        sent = False
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step >= AT and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), SIG)
+
+    real = train.build_trainer
+
+    def build_trainer(cfg, out_dir, max_epochs, callbacks=None, **kw):
+        return real(cfg, out_dir, max_epochs, callbacks=[*(callbacks or []), SendSignal()], **kw)
+
+    train.build_trainer = stages.build_trainer = build_trainer
+    from visctr.cli import main
+
+    main(sys.argv[3:], prog_name="visctr")
+    """
+)
+
+PRETRAIN_CFG = """
+pretrain:
+  epochs: 2
+  batch_size: 16
+  probe_items: 0
+  encoder: {width: 8, stages: 2, blocks: 1, embed_dim: 16}
+trainer:
+  checkpoint_every_n_steps: 1000
+  progress_bar: false
+"""
+
+CTR_CFG = """
+max_epochs: 2
+batch_size: 64
+trainer:
+  checkpoint_every_n_steps: 1000
+  progress_bar: false
+"""
+
+
+def _verb_args(verb: str, a: dict[str, Path], out: Path, tmp: Path) -> list[str]:
+    cfg = tmp / f"{verb}.yaml"
+    cfg.write_text(PRETRAIN_CFG if verb == "pretrain" else CTR_CFG)
+    inputs = ["--world", a["world"]] + ([] if verb == "pretrain" else ["--embeddings", a["emb"]])
+    return [str(x) for x in [verb, *inputs, "--out", out, "--config", cfg, "--accelerator", "cpu"]]
+
+
+def _run(args: list[str], child: str | None = None, *extra: str):
+    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", child, *extra] if child else [sys.executable, "-m", "visctr.cli"]
+    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "verb,sig,code",
+    [("pretrain", "SIGTERM", 143), ("train-ctr", "SIGTERM", 143), ("pretrain", "SIGINT", 130)],
+)
+def test_signal_during_training_exits_nonzero_and_says_how_to_resume(
+    verb, sig, code, assets, tmp_path
+):
+    out = tmp_path / "out"
+    args = _verb_args(verb, assets, out, tmp_path)
+    proc = _run(args, SIGNAL_CHILD, sig, "3")
+    assert proc.returncode == code, proc.stderr[-3000:]
+    # (library warnings aside) one line of visctr's own, no traceback
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("visctr:")]
+    assert len(lines) == 1 and "rerun the same command" in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    final = "encoder.pt" if verb == "pretrain" else "model.pt"
+    assert not (out / final).exists() and not (out / "done.json").exists()
+    ckpt = out / "checkpoints" / "last.ckpt"
+    if sig == "SIGTERM":  # a checkpoint of the step it stopped at
+        assert "SIGTERM" in lines[0] and str(ckpt) in lines[0]
+        assert torch.load(ckpt, weights_only=True)["global_step"] >= 3
+        res = _run(args)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert (out / final).is_file() and (out / "done.json").is_file()
+        if verb == "pretrain":
+            assert "resuming from" in res.stdout
+
+
+# ---- 4. damaged checkpoints and temporary files never block a rerun ---------------------------
+
+
+def _evil(marker: Path) -> object:
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    return {"state_dict": {}, "payload": Evil()}
+
+
+DAMAGE = {
+    "truncated": lambda p, m: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "empty": lambda p, m: p.write_bytes(b""),
+    "garbage": lambda p, m: p.write_bytes(os.urandom(4096)),
+    "planted-pickle": lambda p, m: torch.save(_evil(m), p),
+}
+
+
+@pytest.fixture(scope="module")
+def finished_s1(tiny_world_dir, tmp_path_factory) -> Path:
+    from visctr.encoders import S1Config, pretrain
+
+    cfg = S1Config(
+        encoder=TINY_ENCODER, epochs=1, batch_size=64, probe_items=0,
+        trainer=TrainerConfig(accelerator="cpu", progress_bar=False, checkpoint_every_n_steps=2),
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("s1") / "s1"
+    pretrain(World.load(tiny_world_dir), cfg, out, 0)
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    return out
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_checkpoint_is_moved_aside_and_the_stage_starts_afresh(
+    damage, finished_s1, tiny_world_dir, tmp_path, monkeypatch, capfd
+):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    out = tmp_path / "s1"
+    shutil.copytree(finished_s1, out)
+    (out / "done.json").unlink()  # killed before the end: the next run resumes
+    ckpt = out / "checkpoints" / "last.ckpt"
+    marker = tmp_path / "pwned"
+    DAMAGE[damage](ckpt, marker)
+    # what a kill during an atomic write leaves behind
+    (out / ".encoder.pt.k2j4l5m6.tmp").write_bytes(b"half")
+    (out / "checkpoints" / "last.ckpt.tmp").write_bytes(b"half")
+    capfd.readouterr()
+    res = cli(
+        "pretrain", "--world", tiny_world_dir, "--out", out, "--accelerator", "cpu",
+        "--config", _write(tmp_path / "c.yaml", "pretrain:\n  epochs: 1\n  batch_size: 64\n"
+                           "  probe_items: 0\n  encoder: {width: 8, stages: 2, blocks: 1, "
+                           "embed_dim: 16}\ntrainer: {checkpoint_every_n_steps: 2, "
+                           "progress_bar: false}\n"),
+        "--seed", 0,
+    )  # fmt: skip
+    err = capfd.readouterr().err + res.stderr
+    assert res.exit_code == 0, (res.output, err)
+    assert not marker.exists()
+    warn = [line for line in err.splitlines() if "last.ckpt" in line]
+    assert len(warn) == 1 and "cannot resume" in warn[0] and "afresh" in warn[0], err
+    assert (out / "checkpoints" / "last.ckpt.corrupt").is_file()
+    assert (out / "encoder.pt").is_file() and (out / "done.json").is_file()
+    assert not list(out.rglob("*.tmp"))
+
+
+def _write(p: Path, text: str) -> Path:
+    p.write_text(text)
+    return p
+
+
+def test_resume_checkpoint_sweeps_and_checks(tmp_path, capfd):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".history.json.a1b2c3d4.tmp").write_text("x")
+    (tmp_path / "checkpoints" / "last.ckpt.tmp").write_text("x")
+    (tmp_path / "notes.tmp").write_text("not ours")  # not the temporary-name pattern
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    assert resume_checkpoint(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        "checkpoints", "last.ckpt.corrupt", "notes.tmp"
+    ]  # fmt: skip
+    assert len(capfd.readouterr().err.strip().splitlines()) == 1
+
+
+# ---- 5. loads never unpickle arbitrary objects; loaded dicts are checked ----------------------
+
+
+def _lightning_resume(path: Path, tmp: Path) -> None:
+    import lightning as L
+
+    class M(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, _):
+            return self.lin(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), 2)
+    cfg = TrainerConfig(accelerator="cpu", progress_bar=False)
+    # no weights_only here, as a caller may forget it: the trainer must load safely anyway
+    build_trainer(cfg, tmp / "run", max_epochs=1).fit(M(), loader, ckpt_path=str(path))
+
+
+def _ctr_resume(path: Path, tmp: Path, a: dict[str, Path]) -> None:
+    """A planted ``last.ckpt`` in a CTR output folder whose run.json matches: train-ctr
+    resumes from it."""
+    from visctr.ctr import CTRConfig, train_ctr
+    from visctr.ctr.training import _run_key
+
+    world = World.load(a["world"])
+    cfg = CTRConfig(
+        max_epochs=1, batch_size=256, trainer=TrainerConfig(accelerator="cpu", progress_bar=False)
+    )
+    out = _marked(tmp / "ctr", "ctr")  # what a killed train-ctr leaves behind
+    (out / "checkpoints").mkdir()
+    shutil.copy(path, out / "checkpoints" / "last.ckpt")
+    key = _run_key(world, a["emb"], cfg, 0, None)
+    (out / "run.json").write_text(json.dumps({"config_hash": key, "seed": 0}))
+    train_ctr(world, a["emb"], out, cfg, 0)
+
+
+LOADERS = {
+    "load_torch": lambda p, t, a: load_torch(p),
+    "encoder-file": lambda p, t, a: read_encoder_file(p),
+    "debias-file": lambda p, t, a: __import__("visctr.ctr.debias").ctr.debias.load_debias(p),
+    "lightning-resume": lambda p, t, a: _lightning_resume(p, t),
+    "ctr-resume": lambda p, t, a: _ctr_resume(p, t, a),
+}
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
+def test_planted_pickle_never_runs(loader, assets, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save(_evil(marker), evil)
+    error = None
+    try:
+        LOADERS[loader](evil, tmp_path, assets)
+    except Exception as e:  # noqa: BLE001 (what matters first is whether the pickle ran)
+        error = e
+    assert not marker.exists(), "the planted pickle ran"
+    if error is not None:  # refused: one clear line naming the file
+        assert isinstance(error, InputError), repr(error)
+        assert str(evil) in str(error) and "\n" not in str(error)
+
+
+def _encoder_blob(**change) -> dict:
+    enc = build_encoder(TINY_ENCODER, 1, 28)
+    blob = {
+        "format": "visctr-encoder/1",
+        "config": encoder_spec(enc, TINY_ENCODER, 1, 28),
+        "state_dict": enc.state_dict(),
+        "heads": {},
+        "meta": {},
+    }
+    for k, v in change.items():
+        target, key = (blob["config"], k[4:]) if k.startswith("cfg_") else (blob, k)
+        if key.startswith("kw_"):
+            target, key = blob["config"]["backbone_kwargs"], key[3:]
+        if v is KeyError:
+            del target[key]
+        else:
+            target[key] = v
+    return blob
+
+
+def _debias_blob(**change) -> dict:
+    from visctr.ctr.debias import DebiasHead
+
+    blob = {
+        "format": 1, "dim": 16, "hidden": 8, "retrieval_vector": "gated",
+        "state_dict": DebiasHead(16, 8).state_dict(),
+    }  # fmt: skip
+    for k, v in change.items():
+        if v is KeyError:
+            del blob[k]
+        else:
+            blob[k] = v
+    return blob
+
+
+def _bad_weights():
+    sd = build_encoder(TINY_ENCODER, 1, 28).state_dict()
+    sd["projection.weight"] = torch.zeros(3, 3)
+    return sd
+
+
+BAD_FILES = {
+    # encoder.pt: a hostile architecture would allocate without bound before the weights fail
+    "encoder-width-1e6": ("enc", lambda: _encoder_blob(cfg_kw_width=10**6), "width"),
+    "encoder-stages-1000": ("enc", lambda: _encoder_blob(cfg_kw_stages=1000), "stages"),
+    "encoder-embed-dim-1e9": ("enc", lambda: _encoder_blob(cfg_embed_dim=10**9), "embed_dim"),
+    "encoder-image-size-1e6": ("enc", lambda: _encoder_blob(cfg_image_size=10**6), "image_size"),
+    "encoder-no-channels": ("enc", lambda: _encoder_blob(cfg_in_channels=KeyError), "in_channels"),
+    "encoder-channels-a-string": ("enc", lambda: _encoder_blob(cfg_in_channels="1"), "in_channels"),
+    "encoder-std-zero": ("enc", lambda: _encoder_blob(cfg_std=0.0), "std"),
+    "encoder-unknown-option": ("enc", lambda: _encoder_blob(cfg_kw_depth=3), "depth"),
+    "encoder-config-a-list": ("enc", lambda: _encoder_blob(config=[1, 2]), "config"),
+    "encoder-weights-wrong-shape": (
+        "enc",
+        lambda: _encoder_blob(state_dict=_bad_weights()),
+        "projection.weight",
+    ),  # fmt: skip
+    "encoder-weights-not-tensors": (
+        "enc",
+        lambda: _encoder_blob(state_dict={"a": 1}),
+        "not a named tensor",
+    ),  # fmt: skip
+    "encoder-heads-a-list": ("enc", lambda: _encoder_blob(heads=[1]), "heads"),
+    # debias.pt
+    "debias-dim-1e9": ("debias", lambda: _debias_blob(dim=10**9), "dim"),
+    "debias-hidden-negative": ("debias", lambda: _debias_blob(hidden=-1), "hidden"),
+    "debias-dim-a-string": ("debias", lambda: _debias_blob(dim="16"), "dim"),
+    "debias-dim-true": ("debias", lambda: _debias_blob(dim=True), "dim"),
+    "debias-no-weights": ("debias", lambda: _debias_blob(state_dict=KeyError), "state_dict"),
+    "debias-unknown-mode": ("debias", lambda: _debias_blob(retrieval_vector="x"), "retrieval"),
+    "debias-weights-for-another-width": (
+        "debias",
+        lambda: _debias_blob(dim=32),
+        "shape",
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_loaded_dicts_are_checked_before_use(case, tmp_path):
+    from visctr.ctr.debias import load_debias
+    from visctr.encoders import load_encoder
+
+    kind, make, match = BAD_FILES[case]
+    path = tmp_path / "f.pt"
+    torch.save(make(), path)
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=match) as e:
+        (load_encoder if kind == "enc" else load_debias)(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+    assert time.perf_counter() - t0 < 5
+
+
+# ---- 6. every CLI failure is one line ---------------------------------------------------------
+
+
+def _corrupt_world(tmp: Path, src: Path, what: str) -> Path:
+    w = tmp / "world"
+    shutil.copytree(src, w)
+    if what == "items-garbage":
+        (w / "items.parquet").write_bytes(b"PAR1 not really parquet")
+    elif what == "queries-missing-column":
+        t = pq.read_table(w / "queries.parquet").drop(["image_row"])
+        pq.write_table(t, w / "queries.parquet")
+    elif what == "users-garbage":
+        (w / "users.parquet").write_bytes(os.urandom(300))
+    elif what == "users-wrong-schema":
+        pq.write_table(pa.table({"user_id": [0, 1], "affinity": ["a", "b"]}), w / "users.parquet")
+    elif what == "world-json-garbage":
+        (w / "world.json").write_bytes(b"{not json")
+    elif what == "world-json-a-list":
+        (w / "world.json").write_text("[1, 2]")
+    elif what == "world-json-no-categories":
+        meta = json.loads((w / "world.json").read_text())
+        del meta["category_names"]
+        (w / "world.json").write_text(json.dumps(meta))
+    elif what == "images-garbage":
+        (w / "images" / "items.npy").write_bytes(b"\x93NUMPY garbage")
+    elif what == "images-float-2d":
+        np.save(w / "images" / "items.npy", np.zeros((5, 5), np.float32))
+    elif what == "images-too-few":
+        np.save(w / "images" / "items.npy", np.zeros((3, 1, 28, 28), np.uint8))
+    elif what == "impressions-garbage":
+        (w / "impressions" / "train.parquet").write_bytes(b"garbage")
+    elif what == "impressions-wrong-type":
+        t = pq.read_table(w / "impressions" / "train.parquet")
+        t = t.set_column(
+            t.schema.get_field_index("clicked"), "clicked", t["clicked"].cast(pa.string())
+        )
+        pq.write_table(t, w / "impressions" / "train.parquet")
+    return w
+
+
+WORLD_CASES = {
+    "items-garbage": "items.parquet: unreadable Parquet",
+    "queries-missing-column": "missing column 'image_row'",
+    "users-garbage": "users.parquet: unreadable Parquet",
+    "users-wrong-schema": "affinity",
+    "world-json-garbage": "world.json: not valid JSON",
+    "world-json-a-list": "world.json: 'category_names'",
+    "world-json-no-categories": "category_names",
+    "images-garbage": "items.npy",
+    "images-float-2d": "expected uint8 [N, C, H, W]",
+    "images-too-few": "image_row",
+    "impressions-garbage": "train.parquet: unreadable Parquet",
+    "impressions-wrong-type": "'clicked' has type string",
+}
+
+
+@pytest.mark.parametrize("what", list(WORLD_CASES))
+def test_damaged_world_is_one_line(what, assets, tmp_path):
+    w = _corrupt_world(tmp_path, assets["world"], what)
+    res = cli("train-ctr", "--world", w, "--embeddings", assets["emb"], "--out", tmp_path / "o")
+    assert_one_line(res, WORLD_CASES[what])
+    assert not (tmp_path / "o").exists()
+
+
+def _yaml(tmp: Path, what: str) -> Path:
+    p = tmp / f"{what}.yaml"
+    if what == "not-utf8":
+        p.write_bytes(b"pretrain:\n  epochs: 1\n  lr: \xff\xfe\n")
+    elif what == "deep":
+        p.write_text("pretrain: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    elif what == "alias-bomb":
+        p.write_text(ALIAS_BOMB)
+    elif what == "huge":
+        p.write_text("pretrain:\n  epochs: 1\n" + "#" * (2 << 20) + "\n")
+    elif what == "int-and-str-keys":
+        p.write_text("pretrain:\n  1: a\n  b: 2\n")
+    elif what == "tab-indent":
+        p.write_text("pretrain:\n\tepochs: 1\n")
+    elif what == "bad-accelerator":
+        p.write_text("pretrain: {}\ntrainer:\n  accelerator: banana\n")
+    elif what == "bad-devices":
+        p.write_text("pretrain: {}\ntrainer:\n  devices: 0\n")
+    return p
+
+
+YAML_CASES = {
+    "not-utf8": "not UTF-8",
+    "deep": "nested deeper than",
+    "alias-bomb": "aliases",
+    "huge": "larger than 1 MiB",
+    "int-and-str-keys": "unknown key 1",
+    "tab-indent": "invalid YAML",
+    "bad-accelerator": "accelerator must be one of",
+    "bad-devices": "devices must be",
+}
+
+
+@pytest.mark.parametrize("what", list(YAML_CASES))
+def test_bad_config_file_is_one_line(what, tiny_world_dir, tmp_path):
+    cfg = _yaml(tmp_path, what)
+    t0 = time.perf_counter()
+    res = cli("pretrain", "--world", tiny_world_dir, "--out", tmp_path / "o", "--config", cfg)
+    assert_one_line(res, YAML_CASES[what])
+    assert time.perf_counter() - t0 < 20
+
+
+OPTION_CASES = {
+    "accelerator": (["pretrain", "--accelerator", "banana"], "--accelerator"),
+    "precision": (["pretrain", "--precision", "7"], "--precision"),
+    "devices-zero": (["pretrain", "--devices", "0"], "--devices"),
+    "devices-word": (["pretrain", "--devices", "many"], "--devices"),
+    "num-nodes": (["pretrain", "--num-nodes", "0"], "--num-nodes"),
+    "strategy": (["pretrain", "--strategy", "banana"], "--strategy"),
+    "epochs": (["pretrain", "--epochs", "-1"], "--epochs"),
+    "seed-negative": (["pretrain", "--seed", "-1"], "--seed"),
+    "seed-huge": (["simulate", "--seed", str(2**40)], "--seed"),
+    "seeds-zero": (["run", "--seeds", "0"], "--seeds"),
+    "device": (["embed", "--device", "banana"], "--device"),
+    "batch-size": (["embed", "--batch-size", "0"], "--batch-size"),
+    "top-k-zero": (["search", "--top-k", "0"], "--top-k"),
+    "top-k-huge": (["search", "--top-k", str(10**12)], "--top-k"),
+    "nlist": (["export", "--nlist", "-5"], "--nlist"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTION_CASES))
+def test_bad_option_is_a_usage_error(case, assets, tmp_path):
+    args, option = OPTION_CASES[case]
+    verb = args[0]
+    common = {
+        "pretrain": ["--world", assets["world"], "--out", tmp_path / "o"],
+        "simulate": ["--out", tmp_path / "o"],
+        "run": ["--out", tmp_path / "o"],
+        "embed": ["--world", assets["world"], "--encoder", assets["encoder"], "--out", tmp_path / "o"],
+        "search": ["--export", tmp_path, "--image", assets["encoder"]],
+        "export": ["--encoder", assets["encoder"], "--embeddings", assets["emb"], "--out", tmp_path / "o"],
+    }[verb]  # fmt: skip
+    res = cli(*args, *common)
+    assert_usage_error(res, option)
+    assert not (tmp_path / "o").exists()
+
+
+def _raise(exc: BaseException):
+    def fn(*a, **k):
+        raise exc
+
+    return fn
+
+
+FAILURES = {
+    # (exception raised where embed writes, exit code, words of the one line)
+    "disk-full": (OSError(errno.ENOSPC, "No space left on device", "/x/items.parquet"), 2,
+                  "/x/items.parquet: No space left on device; free some space"),
+    "read-only": (OSError(errno.EROFS, "Read-only file system", "/x"), 2, "/x: Read-only"),
+    "permission": (PermissionError(errno.EACCES, "Permission denied", "/x"), 2,
+                   "/x: Permission denied; check its permissions"),
+    "internal": (RuntimeError("boom"), 1,
+                 "internal error (RuntimeError: boom); rerun with --debug for the traceback"),
+    "internal-multiline": (ValueError("a\nb\nc"), 1, "internal error (ValueError: a b c)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_unexpected_failures_are_one_line(case, assets, tmp_path, monkeypatch):
+    exc, code, match = FAILURES[case]
+    monkeypatch.setattr("visctr.encoders.export._write_vectors", _raise(exc))
+    args = ["embed", "--world", assets["world"], "--encoder", assets["encoder"]]
+    res = cli(*args, "--out", tmp_path / "o", "--device", "cpu")
+    assert_one_line(res, match, code)
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+    res = cli("--debug", *args, "--out", tmp_path / "o", "--device", "cpu")
+    assert res.exit_code == code and "Traceback" in res.stderr
+
+
+def test_real_file_system_errors_are_one_line(assets, tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    args = ["embed", "--world", assets["world"], "--encoder", assets["encoder"], "--device", "cpu"]
+    assert_one_line(cli(*args, "--out", afile / "sub"), str(afile))
+    if os.geteuid() != 0:  # root writes through permissions
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert_one_line(cli(*args, "--out", ro / "emb"), str(ro))
+    if not torch.cuda.is_available():
+        assert_one_line(cli(*args[:-2], "--device", "cuda", "--out", tmp_path / "o"), "no CUDA")
+
+
+def test_keyboard_interrupt_is_not_hidden(assets, tmp_path, monkeypatch):
+    monkeypatch.setattr("visctr.encoders.export._write_vectors", _raise(KeyboardInterrupt()))
+    args = ["embed", "--world", assets["world"], "--encoder", assets["encoder"]]
+    res = cli(*args, "--out", tmp_path / "o", "--device", "cpu")
+    assert res.exit_code != 0 and "internal error" not in res.output
+    assert "Aborted" in res.stderr  # click's report of a KeyboardInterrupt
+
+
+def test_search_on_damaged_export_is_one_line(assets, tmp_path):
+    png = tmp_path / "q.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28), 90).save(png)
+    ex = tmp_path / "ex"
+    ex.mkdir()
+    (ex / "export.json").write_bytes(b"{garbage")
+    assert_one_line(cli("search", "--export", ex, "--image", png), "export.json: not valid JSON")
+    (ex / "export.json").write_text('{"image_size": "28", "channels": 1, "debias": false}')
+    assert_one_line(cli("search", "--export", ex, "--image", png), "image_size")
+    (ex / "export.json").write_text('{"image_size": 28, "channels": 1, "debias": false}')
+    for name in ("encoder.ts", "index.faiss", "item_ids.npy"):
+        (ex / name).write_bytes(b"garbage")
+    assert_one_line(cli("search", "--export", ex, "--image", png), "encoder.ts")
+
+
+# ---- 7. config parsing is bounded -------------------------------------------------------------
+
+# 9 levels of 9 aliases: ~340 bytes that expand to 9**9 (387 million) strings
+ALIAS_BOMB = "\n".join(
+    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    + [
+        f"{x}: &{x} [{','.join(['*' + y] * 9)}]"
+        for x, y in zip("bcdefghi", "abcdefgh", strict=True)
+    ]
+    + ["pretrain:\n  epochs: *i"]
+)
+
+
+def test_config_parsing_is_bounded(tmp_path):
+    import yaml
+
+    from visctr.encoders.config import S1Config
+
+    t0 = time.perf_counter()
+    p = tmp_path / "bomb.yaml"
+    p.write_text(ALIAS_BOMB)
+    assert len(ALIAS_BOMB) < 600
+    with pytest.raises(ConfigError, match="aliases"):
+        read_yaml(p)
+    # a mapping that holds the expanded structure (via the Python API) gives a short message
+    data = yaml.safe_load(ALIAS_BOMB)
+    with pytest.raises(ConfigError) as e:
+        from_dict(S1Config, data["pretrain"], "pretrain")
+    assert len(str(e.value)) < 300
+    with pytest.raises(ConfigError) as e:
+        from_dict(S1Config, {"epochs": "x" * 10**7}, "pretrain")
+    assert len(str(e.value)) < 300
+    p.write_text("a: " + "[" * 20_000 + "]" * 20_000)
+    with pytest.raises(ConfigError, match="nested"):
+        read_yaml(p)
+    assert time.perf_counter() - t0 < 10
