@@ -889,3 +889,19 @@ def test_config_parsing_is_bounded(tmp_path):
     with pytest.raises(ConfigError, match="nested"):
         read_yaml(p)
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"},
+        {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "TORCH_FORCE_WEIGHTS_ONLY_LOAD": "1"},
+    ],
+)
+def test_load_torch_does_not_depend_on_the_environment(env, tmp_path, monkeypatch):
+    """A plain checkpoint loads (torch refuses to load at all when both variables are set)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
+    assert torch.equal(load_torch(tmp_path / "ok.pt")["w"], torch.ones(2))
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # restored after the load
