@@ -96,12 +96,13 @@ def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, train
     default=None,
     help="Fresh traffic queries (default: the run config's abtest.queries).",
 )
-@click.option("--seed", type=int, default=None, help="Traffic stream (default: abtest.seed).")
+@click.option("--seed", type=SEED, default=None, help="Traffic stream (default: abtest.seed).")
 @handle_errors
 def abtest(run_dir, world_dir, queries, seed):
     """Simulated online A/B test: every method's policy, legacy and oracle on fresh traffic."""
     from visctr.pipeline.abtest import abtest_run, format_ab_table
 
+    check_out(run_dir, "run", option="--run")  # abtest.json is written into it
     out = abtest_run(run_dir, world_dir, queries, seed, echo=click.echo)
     click.echo(format_ab_table(out))
     click.echo(f"written: {Path(run_dir) / 'abtest.json'}")
