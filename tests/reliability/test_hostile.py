@@ -806,7 +806,7 @@ FAILURES = {
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_unexpected_failures_are_one_line(case, assets, tmp_path, monkeypatch):
     exc, code, match = FAILURES[case]
-    monkeypatch.setattr("visctr.encoders.export._write_vectors", _raise(exc))
+    monkeypatch.setattr("visctr.encoders.export.write_embeddings", _raise(exc))
     args = ["embed", "--world", assets["world"], "--encoder", assets["encoder"]]
     res = cli(*args, "--out", tmp_path / "o", "--device", "cpu")
     assert_one_line(res, match, code)
@@ -829,7 +829,7 @@ def test_real_file_system_errors_are_one_line(assets, tmp_path):
 
 
 def test_keyboard_interrupt_is_not_hidden(assets, tmp_path, monkeypatch):
-    monkeypatch.setattr("visctr.encoders.export._write_vectors", _raise(KeyboardInterrupt()))
+    monkeypatch.setattr("visctr.encoders.export.write_embeddings", _raise(KeyboardInterrupt()))
     args = ["embed", "--world", assets["world"], "--encoder", assets["encoder"]]
     res = cli(*args, "--out", tmp_path / "o", "--device", "cpu")
     assert res.exit_code != 0 and "internal error" not in res.output
