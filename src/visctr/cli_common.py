@@ -152,7 +152,7 @@ def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--precision",
         type=click.Choice(PRECISIONS),
         default=None,
-        help="32-true | bf16-mixed | 16-mixed.",
+        help="auto (bf16 where the CPU has it natively) | 32 | bf16-mixed | 16-mixed.",
     )
     @functools.wraps(fn)
     def wrapper(*args: Any, accelerator, devices, num_nodes, strategy, precision, **kwargs: Any):
