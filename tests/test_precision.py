@@ -36,6 +36,7 @@ def test_detection_asks_torch_then_cpuinfo(monkeypatch, tmp_path):
     for flags, want in (("fpu avx2 avx512_bf16", True), ("fpu avx avx2", False)):
         info = tmp_path / "cpuinfo"
         info.write_text(f"processor : 0\nflags : {flags}\n")
+
         def fake_open(f, *a, _info=info, **k):
             return real_open(_info if f == "/proc/cpuinfo" else f, *a, **k)
 
