@@ -205,13 +205,24 @@ def finetune(
     callback=check_device,
     help="auto | cpu | cuda | cuda:N | mps",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "32", "32-true", "bf16-mixed"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 autocast on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.",
+)
 @handle_errors
-def embed(world: Path, encoder: Path, out: Path, batch_size: int, device: str) -> None:
+def embed(
+    world: Path, encoder: Path, out: Path, batch_size: int, device: str, precision: str
+) -> None:
     """Embed every catalog item and query photo (L2-normalised) to Parquet."""
     from visctr.encoders.export import embed as run
 
     check_out(out, "embeddings", world, encoder)
-    items, queries = run(encoder, _world(world), out, batch_size=batch_size, device=device)
+    items, queries = run(
+        encoder, _world(world), out, batch_size=batch_size, device=device, precision=precision
+    )
     click.echo(items)
     click.echo(queries)
 
