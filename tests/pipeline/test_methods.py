@@ -39,6 +39,10 @@ def test_recipes_apply_their_overrides():
     assert mt.ENCODERS["s1_s2"].config(cfg).lambda_s1 == cfg.s2.lambda_s1 > 0
     assert mt.CTR_VARIANTS["debias"](cfg.ctr).debias.enabled
     assert not mt.CTR_VARIANTS["plain"](cfg.ctr).debias.enabled
+    ips = mt.CTR_VARIANTS["ips"](cfg.ctr)
+    assert ips.ips.enabled and not ips.debias.enabled
+    assert not mt.CTR_VARIANTS["debias"](cfg.ctr).ips.enabled
+    assert mt.METHODS["S1+S2+IPS"].ctr == "ips" and mt.METHODS["S1+S2+IPS"].encoder == "s1_s2"
 
 
 def test_descriptions_follow_the_config():

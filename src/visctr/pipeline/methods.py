@@ -165,6 +165,17 @@ METHODS: dict[str, Method] = {
                 f"λ={cfg.ctr.debias.weight:g}); retrieval through the debias network"
             ),
         ),
+        Method(
+            "S1+S2+IPS",
+            "s1_s2_ips",
+            "s1_s2",
+            ctr="ips",
+            describe=lambda cfg: (
+                "the S1+S2 encoder; plain CTR model trained with inverse-propensity weights "
+                "(position × item exposure, estimated from the logs, clipped at "
+                f"{cfg.ctr.ips.clip:g}, self-normalised): the standard debiasing baseline"
+            ),
+        ),
     )
 }
 
