@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -260,6 +261,21 @@ def atomic_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def digest_files(root: Path, patterns: Iterable[str]) -> str:
+    """sha256 over the (relative name, bytes) of the files matching ``patterns`` under ``root``."""
+    h = hashlib.sha256()
+    files = sorted({p for pat in patterns for p in Path(root).glob(pat) if p.is_file()})
+    if not files:
+        raise FileNotFoundError(f"{root}: no output matching {list(patterns)}")
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()[:32]
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

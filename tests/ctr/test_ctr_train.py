@@ -196,6 +196,27 @@ def test_finished_run_is_skipped_and_changed_config_retrains(
     assert not torch.equal(after["state_dict"]["deep_out.weight"], before["deep_out.weight"])
 
 
+def test_embeddings_replaced_under_the_same_path_retrain(
+    plain_model, tiny_world, tiny_embeddings, tmp_path
+):
+    """The run key follows the embeddings' content, not their path: a finished model is not
+    reused (and its old metrics not reprinted) after the files are replaced."""
+    emb = tmp_path / "emb"
+    shutil.copytree(tiny_embeddings, emb)
+    out = tmp_path / "m"
+    train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)
+    first = json.loads((out / "done.json").read_text())["config_hash"]
+    train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)  # unchanged: skipped
+    assert json.loads((out / "done.json").read_text())["config_hash"] == first
+    ids, vecs = read_embeddings(emb / "items.parquet", "item_id")
+    write_embeddings(ids, vecs[::-1].copy(), emb / "items.parquet", "item_id")
+    before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)
+    assert json.loads((out / "done.json").read_text())["config_hash"] != first
+    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert not torch.equal(before["deep_out.weight"], after["deep_out.weight"])
+
+
 def test_cli_trains_and_prints_metrics(tiny_world_dir, tiny_embeddings, tmp_path, monkeypatch):
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("max_epochs: 1\nbatch_size: 512\ntrainer:\n  progress_bar: false\n")

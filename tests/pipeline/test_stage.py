@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from visctr.pipeline.stage import StageRunner, digest_files
+from visctr.io import digest_files
+from visctr.pipeline.stage import StageRunner
 
 
 def _writer(content: str, calls: list[str]):

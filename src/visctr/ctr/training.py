@@ -34,7 +34,7 @@ from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.ctr.trainer import CTRModule
 from visctr.ctr.visual import load_embeddings
 from visctr.errors import ConfigError, InputError
-from visctr.io import claim_out_dir, load_torch, save_torch, write_json
+from visctr.io import claim_out_dir, digest_files, load_torch, save_torch, write_json
 from visctr.world.store import World
 
 MODEL_FORMAT = 2  # 2: the MLP's first layer as two weight blocks (deep_in.a/b)
@@ -44,14 +44,28 @@ PREDICT_BATCH = 8192
 def _run_key(
     world: World, embeddings: Path, cfg: CTRConfig, seed: int, reference: Path | None
 ) -> str:
+    """The run's key: config, seed and the *content* of what it reads (world tables and
+    training log, embeddings, S1 reference), so replaced inputs under the same paths
+    retrain instead of reprinting a stale model's metrics."""
+
+    def content(root: Path | None, files: tuple[str, ...]) -> str | None:
+        if root is None:
+            return None
+        try:
+            return digest_files(Path(root), files)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # reading the inputs will say what is missing
+
+    world_files = ("items.parquet", "users.parquet", "impressions/train.parquet")
+    emb_files = ("items.parquet", "queries.parquet")
     return config_hash(
         {
             "ctr": to_dict(cfg),
             "format": MODEL_FORMAT,
             "seed": seed,
-            "world": str(Path(world.root).resolve()),
-            "embeddings": str(Path(embeddings).resolve()),
-            "reference": str(Path(reference).resolve()) if reference else None,
+            "world": content(Path(world.root), world_files),
+            "embeddings": content(embeddings, emb_files),
+            "reference": content(reference, ("items.parquet",)),
         }
     )
 

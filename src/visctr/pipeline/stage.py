@@ -12,7 +12,6 @@ A stage's key is its config plus the content digests of the stages it reads (cha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -22,24 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from visctr.config import config_hash
-from visctr.io import write_json
+from visctr.io import digest_files, write_json
 
 MARKER = "stage.json"
-
-
-def digest_files(root: Path, patterns: Iterable[str]) -> str:
-    """sha256 over the (relative name, bytes) of the files matching ``patterns`` under ``root``."""
-    h = hashlib.sha256()
-    files = sorted({p for pat in patterns for p in Path(root).glob(pat) if p.is_file()})
-    if not files:
-        raise FileNotFoundError(f"{root}: no output matching {list(patterns)}")
-    for p in files:
-        h.update(str(p.relative_to(root)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()[:32]
 
 
 @dataclass
