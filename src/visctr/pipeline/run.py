@@ -144,13 +144,10 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         if ab is not None:
             row = stages.timed("abtest", lambda: ab.run_seed(layout, seed))
             ab_per_seed.append(row)
-            click.echo(
-                "  A/B CTR "
-                + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
-                + f"  (S1+S2+D vs S2 {row['S1+S2+D'].get('lift_vs_S2', float('nan')):+.1%})"
-                if "S1+S2+D" in row
-                else ""
-            )
+            line = "  A/B CTR " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
+            if "lift_vs_S2" in row.get("S1+S2+D", {}):
+                line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
+            click.echo(line)
 
     timings = stages.timings
     timings["total"] = time.perf_counter() - t_start
