@@ -1,4 +1,5 @@
-"""Embedding files: ``item_id``/``query_id`` + ``vector`` Parquet (docs/world-format.md).
+"""Embedding files: ``item_id``/``query_id`` + ``vector`` Parquet (docs/world-format.md),
+with the user's own ids beside them (``item_key``/``query_key``) when the world has them.
 
 The one reader and the one writer of these files (encoder export, tests, benchmarks).
 """
@@ -22,8 +23,10 @@ def write_embeddings(
     path: str | Path,
     id_column: str = "item_id",
     row_group: int = ROW_GROUP,
+    keys: np.ndarray | None = None,
 ) -> None:
-    """Write ``id_column`` int64 + ``vector`` fixed_size_list<float32>[D] atomically.
+    """Write ``id_column`` int64 + ``vector`` fixed_size_list<float32>[D] atomically, and
+    with ``keys`` (the user's ids, strings or integers, one per id) a ``*_key`` column.
 
     ``vectors``: one array ``[N, D]``, or an iterable of ``[n_i, D]`` chunks (``ids`` in
     the same order), streamed to the file in row groups of ``row_group`` rows so that
@@ -35,6 +38,13 @@ def write_embeddings(
     from visctr.io import atomic_path
 
     ids = np.asarray(ids)
+    key_column = id_column.removesuffix("_id") + "_key"
+    key_type = None
+    if keys is not None:
+        keys = np.asarray(keys)
+        if len(keys) != len(ids):
+            raise ValueError(f"{path}: {len(ids)} ids but {len(keys)} keys")
+        key_type = pa.int64() if keys.dtype.kind in "iu" else pa.string()
     chunks = [vectors] if isinstance(vectors, np.ndarray) else vectors
     writer = None
     start = 0
@@ -43,12 +53,14 @@ def write_embeddings(
             for chunk in chunks:
                 vec = np.ascontiguousarray(chunk, dtype=np.float32)
                 flat = pa.array(vec.reshape(-1), pa.float32())
-                table = pa.table(
-                    {
-                        id_column: pa.array(ids[start : start + len(vec)], pa.int64()),
-                        "vector": pa.FixedSizeListArray.from_arrays(flat, vec.shape[1]),
-                    }
-                )
+                cols = {id_column: pa.array(ids[start : start + len(vec)], pa.int64())}
+                if keys is not None:
+                    part = keys[start : start + len(vec)]
+                    cols[key_column] = pa.array(
+                        part if key_type == pa.int64() else [str(k) for k in part], key_type
+                    )
+                cols["vector"] = pa.FixedSizeListArray.from_arrays(flat, vec.shape[1])
+                table = pa.table(cols)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table, row_group_size=row_group)
@@ -56,7 +68,10 @@ def write_embeddings(
             if start != len(ids):
                 raise ValueError(f"{path}: {len(ids)} ids but {start} vectors")
             if writer is None:  # no rows: still a valid, empty file
-                schema = pa.schema([(id_column, pa.int64()), ("vector", pa.list_(pa.float32(), 1))])
+                fields = [(id_column, pa.int64())]
+                if keys is not None:
+                    fields.append((key_column, key_type))
+                schema = pa.schema([*fields, ("vector", pa.list_(pa.float32(), 1))])
                 pq.write_table(schema.empty_table(), tmp)
         finally:
             if writer is not None:

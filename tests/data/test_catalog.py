@@ -205,7 +205,8 @@ def _csv(tmp_path, text: str, images=("a.png", "b.png")):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("item_id,image_path,category\n1.5,a.png,x\n2,b.png,x\n", "row 0: item_id '1.5' is not an integer"),
+        ("item_id,image_path,category\n ,a.png,x\n2,b.png,x\n", "row 0: item_id is empty"),
+        ("item_id,image_path,category\nsku-1,a.png,x\nsku-1,b.png,x\n", "row 1: duplicate item_id 'sku-1'"),
         ("item_id,image_path,category\n1,a.png,x\n99999999999999999999,b.png,x\n", "row 1: item_id 99999999999999999999 does not fit in int64"),
         ("item_id,image_path,category\n1,a.png,x\n2,b.png,\n", "row 1: column 'category' is null"),
         (b"item_id,image_path,category\n1,a.png,caf\xe9\n", "not UTF-8"),
@@ -220,8 +221,21 @@ def test_float_ids_in_parquet_are_refused(tmp_path):
     _png(tmp_path / "a.png")
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"item_id": [1.0], "image_path": ["a.png"], "category": ["x"]}), path)
-    with pytest.raises(InputError, match="'item_id' must be integers, got double"):
+    with pytest.raises(InputError, match="'item_id' must be integers or strings, got double"):
         load_catalog(CatalogConfig(source=str(path)))
+
+
+def test_string_ids_are_kept_as_keys_beside_row_ids(tmp_path):
+    """SKUs like ``sku-0001`` (or ``1.5``: never truncated to 1) become row ids 0..N-1 with
+    the text kept as the item's key; all-integer ids stay the ids."""
+    path = _csv(tmp_path, "item_id,image_path,category\n1.5,a.png,x\nsku-0002,b.png,x\n")
+    cat = load_catalog(CatalogConfig(source=str(path)))
+    assert cat.item_ids.tolist() == [0, 1]
+    assert cat.item_keys.tolist() == ["1.5", "sku-0002"]
+    assert cat.subset(np.array([1])).item_keys.tolist() == ["sku-0002"]
+    path = _csv(tmp_path, "item_id,image_path,category\n7,a.png,x\n3,b.png,x\n")
+    cat = load_catalog(CatalogConfig(source=str(path)))
+    assert cat.item_ids.tolist() == [7, 3] and cat.item_keys is None
 
 
 def test_category_codes_are_text_so_01_and_1_stay_apart(tmp_path):

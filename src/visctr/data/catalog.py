@@ -4,7 +4,10 @@
   ``data_dir``, ``$VISCTR_DATA`` or ``/usr/share/datasets/fashion-mnist``.
 - an image folder: one subfolder per category.
 - a manifest (``.parquet`` or ``.csv``) with exactly the columns ``item_id, image_path,
-  category``; paths are relative to the manifest and may not escape its folder.
+  category``; paths are relative to the manifest and may not escape its folder. Ids are
+  integers or strings (SKUs like ``sku-0001``): integer ids are kept as the item ids;
+  otherwise items get row ids ``0..N-1`` and the user's ids travel beside them as
+  ``item_keys`` (written as ``items.item_key``).
 
 Every source yields a :class:`Catalog` of uint8 images ``[N, C, H, W]`` normalised to a
 configured size and channel count: any 8-bit Pillow mode (palette, RGBA, CMYK, ...) is
@@ -60,6 +63,7 @@ class Catalog:
     categories: np.ndarray  # int32 [N], 0..n_categories-1
     category_names: list[str]
     source: str
+    item_keys: np.ndarray | None = None  # the user's string ids, when they are not integers
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -69,9 +73,10 @@ class Catalog:
         return len(self.category_names)
 
     def subset(self, idx: np.ndarray) -> Catalog:
+        keys = None if self.item_keys is None else self.item_keys[idx]
         return Catalog(
             self.item_ids[idx], self.images[idx], self.categories[idx],
-            self.category_names, self.source,
+            self.category_names, self.source, keys,
         )  # fmt: skip
 
 
@@ -301,7 +306,9 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
     return arr
 
 
-def _read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np.ndarray:
+def read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np.ndarray:
+    """uint8 ``[N, C, H, W]`` of image files at the config's size; ``wheres[i]`` names where
+    path ``i`` came from (file and row) in errors."""
     from tqdm import tqdm
 
     out = np.empty((len(paths), cfg.channels, cfg.image_size, cfg.image_size), dtype=np.uint8)
@@ -346,7 +353,7 @@ def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
         raise InputError(
             f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    images = _read_images(paths, cfg, [str(p) for p in paths])
+    images = read_images(paths, cfg, [str(p) for p in paths])
     return Catalog(
         np.arange(len(paths), dtype=np.int64),
         images,
@@ -388,27 +395,32 @@ def read_manifest_table(path: Path):
         raise InputError(f"{path}: unreadable manifest ({msg})") from None
 
 
-def _integer_ids(col, path: Path) -> np.ndarray:
-    """int64 ids from an integer or text column; floats, decimals and overflow are errors."""
+def manifest_ids(col, path: Path, column: str = "item_id") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(int64 ids, keys)`` from an id column. Integer ids (an integer column, or text that
+    is all integers) are the ids themselves and ``keys`` is None; any other text makes the
+    ids row numbers ``0..N-1`` and ``keys`` the strings as given. Floats (which would be
+    truncated), empty strings and int64 overflow are errors."""
     import pyarrow as pa
 
     if pa.types.is_integer(col.type):
         values = col.to_pylist()
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        values = []
-        for row, v in enumerate(col.to_pylist()):
-            if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", v):
-                raise InputError(f"{path}: row {row}: item_id {v!r} is not an integer")
-            values.append(int(v))
+        text = col.to_pylist()
+        for row, v in enumerate(text):
+            if not v.strip():
+                raise InputError(f"{path}: row {row}: {column} is empty")
+        if not all(re.fullmatch(r"\s*[+-]?[0-9]+\s*", v) for v in text):
+            return np.arange(len(text), dtype=np.int64), np.asarray(text, dtype=object)
+        values = [int(v) for v in text]
     else:
         raise InputError(
-            f"{path}: column 'item_id' must be integers, got {col.type} (a float id would be "
-            "truncated)"
+            f"{path}: column {column!r} must be integers or strings, got {col.type} (a float "
+            "id would be truncated)"
         )
     for row, v in enumerate(values):
         if not _INT64[0] <= v <= _INT64[1]:
-            raise InputError(f"{path}: row {row}: item_id {v} does not fit in int64")
-    return np.asarray(values, dtype=np.int64)
+            raise InputError(f"{path}: row {row}: {column} {v} does not fit in int64")
+    return np.asarray(values, dtype=np.int64), None
 
 
 def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
@@ -433,12 +445,14 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
         if nulls:
             row = table.column(col).is_null().to_numpy(zero_copy_only=False).nonzero()[0][0]
             raise InputError(f"{path}: row {row}: column {col!r} is null ({nulls} null rows)")
-    ids = _integer_ids(table.column("item_id"), path)
-    uniq, counts = np.unique(ids, return_counts=True)
+    ids, keys = manifest_ids(table.column("item_id"), path)
+    named = ids if keys is None else keys
+    uniq, counts = np.unique(named, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1][0]
-        row = int(np.nonzero(ids == dup)[0][1])
-        raise InputError(f"{path}: row {row}: duplicate item_id {dup}")
+        row = int(np.nonzero(named == dup)[0][1])
+        shown = repr(str(dup)) if keys is not None else int(dup)
+        raise InputError(f"{path}: row {row}: duplicate item_id {shown}")
     cats_raw = [str(c) for c in table.column("category").to_pylist()]
     names = sorted(set(cats_raw))
     index = {n: i for i, n in enumerate(names)}
@@ -450,7 +464,12 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
             raise InputError(f"{path}: row {row}: image_path {rel!r} escapes the manifest's folder")
         paths.append(p)
         wheres.append(f"{path}: row {row}")
-    images = _read_images(paths, cfg, wheres)
+    images = read_images(paths, cfg, wheres)
     return Catalog(
-        ids, images, np.asarray([index[c] for c in cats_raw], dtype=np.int32), names, str(path)
+        ids,
+        images,
+        np.asarray([index[c] for c in cats_raw], dtype=np.int32),
+        names,
+        str(path),
+        keys,
     )

@@ -110,7 +110,11 @@ def embed(
             encoder, world.item_images, items["image_row"], batch_size, dev, bf16
         )
         write_embeddings(
-            items["item_id"], _finite(item_vecs, items_path), tmp / items_path.name, "item_id"
+            items["item_id"],
+            _finite(item_vecs, items_path),
+            tmp / items_path.name,
+            "item_id",
+            keys=items.get("item_key"),
         )
         query_vecs = embed_images(
             encoder, world.query_images, queries["image_row"], batch_size, dev, bf16
@@ -120,5 +124,6 @@ def embed(
             _finite(query_vecs, queries_path),
             tmp / queries_path.name,
             "query_id",
+            keys=queries.get("query_key"),
         )
     return items_path, queries_path

@@ -463,6 +463,11 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
                     "appeal": pa.array(w.appeal, pa.float64()),
                     "train_impressions": pa.array(counts, pa.int64()),
                     "is_head": pa.array(is_head, pa.bool_()),
+                    **(
+                        {"item_key": pa.array(cat.item_keys.tolist(), pa.string())}
+                        if cat.item_keys is not None
+                        else {}
+                    ),
                 }
             ),
             tmp / "items.parquet",
@@ -506,6 +511,7 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
             )
         meta = {
             "format": 1,
+            "source": "simulated",
             "seed": seed,
             "config": to_dict(cfg),
             "category_names": list(cat.category_names),
@@ -528,21 +534,33 @@ def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
 
 
 def format_summary(s: dict) -> str:
+    """The world's summary as a few lines (simulated or imported: absent parts are left out)."""
     q, imp, clicks, ctr = s["queries"], s["impressions"], s["clicks"], s["ctr"]
-    return "\n".join([
+    rnd = "random" in imp
+    lines = [
         f"items {s['items']:,} ({s['categories']} categories), users {s['users']:,}",
         f"queries: train {q['train']:,}, test {q['test']:,}, random-exposure {q['random']:,}, "
         f"retrieval {q['retrieval']:,}",
-        f"impressions: train {imp['train']:,}, test {imp['test']:,}, random {imp['random']:,}",
+        f"impressions: train {imp['train']:,}, test {imp['test']:,}"
+        + (f", random {imp['random']:,}" if rnd else ", no random-exposure log"),
         f"clicks: train {clicks['train']:,} (CTR {ctr['train']:.3f}), test {clicks['test']:,} "
-        f"(CTR {ctr['test']:.3f}), random {clicks['random']:,} (CTR {ctr['random']:.3f})",
-        f"never shown in training logs: {s['never_shown_share_train']:.1%} of items "
-        f"(random-exposure set: {s['random_exposure_never_shown_share']:.1%})",
+        f"(CTR {ctr['test']:.3f})"
+        + (f", random {clicks['random']:,} (CTR {ctr['random']:.3f})" if rnd else ""),
+        f"never shown in training logs: {s['never_shown_share_train']:.1%} of items"
+        + (
+            f" (random-exposure set: {s['random_exposure_never_shown_share']:.1%})"
+            if "random_exposure_never_shown_share" in s
+            else ""
+        ),
         f"head/tail: {s.get('head_items', '?')} head items take "
         f"{s.get('head_share_of_train_impressions', float('nan')):.1%} of training impressions, "
         f"{s.get('tail_items', '?')} tail items",
-        f"visual exposure bias: appeal strength {s.get('appeal_strength', 0.0):g}, style "
-        f"correlation {s.get('style_correlation', 0.0):g}; corr(appeal, log popularity) "
-        f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean appeal "
-        f"{s.get('head_tail_appeal_gap', float('nan')):+.2f}",
-    ])  # fmt: skip
+    ]
+    if "appeal_strength" in s:
+        lines.append(
+            f"visual exposure bias: appeal strength {s.get('appeal_strength', 0.0):g}, style "
+            f"correlation {s.get('style_correlation', 0.0):g}; corr(appeal, log popularity) "
+            f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean "
+            f"appeal {s.get('head_tail_appeal_gap', float('nan')):+.2f}"
+        )
+    return "\n".join(lines)

@@ -1,4 +1,13 @@
-"""Reading a world directory written by ``visctr simulate`` (format: docs/world-format.md)."""
+"""Reading a world directory (format: docs/world-format.md).
+
+Two kinds of world share one format. A *simulated* world (``visctr simulate``) also holds
+the simulator's hidden ground truth: item ``popularity`` and ``appeal``, user
+``affinity``, every query's ``target_item_id``. An *imported* world (``visctr import``,
+a shop's own catalog and logs) has only what every world has: the catalog, the queries,
+the impression logs, and optionally a random-exposure log and labelled retrieval
+queries. ``World.ground_truth`` tells them apart; metrics that need a missing input are
+skipped by their callers, never computed from a stand-in.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +26,26 @@ ITEM_COLUMNS = {
     "item_id": "int64",
     "category": "int32",
     "image_row": "int64",
-    "popularity": "double",
     "train_impressions": "int64",
     "is_head": "bool",
 }
 QUERY_COLUMNS = {
     "query_id": "int64",
     "user_id": "int64",
-    "target_item_id": "int64",
+    "target_item_id": "int64",  # -1: unknown (imported worlds, outside the retrieval split)
     "timestamp": "int64",
     "split": "string",
     "image_row": "int64",
 }
+# the simulator's hidden ground truth: required in a simulated world, absent when imported
+GROUND_TRUTH_ITEM_COLUMNS = {"popularity": "double"}
+# the user's own ids, kept as given (string or integer) next to the internal int64 ids
+KEY_COLUMNS = {
+    "items.parquet": "item_key",
+    "queries.parquet": "query_key",
+    "users.parquet": "user_key",
+}
+UNKNOWN = -1  # target_item_id / user_id that an imported world does not know
 IMPRESSION_COLUMNS = {
     "query_id": "int64",
     "user_id": "int64",
@@ -61,15 +78,16 @@ def check_columns(schema, expected: dict[str, str], path: Path) -> None:
 
 @dataclass
 class World:
-    """A simulated (or imported) world on disk; tables are small, images memory-mapped."""
+    """A simulated or imported world on disk; tables are small, images memory-mapped."""
 
     root: Path
     meta: dict
     items: dict[str, np.ndarray]
     queries: dict[str, np.ndarray]
-    users_affinity: np.ndarray  # float32 [n_users, n_categories]
+    users_affinity: np.ndarray | None  # float32 [n_users, n_categories]; None when imported
     item_images: np.ndarray  # uint8 [N, C, H, W] (memmap)
     query_images: np.ndarray  # uint8 [Q, C, H, W] (memmap)
+    user_keys: np.ndarray | None = None  # the user's own user ids, row = user_id
 
     @property
     def category_names(self) -> list[str]:
@@ -78,6 +96,32 @@ class World:
     @property
     def n_categories(self) -> int:
         return len(self.meta["category_names"])
+
+    @property
+    def source(self) -> str:
+        """``simulated`` (``visctr simulate``) or ``imported`` (``visctr import``)."""
+        return str(self.meta.get("source", "simulated"))
+
+    @property
+    def ground_truth(self) -> bool:
+        """Whether the simulator's hidden truth (popularity, appeal, affinity, every query's
+        target) is here: the A/B test and the by-category analysis need it."""
+        return self.source == "simulated"
+
+    @property
+    def has_random_exposure(self) -> bool:
+        return self.impressions_path("random").is_file()
+
+    @property
+    def has_retrieval_labels(self) -> bool:
+        return bool((self.queries["split"] == "retrieval").any())
+
+    def item_keys(self) -> np.ndarray:
+        """The user's item ids (``item_key``) in row order, else the internal ``item_id``."""
+        return self.items.get("item_key", self.items["item_id"])
+
+    def query_keys(self) -> np.ndarray:
+        return self.queries.get("query_key", self.queries["query_id"])
 
     def impressions_path(self, split: str) -> Path:
         if split not in SPLITS:
@@ -131,16 +175,41 @@ class World:
             check_columns(t.schema, expected, path)
             return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
 
-        items = table("items.parquet", ITEM_COLUMNS)
+        source = meta.get("source", "simulated")
+        if source not in ("simulated", "imported"):
+            raise InputError(
+                f"{meta_path}: 'source' must be 'simulated' or 'imported', got {source!r}"
+            )
+        truth = source == "simulated"
+        items = table(
+            "items.parquet", {**ITEM_COLUMNS, **(GROUND_TRUTH_ITEM_COLUMNS if truth else {})}
+        )
         queries = table("queries.parquet", QUERY_COLUMNS)
         queries["split"] = queries["split"].astype(str)
-        users = table("users.parquet", USER_COLUMNS)
-        try:
-            aff = np.asarray(list(users["affinity"]), dtype=np.float32)
-        except ValueError:
-            raise InputError(
-                f"{root / 'users.parquet'}: 'affinity' rows must all have one length"
-            ) from None
+        users = table("users.parquet", USER_COLUMNS if truth else {"user_id": "int64"})
+        aff = None
+        if "affinity" in users:
+            try:
+                aff = np.asarray(list(users["affinity"]), dtype=np.float32)
+            except ValueError:
+                raise InputError(
+                    f"{root / 'users.parquet'}: 'affinity' rows must all have one length"
+                ) from None
+        for name, tab in (
+            ("items.parquet", items),
+            ("queries.parquet", queries),
+            ("users.parquet", users),
+        ):
+            key = KEY_COLUMNS[name]
+            if key in tab:
+                v = tab[key]
+                if v.dtype.kind not in "iuOU":
+                    raise InputError(
+                        f"{root / name}: column {key!r} must be strings or integers, got {v.dtype}"
+                    )
+                if v.dtype.kind in "OU" and any(x is None for x in v):
+                    raise InputError(f"{root / name}: column {key!r} has nulls")
+                _unique(v, root / name, key)
         world = cls(
             root=root,
             meta=meta,
@@ -149,6 +218,7 @@ class World:
             users_affinity=aff,
             item_images=load_npy(root / "images" / "items.npy"),
             query_images=load_npy(root / "images" / "queries.npy"),
+            user_keys=users.get("user_key"),
         )
         world._validate(users["user_id"])
         for split in SPLITS:  # the logs are streamed later: check their schema now
@@ -192,7 +262,10 @@ class World:
                 f"{queries_p}: row {row}: split {str(self.queries['split'][row])!r} is not one of "
                 f"{', '.join(QUERY_SPLITS)}"
             )
-        missing = ~np.isin(self.queries["target_item_id"], self.items["item_id"])
+        targets = self.queries["target_item_id"]
+        missing = ~np.isin(targets, self.items["item_id"])
+        if not self.ground_truth:  # unknown targets are fine, except on labelled queries
+            missing &= (targets != UNKNOWN) | (self.queries["split"] == "retrieval")
         if missing.any():
             row = int(np.flatnonzero(missing)[0])
             raise InputError(
@@ -200,6 +273,8 @@ class World:
                 f"is not an item of {items_p}"
             )
         unknown = ~np.isin(self.queries["user_id"], user_ids)
+        if not self.ground_truth:  # labelled retrieval photos need not have a user
+            unknown &= (self.queries["user_id"] != UNKNOWN) | (self.queries["split"] != "retrieval")
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
             raise InputError(
@@ -207,13 +282,14 @@ class World:
                 f"user of {users_p}"
             )
         aff = self.users_affinity
-        if aff.ndim != 2 or aff.shape != (len(user_ids), self.n_categories):
-            raise InputError(
-                f"{users_p}: 'affinity' must be one row of {self.n_categories} values per user "
-                f"(the world's categories), got shape {aff.shape}"
-            )
-        if not np.isfinite(aff).all():
-            raise InputError(f"{users_p}: 'affinity' has NaN or inf")
+        if aff is not None:
+            if aff.ndim != 2 or aff.shape != (len(user_ids), self.n_categories):
+                raise InputError(
+                    f"{users_p}: 'affinity' must be one row of {self.n_categories} values per "
+                    f"user (the world's categories), got shape {aff.shape}"
+                )
+            if not np.isfinite(aff).all():
+                raise InputError(f"{users_p}: 'affinity' has NaN or inf")
         if not np.array_equal(np.asarray(user_ids), np.arange(len(user_ids))):
             raise InputError(
                 f"{users_p}: user_id must be 0..{len(user_ids) - 1} in row order (the row of "
