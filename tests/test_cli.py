@@ -10,7 +10,7 @@ from visctr.cli import main
 
 VERBS = {
     "simulate", "pretrain", "finetune", "classify", "embed", "train-ctr", "evaluate",
-    "export", "search", "run", "abtest",
+    "export", "search", "run", "abtest", "import",
 }  # fmt: skip
 
 

@@ -11,15 +11,16 @@ import click
 def main(debug: bool) -> None:
     """visctr: visual encoding and debiasing for CTR prediction in visual search.
 
-    Steps: simulate -> classify | pretrain -> finetune -> embed -> train-ctr -> evaluate.
+    Steps: simulate (or import) -> classify | pretrain -> finetune -> embed -> train-ctr -> evaluate.
     `visctr run` does all of them for the five methods and writes a report.
     """
 
 
 def _register() -> None:
-    from visctr.world.cli import simulate
+    from visctr.world.cli import import_, simulate
 
     main.add_command(simulate)
+    main.add_command(import_)
     for mod in (
         "visctr.encoders.cli",
         "visctr.ctr.cli",

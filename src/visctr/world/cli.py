@@ -51,3 +51,93 @@ def simulate(
     summary = run_sim(cfg, seed, out)
     click.echo(format_summary(summary))
     click.echo(f"world written to {out} in {summary['seconds']:.1f}s")
+
+
+def _timestamp(value: str | None) -> int | None:
+    """``--split-time``: integer seconds or ISO-8601 (no zone = UTC)."""
+    if value is None:
+        return None
+    import pyarrow as pa
+
+    from visctr.world.importer import parse_timestamps
+
+    return int(parse_timestamps(pa.array([value]), Path("--split-time"), "value")[0])
+
+
+@click.command("import")
+@click.option(
+    "--catalog",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Manifest (.csv/.parquet): item_id, image_path, category.",
+)
+@click.option(
+    "--queries",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Queries (.csv/.parquet): query_id, image_path, user_id, timestamp.",
+)
+@click.option(
+    "--impressions",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Impression log: query_id, item_id, position, clicked [, timestamp].",
+)
+@click.option(
+    "--random",
+    "random_log",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Random-exposure log (same schema), if the shop runs a random bucket.",
+)
+@click.option(
+    "--retrieval",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Labelled retrieval photos: query_id, image_path, item_id.",
+)
+@click.option(
+    "--train-share",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=0.8,
+    show_default=True,
+    help="Share of logged queries (earliest first) in the train split.",
+)
+@click.option(
+    "--split-time",
+    default=None,
+    help="Instead of --train-share: queries before this time (seconds or ISO-8601) are train.",
+)
+@click.option("--image-size", type=click.IntRange(min=8), default=28, show_default=True)
+@click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
+@handle_errors
+def import_(
+    catalog: Path,
+    queries: Path,
+    impressions: Path,
+    random_log: Path | None,
+    retrieval: Path | None,
+    train_share: float,
+    split_time: str | None,
+    image_size: int,
+    channels: str,
+    out: Path,
+) -> None:
+    """Build a world from a shop's own catalog, queries and impression logs."""
+    from visctr.world.importer import ImportConfig, import_world
+    from visctr.world.simulate import format_summary
+
+    inputs = [catalog, queries, impressions, random_log, retrieval]
+    check_out(out, "world", *inputs)
+    cfg = ImportConfig(
+        image_size=image_size,
+        channels=int(channels),
+        train_share=train_share,
+        split_time=_timestamp(split_time),
+    )
+    summary = import_world(
+        catalog, queries, impressions, out, random_log, retrieval, cfg, echo=click.echo
+    )
+    click.echo(format_summary(summary))
+    click.echo(f"world written to {out} in {summary['seconds']:.1f}s")

@@ -1,0 +1,640 @@
+"""``visctr import``: a world directory from a shop's own catalog, queries and logs.
+
+Inputs (CSV or Parquet; CSV is read as text, so ``01`` and ``1`` stay apart):
+
+- catalog manifest: ``item_id, image_path, category`` (as for ``visctr run --catalog``)
+- queries: ``query_id, image_path, user_id, timestamp``
+- impressions: ``query_id, item_id, position, clicked`` [, ``timestamp``]
+- optional random-exposure impressions: the same schema, for queries of the queries file
+- optional retrieval labels: ``query_id, image_path, item_id`` (a labelled query photo and
+  the item it shows)
+
+Ids may be strings or integers; they are kept as given (``item_key``, ``query_key``,
+``user_key``) next to dense internal int64 ids (row numbers). Timestamps are integer
+seconds or ISO-8601 (a time without a zone is UTC). Logged queries are split into train
+and test by time. The logs are streamed in record batches: memory holds the catalog and
+the query table, never a whole log. Every error names the file, the row and the column,
+and leaves no output (the world directory appears whole or not at all).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from visctr.errors import InputError
+from visctr.world.head_tail import head_mask
+
+__all__ = ["ImportConfig", "import_world"]
+
+QUERY_INPUT = ("query_id", "image_path", "user_id", "timestamp")
+IMPRESSION_INPUT = ("query_id", "item_id", "position", "clicked")
+IMPRESSION_OPTIONAL = ("timestamp",)
+RETRIEVAL_INPUT = ("query_id", "image_path", "item_id")
+_INT = re.compile(r"\s*[+-]?[0-9]+\s*")
+
+
+@dataclass
+class ImportConfig:
+    """How files become a world: image size, the time split, the head share, batch rows."""
+
+    image_size: int = 28
+    channels: int = 1
+    train_share: float = 0.8  # share of logged queries (by time) that are train
+    split_time: int | None = None  # or: queries before this time (epoch seconds) are train
+    head_share: float = 0.2
+    batch_rows: int = 65_536  # rows per record batch when streaming a log
+    inputs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.train_share < 1.0:
+            raise InputError(f"train share must be in (0, 1), got {self.train_share}")
+        if self.batch_rows < 1:
+            raise InputError(f"batch rows must be >= 1, got {self.batch_rows}")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _kind(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        raise InputError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+    return suffix[1:]
+
+
+def _check_columns(names: list[str], path: Path, required, optional=()) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(
+            f"{path}: missing column {missing[0]!r} (needs {', '.join(required)}"
+            + (f"; optional {', '.join(optional)}" if optional else "")
+            + ")"
+        )
+    extra = [c for c in names if c not in required and c not in optional]
+    if extra:
+        raise InputError(
+            f"{path}: unexpected column {extra[0]!r} (columns are {', '.join(required)}"
+            + (f", optional {', '.join(optional)}" if optional else "")
+            + "; a misspelt name is caught here)"
+        )
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        head = f.readline()
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    return [c.strip().lstrip("\ufeff") for c in text.rstrip("\r\n").split(",")]
+
+
+def _arrow_error(path: Path, e: Exception) -> InputError:
+    msg = str(e).splitlines()[0][:300]
+    if "UTF8" in msg or "UTF-8" in msg:
+        return InputError(f"{path}: not UTF-8 text ({msg}); save it as UTF-8")
+    return InputError(f"{path}: unreadable ({msg})")
+
+
+def stream_batches(path: Path, required, optional=(), batch_rows: int = 65_536) -> Iterator:
+    """``(first row, RecordBatch)`` of a CSV (every column as text) or Parquet file, after
+    checking its columns; memory holds one batch."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    kind = _kind(path)
+    row = 0
+    try:
+        if kind == "csv":
+            names = _csv_header(path)
+            _check_columns(names, path, required, optional)
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                ),
+            )
+            for batch in reader:
+                if batch.num_rows:
+                    yield row, batch
+                    row += batch.num_rows
+        else:
+            pf = pq.ParquetFile(path)
+            _check_columns(pf.schema_arrow.names, path, required, optional)
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                if batch.num_rows:
+                    yield row, batch
+                    row += batch.num_rows
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        raise _arrow_error(path, e) from None
+
+
+def read_whole(path: Path, required, optional=()):
+    """A small input (queries, retrieval labels) as one Arrow table."""
+    import pyarrow as pa
+
+    batches = [b for _, b in stream_batches(path, required, optional)]
+    if not batches:
+        raise InputError(f"{path}: no rows")
+    return pa.Table.from_batches(batches)
+
+
+def _no_nulls(col, path: Path, column: str, row0: int = 0, what: str = "") -> None:
+    if col.null_count:
+        import pyarrow.compute as pc
+
+        row = row0 + int(pc.index(pc.is_null(col), True).as_py())
+        raise InputError(f"{path}: row {row}: column {column!r} is empty{what}")
+
+
+def key_strings(col, path: Path, column: str, row0: int = 0):
+    """The ids of a column as Arrow strings (integers as their decimal text), for matching
+    ids across files whatever each file's type; nulls and floats are errors."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _no_nulls(col, path, column, row0)
+    t = col.type
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.string())
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        s = pc.utf8_trim_whitespace(pc.cast(col, pa.string()))
+        empty = pc.equal(pc.utf8_length(s), 0)
+        if pc.any(empty).as_py():
+            row = row0 + int(pc.index(empty, True).as_py())
+            raise InputError(f"{path}: row {row}: column {column!r} is empty")
+        return s
+    raise InputError(
+        f"{path}: column {column!r} must be strings or integers, got {t} (a float id would "
+        "be truncated)"
+    )
+
+
+def user_keys(col, path: Path, column: str):
+    """Keys as the user gave them: an integer column as int64, text as strings."""
+    import pyarrow as pa
+
+    s = key_strings(col, path, column)
+    if pa.types.is_integer(col.type):
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return np.asarray(s.to_pylist(), dtype=object)
+
+
+def _unique_keys(keys, path: Path, column: str) -> None:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(keys)
+    dup = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(dup):
+        value = dup[0]["values"].as_py()
+        rows = np.flatnonzero(np.asarray(keys.to_pylist(), dtype=object) == value)
+        raise InputError(f"{path}: row {int(rows[1])}: duplicate {column} {value!r}")
+
+
+def parse_timestamps(col, path: Path, column: str = "timestamp", row0: int = 0) -> np.ndarray:
+    """int64 epoch seconds from integer seconds or ISO-8601 text (no zone = UTC)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _no_nulls(col, path, column, row0)
+    t = col.type
+    if pa.types.is_integer(t):
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if pa.types.is_timestamp(t):
+        if t.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        return np.asarray(pc.cast(col, pa.timestamp("s", tz="UTC")).cast(pa.int64()), np.int64)
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise InputError(
+            f"{path}: column {column!r} must be integer seconds or ISO-8601 text, got {t}"
+        )
+    try:  # fast path: all integer seconds
+        return np.asarray(pc.cast(pc.utf8_trim_whitespace(col), pa.int64()), np.int64)
+    except pa.ArrowInvalid:
+        pass
+    out = np.empty(len(col), dtype=np.int64)
+    for i, v in enumerate(col.to_pylist()):
+        v = v.strip()
+        if _INT.fullmatch(v):
+            out[i] = int(v)
+            continue
+        try:
+            d = datetime.fromisoformat(v)
+        except ValueError:
+            raise InputError(
+                f"{path}: row {row0 + i}: {column} {v!r} is neither integer seconds nor "
+                "ISO-8601 (e.g. 2026-01-31T12:00:00Z)"
+            ) from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=UTC)
+        out[i] = int(d.timestamp() // 1)
+    return out
+
+
+def _ints(col, path: Path, column: str, row0: int, low: int, high: int) -> np.ndarray:
+    """Integers in ``low..high`` from an integer, boolean or text column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _no_nulls(col, path, column, row0)
+    t = col.type
+    if pa.types.is_boolean(t):
+        values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    elif pa.types.is_integer(t):
+        values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            values = np.asarray(pc.cast(pc.utf8_trim_whitespace(col), pa.int64()), np.int64)
+        except pa.ArrowInvalid:
+            text = col.to_pylist()
+            bad = next(i for i, v in enumerate(text) if not _INT.fullmatch(v))
+            raise InputError(
+                f"{path}: row {row0 + bad}: {column} {text[bad]!r} is not an integer"
+            ) from None
+    else:
+        raise InputError(f"{path}: column {column!r} must be integers, got {t}")
+    bad = (values < low) | (values > high)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        rng = "0 or 1" if (low, high) == (0, 1) else f"{low}..{high}"
+        raise InputError(f"{path}: row {row0 + i}: {column} {values[i]} is not {rng}")
+    return values
+
+
+def _lookup(keys, index, path: Path, column: str, row0: int, where: str) -> np.ndarray:
+    """Rows of ``keys`` in the ``index`` key array; an unknown id is an error."""
+    import pyarrow.compute as pc
+
+    rows = pc.index_in(keys, value_set=index)
+    if rows.null_count:
+        i = int(pc.index(pc.is_null(rows), True).as_py())
+        raise InputError(f"{path}: row {row0 + i}: {column} {keys[i].as_py()!r} is not in {where}")
+    return np.asarray(rows.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _image_paths(table, path: Path) -> tuple[list[Path], list[str]]:
+    root = path.parent.resolve()
+    col = table.column("image_path")
+    _no_nulls(col, path, "image_path", what=" (a query without an image)")
+    paths, wheres = [], []
+    for row, rel in enumerate(col.to_pylist()):
+        rel = str(rel).strip()
+        if not rel:
+            raise InputError(f"{path}: row {row}: column 'image_path' is empty (no image)")
+        p = (root / rel).resolve()
+        if not p.is_relative_to(root):
+            raise InputError(f"{path}: row {row}: image_path {rel!r} escapes the file's folder")
+        paths.append(p)
+        wheres.append(f"{path}: row {row}")
+    return paths, wheres
+
+
+# --- the world ---------------------------------------------------------------------------
+
+
+class _LogWriter:
+    """Streams impression batches of one split into ``impressions/<split>.parquet``."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer, self.rows, self.clicks = path, None, 0, 0
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from visctr.world.store import IMPRESSION_COLUMNS
+
+        types = {"int64": pa.int64(), "int32": pa.int32(), "int8": pa.int8()}
+        table = pa.table({c: pa.array(cols[c], types[t]) for c, t in IMPRESSION_COLUMNS.items()})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        if table.num_rows:
+            self.writer.write_table(table, row_group_size=262_144)
+        self.rows += table.num_rows
+        self.clicks += int(cols["clicked"].sum())
+
+    def close(self) -> None:
+        if self.writer is None:  # no rows: still a valid, empty file
+            self.write({c: np.zeros(0, np.int64) for c in IMPRESSION_COLUMNS_NAMES})
+        self.writer.close()
+
+
+IMPRESSION_COLUMNS_NAMES = ("query_id", "user_id", "item_id", "position", "clicked", "timestamp")
+
+
+def _stream_log(
+    path: Path,
+    split_of_query,  # function: query rows -> split name per row (or raises)
+    writers: dict[str, _LogWriter],
+    query_index,
+    item_index,
+    q_users: np.ndarray,
+    q_ts: np.ndarray,
+    cfg: ImportConfig,
+    on_rows=None,
+) -> int:
+    """Validate and route one impression log, batch by batch. Returns its row count."""
+    n = 0
+    for row0, batch in stream_batches(path, IMPRESSION_INPUT, IMPRESSION_OPTIONAL, cfg.batch_rows):
+        names = batch.schema.names
+        q = _lookup(
+            key_strings(batch.column("query_id"), path, "query_id", row0),
+            query_index, path, "query_id", row0, "the queries file",
+        )  # fmt: skip
+        i = _lookup(
+            key_strings(batch.column("item_id"), path, "item_id", row0),
+            item_index, path, "item_id", row0, "the catalog",
+        )  # fmt: skip
+        pos = _ints(batch.column("position"), path, "position", row0, 0, 2**31 - 1)
+        clicked = _ints(batch.column("clicked"), path, "clicked", row0, 0, 1)
+        if "timestamp" in names:
+            ts = parse_timestamps(batch.column("timestamp"), path, "timestamp", row0)
+        else:
+            ts = q_ts[q]
+        splits = split_of_query(q, row0)
+        cols = {
+            "query_id": q,
+            "user_id": q_users[q],
+            "item_id": i,
+            "position": pos,
+            "clicked": clicked,
+            "timestamp": ts,
+        }
+        for name, w in writers.items():
+            m = splits == name
+            if m.any():
+                w.write({c: v[m] for c, v in cols.items()})
+        if on_rows is not None:
+            on_rows(cols, splits)
+        n += batch.num_rows
+    return n
+
+
+def import_world(
+    catalog: Path,
+    queries: Path,
+    impressions: Path,
+    out: Path,
+    random: Path | None = None,
+    retrieval: Path | None = None,
+    cfg: ImportConfig | None = None,
+    echo=print,
+) -> dict:
+    """Build a world directory at ``out`` from a shop's files; returns its summary."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from visctr.data.catalog import CatalogConfig, load_catalog, read_images
+    from visctr.io import atomic_dir, check_out_dir, save_npy, write_json, write_parquet
+
+    cfg = cfg or ImportConfig()
+    t0 = time.perf_counter()
+    catalog, queries, impressions, out = Path(catalog), Path(queries), Path(impressions), Path(out)
+    check_out_dir(out, "world")
+    if catalog.suffix.lower() not in (".csv", ".parquet"):
+        raise InputError(f"{catalog}: the catalog must be a .csv or .parquet manifest")
+    ccfg = CatalogConfig(source=str(catalog), image_size=cfg.image_size, channels=cfg.channels)
+    echo(f"catalog: {catalog}")
+    cat = load_catalog(ccfg)
+    n_items = len(cat)
+    item_keys = cat.item_keys if cat.item_keys is not None else cat.item_ids
+    item_index = pa.array([str(k) for k in item_keys], pa.string())
+
+    # queries: in memory (one row per query, far fewer than impressions)
+    echo(f"queries: {queries}")
+    qt = read_whole(queries, QUERY_INPUT)
+    q_keys_s = key_strings(qt.column("query_id"), queries, "query_id")
+    _unique_keys(q_keys_s, queries, "query_id")
+    q_keys = user_keys(qt.column("query_id"), queries, "query_id")
+    u_col = qt.column("user_id")
+    u_keys = user_keys(u_col, queries, "user_id")
+    uniq_users, q_users = _dense(u_keys)
+    q_ts = parse_timestamps(qt.column("timestamp"), queries, "timestamp")
+    q_paths, q_wheres = _image_paths(qt, queries)
+    n_q = len(q_keys)
+
+    # retrieval labels: their own photos, each labelled with the item it shows
+    r_keys = np.zeros(0, dtype=object)
+    r_targets = np.zeros(0, dtype=np.int64)
+    r_paths: list[Path] = []
+    r_wheres: list[str] = []
+    if retrieval is not None:
+        retrieval = Path(retrieval)
+        echo(f"retrieval labels: {retrieval}")
+        rt = read_whole(retrieval, RETRIEVAL_INPUT)
+        rk = key_strings(rt.column("query_id"), retrieval, "query_id")
+        _unique_keys(rk, retrieval, "query_id")
+        clash = pc.is_in(rk, value_set=q_keys_s)
+        if pc.any(clash).as_py():
+            row = int(pc.index(clash, True).as_py())
+            raise InputError(
+                f"{retrieval}: row {row}: query_id {rk[row].as_py()!r} is also in {queries} "
+                "(labelled retrieval photos are their own queries)"
+            )
+        r_keys = user_keys(rt.column("query_id"), retrieval, "query_id")
+        r_targets = _lookup(
+            key_strings(rt.column("item_id"), retrieval, "item_id"),
+            item_index, retrieval, "item_id", 0, f"the catalog {catalog}",
+        )  # fmt: skip
+        r_paths, r_wheres = _image_paths(rt, retrieval)
+
+    q_split = np.full(n_q, "", dtype=object)
+    is_random = np.zeros(n_q, dtype=bool)
+    train_counts = np.zeros(n_items, dtype=np.int64)
+    shown_random = np.zeros(n_items, dtype=bool)
+    summary_logs: dict[str, dict] = {}
+    with atomic_dir(out, kind="world") as tmp:
+        (tmp / "images").mkdir()
+        (tmp / "impressions").mkdir()
+        query_index = q_keys_s
+
+        if random is not None:
+            random = Path(random)
+            echo(f"random-exposure log: {random}")
+            w = {"random": _LogWriter(tmp / "impressions" / "random.parquet")}
+
+            def mark_random(q, row0):
+                is_random[q] = True
+                return np.full(len(q), "random", dtype=object)
+
+            def seen_random(cols, splits):
+                shown_random[cols["item_id"]] = True
+
+            _stream_log(
+                random, mark_random, w, query_index, item_index, q_users, q_ts, cfg, seen_random
+            )
+            w["random"].close()
+            summary_logs["random"] = {"rows": w["random"].rows, "clicks": w["random"].clicks}
+            q_split[is_random] = "random"
+
+        logged = ~is_random
+        if not logged.any():
+            raise InputError(f"{queries}: every query is in the random-exposure log")
+        if cfg.split_time is not None:
+            cutoff = int(cfg.split_time)
+        else:
+            ts_sorted = np.sort(q_ts[logged])
+            cutoff = int(ts_sorted[min(int(cfg.train_share * len(ts_sorted)), len(ts_sorted) - 1)])
+        q_split[logged & (q_ts < cutoff)] = "train"
+        q_split[logged & (q_ts >= cutoff)] = "test"
+
+        echo(f"impressions: {impressions}")
+        writers = {s: _LogWriter(tmp / "impressions" / f"{s}.parquet") for s in ("train", "test")}
+
+        def logged_split(q, row0):
+            bad = is_random[q]
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                raise InputError(
+                    f"{impressions}: row {row0 + i}: query_id {q_keys[q[i]]!r} is also in the "
+                    f"random-exposure log {random} (a query is logged or random, not both)"
+                )
+            return q_split[q]
+
+        def count_train(cols, splits):
+            train = splits == "train"
+            train_counts[:] += np.bincount(cols["item_id"][train], minlength=n_items)
+
+        _stream_log(
+            impressions, logged_split, writers, query_index, item_index, q_users, q_ts, cfg,
+            count_train,
+        )  # fmt: skip
+        for s, wr in writers.items():
+            wr.close()
+            summary_logs[s] = {"rows": wr.rows, "clicks": wr.clicks}
+        if summary_logs["train"]["rows"] == 0:
+            raise InputError(
+                f"{impressions}: no impressions before the split time {cutoff} (the train "
+                "split is empty); lower --split-time or raise --train-share"
+            )
+
+        # tables
+        echo(f"reading {n_q + len(r_paths):,} query photos")
+        q_images = read_images(q_paths + r_paths, ccfg, q_wheres + r_wheres)
+        is_head = head_mask(train_counts, cfg.head_share)
+        save_npy(cat.images, tmp / "images" / "items.npy")
+        save_npy(q_images, tmp / "images" / "queries.npy")
+        write_parquet(
+            pa.table(
+                {
+                    "item_id": pa.array(np.arange(n_items), pa.int64()),
+                    "item_key": _key_array(item_keys),
+                    "category": pa.array(cat.categories, pa.int32()),
+                    "image_row": pa.array(np.arange(n_items), pa.int64()),
+                    "train_impressions": pa.array(train_counts, pa.int64()),
+                    "is_head": pa.array(is_head, pa.bool_()),
+                }
+            ),
+            tmp / "items.parquet",
+        )
+        write_parquet(
+            pa.table(
+                {
+                    "user_id": pa.array(np.arange(len(uniq_users)), pa.int64()),
+                    "user_key": _key_array(uniq_users),
+                }
+            ),
+            tmp / "users.parquet",
+        )
+        n_r = len(r_paths)
+        all_keys = np.concatenate([q_keys.astype(object), r_keys.astype(object)])
+        if n_r and {type(k) for k in all_keys} != {type(all_keys[0])}:
+            all_keys = np.asarray([str(k) for k in all_keys], dtype=object)
+        write_parquet(
+            pa.table(
+                {
+                    "query_id": pa.array(np.arange(n_q + n_r), pa.int64()),
+                    "query_key": _key_array(all_keys if n_r else q_keys),
+                    "user_id": pa.array(
+                        np.concatenate([q_users, np.full(n_r, -1, np.int64)]), pa.int64()
+                    ),
+                    "target_item_id": pa.array(
+                        np.concatenate([np.full(n_q, -1, np.int64), r_targets]), pa.int64()
+                    ),
+                    "timestamp": pa.array(
+                        np.concatenate([q_ts, np.full(n_r, cutoff, np.int64)]), pa.int64()
+                    ),
+                    "split": pa.array([str(s) for s in q_split] + ["retrieval"] * n_r, pa.string()),
+                    "image_row": pa.array(np.arange(n_q + n_r), pa.int64()),
+                }
+            ),
+            tmp / "queries.parquet",
+        )
+        summary = {
+            "items": n_items,
+            "categories": cat.n_categories,
+            "users": len(uniq_users),
+            "queries": {
+                "train": int((q_split == "train").sum()),
+                "test": int((q_split == "test").sum()),
+                "random": int(is_random.sum()),
+                "retrieval": n_r,
+            },
+            "impressions": {s: v["rows"] for s, v in summary_logs.items()},
+            "clicks": {s: v["clicks"] for s, v in summary_logs.items()},
+            "ctr": {s: v["clicks"] / max(v["rows"], 1) for s, v in summary_logs.items()},
+            "never_shown_share_train": float((train_counts == 0).mean()),
+            "head_items": int(is_head.sum()),
+            "tail_items": int(n_items - is_head.sum()),
+            "head_share_of_train_impressions": float(
+                train_counts[is_head].sum() / max(train_counts.sum(), 1)
+            ),
+            "split_time": cutoff,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        if random is not None:
+            summary["random_exposure_never_shown_share"] = float((~shown_random).mean())
+        meta = {
+            "format": 1,
+            "source": "imported",
+            "category_names": list(cat.category_names),
+            "image_shape": list(cat.images.shape[1:]),
+            "catalog_source": str(catalog),
+            "head_share": cfg.head_share,
+            "import": {
+                "catalog": str(catalog),
+                "queries": str(queries),
+                "impressions": str(impressions),
+                "random": str(random) if random else None,
+                "retrieval": str(retrieval) if retrieval else None,
+                "image_size": cfg.image_size,
+                "channels": cfg.channels,
+                "train_share": None if cfg.split_time is not None else cfg.train_share,
+                "split_time": cutoff,
+            },
+            "summary": summary,
+        }
+        write_json(meta, tmp / "world.json")
+    return summary
+
+
+def _dense(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(unique keys, dense id of each key)``; ids follow the keys' order: numeric when
+    every key is an integer (``user-9`` < ``user-10`` only when zero-padded), else lexical."""
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    if uniq.dtype == object and all(_INT.fullmatch(str(k)) for k in uniq):
+        order = np.argsort([int(k) for k in uniq], kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        return uniq[order], rank[inverse].astype(np.int64)
+    return uniq, inverse.astype(np.int64)
+
+
+def _key_array(keys: np.ndarray):
+    import pyarrow as pa
+
+    keys = np.asarray(keys)
+    if keys.dtype.kind in "iu":
+        return pa.array(keys, pa.int64())
+    return pa.array([str(k) for k in keys], pa.string())
