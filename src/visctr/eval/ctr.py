@@ -51,7 +51,9 @@ def evaluate_ctr(
 ) -> dict[str, float]:
     """``auc, logloss, gauc, auc_tail`` on the test split and ``auc_random_exposure``.
 
-    ``by_category`` adds ``random_exposure_by_category``'s four figures.
+    ``by_category`` adds ``random_exposure_by_category``'s four figures (they need the
+    simulator's targets). Without a random-exposure log (an imported world that has none)
+    ``auc_random_exposure`` is NaN and the by-category figures are absent.
 
     ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
     Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
@@ -62,14 +64,16 @@ def evaluate_ctr(
     head_ids = np.asarray(world.items["item_id"])[np.asarray(world.items["is_head"], dtype=bool)]
     is_tail = ~np.isin(test["item_id"], head_ids)
     m = ctr_metrics(test["labels"], test["probs"], test["query_id"], is_tail)
-    rnd = predict_ctr(model_dir, world, embeddings, "random")
     out = {
         "auc": m["auc"],
         "logloss": m["logloss"],
         "gauc": m["gauc"],
-        "auc_random_exposure": auc(rnd["labels"], rnd["probs"]),
+        "auc_random_exposure": float("nan"),
         "auc_tail": m["auc_tail"],
     }
-    if by_category:
-        out.update(random_exposure_by_category(world, rnd))
+    if world.has_random_exposure:
+        rnd = predict_ctr(model_dir, world, embeddings, "random")
+        out["auc_random_exposure"] = auc(rnd["labels"], rnd["probs"])
+        if by_category:
+            out.update(random_exposure_by_category(world, rnd))
     return out

@@ -1,6 +1,8 @@
 """Retrieval metrics: query photo → catalog by cosine similarity, exact search with FAISS.
 
-- ``hr@K``: share of queries whose target item is in the top K.
+- ``hr@K``: share of queries whose target item is in the top K. The targets are the
+  world's labelled retrieval queries, or, in a world without labels, the items clicked
+  for each test query (``retrieval_targets``).
 - ``longtail_hr@10`` / ``head_hr@10``: HR@10 over queries whose target is a tail / head
   item (head = top 20% of items by training impressions; never-shown items are tail).
 - ``category_recall@10``: mean share of the top 10 that has the target's category.
@@ -88,17 +90,36 @@ def retrieval_inputs(
             f"{query_vecs.shape[1]}-d"
         )
     items = align(item_ids, item_vecs, world.items["item_id"], d / "items.parquet")
-    rows = world.query_rows(split)
-    qids = world.queries["query_id"][rows]
+    qids, target_ids = retrieval_targets(world, split)
     queries = align(query_ids, query_vecs, qids, d / "queries.parquet", "query_id")
     target_rows = IdIndex(world.items["item_id"]).rows(
-        world.queries["target_item_id"][rows],
+        target_ids,
         strict=True,
         what="target_item_id",
         path=Path(world.root) / "queries.parquet",
         hint="; every target must be a catalog item (items.parquet)",
     )
     return queries, items, target_rows
+
+
+def retrieval_targets(world, split: str = "retrieval") -> tuple[np.ndarray, np.ndarray]:
+    """``(query ids, target item ids)`` of the retrieval evaluation, one row per pair.
+
+    The world's labelled ``split`` queries when it has them. A world without labels (an
+    imported one with no ``--retrieval`` file) uses its test queries instead, each with
+    every item clicked for it as a target: one row per (query, clicked item)."""
+    rows = world.query_rows(split)
+    if len(rows) or split != "retrieval":
+        return world.queries["query_id"][rows], world.queries["target_item_id"][rows]
+    test = world.read_impressions("test")
+    clicked = test["clicked"].astype(bool)
+    pairs = np.unique(np.stack([test["query_id"][clicked], test["item_id"][clicked]], 1), axis=0)
+    if not len(pairs):
+        raise ValueError(
+            f"{world.root}: no labelled retrieval queries and no clicks in the test log: "
+            "nothing to measure retrieval on"
+        )
+    return pairs[:, 0], pairs[:, 1]
 
 
 def evaluate_retrieval(

@@ -44,6 +44,13 @@ from visctr.cli_common import (
     help="fashion-mnist:train|test (default), an image folder, or a manifest.",
 )
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST idx files.")
+@click.option(
+    "--world",
+    "world_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An existing world (visctr import or simulate) instead of simulating one.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @click.option(
     "--config",
@@ -55,13 +62,22 @@ from visctr.cli_common import (
 @click.option("--restart", is_flag=True, help="Recompute every stage (ignore completed ones).")
 @trainer_options
 @handle_errors
-def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, trainer_overrides):
-    """Build the world, train the five methods, evaluate them, write results.json + report.md."""
+def run(
+    preset, seeds, seed, catalog, data_dir, world_dir, out, config_path, restart, trainer_overrides
+):
+    """Build (or read) the world, train every method, evaluate, write results.json + report.md.
+
+    With --world, the preset sets only the training budget; the world is read as it is."""
+    from visctr.errors import InputError
     from visctr.io import claim_out_dir
     from visctr.pipeline.config import resolve_run_config
     from visctr.pipeline.run import run_pipeline
 
-    check_out(out, "run", path_input(catalog), data_dir, config_path)
+    if world_dir is not None and (catalog is not None or data_dir is not None):
+        raise InputError(
+            "--world reads an existing world: it cannot be combined with --catalog/--data-dir"
+        )
+    check_out(out, "run", path_input(catalog), data_dir, config_path, world_dir)
     cfg = resolve_run_config(
         preset,
         config_path,
@@ -71,8 +87,12 @@ def run(preset, seeds, seed, catalog, data_dir, out, config_path, restart, train
         data_dir=data_dir,
         trainer_overrides=trainer_overrides,
     )
+    if world_dir is not None:
+        from visctr.world import World
+
+        World.load(world_dir)  # a bad world fails here, before the run directory is claimed
     claim_out_dir(out, "run")
-    run_pipeline(cfg, out, restart=restart)
+    run_pipeline(cfg, out, restart=restart, world_dir=world_dir)
 
 
 @click.command("abtest")

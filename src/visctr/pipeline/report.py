@@ -48,15 +48,14 @@ def _bars(results: dict, metrics: list[tuple[str, str]], title: str, path: Path)
 
 def _examples(world, tops: dict[str, np.ndarray], n_queries: int, path: Path) -> None:
     """Query photos and each method's top-5 (``tops``: method -> ranked item rows)."""
+    from visctr.eval.retrieval import retrieval_targets
     from visctr.ids import IdIndex
 
     plt = _plt()
-    rows = world.query_rows("retrieval")[:n_queries]
+    qids, tids = retrieval_targets(world)  # the pairs ``tops`` is ranked for, in order
+    rows = IdIndex(world.queries["query_id"]).rows(qids[:n_queries], strict=True)
     targets = IdIndex(world.items["item_id"]).rows(
-        world.queries["target_item_id"][rows],
-        strict=True,
-        what="target_item_id",
-        path=world.root / "queries.parquet",
+        tids[:n_queries], strict=True, what="target_item_id", path=world.root / "queries.parquet"
     )
     methods = list(tops)
     k = 5
@@ -268,11 +267,24 @@ def write_report(
         "",
         format_table(results, markdown=True),
         "",
-        "HR@10 / long-tail / head / category recall: uniform retrieval queries, exact cosine "
-        "search over the whole catalog. AUC, gAUC, logloss: logged test split (time-split). "
-        "AUC (random exposure): the missing-at-random set the logs never see. "
-        "AUC tail: logged test impressions of tail items.",
+        "HR@10 / long-tail / head / category recall: "
+        + (
+            "uniform retrieval queries"
+            if results.get("retrieval_targets", "labelled").startswith("labelled")
+            else "test queries, each clicked item a target (the world has no labelled "
+            "retrieval set)"
+        )
+        + ", exact cosine search over the whole catalog. AUC, gAUC, logloss: logged test "
+        "split (time-split). AUC (random exposure): the missing-at-random set the logs never "
+        "see. AUC tail: logged test impressions of tail items.",
         "",
+        *(
+            ["Skipped on this world:", ""]
+            + [f"- {k}: {v}" for k, v in results["skipped"].items()]
+            + [""]
+            if results.get("skipped")
+            else []
+        ),
         *_by_category_section(results),
         *_ab_section(results),
         "## Methods",

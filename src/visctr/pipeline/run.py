@@ -30,13 +30,22 @@ EMBEDDING_OUTPUTS = ("items.parquet", "queries.parquet")
 CTR_OUTPUTS = ("model.pt", "feature_map.json", "debias.pt")
 
 
-def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
-    """Run everything for ``cfg.seeds`` training seeds; returns the results dict."""
+WORLD_FILES = ("world.json", "*.parquet", "impressions/*.parquet", "images/*.npy")
+
+
+def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | None = None) -> dict:
+    """Run everything for ``cfg.seeds`` training seeds; returns the results dict.
+
+    ``world_dir``: an existing world (``visctr import`` or ``simulate``) instead of
+    simulating one; it is read, never written, and keyed by its content. Metrics that
+    need what the world lacks (a random-exposure log, the simulator's hidden truth) are
+    skipped with one line each, and listed under ``skipped`` in ``results.json``."""
     from visctr.ctr import debias_transform, train_ctr
     from visctr.ctr.training import MODEL_FORMAT
     from visctr.encoders import embed
     from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
+    from visctr.io import digest_files
     from visctr.pipeline.report import write_report
     from visctr.world import World
     from visctr.world.simulate import format_summary, simulate
@@ -47,20 +56,34 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     stages = StageRunner(restart=restart, echo=click.echo)
     t_start = time.perf_counter()
 
-    click.echo(f"[world] preset={cfg.preset} seed={cfg.seed}")
-    world_digest = stages.run(
-        layout.world_stage,
-        world_key(cfg),
-        lambda d: simulate(cfg.world, cfg.seed, layout.world),
-        "world",
-        WORLD_OUTPUTS,
-    )
-    world = World.load(layout.world)
+    if world_dir is not None:
+        click.echo(f"[world] {world_dir} (preset={cfg.preset} training budget)")
+        world = World.load(world_dir)
+        world_digest = digest_files(Path(world_dir), WORLD_FILES)
+    else:
+        click.echo(f"[world] preset={cfg.preset} seed={cfg.seed}")
+        world_digest = stages.run(
+            layout.world_stage,
+            world_key(cfg),
+            lambda d: simulate(cfg.world, cfg.seed, layout.world),
+            "world",
+            WORLD_OUTPUTS,
+        )
+        world = World.load(layout.world)
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
+    skipped = skipped_metrics(world)
+    for what, why in skipped.items():
+        click.echo(f"  skipped {what}: {why}")
+    retrieval_targets = (
+        "labelled retrieval queries"
+        if world.has_retrieval_labels
+        else "clicked items of test queries (no labelled retrieval set)"
+    )
+    click.echo(f"  retrieval HR: {retrieval_targets}")
 
     recipes = encoder_order()
     ab = None
-    if cfg.abtest.queries > 0:
+    if cfg.abtest.queries > 0 and "ab_test" not in skipped:
         from visctr.pipeline.abtest import ABTest
 
         ab = stages.timed("abtest", lambda: ABTest(world, cfg))
@@ -126,7 +149,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             debias_path = ctr_dir / "debias.pt" if ccfg.debias.enabled else None
 
             def evaluate(ctr_dir=ctr_dir, emb_dir=emb_dir, debias_path=debias_path):
-                ctr_m = evaluate_ctr(ctr_dir, world, emb_dir, by_category=True)
+                ctr_m = evaluate_ctr(ctr_dir, world, emb_dir, by_category=world.ground_truth)
                 transform = debias_transform(debias_path) if debias_path else None
                 ret_m, top = evaluate_retrieval(world, emb_dir, transform)
                 return {**ret_m, **ctr_m}, top
@@ -135,7 +158,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
             if i == 0:
                 tops[name] = top
             for k in keys:
-                per_seed[name][k].append(float(m[k]))
+                per_seed[name][k].append(float(m.get(k, float("nan"))))
             click.echo(
                 f"  {name:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
                 f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
@@ -160,8 +183,13 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
         # analysis beside the metrics: what the random-exposure AUC is made of
         "random_exposure_by_category": {
             m: {k: aggregate(per_seed[m][k]) for k in BY_CATEGORY} for m in METHODS
-        },
+        }
+        if "random_exposure_by_category" not in skipped
+        else {},
         "world": world.meta["summary"],
+        "world_source": world.source,
+        "retrieval_targets": retrieval_targets,
+        "skipped": skipped,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
     }
     if ab is not None:
@@ -173,6 +201,19 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False) -> dict:
     click.echo(format_table(results))
     click.echo(f"results: {layout.results}  report: {layout.report}  ({timings['total']:.0f}s)")
     return results
+
+
+def skipped_metrics(world) -> dict[str, str]:
+    """What this world cannot measure, and why (one line each)."""
+    out = {}
+    if not world.has_random_exposure:
+        out["auc_random_exposure"] = "the world has no random-exposure log (import --random)"
+    if not world.ground_truth:
+        out["random_exposure_by_category"] = (
+            "needs every query's true target item, which only a simulated world knows"
+        )
+        out["ab_test"] = "needs the simulator's hidden click model; an imported world has none"
+    return out
 
 
 def world_key(cfg: Any) -> dict:
