@@ -84,6 +84,25 @@ def visctr_ddp():
     return run
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """``visctr run --preset tiny --seeds 1`` over Fashion-MNIST: ``(run dir, output)``."""
+    from click.testing import CliRunner
+
+    from visctr.cli import main
+    from visctr.data.catalog import find_fashion_mnist_dir
+    from visctr.errors import InputError
+
+    try:
+        find_fashion_mnist_dir(None)
+    except InputError as e:
+        pytest.skip(str(e))
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    res = CliRunner().invoke(main, ["run", "--preset", "tiny", "--seeds", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    return out, res.output
+
+
 DIM = 16
 
 

@@ -18,6 +18,7 @@ than clipped.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import os
 import re
@@ -316,7 +317,7 @@ def read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np.
         tqdm(
             list(zip(paths, wheres, strict=True)),
             desc="reading images",
-            disable=len(paths) < 2000,
+            disable=True if len(paths) < 2000 else None,  # None: only on a terminal
             leave=False,
         )
     ):
@@ -379,7 +380,7 @@ def read_manifest_table(path: Path):
             return pq.read_table(path)
         with open(path, "rb") as f:
             head = f.readline().decode("utf-8", errors="replace")
-        names = [c.strip() for c in head.rstrip("\r\n").split(",")]
+        names = [c.strip() for c in next(csv.reader([head.lstrip("\ufeff").rstrip("\r\n")]), [])]
         return pacsv.read_csv(
             path,
             convert_options=pacsv.ConvertOptions(

@@ -57,6 +57,10 @@ def evaluate(
         metrics.update(evaluate_ctr(ctr_model, world, embeddings))
     for k, v in metrics.items():
         click.echo(f"{k:22s} {v:.4f}")
+    if not world.has_retrieval_labels:
+        click.echo("retrieval HR: targets are the clicked items of test queries (no labels)")
+    if ctr_model is not None and not world.has_random_exposure:
+        click.echo("auc_random_exposure skipped: the world has no random-exposure log")
     if out is not None:
         write_json(metrics, out)
         click.echo(f"written to {out}")

@@ -121,7 +121,19 @@ def abtest_run(
         cfg.abtest.seed = seed
     if cfg.abtest.queries < 1:
         raise InputError("--queries must be >= 1")
+    if world_dir is None:  # the world the run used: its own, or the one --world named
+        import json
+
+        try:
+            world_dir = json.loads(layout.results.read_text()).get("world_dir")
+        except (OSError, ValueError):
+            world_dir = None
     world = World.load(Path(world_dir) if world_dir else layout.world)
+    if not world.ground_truth:
+        raise InputError(
+            f"{world.root}: the A/B test needs the simulator's hidden click model, and this "
+            "world is imported (it has none); measure a real A/B test online"
+        )
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     for s in seeds:
         for m in METHODS.values():

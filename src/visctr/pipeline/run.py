@@ -188,6 +188,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         else {},
         "world": world.meta["summary"],
         "world_source": world.source,
+        "world_dir": str(Path(world_dir).resolve()) if world_dir is not None else None,
         "retrieval_targets": retrieval_targets,
         "skipped": skipped,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

@@ -1,0 +1,282 @@
+"""``visctr import``: a world from a shop's raw files (string SKUs, CSV logs, ISO times).
+
+The round trip writes a simulated world out as raw files, imports them and checks that
+the imported world holds the same tables and that ``visctr run --world`` on it gives
+every metric that does not need the simulator's ground truth exactly as on the original.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from visctr.cli import main
+from visctr.world import World
+
+from .raw_files import BASE, write_raw
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_world_dir, tmp_path_factory) -> dict:
+    return write_raw(tiny_world_dir, tmp_path_factory.mktemp("raw") / "shop")
+
+
+def _import(raw: dict, out: Path, *extra: str, **replace) -> object:
+    files = {**{k: raw[k] for k in ("catalog", "queries", "impressions")}, **replace}
+    args = ["import", *(a for k, v in files.items() if v is not None for a in (f"--{k}", str(v)))]
+    return CliRunner().invoke(main, [*args, *extra, "--out", str(out)])
+
+
+def _full(raw: dict, out: Path, *extra: str, **replace):
+    return _import(
+        raw, out, "--split-time", raw["split_time"], *extra,
+        random=replace.pop("random", raw["random"]),
+        retrieval=replace.pop("retrieval", raw["retrieval"]),
+        **replace,
+    )  # fmt: skip
+
+
+def test_import_reproduces_the_simulated_tables(raw, tiny_world_dir, tmp_path):
+    res = _full(raw, tmp_path / "w")
+    assert res.exit_code == 0, res.output
+    a, b = World.load(tiny_world_dir), World.load(tmp_path / "w")
+    assert b.source == "imported" and not b.ground_truth and b.users_affinity is None
+    assert b.has_random_exposure and b.has_retrieval_labels
+    for c in ("item_id", "category", "image_row", "train_impressions", "is_head"):
+        assert np.array_equal(a.items[c], b.items[c]), c
+    assert b.items["item_key"][:2].tolist() == ["sku-000000", "sku-000001"]
+    logged = a.queries["split"] != "retrieval"
+    for c in ("query_id", "split", "image_row"):
+        assert np.array_equal(a.queries[c], b.queries[c]), c
+    assert np.array_equal(a.queries["user_id"][logged], b.queries["user_id"][logged])
+    assert (b.queries["timestamp"][logged] - a.queries["timestamp"][logged] == BASE).all()
+    ret = ~logged
+    assert np.array_equal(a.queries["target_item_id"][ret], b.queries["target_item_id"][ret])
+    assert (b.queries["target_item_id"][logged] == -1).all()
+    assert np.array_equal(a.item_images, b.item_images)
+    assert np.array_equal(a.query_images, b.query_images)
+    for split in ("train", "test", "random"):
+        x, y = a.read_impressions(split), b.read_impressions(split)
+        for c in ("query_id", "user_id", "item_id", "position", "clicked"):
+            assert np.array_equal(x[c], y[c]), (split, c)
+        assert (y["timestamp"] - x["timestamp"] == BASE).all()
+    assert b.user_keys[0] == "user-00000"
+    assert "random-exposure set" in res.output and "retrieval 120" in res.output
+
+
+def test_small_record_batches_give_the_same_world(raw, tmp_path):
+    """The logs are streamed: batch boundaries must not change a byte of the tables."""
+    from visctr.io import digest_files
+    from visctr.world.importer import ImportConfig, import_world
+
+    big = _full(raw, tmp_path / "big")
+    assert big.exit_code == 0, big.output
+    split = World.load(tmp_path / "big").meta["import"]["split_time"]
+    cfg = ImportConfig(split_time=split, batch_rows=97)
+    files = {k: raw[k] for k in ("catalog", "queries", "impressions", "random", "retrieval")}
+    # CSV record batches are sized in bytes: write the logs as Parquet to get 97-row batches
+    for k in ("impressions", "random"):
+        pq.write_table(pa.csv.read_csv(files[k]), tmp_path / f"{k}.parquet", row_group_size=1000)
+        files[k] = tmp_path / f"{k}.parquet"
+    import_world(
+        files["catalog"], files["queries"], files["impressions"], tmp_path / "small",
+        files["random"], files["retrieval"], cfg, echo=lambda *_: None,
+    )  # fmt: skip
+    pats = ("*.parquet", "impressions/*.parquet", "images/*.npy")
+    a, b = World.load(tmp_path / "big"), World.load(tmp_path / "small")
+    for s in ("train", "test", "random"):
+        x, y = a.read_impressions(s), b.read_impressions(s)
+        assert all(np.array_equal(x[c], y[c]) for c in x), s
+    assert digest_files(tmp_path / "big", pats[2:]) == digest_files(tmp_path / "small", pats[2:])
+    assert np.array_equal(a.items["train_impressions"], b.items["train_impressions"])
+
+
+def _rewrite(path: Path, out: Path, edit) -> Path:
+    lines = path.read_text().splitlines()
+    out.write_text("\n".join(edit(lines)) + "\n")
+    return out
+
+
+def _set(lines: list[str], row: int, col: int, value: str) -> list[str]:
+    cells = lines[row + 1].split(",")
+    cells[col] = value
+    return [*lines[: row + 1], ",".join(cells), *lines[row + 2 :]]
+
+
+@pytest.mark.parametrize(
+    "which,edit,match",
+    [
+        ("impressions", lambda ls: [ls[0].replace("clicked", "click"), *ls[1:]],
+         "impressions.csv: missing column 'clicked'"),
+        ("impressions", lambda ls: _set(ls, 3, 1, "sku-999999"),
+         "impressions.csv: row 3: item_id 'sku-999999' is not in the catalog"),
+        ("impressions", lambda ls: _set(ls, 5, 0, "q-nope"),
+         "impressions.csv: row 5: query_id 'q-nope' is not in the queries file"),
+        ("impressions", lambda ls: _set(ls, 7, 3, "2"),
+         "impressions.csv: row 7: clicked 2 is not 0 or 1"),
+        ("impressions", lambda ls: _set(ls, 8, 3, "yes"),
+         "impressions.csv: row 8: clicked 'yes' is not an integer"),
+        ("impressions", lambda ls: _set(ls, 9, 2, "-1"),
+         "impressions.csv: row 9: position -1 is not 0..2147483647"),
+        ("queries", lambda ls: _set(ls, 4, 3, "next tuesday"),
+         "queries.csv: row 4: timestamp 'next tuesday' is neither integer seconds nor ISO-8601"),
+        ("queries", lambda ls: _set(ls, 2, 1, ""),
+         "queries.csv: row 2: column 'image_path' is empty (a query without an image)"),
+        ("queries", lambda ls: _set(ls, 2, 1, "queries/missing.png"),
+         "queries.csv: row 2: image file not found"),
+        ("queries", lambda ls: _set(ls, 6, 0, "q-000001"),
+         "queries.csv: row 6: duplicate query_id 'q-000001'"),
+        ("catalog", lambda ls: _set(ls, 5, 0, "sku-000001"),
+         "catalog.csv: row 5: duplicate item_id 'sku-000001'"),
+        ("retrieval", lambda ls: _set(ls, 1, 2, "sku-nope"),
+         "retrieval.csv: row 1: item_id 'sku-nope' is not in the catalog"),
+        ("random", lambda ls: [*ls, "q-000000,sku-000001,0,0"],
+         "is also in the random-exposure log"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_naming_file_row_and_column(raw, tmp_path, which, edit, match):
+    src = Path(raw[which])
+    bad = _rewrite(src, src.parent / f"bad_{src.name}", edit)  # beside it: same image paths
+    try:
+        res = _full(raw, tmp_path / "w", **{which: bad})
+    finally:
+        bad.unlink()
+    assert res.exit_code != 0
+    last = res.output.strip().splitlines()[-1]  # progress lines, then the one error line
+    assert match in last, res.output
+    assert "Traceback" not in res.output and res.output.count(match) == 1
+    assert not (tmp_path / "w").exists()  # no half-written world
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]  # no temp left
+
+
+def test_random_and_retrieval_are_optional_and_the_split_follows_the_share(raw, tmp_path):
+    res = _import(raw, tmp_path / "w", "--train-share", "0.5")
+    assert res.exit_code == 0, res.output
+    w = World.load(tmp_path / "w")
+    assert not w.has_random_exposure and not w.has_retrieval_labels
+    assert "no random-exposure log" in res.output
+    ts, split = w.queries["timestamp"], w.queries["split"]
+    assert set(split) == {"train", "test"}
+    assert abs((split == "train").mean() - 0.5) < 0.01
+    assert ts[split == "train"].max() < ts[split == "test"].min()  # split by time
+
+
+def test_without_labels_retrieval_targets_are_the_test_clicks(raw, tmp_path):
+    from visctr.eval.retrieval import retrieval_targets
+
+    assert _import(raw, tmp_path / "w").exit_code == 0
+    w = World.load(tmp_path / "w")
+    qids, targets = retrieval_targets(w)
+    test = w.read_impressions("test")
+    c = test["clicked"] == 1
+    assert len(qids) == len(set(zip(test["query_id"][c], test["item_id"][c], strict=True)))
+    assert set(zip(qids, targets, strict=True)) == set(
+        zip(test["query_id"][c], test["item_id"][c], strict=True)
+    )
+    assert not np.isin(qids, w.queries["query_id"][w.queries["split"] == "train"]).any()
+
+
+def test_integer_ids_and_parquet_inputs_keep_their_type(raw, tmp_path):
+    """Parquet files with int64 ids and int timestamps: keys stay integers."""
+    cat = pa.csv.read_csv(raw["catalog"])
+    ids = pa.array([int(s[4:]) * 10 for s in cat["item_id"].to_pylist()], pa.int64())
+    shop = Path(raw["catalog"]).parent
+    pq.write_table(cat.set_column(0, "item_id", ids), shop / "catalog_int.parquet")
+    imp = pa.csv.read_csv(raw["impressions"])
+    iid = pa.array([int(s[4:]) * 10 for s in imp["item_id"].to_pylist()], pa.int64())
+    pq.write_table(imp.set_column(1, "item_id", iid), tmp_path / "imp.parquet")
+    q = pa.csv.read_csv(
+        raw["queries"],
+        convert_options=pa.csv.ConvertOptions(column_types={"timestamp": pa.string()}),
+    )
+    secs = pa.array(
+        [
+            int(np.datetime64(t.rstrip("Z"), "s").astype(np.int64))
+            for t in q["timestamp"].to_pylist()
+        ]
+    )
+    pq.write_table(q.set_column(3, "timestamp", secs), shop / "queries_int.parquet")
+    res = _import(
+        raw, tmp_path / "w", catalog=shop / "catalog_int.parquet",
+        queries=shop / "queries_int.parquet", impressions=tmp_path / "imp.parquet",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    w = World.load(tmp_path / "w")
+    assert w.items["item_key"].dtype.kind == "i" and w.items["item_key"][1] == 10
+    assert w.items["train_impressions"].sum() > 0
+
+
+def test_jpeg_query_photos_are_read(tiny_world_dir, tmp_path):
+    raw = write_raw(tiny_world_dir, tmp_path / "shop", query_format="JPEG")
+    res = _import(raw, tmp_path / "w", random=raw["random"])
+    assert res.exit_code == 0, res.output
+    a, b = World.load(tiny_world_dir), World.load(tmp_path / "w")
+    logged = np.flatnonzero(a.queries["split"] != "retrieval")
+    diff = np.abs(a.query_images[logged].astype(int) - b.query_images[logged].astype(int))
+    assert diff.mean() < 6  # lossy, but the same photos
+
+
+def test_out_checks_apply(raw, tmp_path):
+    """--out is refused when it holds user files or is an input."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = _import(raw, tmp_path / "mine")
+    assert res.exit_code != 0 and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    res = _import(raw, Path(raw["catalog"]).parent)
+    assert res.exit_code != 0 and Path(raw["catalog"]).is_file()
+
+
+@pytest.mark.slow
+def test_round_trip_run_matches_the_simulated_world(tiny_run, tmp_path):
+    """The tiny run's world as raw files, imported, run again: every metric that needs no
+    ground truth is the same; the A/B test and the by-category analysis are skipped."""
+    run_a, _ = tiny_run
+    raw = write_raw(run_a / "world" / "data", tmp_path / "shop")
+    assert _full(raw, tmp_path / "world").exit_code == 0
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--world",
+            str(tmp_path / "world"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    a = json.loads((run_a / "results.json").read_text())
+    b = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(b["methods"]) == set(a["methods"])
+    compared = 0
+    for m, metrics in a["methods"].items():
+        for k, v in metrics.items():
+            x, y = v["per_seed"][0], b["methods"][m][k]["per_seed"][0]
+            assert x is not None and y is not None and math.isclose(x, y, abs_tol=1e-6), (
+                m,
+                k,
+                x,
+                y,
+            )
+            compared += 1
+    assert compared == len(a["methods"]) * len(next(iter(a["methods"].values())))
+    assert b["world_source"] == "imported" and "ab_test" not in b
+    assert set(b["skipped"]) == {"random_exposure_by_category", "ab_test"}
+    assert "skipped ab_test:" in res.output
+    ab = CliRunner().invoke(main, ["abtest", "--run", str(tmp_path / "run")])
+    assert (
+        ab.exit_code != 0 and "the A/B test needs the simulator's hidden click model" in ab.output
+    )
+    # the user's ids travel with the embeddings
+    emb = pq.read_table(tmp_path / "run" / "seed_0" / "embeddings" / "s2" / "items.parquet")
+    assert emb.column("item_key")[0].as_py().startswith("sku-")
+    shutil.rmtree(tmp_path / "shop")
