@@ -19,6 +19,7 @@ and leaves no output (the world directory appears whole or not at all).
 
 from __future__ import annotations
 
+import csv
 import re
 import time
 from collections.abc import Iterator
@@ -95,7 +96,7 @@ def _csv_header(path: Path) -> list[str]:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    return [c.strip().lstrip("\ufeff") for c in text.rstrip("\r\n").split(",")]
+    return [c.strip() for c in next(csv.reader([text.lstrip("\ufeff").rstrip("\r\n")]), [])]
 
 
 def _arrow_error(path: Path, e: Exception) -> InputError:
@@ -120,7 +121,7 @@ def stream_batches(path: Path, required, optional=(), batch_rows: int = 65_536) 
             _check_columns(names, path, required, optional)
             reader = pacsv.open_csv(
                 path,
-                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
                     column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
                 ),
