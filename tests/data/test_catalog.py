@@ -276,3 +276,36 @@ def test_fingerprint_follows_content_not_paths(tmp_path):
     assert f1 == catalog_fingerprint(CatalogConfig(source="fashion-mnist:train", data_dir=str(fm)))
     (fm / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(np.zeros(20, np.uint8))))
     assert f1 != catalog_fingerprint(CatalogConfig(source="fashion-mnist:train", data_dir=str(fm)))
+
+
+def test_huge_image_is_refused_from_its_header_before_decoding(tmp_path):
+    """A 12000x12000 PNG (a few hundred KB on disk) would cost >1 GB to decode: refused by
+    its header size, whatever the file size, with the row that names it."""
+    import resource
+
+    (tmp_path / "img").mkdir()
+    Image.new("L", (12_000, 12_000)).save(tmp_path / "img" / "big.png")
+    _png(tmp_path / "img" / "ok.png")
+    assert (tmp_path / "img" / "big.png").stat().st_size < 1_000_000
+    path = tmp_path / "m.csv"
+    path.write_text("item_id,image_path,category\n1,img/ok.png,x\n2,img/big.png,x\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"row 1: image .*big.png is 12000x12000 pixels"):
+        load_catalog(CatalogConfig(source=str(path)))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, grown_mb  # the 144 MP image was never decoded
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    """A big JPEG is decoded through ``draft`` (1/8 scale here) and still looks right."""
+    from visctr.data.catalog import read_images
+
+    yy, xx = np.mgrid[0:4000, 0:4000]
+    Image.fromarray(((xx // 500) * 30).astype(np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    with Image.open(tmp_path / "big.jpg") as im:
+        im.draft("L", (28, 28))
+        assert im.size == (500, 500)  # what the decoder will produce
+    out = read_images([tmp_path / "big.jpg"], CatalogConfig(), ["t"])
+    assert out.shape == (1, 1, 28, 28)
+    expected = (np.arange(28) * 4000 / 28 // 500 * 30).astype(float)
+    assert np.abs(out[0, 0].mean(0) - expected).max() < 20

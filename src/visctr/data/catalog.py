@@ -274,6 +274,14 @@ EIGHT_BIT_MODES = {
 }
 
 
+MAX_DECODE_PIXELS = 40_000_000  # ~160 MB decoded as RGBA: a large product photo, not a bomb
+
+
+def decode_limit(size: int) -> int:
+    """Most pixels an image may have to be decoded for ``size``x``size`` thumbnails."""
+    return max(MAX_DECODE_PIXELS, 64 * size * size)
+
+
 def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -281,6 +289,15 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
         raise InputError(f"{where}: image file not found: {path}")
     try:
         with Image.open(path) as im:
+            if im.format == "JPEG":  # decode at 1/2..1/8 scale when that is still >= size
+                im.draft("L" if channels == 1 else "RGB", (size, size))
+            w, h = im.size  # from the header: nothing is decoded yet
+            limit = decode_limit(size)
+            if w * h > limit:
+                raise InputError(
+                    f"{where}: image {path} is {w}x{h} pixels, more than the {limit:,} decoded "
+                    f"for {size}x{size} images; downscale it first"
+                )
             im.load()
             if im.mode not in EIGHT_BIT_MODES:
                 # 16-bit / 32-bit / float pixels would be clipped to 0..255 silently
