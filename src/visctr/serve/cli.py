@@ -32,19 +32,32 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
     "--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True
 )
 @click.option("--nlist", type=NON_NEGATIVE, default=0, help="IVF lists (0: about 4·sqrt(items)).")
+@click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also write encoder.onnx (float32 images in [0, 1]) and debias.onnx; needs the "
+    "onnx extra.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @handle_errors
 def export(
-    encoder: Path, embeddings: Path, debias: Path | None, kind: str, nlist: int, out: Path
+    encoder: Path,
+    embeddings: Path,
+    debias: Path | None,
+    kind: str,
+    nlist: int,
+    onnx: bool,
+    out: Path,
 ) -> None:
-    """Serving artifacts: TorchScript encoder (+ debias network) and a FAISS index."""
+    """Serving artifacts: TorchScript (+ ONNX) encoder and debias network, a FAISS index."""
+    import json
+
     from visctr.serve.export import IndexConfig, export_artifacts
 
     check_out(out, "export", encoder, embeddings, debias)
-    export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias)
-    click.echo(
-        f"exported encoder.ts{', debias.ts' if debias else ''}, index.faiss ({kind}) to {out}"
-    )
+    export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias, onnx)
+    files = json.loads((out / "export.json").read_text())["files"]
+    click.echo(f"exported {', '.join(files)}, index.faiss ({kind}) to {out}")
 
 
 @click.command("search")
