@@ -11,10 +11,19 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
 
 @click.command("export")
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["serving", "fuxictr"]),
+    default="serving",
+    show_default=True,
+    help="serving: encoder + index for search; fuxictr: the embeddings as FuxiCTR "
+    "pretrained_emb files (key, value), no encoder needed.",
+)
+@click.option(
     "--encoder",
     type=click.Path(path_type=Path),
-    required=True,
-    help="encoder.pt from pretrain/finetune/classify.",
+    default=None,
+    help="encoder.pt from pretrain/finetune/classify (--format serving).",
 )
 @click.option(
     "--embeddings",
@@ -41,7 +50,8 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @handle_errors
 def export(
-    encoder: Path,
+    fmt: str,
+    encoder: Path | None,
     embeddings: Path,
     debias: Path | None,
     kind: str,
@@ -49,11 +59,24 @@ def export(
     onnx: bool,
     out: Path,
 ) -> None:
-    """Serving artifacts: TorchScript (+ ONNX) encoder and debias network, a FAISS index."""
+    """Serving artifacts (TorchScript/ONNX encoder and debias network, a FAISS index), or
+    the embeddings in FuxiCTR's pretrained_emb layout."""
     import json
 
     from visctr.serve.export import IndexConfig, export_artifacts
 
+    if fmt == "fuxictr":
+        from visctr.serve.fuxictr import export_fuxictr
+
+        for name, given in (("--encoder", encoder), ("--debias", debias), ("--onnx", onnx)):
+            if given:
+                raise click.UsageError(f"{name} is for --format serving, not fuxictr")
+        check_out(out, "export", embeddings)
+        for name, (rows, dim) in export_fuxictr(embeddings, out).items():
+            click.echo(f"{out / name}: {rows} keys, pretrain_dim {dim}")
+        return
+    if encoder is None:
+        raise click.UsageError("--format serving needs --encoder (the encoder.pt to serve)")
     check_out(out, "export", encoder, embeddings, debias)
     export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias, onnx)
     files = json.loads((out / "export.json").read_text())["files"]
