@@ -29,12 +29,22 @@ def emb_dir(tmp_path):
     return d
 
 
-def _with_item_key(emb_dir):
-    """items.parquet with the user's own ids in ``item_key`` (imported worlds)."""
-    table = pq.read_table(emb_dir / "items.parquet")
-    keys = [f"sku-{i:06d}" for i in table.column("item_id").to_pylist()]
-    pq.write_table(table.append_column("item_key", pa.array(keys)), emb_dir / "items.parquet")
+def _with_item_key(emb_dir, keys=None):
+    """items.parquet with the user's own ids in ``item_key``, as ``visctr embed`` writes it
+    for an imported world."""
+    ids, vec = read_embeddings(emb_dir / "items.parquet")
+    keys = [f"sku-{i:06d}" for i in ids] if keys is None else keys
+    write_embeddings(ids, vec, emb_dir / "items.parquet", "item_id", row_group=16, keys=keys)
     return keys
+
+
+def test_integer_user_keys_become_strings(emb_dir, tmp_path):
+    """An imported world with integer ids has an int64 ``item_key``: the keys are its
+    values as strings, not the internal row ids."""
+    _with_item_key(emb_dir, np.arange(50, dtype=np.int64) * 7 + 1000)
+    export_fuxictr(emb_dir, tmp_path / "fx")
+    got = pq.read_table(tmp_path / "fx" / "item_emb.parquet").column("key").to_pylist()
+    assert got == [str(7 * i + 1000) for i in range(50)]
 
 
 def test_keys_are_the_users_ids_and_values_the_vectors(emb_dir, tmp_path):
