@@ -128,9 +128,22 @@ def _check_strategy(ctx: click.Context, param: click.Parameter, value: str | Non
     return value
 
 
+def _check_logger(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is not None:
+        from visctr.errors import ConfigError
+        from visctr.train import check_logger
+
+        try:
+            check_logger(value)
+        except ConfigError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
 def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--accelerator --devices --num-nodes --strategy --precision`` → ``trainer_overrides``."""
-    from visctr.train import ACCELERATORS, PRECISIONS
+    """``--accelerator --devices --num-nodes --strategy --precision --logger`` →
+    ``trainer_overrides``."""
+    from visctr.train import ACCELERATORS, LOGGERS, PRECISIONS
 
     @click.option(
         "--accelerator",
@@ -154,9 +167,21 @@ def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="auto (bf16 where the CPU has it natively) | 32 | bf16-mixed | 16-mixed.",
     )
+    @click.option(
+        "--logger",
+        type=click.Choice(LOGGERS),
+        default=None,
+        callback=_check_logger,
+        help="Lightning logger writing OUT/logs/version_N/: csv | tensorboard (needs the "
+        "tensorboard package) | none (default).",
+    )
     @functools.wraps(fn)
-    def wrapper(*args: Any, accelerator, devices, num_nodes, strategy, precision, **kwargs: Any):
+    def wrapper(
+        *args: Any, accelerator, devices, num_nodes, strategy, precision, logger, **kwargs: Any
+    ):
         over: dict[str, Any] = {}
+        if logger is not None:
+            over["logger"] = logger
         if accelerator is not None:
             over["accelerator"] = accelerator
         if devices is not None:

@@ -1,14 +1,20 @@
 """Shared Lightning trainer settings: every training stage (S1, S2, ResNet-C, CTR) uses these.
 
 DDP multi-GPU and multi-node (torchrun / SLURM) come from Lightning: set ``devices``,
-``num_nodes``, ``strategy`` and ``precision``.
+``num_nodes``, ``strategy`` and ``precision``. Progress: Lightning's bars on a terminal,
+one line per epoch when stdout is a file or a pipe (a log of bar redraws is megabytes).
+``logger``: Lightning's CSV or TensorBoard logger under ``OUT/logs/version_N/``, with the
+step metrics and every epoch's history row.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from visctr.errors import Interrupted
 from visctr.precision import PRECISIONS
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+LOGGERS = ("none", "csv", "tensorboard")
 _DEVICES_RE = re.compile(r"^(auto|-1|\d+|\d+(,\d+)+,?)$")
 
 
@@ -48,7 +55,9 @@ class TrainerConfig:
     deterministic: bool = True
     # periodic checkpoint for resume after a crash; 0 = at the end of every epoch instead
     checkpoint_every_n_steps: int = 200
+    # progress: bars when stdout is a terminal, one line per epoch otherwise; false: none
     progress_bar: bool = True
+    logger: str = "none"  # none | csv | tensorboard (Lightning's loggers, OUT/logs/)
 
     def __post_init__(self) -> None:
         if self.accelerator not in ACCELERATORS:
@@ -70,6 +79,155 @@ class TrainerConfig:
             )
         if not isinstance(self.strategy, str) or not self.strategy.strip():
             raise ValueError("strategy must be a non-empty string such as auto or ddp")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
+
+
+def check_logger(name: str) -> None:
+    """A ``ConfigError`` when logger ``name`` needs a package that is not installed.
+
+    Not in ``TrainerConfig`` itself: a saved config must load where the package is absent
+    (evaluating a model trained with ``logger: tensorboard``)."""
+    from visctr.errors import ConfigError
+
+    if name == "tensorboard" and not any(
+        importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX")
+    ):
+        raise ConfigError(
+            "logger tensorboard needs the tensorboard package, which is not installed: "
+            "pip install tensorboard, or use --logger csv"
+        )
+
+
+def _logger(cfg: TrainerConfig, out_dir: Path):
+    """Lightning's logger for ``cfg.logger`` writing under ``out_dir/logs``; False for none."""
+    check_logger(cfg.logger)
+    if cfg.logger == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(out_dir), name="logs")
+    if cfg.logger == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(out_dir), name="logs")
+    return False
+
+
+def _new_history(pl_module: Any, start: int) -> list[dict]:
+    """The history rows ``pl_module`` appended since it had ``start`` of them."""
+    history = getattr(pl_module, "history", None)
+    return list(history[start:]) if isinstance(history, list) else []
+
+
+def _history_len(pl_module: Any) -> int:
+    history = getattr(pl_module, "history", None)
+    return len(history) if isinstance(history, list) else 0
+
+
+def _numeric(row: dict) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+    }
+
+
+def _epoch_callbacks():
+    import lightning as L
+    from lightning.pytorch.callbacks.progress import ProgressBar
+
+    class _EpochRows:
+        """Hands each epoch's new history rows to ``emit`` once the epoch is complete.
+
+        Stages append their row at different points (the last batch, validation end, the
+        module's own epoch end, which runs after the callbacks'), so a row is picked up at
+        the next epoch's start or at the end of training, when every one of them has run.
+        """
+
+        def __init__(self) -> None:
+            self._start = 0
+            self._epoch: int | None = None
+            self._t0 = 0.0
+            self._seconds = 0.0
+            self._metrics: dict[str, float] = {}
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._flush(trainer, pl_module)
+            self._start = _history_len(pl_module)
+            self._epoch = int(trainer.current_epoch) + 1
+            self._t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self._seconds = time.perf_counter() - self._t0
+            self._metrics = {
+                k: float(v)
+                for k, v in trainer.progress_bar_metrics.items()
+                if isinstance(v, (int, float))
+            }
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._flush(trainer, pl_module)
+
+        def _flush(self, trainer, pl_module) -> None:
+            if self._epoch is None:
+                return
+            rows = _new_history(pl_module, self._start)
+            self.emit(trainer, self._epoch, rows, self._metrics, self._seconds)
+            self._epoch = None
+
+        def emit(self, trainer, epoch, rows, metrics, seconds) -> None:  # pragma: no cover
+            raise NotImplementedError
+
+    class EpochLines(_EpochRows, ProgressBar):
+        """The progress display when stdout is not a terminal: one line per epoch, the
+        epoch's history row (mean losses, kNN accuracy, validation AUC) or, for a module
+        without one, the progress-bar metrics; no carriage-return redraws."""
+
+        def __init__(self) -> None:
+            _EpochRows.__init__(self)
+            ProgressBar.__init__(self)
+            self._enabled = True
+
+        def disable(self) -> None:
+            self._enabled = False
+
+        def enable(self) -> None:
+            self._enabled = True
+
+        def emit(self, trainer, epoch, rows, metrics, seconds) -> None:
+            if not (self._enabled and trainer.is_global_zero):
+                return
+            values = _numeric(rows[-1]) if rows else dict(metrics)
+            for k in ("seconds", "steps"):
+                values.pop(k, None)
+            name = Path(trainer.default_root_dir).name
+            total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+            parts = [f"[{name}] epoch {epoch}/{total}"]
+            parts += [f"{k} {v:.4g}" for k, v in values.items()]
+            print("  ".join([*parts, f"({seconds:.1f}s)"]), flush=True)
+
+    class HistoryToLoggers(_EpochRows, L.Callback):
+        """Every epoch's history row to the configured loggers, as ``epoch/<name>``
+        (the stages keep their mean losses, kNN probe and validation figures there)."""
+
+        def emit(self, trainer, epoch, rows, metrics, seconds) -> None:
+            for row in rows:
+                values = {f"epoch/{k}": v for k, v in _numeric(row).items()}
+                values["epoch"] = float(epoch)
+                for lg in trainer.loggers:
+                    lg.log_metrics(values, step=trainer.global_step)
+            for lg in trainer.loggers:
+                lg.save()
+
+    return EpochLines, HistoryToLoggers
+
+
+def progress_on_terminal() -> bool:
+    """Lightning draws its bars on stdout: bars only when that is a terminal."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 def is_global_zero() -> bool:
@@ -240,7 +398,15 @@ def _trainer_class():
         def fit(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> None:
             last = self.last_checkpoint
             try:
-                return super().fit(*args, weights_only=True, **kwargs)
+                with warnings.catch_warnings():
+                    # Lightning's own pytree helper builds torch's LeafSpec, which torch 2.14
+                    # deprecates with a FutureWarning on every run; nothing a user can act on
+                    warnings.filterwarnings(
+                        "ignore",
+                        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                        category=FutureWarning,
+                    )
+                    return super().fit(*args, weights_only=True, **kwargs)
             except SIGTERMException:
                 msg = last.stop_message() if self.is_global_zero else ""
                 raise Interrupted(msg, 128 + 15) from None
@@ -287,6 +453,14 @@ def build_trainer(
     env_quiet = os.environ.get("VISCTR_QUIET") == "1"
     trainer_cls, safe_io = _trainer_class()
     plugins = [*(kwargs.pop("plugins", None) or []), safe_io()]
+    progress = cfg.progress_bar and not env_quiet
+    epoch_lines, history_to_loggers = _epoch_callbacks()
+    extra = []
+    if progress and not progress_on_terminal():
+        extra.append(epoch_lines())
+    logger = _logger(cfg, out_dir)
+    if logger:
+        extra.append(history_to_loggers())
     try:
         trainer = trainer_cls(
             accelerator=cfg.accelerator,
@@ -297,10 +471,10 @@ def build_trainer(
             max_epochs=max_epochs,
             deterministic=cfg.deterministic,
             default_root_dir=str(out_dir),
-            callbacks=[ckpt, *(callbacks or [])],
-            enable_progress_bar=cfg.progress_bar and not env_quiet,
+            callbacks=[ckpt, *(callbacks or []), *extra],
+            enable_progress_bar=progress,
             enable_model_summary=False,
-            logger=False,
+            logger=logger,
             num_sanity_val_steps=0,
             plugins=plugins,
             **kwargs,

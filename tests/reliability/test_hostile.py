@@ -292,13 +292,12 @@ def test_artifacts_follow_the_umask(umask, tiny_world_dir, assets, tmp_path):
         export_artifacts(assets["encoder"], assets["emb"], tmp_path / "ex", IndexConfig("flat"))
     finally:
         os.umask(old)
-    files = [
-        tmp_path / "f.json",
-        tmp_path / "emb" / "items.parquet",
-        tmp_path / "ex" / "export.json",
-    ]
+    # every file of the artifacts (atomic writes, and what torch/faiss/numpy write into a
+    # temporary directory renamed into place), and the directories
+    files = [tmp_path / "f.json", *(tmp_path / "emb").rglob("*"), *(tmp_path / "ex").rglob("*")]
+    assert {"encoder.ts", "index.faiss", "item_ids.npy", "items.parquet"} <= {f.name for f in files}
     for f in files:
-        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+        assert f.is_file() and stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
     for d in (tmp_path / "ex", tmp_path / "emb"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~umask, d
 

@@ -1,6 +1,10 @@
 """Serving export: the TorchScript encoder reproduces the PyTorch embeddings, and search
 with only the export folder finds an item from its own photo."""
 
+import json
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -30,7 +34,7 @@ def encoder_and_embeddings(tiny_world_dir, tmp_path_factory):
 def test_export_reproduces_embeddings_and_searches(encoder_and_embeddings, tmp_path, kind):
     enc_path, emb_dir, world = encoder_and_embeddings
     out = export_artifacts(enc_path, emb_dir, tmp_path / "export", IndexConfig(kind=kind, nlist=8))
-    ts = torch.jit.load(str(out / "encoder.ts"))
+    ts = _ts_load(out / "encoder.ts")
     images = torch.from_numpy(np.asarray(world.item_images[:32]))
     ref = torch.nn.functional.normalize(load_encoder(enc_path)(images), dim=1)
     torch.testing.assert_close(ts(images), ref, atol=1e-5, rtol=1e-4)
@@ -106,7 +110,142 @@ def test_export_with_debias_serves_and_indexes_the_same_transform(encoder_and_em
     want = debias_transform(tmp_path / "debias.pt")(v)
     assert np.abs(want - v).max() > 1e-2  # the transform is not the identity
     with torch.no_grad():
-        served = torch.jit.load(str(out / "debias.ts"))(torch.from_numpy(v)).numpy()
+        served = _ts_load(out / "debias.ts")(torch.from_numpy(v)).numpy()
     np.testing.assert_allclose(served, want, atol=1e-5)
     index = faiss.read_index(str(out / "index.faiss"))
     np.testing.assert_allclose(index.reconstruct_n(0, len(v)), want, atol=1e-6)
+
+
+# ---- input types, ONNX, warnings ----------------------------------------------------------
+
+
+def _ts_load(path):
+    from visctr.serve.export import _jit_load
+
+    return _jit_load(path)
+
+
+@pytest.fixture(scope="module")
+def flat_export(encoder_and_embeddings, tmp_path_factory):
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    return export_artifacts(
+        enc_path, emb_dir, tmp_path_factory.mktemp("ts") / "export", IndexConfig(kind="flat")
+    )
+
+
+def test_torchscript_takes_uint8_and_float_images_alike(encoder_and_embeddings, flat_export):
+    """A uint8 image (0..255) and the same image as float in [0, 1] give one embedding:
+    the float one is not divided by 255 a second time."""
+    enc_path, _, world = encoder_and_embeddings
+    ts = _ts_load(flat_export / "encoder.ts")
+    u8 = torch.from_numpy(np.asarray(world.item_images[:16]))
+    ref = torch.nn.functional.normalize(load_encoder(enc_path)(u8), dim=1)
+    with torch.no_grad():
+        from_u8 = ts(u8)
+        from_float = ts(u8.float() / 255.0)
+        from_double = ts(u8.double() / 255.0)
+    torch.testing.assert_close(from_u8, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(from_float, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(from_double, ref, atol=1e-5, rtol=1e-4)
+    assert from_float.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (lambda u8: u8.float(), "float images must be in [0, 1]"),  # 0..255 as float
+        (lambda u8: (u8.float() / 255 - 0.5) / 0.25, "float images must be in [0, 1]"),
+        (lambda u8: u8.long(), "must be uint8 (0..255) or float in [0, 1], not integers"),
+    ],
+)
+def test_torchscript_refuses_wrongly_scaled_images(encoder_and_embeddings, flat_export, bad, says):
+    _, _, world = encoder_and_embeddings
+    ts = _ts_load(flat_export / "encoder.ts")
+    u8 = torch.from_numpy(np.asarray(world.item_images[:4]))
+    with pytest.raises(Exception, match=re.escape(says)):
+        ts(bad(u8))
+
+
+def test_search_and_export_print_no_deprecation_warning(encoder_and_embeddings, tmp_path):
+    """``visctr export`` and ``visctr search`` load and write TorchScript without torch's
+    ``torch.jit`` deprecation notice (silenced for those calls only, see _torchscript)."""
+    enc_path, emb_dir, world = encoder_and_embeddings
+    png = tmp_path / "q.png"
+    Image.fromarray(np.asarray(world.item_images[3, 0])).save(png)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = export_artifacts(enc_path, emb_dir, tmp_path / "e", IndexConfig(kind="flat"))
+        res = CliRunner().invoke(main, ["search", "--export", str(out), "--image", str(png)])
+    assert res.exit_code == 0, res.output
+    noisy = [str(w.message) for w in seen if "deprecated" in str(w.message).lower()]
+    assert noisy == []
+    # the filter is narrow: torch.jit's notice still shows outside visctr's own calls
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.jit.load(str(out / "encoder.ts"))
+    assert any("torch.jit.load" in str(w.message) for w in seen)
+
+
+def test_onnx_runtime_reproduces_the_pytorch_embeddings(encoder_and_embeddings, tmp_path):
+    """``export --onnx``: ONNX Runtime on encoder.onnx / debias.onnx gives the PyTorch
+    embeddings and debiased vectors (any batch size)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from visctr.ctr import debias_transform
+    from visctr.ctr.config import DebiasConfig
+    from visctr.ctr.debias import DebiasHead, export_debias
+
+    enc_path, emb_dir, world = encoder_and_embeddings
+    torch.manual_seed(0)
+    head = DebiasHead(16, 8)
+    torch.nn.init.normal_(head.net.fc2.weight)
+    export_debias(head, DebiasConfig(hidden=8), 16, tmp_path / "debias.pt")
+    out = export_artifacts(
+        enc_path, emb_dir, tmp_path / "x", IndexConfig(kind="flat"), tmp_path / "debias.pt", True
+    )
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["files"] == ["encoder.ts", "encoder.onnx", "debias.ts", "debias.onnx"]
+    images = np.asarray(world.item_images[:37]).astype(np.float32) / 255.0
+    sess = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": images})[0]
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(load_encoder(enc_path)(torch.from_numpy(images)), dim=1)
+    diff = float(np.abs(got - ref.numpy()).max())
+    print(f"encoder.onnx vs PyTorch: max abs diff {diff:.2e} over {images.shape}")
+    assert diff < 1e-5
+    vec = ref.numpy()
+    dsess = ort.InferenceSession(str(out / "debias.onnx"), providers=["CPUExecutionProvider"])
+    dgot = dsess.run(None, {"vectors": vec})[0]
+    dref = debias_transform(tmp_path / "debias.pt")(vec)
+    assert np.abs(dref - vec).max() > 1e-2  # not the identity
+    ddiff = float(np.abs(dgot - dref).max())
+    print(f"debias.onnx vs PyTorch: max abs diff {ddiff:.2e}")
+    assert ddiff < 1e-5
+
+
+def test_onnx_export_without_its_packages_is_one_clear_error(
+    encoder_and_embeddings, tmp_path, monkeypatch
+):
+    import importlib.util
+
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "onnxscript" else real(n, *a)
+    )
+    res = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--encoder",
+            str(enc_path),
+            "--embeddings",
+            str(emb_dir),
+            "--onnx",
+            "--out",
+            str(tmp_path / "e"),
+        ],  # fmt: skip
+    )
+    assert res.exit_code == 2
+    assert "ONNX export needs the onnxscript package" in res.output
+    assert not (tmp_path / "e").exists()

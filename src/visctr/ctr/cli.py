@@ -74,7 +74,7 @@ def train_ctr_cmd(
     from visctr.config import from_dict, merge, read_yaml
     from visctr.ctr import CTRConfig, train_ctr
     from visctr.eval.ctr import evaluate_ctr  # the CLI sits above eval; ctr itself does not
-    from visctr.train import is_global_zero
+    from visctr.train import check_logger, is_global_zero
     from visctr.world import World
 
     check_out(out_dir, "ctr", world_dir, embeddings, reference, config_file)
@@ -86,6 +86,7 @@ def train_ctr_cmd(
     if compile_ is not None:
         data = merge(data, {"compile": compile_})
     cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
+    check_logger(cfg.trainer.logger)  # before anything is written
     world = World.load(world_dir)
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
     if not is_global_zero():

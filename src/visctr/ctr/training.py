@@ -58,9 +58,11 @@ def _run_key(
 
     world_files = ("items.parquet", "users.parquet", "impressions/train.parquet")
     emb_files = ("items.parquet", "queries.parquet")
+    ctr = to_dict(cfg)
+    ctr["trainer"].pop("logger", None)  # where metrics are logged does not change the model
     return config_hash(
         {
-            "ctr": to_dict(cfg),
+            "ctr": ctr,
             "format": MODEL_FORMAT,
             "seed": seed,
             "world": content(Path(world.root), world_files),

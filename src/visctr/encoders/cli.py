@@ -64,7 +64,11 @@ def _load_cfg(
     if trainer_overrides:
         over["trainer"] = trainer_overrides
     from_dict(cls, data, where=where)  # report file errors against the file
-    return from_dict(cls, merge(data, over), where=f"{where} + command line")
+    cfg = from_dict(cls, merge(data, over), where=f"{where} + command line")
+    from visctr.train import check_logger
+
+    check_logger(cfg.trainer.logger)  # before anything is written
+    return cfg
 
 
 def _echo(path: Path) -> None:

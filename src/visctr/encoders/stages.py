@@ -56,6 +56,7 @@ def _image_geometry(world: World) -> tuple[int, int]:
 def _stage_hash(stage: str, cfg: StageConfig, seed: int, world: World, **extra: Any) -> str:
     trainer = to_dict(cfg.trainer)
     trainer.pop("progress_bar", None)
+    trainer.pop("logger", None)
     c = to_dict(cfg)
     c["trainer"] = trainer
     return config_hash(

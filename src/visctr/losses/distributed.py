@@ -19,9 +19,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
+    import torch.distributed as dist
+    from torch.distributed._functional_collectives import all_gather_single
 
-    return torch.cat(all_gather(x), dim=0)
+    # what torch.distributed.nn.functional.all_gather's deprecation notice points to: the
+    # functional collective, whose backward reduce-scatters (sums) the gradients
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 def gather_no_grad(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from visctr.config import from_dict, merge, read_yaml
 from visctr.ctr.config import CTRConfig
 from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
 from visctr.errors import ConfigError
-from visctr.train import TrainerConfig
+from visctr.train import TrainerConfig, check_logger
 from visctr.world.presets import PRESETS as WORLD_PRESETS
 from visctr.world.presets import resolve_world_config
 from visctr.world.simulate import SimConfig
@@ -104,6 +104,7 @@ def resolve_run_config(
         data[name] = section
     trainer = merge(raw.get("trainer") or {}, trainer_overrides or {})
     tcfg = from_dict(TrainerConfig, trainer, "trainer")  # validate keys/types early
+    check_logger(tcfg.logger)  # before any stage writes anything
     if str(tcfg.devices) != "1" or tcfg.num_nodes != 1:
         # Lightning's DDP launcher re-runs the whole command once per rank; the run's
         # non-training steps (simulate, embed, evaluate, report) are single-process.

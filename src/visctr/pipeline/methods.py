@@ -201,8 +201,11 @@ def encoder_order(methods: dict[str, Method] = METHODS) -> list[EncoderRecipe]:
 
 
 def encoder_key(recipe: EncoderRecipe, run_cfg: Any) -> Any:
-    """The config part of an encoder stage's cache key (its init is chained separately)."""
-    return to_dict(recipe.config(run_cfg))
+    """The config part of an encoder stage's cache key (its init is chained separately);
+    the logger does not change what is trained."""
+    key = to_dict(recipe.config(run_cfg))
+    key["trainer"].pop("logger", None)
+    return key
 
 
 def descriptions(run_cfg: Any) -> dict[str, str]:

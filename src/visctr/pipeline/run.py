@@ -133,7 +133,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
             stages.run(
                 ctr_dir,
                 {
-                    "cfg": to_dict(ccfg),
+                    "cfg": _without_logger(to_dict(ccfg)),
                     "world": world_digest,
                     "emb": emb_digest[method.encoder],
                     "reference": emb_digest[method.reference] if method.reference else None,
@@ -243,3 +243,9 @@ def _read_history(path: Path) -> dict:
 
 
 __all__ = ["BY_CATEGORY", "METHODS", "METRICS", "run_pipeline"]
+
+
+def _without_logger(cfg: dict) -> dict:
+    """A stage config for its cache key: the logger does not change what is trained."""
+    cfg["trainer"].pop("logger", None)
+    return cfg

@@ -11,10 +11,19 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
 
 @click.command("export")
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["serving", "fuxictr"]),
+    default="serving",
+    show_default=True,
+    help="serving: encoder + index for search; fuxictr: the embeddings as FuxiCTR "
+    "pretrained_emb files (key, value), no encoder needed.",
+)
+@click.option(
     "--encoder",
     type=click.Path(path_type=Path),
-    required=True,
-    help="encoder.pt from pretrain/finetune/classify.",
+    default=None,
+    help="encoder.pt from pretrain/finetune/classify (--format serving).",
 )
 @click.option(
     "--embeddings",
@@ -32,19 +41,46 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
     "--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True
 )
 @click.option("--nlist", type=NON_NEGATIVE, default=0, help="IVF lists (0: about 4·sqrt(items)).")
+@click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also write encoder.onnx (float32 images in [0, 1]) and debias.onnx; needs the "
+    "onnx extra.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @handle_errors
 def export(
-    encoder: Path, embeddings: Path, debias: Path | None, kind: str, nlist: int, out: Path
+    fmt: str,
+    encoder: Path | None,
+    embeddings: Path,
+    debias: Path | None,
+    kind: str,
+    nlist: int,
+    onnx: bool,
+    out: Path,
 ) -> None:
-    """Serving artifacts: TorchScript encoder (+ debias network) and a FAISS index."""
+    """Serving artifacts (TorchScript/ONNX encoder and debias network, a FAISS index), or
+    the embeddings in FuxiCTR's pretrained_emb layout."""
+    import json
+
     from visctr.serve.export import IndexConfig, export_artifacts
 
+    if fmt == "fuxictr":
+        from visctr.serve.fuxictr import export_fuxictr
+
+        for name, given in (("--encoder", encoder), ("--debias", debias), ("--onnx", onnx)):
+            if given:
+                raise click.UsageError(f"{name} is for --format serving, not fuxictr")
+        check_out(out, "export", embeddings)
+        for name, (rows, dim) in export_fuxictr(embeddings, out).items():
+            click.echo(f"{out / name}: {rows} keys, pretrain_dim {dim}")
+        return
+    if encoder is None:
+        raise click.UsageError("--format serving needs --encoder (the encoder.pt to serve)")
     check_out(out, "export", encoder, embeddings, debias)
-    export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias)
-    click.echo(
-        f"exported encoder.ts{', debias.ts' if debias else ''}, index.faiss ({kind}) to {out}"
-    )
+    export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias, onnx)
+    files = json.loads((out / "export.json").read_text())["files"]
+    click.echo(f"exported {', '.join(files)}, index.faiss ({kind}) to {out}")
 
 
 @click.command("search")

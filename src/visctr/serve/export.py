@@ -1,15 +1,20 @@
 """``visctr export`` / ``visctr search``.
 
 An export folder holds what a serving system needs and nothing that needs visctr's
-training code: ``encoder.ts`` (TorchScript; uint8 or [0,1] float images in, L2-normalised
-embeddings out), optionally ``debias.ts`` (the S3 debias network, applied to query and
-item vectors), ``index.faiss`` over the (debiased) item vectors with ``item_ids.npy``,
-and ``export.json`` (image size, channels, index kind).
+training code: ``encoder.ts`` (TorchScript: uint8 images 0..255 or float images in [0, 1]
+in, L2-normalised embeddings out), optionally ``debias.ts`` (the S3 debias network,
+applied to query and item vectors), ``index.faiss`` over the (debiased) item vectors with
+``item_ids.npy``, and ``export.json`` (image size, channels, index kind, files). With
+``onnx=True`` the same two functions are also written as ``encoder.onnx`` (float32 images
+in [0, 1]) and ``debias.onnx``, for ONNX Runtime, TensorRT or Triton.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +36,108 @@ class IndexConfig:
     ef_search: int = 64
 
 
+# float images outside this range are refused: a 0..255 float image or one already
+# normalised with a mean/std would otherwise give wrong embeddings without a word (the
+# margin around [0, 1] lets resampling overshoot through)
+FLOAT_RANGE = (-0.5, 1.5)
+
+
 class _Normalised(nn.Module):
+    """The encoder on float images in [0, 1], L2-normalised: what is traced and exported."""
+
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(self.encoder(x), dim=1)
+
+
+class ServedEncoder(nn.Module):
+    """``encoder.ts``: uint8 images (0..255) or float images in [0, 1] → embeddings.
+
+    Scripted, not traced: a trace records the branch its example took, so a trace made
+    with a uint8 example divides float images by 255 a second time. The branch on the
+    dtype stays in the scripted code; the float core below it is traced."""
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.lo, self.hi = FLOAT_RANGE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point():
+            x = x.float()
+            lo, hi = float(x.min()), float(x.max())
+            if lo < self.lo or hi > self.hi:
+                found = "[{:.3f}, {:.3f}]".format(lo, hi)  # noqa: UP032 (TorchScript)
+                raise ValueError(
+                    "encoder.ts: float images must be in [0, 1], found values in "
+                    + found
+                    + "; pass uint8 images for 0..255"
+                )
+        else:
+            raise ValueError(
+                "encoder.ts: images must be uint8 (0..255) or float in [0, 1], not integers "
+                "of another type"
+            )
+        return self.core(x)
+
+
+_INPUTS = {
+    "encoder.ts": "images [N, C, H, W]: uint8 0..255 or float in [0, 1]",
+    "encoder.onnx": "images [N, C, H, W]: float32 in [0, 1]",
+    "debias.ts": "vectors [N, D]: float32, L2-normalised (encoder output)",
+    "debias.onnx": "vectors [N, D]: float32, L2-normalised (encoder output)",
+}
+
+
+@contextlib.contextmanager
+def _torchscript() -> Iterator[None]:
+    """Silence torch's deprecation notice of the ``torch.jit`` entry points, only that
+    message and only around visctr's own calls.
+
+    Why TorchScript stays: ``encoder.ts`` is what a libtorch (C++) server or any Python
+    with torch loads without visctr; torch.export's ``.pt2`` does not replace it there yet
+    (a C++ process needs AOTInductor compilation to run one). torch 2.14 prints a
+    FutureWarning on every ``torch.jit.trace/script/load`` call, i.e. on every ``visctr
+    search``; it is about torch's roadmap, not about the user's input. ``encoder.onnx``
+    (``export --onnx``) is the portable format that is not deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+def _check_onnx_available() -> None:
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(
+            f"ONNX export needs the {' and '.join(missing)} package(s): "
+            "pip install 'visctr[onnx]' (or export without --onnx)"
+        )
+
+
+def _onnx_export(module: nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]):
+    """``module`` (batch dimension dynamic) to an ONNX file through torch's dynamo exporter."""
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_shapes=({0: batch},),
+            external_data=False,
+            verbose=False,
+        )
 
 
 def build_index(vectors: np.ndarray, cfg: IndexConfig):
@@ -69,8 +169,11 @@ def export_artifacts(
     out: Path,
     index_cfg: IndexConfig | None = None,
     debias_path: Path | None = None,
+    onnx: bool = False,
 ) -> Path:
-    """Write the serving folder ``out`` atomically; returns it."""
+    """Write the serving folder ``out`` atomically; returns it.
+
+    ``onnx``: also write ``encoder.onnx`` (and ``debias.onnx``); needs the ``onnx`` extra."""
     import faiss
 
     from visctr.embeddings import read_embeddings
@@ -79,24 +182,38 @@ def export_artifacts(
     from visctr.io import atomic_dir, check_out_dir, write_json
 
     check_out_dir(out, "export", (encoder_path, embeddings_dir, debias_path))
+    if onnx:
+        _check_onnx_available()
     index_cfg = index_cfg or IndexConfig()
     spec = read_encoder_file(encoder_path)["config"]
     encoder = load_encoder(encoder_path)
     c, s = int(spec["in_channels"]), int(spec["image_size"])
-    example = torch.zeros(2, c, s, s, dtype=torch.uint8)
+    example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     item_ids, vectors = read_embeddings(Path(embeddings_dir) / "items.parquet")
+    files = ["encoder.ts"]
     with atomic_dir(out, kind="export") as tmp:
-        with torch.no_grad():
-            traced = torch.jit.trace(_Normalised(encoder).eval(), example)
-        traced.save(str(tmp / "encoder.ts"))
+        core = _Normalised(encoder).eval()
+        with torch.no_grad(), _torchscript():
+            served = torch.jit.script(ServedEncoder(torch.jit.trace(core, example)))
+            served.save(str(tmp / "encoder.ts"))
+        if onnx:
+            _onnx_export(core, example, tmp / "encoder.onnx", ("images", "embeddings"))
+            files.append("encoder.onnx")
         if debias_path is not None:
             from visctr.ctr import debias_transform
 
             # one function for the served query side (traced) and the indexed item side
             transform = debias_transform(debias_path)
-            with torch.no_grad():
-                d_traced = torch.jit.trace(transform.module, torch.zeros(2, vectors.shape[1]))
-            d_traced.save(str(tmp / "debias.ts"))
+            v_example = torch.zeros(2, vectors.shape[1])
+            with torch.no_grad(), _torchscript():
+                d_traced = torch.jit.trace(transform.module, v_example)
+                d_traced.save(str(tmp / "debias.ts"))
+            files.append("debias.ts")
+            if onnx:
+                _onnx_export(
+                    transform.module, v_example, tmp / "debias.onnx", ("vectors", "debiased")
+                )
+                files.append("debias.onnx")
             vectors = transform(vectors)
         index = build_index(vectors, index_cfg)
         faiss.write_index(index, str(tmp / "index.faiss"))
@@ -114,6 +231,8 @@ def export_artifacts(
                     "ef_search": index_cfg.ef_search,
                 },
                 "debias": debias_path is not None,
+                "files": files,
+                "inputs": {f: _INPUTS[f] for f in files},
             },
             tmp / "export.json",
         )
@@ -167,7 +286,8 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, 
 
 def _jit_load(path: Path) -> torch.jit.ScriptModule:
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with _torchscript():
+            return torch.jit.load(str(path), map_location="cpu")
     except (RuntimeError, ValueError) as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else "unreadable"
         raise InputError(
