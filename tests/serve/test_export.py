@@ -3,6 +3,7 @@ with only the export folder finds an item from its own photo."""
 
 import json
 import re
+import shutil
 import warnings
 
 import numpy as np
@@ -249,3 +250,30 @@ def test_onnx_export_without_its_packages_is_one_clear_error(
     assert res.exit_code == 2
     assert "ONNX export needs the onnxscript package" in res.output
     assert not (tmp_path / "e").exists()
+
+
+def test_search_answers_with_the_users_own_item_ids(encoder_and_embeddings, tmp_path):
+    """Embeddings that carry ``item_key`` (a catalog of SKUs) give an export whose search
+    results are those SKUs, read from the export folder alone."""
+    import pyarrow.parquet as pq
+
+    from visctr.embeddings import read_embeddings, write_embeddings
+
+    enc_path, emb_dir, world = encoder_and_embeddings
+    keyed = tmp_path / "emb"
+    keyed.mkdir()
+    ids, vecs = read_embeddings(emb_dir / "items.parquet")
+    skus = np.asarray([f"sku-{i:05d}" for i in ids], dtype=object)
+    write_embeddings(ids, vecs, keyed / "items.parquet", keys=skus)
+    shutil.copy(emb_dir / "queries.parquet", keyed / "queries.parquet")
+    assert pq.read_schema(keyed / "items.parquet").names == ["item_id", "item_key", "vector"]
+    out = export_artifacts(enc_path, keyed, tmp_path / "export", IndexConfig(kind="flat"))
+    png = tmp_path / "q.png"
+    Image.fromarray(np.asarray(world.item_images[5, 0])).save(png)
+    hits = search_image(out, png, k=3)
+    assert hits[0][0] == f"sku-{int(world.items['item_id'][5]):05d}"
+    res = CliRunner().invoke(main, ["search", "--export", str(out), "--image", str(png)])
+    assert res.exit_code == 0 and f"item sku-{int(world.items['item_id'][5]):05d}" in res.output
+    (out / "item_keys.json").write_text("[1, 2]")  # damaged: one line, no traceback
+    res = CliRunner().invoke(main, ["search", "--export", str(out), "--image", str(png)])
+    assert res.exit_code != 0 and "item_keys.json: expected a list of" in res.output

@@ -190,6 +190,7 @@ def export_artifacts(
     c, s = int(spec["in_channels"]), int(spec["image_size"])
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     item_ids, vectors = read_embeddings(Path(embeddings_dir) / "items.parquet")
+    keys = _item_keys(Path(embeddings_dir) / "items.parquet")
     files = ["encoder.ts"]
     with atomic_dir(out, kind="export") as tmp:
         core = _Normalised(encoder).eval()
@@ -218,6 +219,8 @@ def export_artifacts(
         index = build_index(vectors, index_cfg)
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "item_ids.npy", item_ids)
+        if keys is not None:  # your ids, in index order: what search answers with
+            write_json(keys, tmp / "item_keys.json")
         write_json(
             {
                 "format": "visctr-serving/1",
@@ -231,6 +234,7 @@ def export_artifacts(
                     "ef_search": index_cfg.ef_search,
                 },
                 "debias": debias_path is not None,
+                "item_keys": keys is not None,
                 "files": files,
                 "inputs": {f: _INPUTS[f] for f in files},
             },
@@ -239,8 +243,18 @@ def export_artifacts(
     return Path(out)
 
 
-def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, float]]:
-    """Top-``k`` ``(item_id, score)`` for one photo, using only the export folder."""
+def _item_keys(path: Path) -> list | None:
+    """The embeddings file's ``item_key`` column (the user's ids) as a list, if it has one."""
+    import pyarrow.parquet as pq
+
+    if "item_key" not in pq.read_schema(path).names:
+        return None
+    return pq.read_table(path, columns=["item_key"]).column("item_key").to_pylist()
+
+
+def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int | str, float]]:
+    """Top-``k`` ``(item_id, score)`` for one photo, using only the export folder; the id
+    is the user's own (``item_keys.json``) when the export has one."""
     import faiss
 
     from visctr.data.catalog import _read_image
@@ -280,8 +294,17 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int, 
             f"{export_dir / 'item_ids.npy'}: expected {index.ntotal} integer ids, found "
             f"{ids.dtype} {list(ids.shape)}; rerun 'visctr export'"
         )
+    names = [int(i) for i in ids]
+    if "item_keys" in meta and field(meta, "item_keys", meta_path, bool):
+        path = export_dir / "item_keys.json"
+        try:
+            names = json.loads(path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path}: unreadable ({e}); rerun 'visctr export'") from None
+        if not isinstance(names, list) or len(names) != len(ids):
+            raise InputError(f"{path}: expected a list of {len(ids)} ids; rerun 'visctr export'")
     scores, idx = index.search(q.numpy().astype(np.float32), k)
-    return [(int(ids[i]), float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
+    return [(names[i], float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
 
 
 def _jit_load(path: Path) -> torch.jit.ScriptModule:
