@@ -82,14 +82,14 @@ def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.nd
     """Return ``(ids int64 [N], vectors float32 [N, D])``: unique ids, finite vectors of one
     width, writable C-contiguous memory. Errors name the file and the field."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from visctr.io import open_parquet
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: embeddings file not found")
+    pf = open_parquet(path, "embeddings file")
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
+        table = pf.read()
+    except (pa.ArrowException, OSError) as e:
         raise InputError(f"{path}: unreadable Parquet ({e})") from None
     for col in (id_column, "vector"):
         if col not in table.column_names:

@@ -278,6 +278,22 @@ def digest_files(root: Path, patterns: Iterable[str]) -> str:
     return h.hexdigest()[:32]
 
 
+def open_parquet(path: str | os.PathLike, what: str = "file", hint: str = ""):
+    """A ``pyarrow.parquet.ParquetFile`` for ``path``; a missing or unreadable file is one
+    :class:`InputError` naming it (``"{path}: {what} not found{hint}"`` or
+    ``"{path}: unreadable Parquet (...)"``). The one opener of every Parquet input."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found{hint}")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: unreadable Parquet ({_short(e)})") from None
+
+
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -15,16 +15,11 @@ LOG_COLUMNS = ["query_id", "user_id", "item_id", "position", "clicked", "timesta
 
 def open_log(path: Path):
     """Open an impressions Parquet file and check its schema."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from visctr.io import open_parquet
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: impressions file not found")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+    pf = open_parquet(path, "impressions file")
     check_columns(pf.schema_arrow, IMPRESSION_COLUMNS, path)
     return pf
 

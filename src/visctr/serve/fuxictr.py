@@ -69,15 +69,10 @@ def convert_file(src: Path, dst: Path, id_column: str, key_column: str) -> tuple
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from visctr.io import atomic_path
+    from visctr.io import atomic_path, open_parquet
 
     src = Path(src)
-    if not src.is_file():
-        raise InputError(f"{src}: embeddings file not found (write it with 'visctr embed')")
-    try:
-        pf = pq.ParquetFile(src)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{src}: unreadable Parquet ({e})") from None
+    pf = open_parquet(src, "embeddings file", " (write it with 'visctr embed')")
     names = pf.schema_arrow.names
     for col in (id_column, "vector"):
         if col not in names:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from visctr.errors import InputError
-from visctr.io import load_npy
+from visctr.io import load_npy, open_parquet
 
 SPLITS = ("train", "test", "random")
 
@@ -130,13 +130,10 @@ class World:
 
     def read_impressions(self, split: str) -> dict[str, np.ndarray]:
         """Whole split as numpy columns (small worlds; use streaming readers at scale)."""
-        import pyarrow.parquet as pq
-
         path = self.impressions_path(split)
-        if not path.is_file():
-            raise InputError(f"{path}: impressions file not found")
-        table = pq.read_table(path)
-        check_columns(table.schema, IMPRESSION_COLUMNS, path)
+        pf = open_parquet(path, "impressions file")
+        check_columns(pf.schema_arrow, IMPRESSION_COLUMNS, path)
+        table = pf.read(columns=list(IMPRESSION_COLUMNS))
         return {c: table.column(c).to_numpy() for c in IMPRESSION_COLUMNS}
 
     def query_rows(self, split: str) -> np.ndarray:
@@ -147,7 +144,6 @@ class World:
     def load(cls, root: str | Path) -> World:
         """Read and validate a world directory; every error names the file and the field."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         root = Path(root)
         meta_path = root / "world.json"
@@ -166,10 +162,8 @@ class World:
 
         def table(name: str, expected: dict[str, str]) -> dict[str, np.ndarray]:
             path = root / name
-            if not path.is_file():
-                raise InputError(f"{path}: file not found")
             try:
-                t = pq.read_table(path)
+                t = open_parquet(path).read()
             except (pa.ArrowException, OSError) as e:
                 raise InputError(f"{path}: unreadable Parquet ({e})") from None
             check_columns(t.schema, expected, path)
@@ -224,11 +218,7 @@ class World:
         for split in SPLITS:  # the logs are streamed later: check their schema now
             path = world.impressions_path(split)
             if path.is_file():
-                try:
-                    schema = pq.read_schema(path)
-                except (pa.ArrowException, OSError) as e:
-                    raise InputError(f"{path}: unreadable Parquet ({e})") from None
-                check_columns(schema, IMPRESSION_COLUMNS, path)
+                check_columns(open_parquet(path).schema_arrow, IMPRESSION_COLUMNS, path)
         return world
 
     def _validate(self, user_ids: np.ndarray) -> None:
