@@ -153,3 +153,22 @@ def test_unknown_config_key_is_an_error(tmp_path):
     assert res.exit_code == 2
     assert "unknown key 'n_queriez'" in res.output
     assert not (tmp_path / "w").exists()
+
+
+def test_failed_run_leaves_no_output(tmp_path):
+    """A run that fails before any stage finishes removes what it created: no run directory
+    when it made one, and only the user's own files when the directory was theirs."""
+    bad = tmp_path / "catalog" / "c0"
+    bad.mkdir(parents=True)
+    (bad / "x.png").write_bytes(b"not an image")
+    out = tmp_path / "run"
+    res = CliRunner().invoke(
+        main, ["run", "--preset", "tiny", "--catalog", str(bad.parent), "--out", str(out)]
+    )
+    assert res.exit_code == 2 and "corrupt or unreadable image" in res.output
+    assert not out.exists()
+    out.mkdir()  # an empty directory of the user's: kept, and left empty
+    res = CliRunner().invoke(
+        main, ["run", "--preset", "tiny", "--catalog", str(bad.parent), "--out", str(out)]
+    )
+    assert res.exit_code == 2 and out.is_dir() and not any(out.iterdir())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import click
@@ -91,8 +93,29 @@ def run(
         from visctr.world import World
 
         World.load(world_dir)  # a bad world fails here, before the run directory is claimed
+    before = set(os.listdir(out)) if Path(out).is_dir() else None
     claim_out_dir(out, "run")
-    run_pipeline(cfg, out, restart=restart, world_dir=world_dir)
+    try:
+        run_pipeline(cfg, out, restart=restart, world_dir=world_dir)
+    except Exception:  # an error, not a signal: SIGTERM/Ctrl-C keep their checkpoints
+        _remove_if_nothing_done(Path(out), before)
+        raise
+
+
+def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
+    """After a failed run: when no stage finished and no checkpoint was written, remove what
+    this run created (the whole directory if it made it), so a failure leaves no output."""
+    if any(p.name == "stage.json" or p.suffix == ".ckpt" for p in out.rglob("*")):
+        return  # something to resume from: keep it all
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in set(os.listdir(out)) - before:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @click.command("abtest")
