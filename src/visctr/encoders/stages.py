@@ -253,10 +253,9 @@ def finetune(
     if _cached(out_dir, h):
         print(f"[s2] up to date: {out_dir / 'encoder.pt'}", flush=True)
         return out_dir / "encoder.pt"
-    pairs = ClickPairs(world)
+    click_loader = ClickPairs(world, cfg.batch_size, seed, cfg.shuffle_buffer)
     catalog = CatalogImages.from_world(world)
     c, size = _image_geometry(world)
-    click_loader = make_loader(pairs, cfg.batch_size, seed, cfg.num_workers)
     loaders: Any = click_loader
     if cfg.lambda_s1 > 0:
         from lightning.pytorch.utilities import CombinedLoader
@@ -274,7 +273,8 @@ def finetune(
         else:
             enc = _make_encoder(cfg.encoder, world, encoder)
         pool = NegativePool(catalog) if cfg.extra_negatives > 0 else None
-        return S2Method(enc, cfg, seed, pairs.clicked_pairs(), pool, _probe(catalog, cfg, seed))
+        keys = click_loader.clicked_keys()
+        return S2Method(enc, cfg, seed, keys, pool, _probe(catalog, cfg, seed))
 
     method = _seeded(seed, build)
     if init_obj is not None and not method.load_s1_heads(init_obj.get("heads", {}), str(init)):
