@@ -130,7 +130,8 @@ def test_large_log_streams_through_a_bounded_buffer(tiny_world_dir, tmp_path, mo
     assert len(a) == len(pairs) == len(qids) // 16
     seen = [p for q, i in a for p in zip(q, i, strict=True)]
     assert all(len(q) == 16 for q, _ in a) and set(seen) <= clicks
-    assert len(seen) == len(qids) - len(qids) % 16  # every click once, but the last few
+    assert len(clicks) == len(qids)  # no pair clicked twice in this log
+    assert len(set(seen)) == len(seen) == len(qids) - len(qids) % 16  # once each, but a few
     assert _epoch(pairs, 0) == a and _epoch(pairs, 1) != a
     assert _epoch(ClickPairs(world, 16, 1, shuffle_buffer=100, read_rows=300), 0) == a
 

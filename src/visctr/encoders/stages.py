@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from visctr.config import config_hash, dump_yaml, to_dict
@@ -105,6 +106,36 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
+class LoaderPositions(L.Callback):
+    """Keeps the train loaders' positions in the epoch in the checkpoints.
+
+    Lightning restores a loader's ``state_dict`` only when it sets the loaders up after
+    reading the checkpoint, but ``configure_optimizers`` sets them up earlier (to count
+    the steps of the LR schedule), so a run resumed mid-epoch would start its epoch over.
+    Callback state is read before that, so the positions reach the loaders in time.
+    """
+
+    def __init__(self, loaders: Any) -> None:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        named = (
+            dict(loaders.iterables) if isinstance(loaders, CombinedLoader) else {"train": loaders}
+        )
+        self.loaders = {k: v for k, v in named.items() if hasattr(v, "load_state_dict")}
+
+    @property
+    def state_key(self) -> str:
+        return "LoaderPositions"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.state_dict() for k, v in self.loaders.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in self.loaders.items():
+            if k in state:
+                v.load_state_dict(state[k])
+
+
 def _fit(
     stage: str,
     method: EncoderMethod,
@@ -128,7 +159,11 @@ def _fit(
     write_text(h + "\n", marker)
     write_text(dump_yaml(cfg), out_dir / "config.yaml")
     trainer = build_trainer(
-        cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])], bf16_ok=True
+        cfg.trainer,
+        out_dir,
+        cfg.epochs,
+        callbacks=[EpochEnd(), LoaderPositions(loaders), *(callbacks or [])],
+        bf16_ok=True,
     )
     if resume is not None:
         print(f"[{stage}] resuming from {resume}", flush=True)
