@@ -160,17 +160,20 @@ class ClickPairs:
             yield qid, self._query_image_rows[q], i
 
     def _scan(self) -> tuple[int, np.ndarray]:
-        """One pass over the log: the number of clicks and their distinct pair keys."""
-        n, parts = 0, []
+        """One pass over the log: the number of clicks and their distinct pair keys (merged
+        as they come, so memory follows the distinct pairs, not the clicks)."""
+        n, keys, parts, held = 0, np.zeros(0, np.int64), [], 0
         for qid, _, i in self._chunks():
             n += qid.size
             try:
-                keys = pair_keys(torch.from_numpy(qid), torch.from_numpy(self._item_ids[i]))
+                part = pair_keys(torch.from_numpy(qid), torch.from_numpy(self._item_ids[i]))
             except ValueError as e:
                 raise InputError(f"{self.path}: {e}") from None
-            parts.append(np.unique(keys.numpy()))
-        keys = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-        return n, keys
+            parts.append(np.unique(part.numpy()))
+            held += parts[-1].size
+            if held > max(keys.size, 1 << 20):
+                keys, parts, held = np.unique(np.concatenate([keys, *parts])), [], 0
+        return n, np.unique(np.concatenate([keys, *parts]))
 
     def clicked_keys(self) -> torch.Tensor:
         """Distinct :func:`~visctr.losses.pair_keys` of every training click (for
