@@ -149,7 +149,16 @@ class ClickPairs:
 
         pf = open_log(self.path)
         cols = ["query_id", "item_id", "clicked"]
-        for rb in pf.iter_batches(batch_size=self.read_rows, row_groups=groups, columns=cols):
+        if groups is None:
+            groups = list(range(pf.num_row_groups))
+        # one row group per reader: pyarrow's reader over many groups keeps memory for
+        # each group read (measured: 22 MB for 4 groups, 72 MB for 16), one per group does not
+        batches = (
+            rb
+            for g in groups
+            for rb in pf.iter_batches(batch_size=self.read_rows, row_groups=[g], columns=cols)
+        )
+        for rb in batches:
             c = log_columns(rb, self.path, cols)
             hit = c["clicked"] == 1
             if not hit.any():
@@ -171,7 +180,7 @@ class ClickPairs:
                 raise InputError(f"{self.path}: {e}") from None
             parts.append(np.unique(part.numpy()))
             held += parts[-1].size
-            if held > max(keys.size, 1 << 20):
+            if held > max(keys.size, 1 << 18):
                 keys, parts, held = np.unique(np.concatenate([keys, *parts])), [], 0
         return n, np.unique(np.concatenate([keys, *parts]))
 
