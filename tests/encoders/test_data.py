@@ -182,3 +182,19 @@ def test_catalog_loader_resumes_mid_epoch():
     again.load_state_dict(state)
     again.sampler.set_epoch(3)
     assert len(list(again)) == len(full)  # a position from another epoch is ignored
+
+
+def test_click_pairs_refuse_a_bad_clicked_value(tiny_world_dir, tmp_path):
+    import pyarrow as pa
+
+    def plant(table):
+        clicked = table.column("clicked").to_numpy().copy()
+        clicked[3] = 2
+        at = table.schema.get_field_index("clicked")
+        return table.set_column(at, "clicked", pa.array(clicked, table.schema.field(at).type))
+
+    world = _world_copy(tiny_world_dir, tmp_path / "w", edit=plant)
+    with pytest.raises(
+        InputError, match=r"train\.parquet: column 'clicked' must be 0 or 1, found 2"
+    ):
+        ClickPairs(world, 64, 0)
