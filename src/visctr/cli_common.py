@@ -4,19 +4,23 @@ and the ``--out`` checks.
 Every verb reports a failure as one line on stderr (the traceback only with ``visctr
 --debug``): input and configuration errors (:class:`VisctrError`, exit 2), a file system
 error (OSError: permission, read-only, disk full; exit 2) naming the path, a stop by
-signal during training (exit 143 / 130) saying how to resume, and anything else as an
-internal error (exit 1). KeyboardInterrupt and SystemExit pass through.
+signal during training (exit 143 / 130) saying how to resume, SIGTERM outside training
+(exit 143) saying that nothing partial was written, and anything else as an internal
+error (exit 1). KeyboardInterrupt and SystemExit pass through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,40 @@ def _one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _stop_on_sigterm(verb: str) -> Callable[[int, Any], None]:
+    """A SIGTERM handler for work outside training: stop with :class:`Interrupted` (143).
+
+    Raised in the main thread, the exception unwinds through the atomic writers of
+    :mod:`visctr.io`, which remove their temporary files, so nothing partial is left.
+    During training Lightning installs its own handler and calls this one too: then it
+    does nothing, and Lightning stops at the next batch and saves a checkpoint.
+    """
+
+    def handler(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGTERM) is not handler:
+            return  # called by Lightning's handler during training, which takes care of it
+        raise Interrupted(
+            f"stopped by SIGTERM during {verb}; nothing partial was written: rerun the "
+            "same command to do it again",
+            128 + signal.SIGTERM,
+        )
+
+    return handler
+
+
+@contextlib.contextmanager
+def _sigterm_stops(verb: str) -> Iterator[None]:
+    """Within the block, SIGTERM ends the verb with one line and exit 143 (main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _stop_on_sigterm(verb))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Report failures as one line (traceback only with ``--debug``); see the module doc."""
 
@@ -57,8 +95,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context(silent=True)
         debug = bool(ctx and ctx.find_root().params.get("debug"))
+        verb = f"'visctr {ctx.info_name}'" if ctx and ctx.info_name else "visctr"
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_stops(verb):
+                return fn(*args, **kwargs)
         except Interrupted as e:
             if e.message:
                 click.echo(f"visctr: {_one_line(e.message)}", err=True)

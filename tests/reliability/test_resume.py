@@ -8,6 +8,7 @@ after the first epoch's checkpoint is on disk. No timing races with a fast machi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 
 from visctr.embeddings import read_embeddings
 from visctr.encoders import embed
@@ -92,3 +94,106 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tiny_world_dir, tmp_pa
     a = _vectors(ref, world, tmp_path / "ea")
     b = _vectors(out, world, tmp_path / "eb")
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+# ---- S2 (finetune): killed after a mid-epoch checkpoint -------------------------------------
+
+# An epoch is 9 steps (300 items / s1_batch_size 32; the 480 clicks make 7 batches of 64,
+# so the click stream cycles within an epoch), and a checkpoint is written every 4 steps.
+S2_CONFIG = """
+finetune:
+  epochs: 3
+  batch_size: 64
+  s1_batch_size: 32
+  extra_negatives: 16
+  probe_items: 0
+  encoder: {width: 16, stages: 2, blocks: 2, embed_dim: 16}
+  s1: {proj_dim: 32, pred_dim: 16}
+trainer:
+  checkpoint_every_n_steps: 4   # mid-epoch checkpoints
+  progress_bar: false
+"""
+
+# The stage of `visctr finetune`, plus a callback that kills the process at a given step.
+S2_KILLED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import lightning as L
+    from visctr.encoders.cli import _load_cfg
+    from visctr.encoders.config import S2Config
+    from visctr.encoders.stages import finetune
+    from visctr.world import World
+
+    class KillAtStep(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == int(sys.argv[4]):
+                assert (Path(sys.argv[2]) / "checkpoints" / "last.ckpt").is_file()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = _load_cfg(S2Config, "finetune", Path(sys.argv[3]), None, {"accelerator": "cpu"})
+    finetune(World.load(sys.argv[1]), cfg, Path(sys.argv[2]), 1, callbacks=[KillAtStep()])
+    """
+)
+
+
+def _s2_cmd(world, out, cfg):
+    return [
+        sys.executable, "-m", "visctr.cli", "finetune", "--world", str(world), "--out", str(out),
+        "--config", str(cfg), "--seed", "1", "--accelerator", "cpu",
+    ]  # fmt: skip
+
+
+def _weights(enc_dir):
+    from visctr.io import load_torch
+
+    return load_torch(enc_dir / "encoder.pt")
+
+
+@pytest.fixture(scope="module")
+def s2_uninterrupted(tiny_world_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("s2ref")
+    cfg = tmp / "c.yaml"
+    cfg.write_text(S2_CONFIG)
+    ref = tmp / "ref"
+    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(_s2_cmd(tiny_world_dir, ref, cfg), check=True, env=env, capture_output=True)
+    return cfg, ref
+
+
+# kill at 14: resume from step 12, 3 batches into epoch 2 (both loaders mid-pass);
+# kill at 17: resume from step 16, where the click stream has just ended its first pass
+@pytest.mark.parametrize("kill_at,saved_at", [(14, 12), (17, 16)])
+def test_s2_kill_after_mid_epoch_checkpoint_resumes_bit_identical(
+    tiny_world_dir, tmp_path, s2_uninterrupted, kill_at, saved_at
+):
+    from visctr.io import load_torch
+
+    cfg, ref = s2_uninterrupted
+    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "killed"
+    child = [sys.executable, "-c", S2_KILLED_CHILD, str(tiny_world_dir), str(out), str(cfg)]
+    proc = subprocess.run([*child, str(kill_at)], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "encoder.pt").exists() and not (out / "done.json").exists()
+    ckpt = load_torch(out / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == saved_at and saved_at % 9  # mid-epoch
+    positions = ckpt["callbacks"]["LoaderPositions"]  # where each loader stood in epoch 2
+    assert {k: v["epoch"] for k, v in positions.items()} == {"click": 1, "catalog": 1}
+
+    res = subprocess.run(_s2_cmd(tiny_world_dir, out, cfg), env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from" in res.stdout + res.stderr
+
+    a, b = _weights(ref), _weights(out)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k  # bit-identical, not merely close
+    for k, v in a["heads"]["s1"].items():
+        assert torch.equal(v, b["heads"]["s1"][k]), k
+    drop = {"seconds"}
+    rows = [{k: v for k, v in r.items() if k not in drop} for r in json.loads(
+        (ref / "history.json").read_text())]  # fmt: skip
+    again = [{k: v for k, v in r.items() if k not in drop} for r in json.loads(
+        (out / "history.json").read_text())]  # fmt: skip
+    assert again == rows

@@ -137,6 +137,9 @@ class S2Config(StageConfig):
     s1_batch_size: int = 64
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     pair_flip: bool = True  # random horizontal flip of query and item images (same flip per pair)
+    # click pairs held to shuffle the streamed log (24 bytes each); all of a smaller log's
+    # clicks are permuted at once
+    shuffle_buffer: int = 262_144
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -146,6 +149,8 @@ class S2Config(StageConfig):
             raise ValueError("same_category_share must be in [0, 1]")
         if self.extra_negatives < 0:
             raise ValueError("extra_negatives must be >= 0")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 
 
 def _mild_augment() -> AugmentConfig:

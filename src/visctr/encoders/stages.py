@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 
 from visctr.config import config_hash, dump_yaml, to_dict
@@ -105,6 +106,36 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
+class LoaderPositions(L.Callback):
+    """Keeps the train loaders' positions in the epoch in the checkpoints.
+
+    Lightning restores a loader's ``state_dict`` only when it sets the loaders up after
+    reading the checkpoint, but ``configure_optimizers`` sets them up earlier (to count
+    the steps of the LR schedule), so a run resumed mid-epoch would start its epoch over.
+    Callback state is read before that, so the positions reach the loaders in time.
+    """
+
+    def __init__(self, loaders: Any) -> None:
+        from lightning.pytorch.utilities import CombinedLoader
+
+        named = (
+            dict(loaders.iterables) if isinstance(loaders, CombinedLoader) else {"train": loaders}
+        )
+        self.loaders = {k: v for k, v in named.items() if hasattr(v, "load_state_dict")}
+
+    @property
+    def state_key(self) -> str:
+        return "LoaderPositions"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.state_dict() for k, v in self.loaders.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in self.loaders.items():
+            if k in state:
+                v.load_state_dict(state[k])
+
+
 def _fit(
     stage: str,
     method: EncoderMethod,
@@ -128,7 +159,11 @@ def _fit(
     write_text(h + "\n", marker)
     write_text(dump_yaml(cfg), out_dir / "config.yaml")
     trainer = build_trainer(
-        cfg.trainer, out_dir, cfg.epochs, callbacks=[EpochEnd(), *(callbacks or [])], bf16_ok=True
+        cfg.trainer,
+        out_dir,
+        cfg.epochs,
+        callbacks=[EpochEnd(), LoaderPositions(loaders), *(callbacks or [])],
+        bf16_ok=True,
     )
     if resume is not None:
         print(f"[{stage}] resuming from {resume}", flush=True)
@@ -253,10 +288,9 @@ def finetune(
     if _cached(out_dir, h):
         print(f"[s2] up to date: {out_dir / 'encoder.pt'}", flush=True)
         return out_dir / "encoder.pt"
-    pairs = ClickPairs(world)
+    click_loader = ClickPairs(world, cfg.batch_size, seed, cfg.shuffle_buffer)
     catalog = CatalogImages.from_world(world)
     c, size = _image_geometry(world)
-    click_loader = make_loader(pairs, cfg.batch_size, seed, cfg.num_workers)
     loaders: Any = click_loader
     if cfg.lambda_s1 > 0:
         from lightning.pytorch.utilities import CombinedLoader
@@ -274,7 +308,8 @@ def finetune(
         else:
             enc = _make_encoder(cfg.encoder, world, encoder)
         pool = NegativePool(catalog) if cfg.extra_negatives > 0 else None
-        return S2Method(enc, cfg, seed, pairs.clicked_pairs(), pool, _probe(catalog, cfg, seed))
+        keys = click_loader.clicked_keys()
+        return S2Method(enc, cfg, seed, keys, pool, _probe(catalog, cfg, seed))
 
     method = _seeded(seed, build)
     if init_obj is not None and not method.load_s1_heads(init_obj.get("heads", {}), str(init)):

@@ -45,7 +45,11 @@ class S2Method(EncoderMethod):
     ) -> None:
         super().__init__(encoder, cfg, seed, probe)
         self.objective = build_objective(cfg.s1, encoder) if cfg.lambda_s1 > 0 else None
-        keys = pair_keys(clicked_pairs[:, 0], clicked_pairs[:, 1])
+        keys = (
+            clicked_pairs.long()
+            if clicked_pairs.ndim == 1  # already pair keys (ClickPairs.clicked_keys)
+            else pair_keys(clicked_pairs[:, 0], clicked_pairs[:, 1])
+        )
         self.register_buffer("clicked_keys", torch.unique(keys), persistent=False)
         self.pool = pool
 
