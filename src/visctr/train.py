@@ -294,6 +294,13 @@ def resume_checkpoint(out_dir: str | Path) -> Path | None:
     return None
 
 
+def _at_last_batch(trainer) -> bool:
+    """True after an epoch's last training batch and before that epoch's end hooks."""
+    loop = trainer.fit_loop
+    epoch = loop.epoch_progress.current
+    return bool(loop.epoch_loop.batch_progress.is_last_batch) and epoch.processed < epoch.started
+
+
 def _last_checkpoint_callback():
     from lightning.pytorch.callbacks import Checkpoint
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -309,13 +316,20 @@ def _last_checkpoint_callback():
         so it saves nothing and the previous checkpoint stays). The file is written beside
         its final name and renamed into place, so a kill mid-write leaves the previous
         checkpoint intact.
+
+        Never at the last batch of an epoch: Lightning resumes from such a checkpoint as if
+        the epoch had finished, skipping its validation (and, for a streamed loader, with
+        nothing left to read), so a save due there waits for the end of the epoch, and a
+        SIGTERM that lands there keeps the previous checkpoint.
         """
 
         def __init__(self, path: Path, every_n_steps: int):
             self.path = Path(path)
             self.every_n_steps = int(every_n_steps)
             self._saved_at = 0
+            self._due = False  # a save deferred from an epoch's last batch to its end
             self.saved_step: int | None = None  # step of the checkpoint on disk, if any
+            self.saved_on_stop = False
             self.stopped: tuple[str, int] | None = None  # (signal, step) that stopped fit
 
         def _save(self, trainer) -> None:
@@ -333,8 +347,11 @@ def _last_checkpoint_callback():
             # several optimiser steps per training_step): save on crossing a multiple
             n, step = self.every_n_steps, trainer.global_step
             if n and step // n > self._saved_at // n:
-                self._save(trainer)
                 self._saved_at = step
+                if _at_last_batch(trainer):
+                    self._due = True
+                else:
+                    self._save(trainer)
 
         def on_train_start(self, trainer, *args) -> None:
             self._saved_at = trainer.global_step  # resumed runs start from their step
@@ -342,12 +359,15 @@ def _last_checkpoint_callback():
                 self.saved_step = trainer.global_step
 
         def on_train_epoch_end(self, trainer, *args) -> None:
-            if not self.every_n_steps:
+            if not self.every_n_steps or self._due:
                 self._save(trainer)
+                self._due = False
 
         def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
             if isinstance(exception, SIGTERMException):
-                self._save(trainer)
+                self.saved_on_stop = not _at_last_batch(trainer)
+                if self.saved_on_stop:
+                    self._save(trainer)
                 self.stopped = ("SIGTERM", trainer.global_step)
             elif isinstance(exception, KeyboardInterrupt):
                 self.stopped = ("SIGINT", trainer.global_step)
@@ -355,18 +375,19 @@ def _last_checkpoint_callback():
         def stop_message(self) -> str:
             """One line: what stopped training and how to go on."""
             how, step = self.stopped or ("a signal", -1)
-            if how == "SIGTERM":
+            if how == "SIGTERM" and self.saved_on_stop:
                 return (
                     f"stopped by SIGTERM at step {step}; saved {self.path}: rerun the same "
                     "command to resume from it"
                 )
+            verb = "stopped by SIGTERM" if how == "SIGTERM" else "interrupted"
             if self.saved_step is not None and self.path.is_file():
                 return (
-                    f"interrupted at step {step}; rerun the same command to resume from "
+                    f"{verb} at step {step}; rerun the same command to resume from "
                     f"{self.path} (step {self.saved_step})"
                 )
             return (
-                f"interrupted at step {step}, before the first checkpoint; rerun the same "
+                f"{verb} at step {step}, before the first checkpoint; rerun the same "
                 "command to start again"
             )
 

@@ -197,3 +197,125 @@ def test_s2_kill_after_mid_epoch_checkpoint_resumes_bit_identical(
     again = [{k: v for k, v in r.items() if k not in drop} for r in json.loads(
         (out / "history.json").read_text())]  # fmt: skip
     assert again == rows
+
+
+# ---- CTR: killed mid-epoch, with a checkpoint after every Lightning step ----------------
+
+CTR_CONFIG = """
+batch_size: 128
+inner_steps: 2          # 2 optimiser steps per Lightning step
+max_epochs: 3
+patience: 5
+dropout: 0.2            # exercises the dropout RNG
+shuffle_buffer: 1000    # several shuffle windows per epoch
+read_rows: 500
+debias: {enabled: true, triplets_per_step: 64}   # exercises the aux-loss generator
+trainer:
+  accelerator: cpu
+  checkpoint_every_n_steps: 1   # a periodic checkpoint after every Lightning step
+  num_threads: 1
+  progress_bar: false
+"""
+
+# `visctr train-ctr`'s training call, plus a callback that kills the process: SIGKILL (a
+# crash: resumed from the last periodic checkpoint) or SIGTERM (a preemption: saves where
+# it stopped), at Lightning step 5 of the second epoch ("mid") or at the first epoch's
+# last batch, where a periodic save falls due ("last": SIGKILL lands in its validation).
+CTR_KILLED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    import lightning as L
+    import visctr.train
+    from visctr.config import from_dict, read_yaml
+    from visctr.ctr import CTRConfig, train_ctr
+    from visctr.world import World
+
+    world, emb, ref, out, cfg_file, how, where = sys.argv[1:8]
+    sig = getattr(signal, how)
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            loop = trainer.fit_loop.epoch_loop.batch_progress
+            if where == "mid" and trainer.current_epoch == 1 and loop.current.processed == 5:
+                assert (Path(out) / "checkpoints" / "last.ckpt").is_file()
+                os.kill(os.getpid(), sig)
+            if where == "last" and loop.is_last_batch and how == "SIGTERM":
+                os.kill(os.getpid(), sig)  # Lightning stops after this batch's validation
+
+        def on_validation_start(self, trainer, *args):
+            if where == "last" and how == "SIGKILL":
+                os.kill(os.getpid(), sig)
+
+    build = visctr.train.build_trainer
+    def with_kill(*a, callbacks=None, **kw):
+        return build(*a, callbacks=[Kill(), *(callbacks or [])], **kw)
+    visctr.train.build_trainer = with_kill
+
+    cfg = from_dict(CTRConfig, read_yaml(Path(cfg_file)), where=cfg_file)
+    train_ctr(World.load(world), Path(emb), Path(out), cfg, 1, reference=Path(ref))
+    """
+)
+
+CTR_ENV = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _ctr_cmd(world, emb, ref, out, cfg):
+    return [
+        sys.executable, "-m", "visctr.cli", "train-ctr", "--world", str(world),
+        "--embeddings", str(emb), "--reference", str(ref), "--out", str(out),
+        "--config", str(cfg), "--seed", "1", "--accelerator", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ctr_uninterrupted(tiny_world_dir, tiny_embeddings, tiny_reference, tmp_path_factory):
+    """(inputs, config file, run dir, printed metrics line) of the run never interrupted."""
+    tmp = tmp_path_factory.mktemp("ctr_resume")
+    cfg = tmp / "ctr.yaml"
+    cfg.write_text(CTR_CONFIG)
+    args = (tiny_world_dir, tiny_embeddings, tiny_reference)
+    ref = tmp / "ref"
+    res = subprocess.run(_ctr_cmd(*args, ref, cfg), env=CTR_ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return args, cfg, ref, res.stdout.splitlines()[-1]
+
+
+def _history(run_dir):
+    import json
+
+    rows = json.loads((run_dir / "history.json").read_text())
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in rows]
+
+
+@pytest.mark.parametrize(
+    ("how", "where"),
+    [("SIGKILL", "mid"), ("SIGTERM", "mid"), ("SIGKILL", "last"), ("SIGTERM", "last")],
+)
+def test_ctr_killed_then_resumed_is_the_uninterrupted_run(how, where, ctr_uninterrupted, tmp_path):
+    """Weights (bit for bit), history and test metrics of a CTR run (S3 on, dropout on)
+    killed and resumed are those of the run that was never interrupted: the resumed run
+    continues the same shuffled stream at the same batch, with the same aux-loss and
+    dropout draws, and a checkpoint never sits on an epoch's last batch (Lightning would
+    resume from it past that epoch's validation)."""
+    import torch
+
+    args, cfg, ref, metrics = ctr_uninterrupted
+    out = tmp_path / "killed"
+    child = [sys.executable, "-c", CTR_KILLED_CHILD, *map(str, (*args, out, cfg)), how, where]
+    proc = subprocess.run(child, env=CTR_ENV, capture_output=True, text=True)
+    want = -signal.SIGKILL if how == "SIGKILL" else 128 + signal.SIGTERM
+    assert proc.returncode == want, proc.stderr[-2000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "model.pt").exists() and not (out / "done.json").exists()
+
+    res = subprocess.run(_ctr_cmd(*args, out, cfg), env=CTR_ENV, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming from" in res.stdout
+    assert res.stdout.splitlines()[-1] == metrics  # test AUC, logloss, gAUC, ...
+    assert _history(out) == _history(ref)
+    a = torch.load(ref / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -9,6 +9,12 @@ number of optimiser steps (a rank that stops early leaves the others waiting in
 all-reduce), so with more than one reader and ``rows`` given, each reader yields exactly
 ``rows // (readers * batch_size)`` batches (at least one), starting its shard over if it
 runs short, as ``DistributedSampler`` pads by repeating samples.
+
+Exact resume: a stream's order is a pure function of ``(seed, epoch)``, so its position is
+two integers, the epoch and the batches already consumed in it. ``set_position`` makes the
+next pass start there (the skipped rows are read and dropped, the shuffle draws replayed),
+so a run resumed from a mid-epoch checkpoint sees the batches the uninterrupted run saw.
+The trainer keeps the position in its checkpoints (``trainer.CTRModule``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class ImpressionStream(IterableDataset):
     """Yields ``Batch``es (packed int64 indices, float32 labels) from one impressions file.
 
     ``part`` selects the fit part (timestamp < ``val_start``), the validation part, or all.
-    With ``shuffle`` the order changes every epoch (seed + epoch), reproducibly.
+    With ``shuffle`` the order changes every epoch (seed + epoch), reproducibly. Each pass
+    runs epoch ``epoch`` and then advances it; ``set_epoch`` / ``set_position`` choose.
     """
 
     def __init__(
@@ -69,13 +76,22 @@ class ImpressionStream(IterableDataset):
         self.shuffle_buffer = max(shuffle_buffer, batch_size)
         self.read_rows = read_rows
         self.epoch = 0
+        self.skip = 0  # batches of the next pass to drop (a resumed mid-epoch position)
         self.shard = shard  # False: every rank/worker reads everything (validation)
         self.rows = rows  # rows in the selected part: equal batch counts across readers
         if part != "all" and val_start is None:
             raise ValueError("val_start is needed to select the fit or validation part")
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """The epoch (shuffle order) of the next pass."""
+        self.epoch = int(epoch)
+
+    def set_position(self, epoch: int, batches: int) -> None:
+        """Start the next pass at epoch ``epoch`` after its first ``batches`` batches (this
+        reader's), as if they had just been consumed."""
+        if epoch < 0 or batches < 0:
+            raise ValueError(f"stream position must be >= 0, got epoch {epoch}, batch {batches}")
+        self.epoch, self.skip = int(epoch), int(batches)
 
     def _reader(self) -> tuple[int, int]:
         """(index, count) of this reader; validation streams are not sharded."""
@@ -132,7 +148,15 @@ class ImpressionStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Batch]:
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        skip, self.skip = self.skip, 0
         self.epoch += 1
+        for i, batch in enumerate(self._epoch(rng)):
+            if i >= skip:
+                yield Batch.from_numpy(*batch)
+
+    def _epoch(self, rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch's batches as numpy ``(packed, labels)`` (wrapped in tensors only once
+        past the resumed position)."""
         n_shards = self._reader()[1]
         if n_shards == 1 or self.rows is None:
             yield from self._one_pass(rng)
@@ -149,7 +173,7 @@ class ImpressionStream(IterableDataset):
             if emitted == before:
                 raise RuntimeError(f"{self.path}: this reader's shard is empty")
 
-    def _one_pass(self, rng: np.random.Generator | None) -> Iterator[Batch]:
+    def _one_pass(self, rng: np.random.Generator | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         bs = self.batch_size
         buf_x: list[np.ndarray] = []
         buf_y: list[np.ndarray] = []
@@ -164,7 +188,7 @@ class ImpressionStream(IterableDataset):
                     xs, ys = np.concatenate(buf_x), np.concatenate(buf_y)
                     n = (held // bs) * bs
                     for s in range(0, n, bs):
-                        yield Batch.from_numpy(xs[s : s + bs], ys[s : s + bs])
+                        yield xs[s : s + bs], ys[s : s + bs]
                     buf_x, buf_y, held = [xs[n:]], [ys[n:]], held - n
                 continue
             buf_x.append(x)
@@ -176,7 +200,7 @@ class ImpressionStream(IterableDataset):
                 n = (held // 2 // bs) * bs or (held // bs) * bs  # keep half to mix with next
                 for s in range(0, n, bs):
                     idx = perm[s : s + bs]
-                    yield Batch.from_numpy(xs[idx], ys[idx])
+                    yield xs[idx], ys[idx]
                 rest = perm[n:]
                 buf_x, buf_y, held = [xs[rest]], [ys[rest]], rest.size
         if held:
@@ -185,7 +209,7 @@ class ImpressionStream(IterableDataset):
                 perm = rng.permutation(held)
                 xs, ys = xs[perm], ys[perm]
             for s in range(0, held, bs):
-                yield Batch.from_numpy(xs[s : s + bs], ys[s : s + bs])
+                yield xs[s : s + bs], ys[s : s + bs]
 
 
 class Grouped(IterableDataset):

@@ -5,15 +5,26 @@ Loss = BCE on the clicks + whatever the network's ``aux_loss`` returns (S3's
 (one optimiser step per batch, no closure), validation AUC per epoch for early stopping,
 best weights kept in memory (and in Lightning checkpoints for resume).
 
+Exact resume: a checkpoint holds, besides the weights and optimiser state Lightning saves,
+everything else the rest of the run depends on: the training stream's position (epoch and
+batches consumed, see ``stream``), the aux-loss generator, the RNG that dropout draws from
+(owned by the module: every training step runs under its own forked RNG state, so nothing
+else that draws from torch's global RNG, such as a DataLoader starting an epoch, moves it),
+and the running sums of the epoch's history line. A run killed mid-epoch and resumed takes
+the same steps, with the same draws, as one never interrupted.
+
 ``CTRConfig.compile`` runs the network's forward through ``torch.compile`` during training;
 the saved weights are the same either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,19 +33,29 @@ import torch.nn.functional as F
 from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
 from visctr.ctr.model import CTRNet
+from visctr.errors import InputError
 from visctr.eval.metrics import auc, logloss
+
+STATE_KEY = "visctr_resume"  # the checkpoint entry of the state below
 
 
 class CTRModule(L.LightningModule):
-    """Training loop glue: loss, optimiser, validation AUC, best-weights tracking, history."""
+    """Training loop glue: loss, optimiser, validation AUC, best-weights tracking, history.
 
-    def __init__(self, net: CTRNet, cfg: CTRConfig, seed: int, weights=None):
+    ``stream``: the training ``ImpressionStream`` (anything with ``set_epoch`` and
+    ``set_position``); given, checkpoints record its position and resume continues it.
+    """
+
+    def __init__(self, net: CTRNet, cfg: CTRConfig, seed: int, weights=None, stream=None):
         super().__init__()
         self.net = net
         self.weights = weights  # e.g. IPSWeights: batch -> per-impression loss weights
         self.cfg = cfg
+        self.stream = stream
         self.automatic_optimization = False
+        self._seed = int(seed)
         self._gen = torch.Generator().manual_seed(seed)  # for the network's aux_loss
+        self._rng: dict[str, torch.Tensor] | None = None  # dropout's RNG state between steps
         self._compiled = None  # built on first use; never pickled or deep-copied
         self.best_auc = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -58,12 +79,38 @@ class CTRModule(L.LightningModule):
         return {**state, "_compiled": None}  # a compiled closure is bound to this process
 
     def _reset_epoch(self) -> None:
+        """Start the running sums of an epoch (at the end of the previous one, so that a
+        run resumed mid-epoch keeps the sums it restored)."""
         self._loss_sum = torch.zeros(())
         self._aux_sums = {name: torch.zeros(()) for name in self.net.aux_parts}
         self._steps = 0
+        self._batches = 0  # batches of the stream consumed this epoch
+        self._epoch_done = False
         self._t0 = time.perf_counter()
         self._val_p: list[torch.Tensor] = []
         self._val_y: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """Run the block under this module's RNG state (what dropout draws), not torch's
+        global one: the draws depend only on the seed and the steps taken, and a resumed
+        run restores them from the checkpoint. Seeded from ``seed`` on first use."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else [], device_type="cuda"):
+            if self._rng is None:
+                torch.default_generator.manual_seed(self._seed + 1)
+                if cuda:
+                    torch.cuda.default_generators[self.device.index or 0].manual_seed(
+                        self._seed + 1
+                    )
+            else:
+                torch.set_rng_state(self._rng["cpu"])
+                if cuda:
+                    torch.cuda.set_rng_state(self._rng["cuda"], self.device)
+            yield
+            self._rng = {"cpu": torch.get_rng_state()}
+            if cuda:
+                self._rng["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def _aux_means(self, steps: int) -> dict[str, float]:
         """Epoch means of the parts the network's aux loss reported (e.g. ``triplet_loss``)."""
@@ -76,12 +123,23 @@ class CTRModule(L.LightningModule):
         )
 
     def on_train_epoch_start(self) -> None:
-        self._reset_epoch()
+        self._epoch_done = False
+        self._t0 = time.perf_counter()
+        self._val_p, self._val_y = [], []
+        if self.stream is not None:
+            # the pass about to start (epoch 0 or a resumed one started before this hook,
+            # with the position set on load: the same epoch)
+            self.stream.set_epoch(self.current_epoch)
 
     def training_step(self, batch, batch_idx):
         """One optimiser step per ``Batch``; ``batch`` is one or a list of them (``Grouped``)."""
         group = [batch] if isinstance(batch, Batch) else batch
         opt = self.optimizers()
+        with self._own_rng():
+            self._steps_on(group, opt)
+        self._batches += len(group)
+
+    def _steps_on(self, group: list[Batch], opt) -> None:
         for b in group:
             w = self.weights(b) if self.weights is not None else None
             loss = F.binary_cross_entropy_with_logits(self._train_forward(b), b.labels, weight=w)
@@ -140,6 +198,15 @@ class CTRModule(L.LightningModule):
                     "seconds": round(time.perf_counter() - self._t0, 3),
                 }
             )
+        # runs before the epoch-end checkpoint (a Checkpoint callback runs after the module)
+        self._reset_epoch()
+        self._epoch_done = True
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batches consumed in it) of the training stream: where a resume starts."""
+        if self._epoch_done:
+            return self.current_epoch + 1, 0
+        return self.current_epoch, self._batches
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["visctr_best"] = {
@@ -147,9 +214,68 @@ class CTRModule(L.LightningModule):
             "state": self.best_state,
             "history": self.history,
         }
+        epoch, batches = self._position()
+        checkpoint[STATE_KEY] = {
+            "epoch": epoch,
+            "batches": batches,
+            "aux_rng": self._gen.get_state(),
+            "rng": dict(self._rng) if self._rng is not None else None,
+            "loss_sum": self._loss_sum.clone(),
+            "aux_sums": {k: v.clone() for k, v in self._aux_sums.items()},
+            "steps": self._steps,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         best = checkpoint.get("visctr_best") or {}
         self.best_auc = best.get("auc", -math.inf)
         self.best_state = best.get("state")
         self.history = list(best.get("history", []))
+        state = checkpoint.get(STATE_KEY)
+        if state is None:  # written before resume was exact: continue as before
+            return
+        where = getattr(self.trainer, "ckpt_path", None) or "checkpoint"
+        state = _check_resume_state(state, self._aux_sums, where)
+        self._gen.set_state(state["aux_rng"])
+        self._rng = state["rng"]
+        self._loss_sum = state["loss_sum"]
+        self._aux_sums = state["aux_sums"]
+        self._steps = state["steps"]
+        self._batches = state["batches"]
+        if self.stream is not None:
+            self.stream.set_position(state["epoch"], state["batches"])
+
+
+def _check_resume_state(state: Any, aux_sums: dict, where: str) -> dict:
+    """The resume entry of a checkpoint after checking its fields (an ``InputError``
+    naming the file otherwise)."""
+    from visctr.io import field
+
+    def tensor(v: Any, dtype: torch.dtype) -> bool:
+        return isinstance(v, torch.Tensor) and v.dtype == dtype
+
+    def rng_state(v: Any) -> bool:
+        return tensor(v, torch.uint8) and v.dim() == 1
+
+    def is_rng(v: Any) -> bool:
+        return v is None or (
+            isinstance(v, dict)
+            and "cpu" in v
+            and all(k in ("cpu", "cuda") and rng_state(t) for k, t in v.items())
+        )
+
+    p = f"{STATE_KEY}."
+    field(state, "epoch", where, int, lo=0, hi=10**9, prefix=p)
+    field(state, "batches", where, int, lo=0, hi=10**12, prefix=p)
+    field(state, "steps", where, int, lo=0, hi=10**12, prefix=p)
+    field(state, "aux_rng", where, torch.Tensor, check=rng_state, prefix=p)
+    field(state, "rng", where, (dict, type(None)), check=is_rng, prefix=p)
+    field(state, "loss_sum", where, torch.Tensor, check=lambda v: v.dim() == 0, prefix=p)
+    sums = field(state, "aux_sums", where, dict, prefix=p)
+    if set(sums) != set(aux_sums) or not all(
+        isinstance(v, torch.Tensor) and v.dim() == 0 for v in sums.values()
+    ):
+        raise InputError(
+            f"{where}: field {p}aux_sums must hold the scalars {sorted(aux_sums)}; the file "
+            "is damaged or from another configuration"
+        )
+    return state

@@ -168,7 +168,6 @@ def train_ctr(
             cfg.ips.clip,
             cfg.ips.exposure,
         )
-    module = CTRModule(net, cfg, seed, weights)
     train_path = world.impressions_path("train")
     fit_ds = ImpressionStream(
         train_path,
@@ -182,6 +181,7 @@ def train_ctr(
         read_rows=cfg.read_rows,
         rows=stats.n_fit,
     )
+    module = CTRModule(net, cfg, seed, weights, stream=fit_ds)  # resume continues fit_ds
     loaders = {"train_dataloaders": DataLoader(Grouped(fit_ds, cfg.inner_steps), batch_size=None)}
     callbacks = []
     if stats.n_val > 0:
@@ -206,6 +206,8 @@ def train_ctr(
         log_every_n_steps=10_000,
         limit_val_batches=max(1, math.ceil(cfg.max_validation_rows / PREDICT_BATCH)),
     )
+    if resume is not None:
+        print(f"[ctr] resuming from {resume}", flush=True)
     with warnings.catch_warnings():
         # periodic checkpoints hold the state after the step, which is what resume needs
         warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps")
