@@ -33,6 +33,9 @@ import numpy as np
 from visctr.errors import InputError
 
 FEATURE_MAP_VERSION = 1
+# the sparse fields, in this order (``item`` only with ``use_item_id``), and their vocabulary
+FIELD_ORDER = ("user", "hour", "day", "position", "category", "pop_bucket", "item")
+MAX_DIM = 65_536  # visual width bound on load (also the debias export's)
 
 
 @dataclass
@@ -79,15 +82,11 @@ class FeatureMap:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> FeatureMap:
-        data = dict(data)
-        if data.get("version") != FEATURE_MAP_VERSION:
-            raise InputError(
-                f"feature map version {data.get('version')!r} is not supported "
-                f"(expected {FEATURE_MAP_VERSION}); retrain the CTR model"
-            )
-        data["fields"] = [FieldSpec(**f) for f in data["fields"]]
-        return cls(**data)
+    def from_json(cls, data: dict, path: str | Path = "feature map") -> FeatureMap:
+        """The map of a decoded ``feature_map.json`` after checking every field (keys,
+        types, bounds, and that vocabularies, offsets and tables agree); an
+        ``InputError`` naming ``path`` and the field otherwise."""
+        return cls(**_checked(data, path))
 
     def save(self, path: Path) -> None:
         from visctr.io import write_json
@@ -100,6 +99,114 @@ class FeatureMap:
         if not path.is_file():
             raise InputError(f"{path}: feature map not found; was the CTR model trained here?")
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            raise InputError(f"{path}: corrupt feature map ({e})") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise InputError(f"{path}: corrupt feature map (not JSON: {_short(e)})") from None
+        return cls.from_json(data, path)
+
+
+def _short(e: BaseException, limit: int = 120) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _ints(data: dict, key: str, path, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """``data[key]`` as an int64 array: a JSON list of integers within [lo, hi]."""
+    from visctr.io import field
+
+    arr = np.asarray(field(data, key, path, list))
+    if arr.size == 0:
+        arr = arr.astype(np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise InputError(f"{path}: field {key!r} must be a list of integers")
+    out = np.zeros(arr.shape, dtype=bool)
+    if lo is not None:
+        out |= arr < lo
+    if hi is not None:
+        out |= arr > hi
+    if out.any():
+        bad = int(arr[out][0])
+        raise InputError(f"{path}: field {key!r} holds {bad}, outside [{lo}, {hi}]")
+    return arr.astype(np.int64)
+
+
+def _checked(data, path) -> dict:
+    """The constructor arguments of a decoded feature map, checked (see ``from_json``)."""
+    from visctr.io import field
+
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: corrupt feature map (expected a JSON object)")
+    if data.get("version") != FEATURE_MAP_VERSION:
+        raise InputError(
+            f"{path}: feature map version {str(data.get('version'))[:20]!r} is not supported "
+            f"(expected {FEATURE_MAP_VERSION}); retrain the CTR model"
+        )
+    known = {f.name for f in dataclasses.fields(FeatureMap)}
+    extra = sorted(set(data) - known, key=str)
+    if extra:
+        raise InputError(f"{path}: unexpected field {str(extra[0])[:40]!r} in the feature map")
+    big = 2**62
+    out = {
+        "version": FEATURE_MAP_VERSION,
+        "visual_dim": field(data, "visual_dim", path, int, lo=1, hi=MAX_DIM),
+        "n_categories": field(data, "n_categories", path, int, lo=1, hi=1_000_000),
+        "max_position": field(data, "max_position", path, int, lo=1, hi=1_000_000),
+        "t_min": field(data, "t_min", path, int, lo=-big, hi=big),
+        "t_max": field(data, "t_max", path, int, lo=-big, hi=big),
+        "val_start": field(data, "val_start", path, int, lo=-big, hi=big),
+    }
+    if "note" in data:
+        out["note"] = field(data, "note", path, str)
+    if out["t_min"] > out["t_max"]:
+        raise InputError(f"{path}: field 't_min' is after 't_max'")
+    edges = _ints(data, "pop_edges", path, lo=1)
+    if edges.size == 0 or (edges.size > 1 and (np.diff(edges) <= 0).any()):
+        raise InputError(f"{path}: field 'pop_edges' must be a non-empty increasing list")
+    items = _ints(data, "item_ids", path)
+    users = _ints(data, "user_ids", path)
+    for key, ids in (("item_ids", items), ("user_ids", users)):
+        if np.unique(ids).size != ids.size:
+            raise InputError(f"{path}: field {key!r} repeats an id")
+    if items.size == 0:
+        raise InputError(f"{path}: field 'item_ids' is empty")
+    n_cat = out["n_categories"]
+    cats = _ints(data, "item_category", path, lo=0, hi=n_cat - 1)
+    pops = _ints(data, "item_pop_bucket", path, lo=0, hi=int(edges.size))
+    for key, arr in (("item_category", cats), ("item_pop_bucket", pops)):
+        if arr.size != items.size:
+            raise InputError(f"{path}: field {key!r} has {arr.size} entries for {items.size} items")
+    vocab = {
+        "user": users.size + 1,
+        "hour": 24,
+        "day": 7,
+        "position": out["max_position"] + 1,
+        "category": n_cat,
+        "pop_bucket": int(edges.size) + 1,
+        "item": items.size,
+    }
+    raw = field(data, "fields", path, list)
+    names = [f.get("name") if isinstance(f, dict) else None for f in raw]
+    if names not in (list(FIELD_ORDER[:-1]), list(FIELD_ORDER)):
+        raise InputError(
+            f"{path}: field 'fields' must name {', '.join(FIELD_ORDER[:-1])} (and optionally "
+            f"item) in that order, found {str(names)[:120]}"
+        )
+    fields, offset = [], 0
+    for i, spec in enumerate(raw):
+        where = f"fields[{i}]."
+        if set(spec) != {"name", "vocab", "offset"}:
+            raise InputError(f"{path}: {where[:-1]} must hold exactly name, vocab and offset")
+        name = spec["name"]
+        v = field(spec, "vocab", path, int, lo=vocab[name], hi=vocab[name], prefix=where)
+        field(spec, "offset", path, int, lo=offset, hi=offset, prefix=where)
+        fields.append(FieldSpec(name, v, offset))
+        offset += v
+    out.update(
+        fields=fields,
+        pop_edges=edges.tolist(),
+        item_ids=items.tolist(),
+        item_category=cats.tolist(),
+        item_pop_bucket=pops.tolist(),
+        user_ids=users.tolist(),
+    )
+    return out

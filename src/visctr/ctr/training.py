@@ -254,21 +254,48 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
             "'visctr train-ctr' first"
         )
     fmap = FeatureMap.load(model_dir / "feature_map.json")
-    blob = load_torch(model_dir / "model.pt")
-    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
-        raise InputError(
-            f"{model_dir / 'model.pt'}: not a visctr CTR model of format {MODEL_FORMAT} (found "
-            f"{blob.get('format') if isinstance(blob, dict) else type(blob).__name__}); "
-            "retrain it with this version"
-        )
-    cfg = from_dict(CTRConfig, blob["config"])
+    cfg, state = _load_weights(model_dir / "model.pt", fmap)
     emb = load_embeddings(Path(embeddings), world)
     packer = BatchPacker(fmap, emb, fixed_position=0)
-    net = build_ctr_net(cfg, fmap, blob["state_dict"]["user_affinity"])
-    net.load_state_dict(blob["state_dict"])
+    net = build_ctr_net(cfg, fmap, state["user_affinity"])
+    net.load_state_dict(state)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
     net.eval()
     return net, packer
+
+
+def _load_weights(path: Path, fmap: FeatureMap) -> tuple[CTRConfig, dict[str, torch.Tensor]]:
+    """The config and weights of a ``model.pt`` after checking them against the feature
+    map: the format, a valid config, exactly the network's tensors with its shapes, float
+    and finite. Nothing is allocated for a network before its weights are known to fit."""
+    from visctr.errors import VisctrError
+    from visctr.io import check_state_dict, field
+
+    blob = load_torch(path)
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise InputError(
+            f"{path}: not a visctr CTR model of format {MODEL_FORMAT} (found "
+            f"{str(blob.get('format'))[:20] if isinstance(blob, dict) else type(blob).__name__}); "
+            "retrain it with this version"
+        )
+    extra = sorted(set(blob) - {"format", "config", "seed", "state_dict"}, key=str)
+    if extra:
+        raise InputError(f"{path}: unexpected field {str(extra[0])[:40]!r} in a CTR model")
+    field(blob, "seed", path, int)
+    try:
+        cfg = from_dict(CTRConfig, field(blob, "config", path, dict), where=f"{path}: config")
+        factory = arch_factory(cfg.arch)
+    except VisctrError as e:
+        raise InputError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    state = field(blob, "state_dict", path, dict)
+    n_users = fmap.fields[0].vocab  # the user field: vocabulary + the unknown row
+    with torch.device("meta"):  # shapes only
+        reference = factory(fmap, cfg, torch.zeros(n_users, fmap.n_categories))
+    check_state_dict(state, reference, path, "weights")
+    for k, v in state.items():
+        if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
+            raise InputError(f"{path}: weights: tensor {k!r} is not finite floating point")
+    return cfg, state
 
 
 def predict_ctr(
