@@ -48,7 +48,7 @@ def main() -> None:
     if args.detach_debias:
         from visctr.ctr.debias import DebiasHead
 
-        DebiasHead.forward = lambda self, v: self.gate(v, self.net(v).detach())
+        DebiasHead.detach_debiased = True
     layout = RunLayout(args.run)
     world = World.load(layout.world)
     method = METHODS["S1+S2+D"]

@@ -237,3 +237,85 @@ def test_same_seed_same_initial_weights():
     b, _, _ = make_net(debias=True, seed=4)
     for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(v, w), k
+
+
+# ---- S3 batched over distinct items == per row -------------------------------------------
+
+
+def _per_row_reference(net: CTRNet, b: Batch, gen: torch.Generator):
+    """The S3 step as first written: the head on every row of the batch (queries and items
+    stacked), then the triplet term on its own DebiasNet pass over the sampled rows."""
+    head = net.debias
+    qv = net.query_vectors.index_select(0, b.query_row)
+    iv = net.item_vectors.index_select(0, b.item_row)
+    v = torch.cat([qv, iv])
+    d = head.net(v)
+    z = torch.cat([v, d], dim=-1) @ head.gate.proj.weight.t() + head.gate.proj.bias
+    g = torch.sigmoid(z)
+    both = torch.nn.functional.normalize(g * v + (1.0 - g) * d, dim=-1)
+    n = b.size
+    emb = net.embedding(b.sparse).reshape(n, -1)
+    q, i = both[:n], both[n:]
+    aff = net.user_affinity.index_select(0, b.user_row)
+    s = net.visual_scale
+    feats = torch.cat([(q * i).sum(-1, keepdim=True), aff.gather(1, b.category.unsqueeze(1)),
+                       aff, q * s, i * s], dim=1)  # fmt: skip
+    logits = net._logits(emb, feats)
+    k = head.per_step
+    a, p, m = head.triplets.sample(k, gen)
+    iv_all = net.item_vectors
+    trip = triplet_loss(head.net(iv_all[a]), head.net(iv_all[p]), head.net(iv_all[m]), head.margin)
+    return logits, head.weight * trip, trip
+
+
+def _grads(net, loss):
+    net.zero_grad(set_to_none=True)
+    loss.backward()
+    return {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("rows", ["distinct", "repeated"])
+def test_batched_s3_step_equals_the_per_row_one(rows):
+    """``forward_with_aux`` runs the debias head once per distinct item and shares its
+    DebiasNet pass with the triplet rows: logits, the aux term and every gradient equal
+    the per-row computation (float tolerance: only summation order differs)."""
+    trip = synthetic_triplets()
+    net, fmap, cfg = make_net(debias=True, triplets=trip)
+    with torch.no_grad():  # a head that is not the identity, a gate that is not 1/2
+        torch.nn.init.normal_(net.debias.net.fc2.weight, std=0.3)
+        torch.nn.init.normal_(net.debias.gate.proj.weight, std=0.3)
+    # items of the batch interleaved (in id order) with items only the triplets use, so a
+    # distinct batch item's position among the gated rows is not its position among all
+    n = 12 if rows == "distinct" else 96
+    b = synthetic_batch(fmap, n=n)
+    b.item_row.copy_(torch.arange(N_ITEMS - 1, 0, -2)[torch.arange(n) % 12])
+    assert len(set(b.item_row.tolist()) & set(trip.pos.ravel().tolist())) > 0
+    net.train()
+    logits, aux, parts = net.forward_with_aux(b, torch.Generator().manual_seed(5))
+    want_logits, want_aux, want_trip = _per_row_reference(net, b, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(logits, want_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(aux, want_aux, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(parts["triplet_loss"], want_trip, atol=1e-6, rtol=1e-5)
+    y = b.labels
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    got = _grads(net, bce(logits, y) + aux)
+    want = _grads(net, bce(want_logits, y) + want_aux)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_forward_with_aux_is_forward_and_aux_loss():
+    """One pass gives what the two calls give (same generator draws), and ``forward`` alone
+    (validation, inference) is the same function as the training pass."""
+    net, fmap, _ = make_net(debias=True, triplets=synthetic_triplets())
+    with torch.no_grad():
+        torch.nn.init.normal_(net.debias.net.fc2.weight, std=0.3)
+    b = synthetic_batch(fmap)
+    logits, aux, parts = net.forward_with_aux(b, torch.Generator().manual_seed(2))
+    aux2, parts2 = net.aux_loss(b, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(logits, net(b), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(aux, aux2, atol=1e-7, rtol=1e-5)
+    plain, fmap, _ = make_net()
+    out = plain.forward_with_aux(synthetic_batch(fmap), torch.Generator())
+    assert out[1:] == (None, {}) and torch.equal(out[0], plain(synthetic_batch(fmap)))

@@ -29,7 +29,7 @@ def _fit(weight: float, steps: int = 6) -> tuple[dict[str, torch.Tensor], dict, 
 @pytest.fixture
 def ctr_gradient_stopped(monkeypatch):
     """The click loss no longer reaches the DebiasNet (as scripts/s3_sweep.py --detach-debias)."""
-    monkeypatch.setattr(DebiasHead, "forward", lambda self, v: self.gate(v, self.net(v).detach()))
+    monkeypatch.setattr(DebiasHead, "detach_debiased", True)
 
 
 def _moved(before, after, prefix: str) -> float:

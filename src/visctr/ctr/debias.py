@@ -59,27 +59,45 @@ class DebiasNet(nn.Module):
 
 
 class Gate(nn.Module):
-    """Vector gate ``g·v + (1−g)·d``, ``g = sigmoid(W[v, d] + b)``."""
+    """Vector gate ``g·v + (1−g)·d``, ``g = sigmoid(W[v, d] + b)``.
+
+    ``W[v, d]`` is computed as ``W_v v + W_d d`` over the two column blocks of ``W`` (one
+    ``Linear``, same weights): no concatenated copy, and backward computes an input
+    gradient only for ``d`` when ``v`` (a frozen visual vector) needs none.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.proj = nn.Linear(2 * dim, dim)
 
     def forward(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(self.proj(torch.cat([v, d], dim=-1)))
-        return g * v + (1.0 - g) * d
+        dim = v.shape[-1]
+        w = self.proj.weight
+        z = torch.addmm(F.linear(d, w[:, dim:], self.proj.bias), v, w[:, :dim].t())
+        g = torch.sigmoid(z)
+        return d + g * (v - d)  # = g·v + (1−g)·d
 
 
 class DebiasHead(nn.Module):
-    """DebiasNet + Gate as one unit: ``fuse(v)`` is the vector the CTR model uses."""
+    """DebiasNet + Gate as one unit: ``head(v)`` is the vector the CTR model uses.
+
+    ``detach_debiased`` (a diagnostic, off): the gate sees ``d`` without its gradient, so
+    the click loss no longer trains the DebiasNet (only the triplet term does).
+    """
+
+    detach_debiased = False
 
     def __init__(self, dim: int, hidden: int = 128):
         super().__init__()
         self.net = DebiasNet(dim, hidden)
         self.gate = Gate(dim)
 
+    def fuse(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """The gated fusion of ``v`` and its debiased ``d = net(v)``."""
+        return self.gate(v, d.detach() if self.detach_debiased else d)
+
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.gate(v, self.net(v))
+        return self.fuse(v, self.net(v))
 
 
 def triplet_loss(
@@ -124,6 +142,20 @@ class S3Debias(DebiasHead):
         self.margin = cfg.margin
         self.per_step = cfg.triplets_per_step
 
+    def sample_rows(self, generator: torch.Generator) -> torch.Tensor | None:
+        """The item rows of ``per_step`` triplets drawn with ``generator``: anchors, then
+        positives, then negatives (``[3·per_step]``); ``None`` without triplets."""
+        if self.triplets is None:
+            return None
+        return torch.cat(self.triplets.sample(self.per_step, generator))
+
+    def triplet_term(self, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(λ·L_triplet, {"triplet_loss": L_triplet})`` from the DebiasNet outputs ``d``
+        of the rows :meth:`sample_rows` gave."""
+        k = self.per_step
+        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin)
+        return self.weight * trip, {"triplet_loss": trip}
+
     def aux_loss(
         self, item_vectors: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -132,13 +164,45 @@ class S3Debias(DebiasHead):
         The triplet loss is taken on the DebiasNet output of the rows of ``item_vectors``
         (the method's item vectors), so the debiased space learns the S1 neighbourhoods.
         """
-        if self.triplets is None:
+        rows = self.sample_rows(generator)
+        if rows is None:
             return None, {}
-        k = self.per_step
-        a, p, n = (t.to(item_vectors.device) for t in self.triplets.sample(k, generator))
-        d = self.net(torch.cat([item_vectors[a], item_vectors[p], item_vectors[n]]))
-        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin)
-        return self.weight * trip, {"triplet_loss": trip}
+        return self.triplet_term(self.net(item_vectors[rows.to(item_vectors.device)]))
+
+    def fuse_batch(
+        self,
+        queries: torch.Tensor,
+        item_vectors: torch.Tensor,
+        item_rows: torch.Tensor,
+        extra_rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The S3 part of a CTR batch in one pass over distinct vectors.
+
+        Returns the L2-normalised gated fusion of each query vector ``[B, D]`` and of each
+        row's item vector ``item_vectors[item_rows]`` ``[B, D]``, and the DebiasNet output
+        of ``item_vectors[extra_rows]`` (the triplet rows) or ``None``. Row for row the
+        same function as ``normalize(head(v))`` and ``net(v)``: the head is row-wise, so it
+        runs once per query row and once per *distinct* item of the batch and the triplets
+        (logged batches repeat head items: ~330 distinct items per 1,024 rows on the
+        ``small`` world), and the triplet rows share the DebiasNet pass of the batch. The
+        gate runs only where the CTR model reads it (queries and the batch's items).
+        """
+        b, n_q = item_rows.shape[0], queries.shape[0]
+        rows = item_rows if extra_rows is None else torch.cat([item_rows, extra_rows])
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        v = torch.cat([queries, item_vectors.index_select(0, uniq)])
+        d = self.net(v)
+        if extra_rows is None:
+            g = F.normalize(self.fuse(v, d), dim=-1)
+            return g[:n_q], g[n_q:].index_select(0, inv), None
+        in_batch = torch.zeros(uniq.shape[0], dtype=torch.bool, device=uniq.device)
+        in_batch[inv[:b]] = True
+        gated = torch.cat([torch.ones(n_q, dtype=torch.bool, device=uniq.device), in_batch])
+        keep = gated.nonzero().squeeze(1)
+        g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep)), dim=-1)
+        at = torch.cumsum(in_batch, 0) - 1  # a distinct batch item's row among the kept
+        gi = g[n_q:].index_select(0, at.index_select(0, inv[:b]))
+        return g[:n_q], gi, d[n_q:].index_select(0, inv[b:])
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -39,7 +39,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from visctr.ctr.batch import Batch
@@ -135,30 +134,54 @@ class CTRNet(nn.Module):
         self.item_vectors = torch.as_tensor(items, dtype=torch.float32)
         self.query_vectors = torch.as_tensor(queries, dtype=torch.float32)
 
-    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two input blocks of a batch: field embeddings ``e`` and the features ``f``.
+    def inputs(
+        self, batch: Batch, extra_rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The two input blocks of a batch: field embeddings ``e`` and the features ``f``,
+        and the DebiasNet output of item rows ``extra_rows`` (the S3 triplets) if given.
 
         ``f = [cos, affinity[cat], affinity, √D·q, √D·i]``. ``x = [e, f]`` feeds the MLP
         and its first ``d_cross`` columns the cross network: the visual vectors interact
         explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
-        of the step).
+        of the step). With the S3 head, ``q`` and ``i`` are its normalised gated fusions,
+        computed once per distinct item (``S3Debias.fuse_batch``).
         """
         b = batch.packed.shape[0]
         emb = self.embedding(batch.sparse).reshape(b, self.n_fields * self.field_dim)
-        iv = self.item_vectors.index_select(0, batch.item_row)
         qv = self.query_vectors.index_select(0, batch.query_row)
+        extra = None
         if self.debias is not None:
-            both = F.normalize(self.debias(torch.cat([qv, iv])), dim=-1)
-            qv, iv = both[:b], both[b:]
+            qv, iv, extra = self.debias.fuse_batch(
+                qv, self.item_vectors, batch.item_row, extra_rows
+            )
+        else:
+            iv = self.item_vectors.index_select(0, batch.item_row)
         cos = (qv * iv).sum(-1, keepdim=True)
         aff = self.user_affinity.index_select(0, batch.user_row)
         aff_item = aff.gather(1, batch.category.unsqueeze(1))
         s = self.visual_scale
-        return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1)
+        return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1), extra
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B]``."""
-        emb, feats = self.inputs(batch)
+        emb, feats, _ = self.inputs(batch)
+        return self._logits(emb, feats)
+
+    def forward_with_aux(
+        self, batch: Batch, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``(forward(batch), *aux_loss(batch, generator))`` in one pass: the triplet rows
+        go through the debias head together with the batch's items (same draws, same
+        values as the two calls)."""
+        rows = None
+        if self.debias is not None:
+            rows = self.debias.sample_rows(generator)
+        if rows is None:
+            return self.forward(batch), None, {}
+        emb, feats, d = self.inputs(batch, rows.to(batch.item_row.device))
+        return self._logits(emb, feats), *self.debias.triplet_term(d)
+
+    def _logits(self, emb: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         out = self.deep_out(self.deep(self.deep_in(emb, feats)))
         if self.cross:
             x0 = torch.cat([emb, feats[:, : self.d_cross - self.d_sparse]], dim=1)

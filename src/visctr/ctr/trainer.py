@@ -74,6 +74,18 @@ class CTRModule(L.LightningModule):
             self._compiled = torch.compile(self.net.forward)
         return self._compiled(batch)
 
+    def _train_outputs(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Logits, aux term and its parts of a training batch: one pass through
+        ``forward_with_aux`` when the network has one (S3 shares its head's work between
+        the batch and the triplets) and the step is eager, else ``forward`` + ``aux_loss``."""
+        both = getattr(self.net, "forward_with_aux", None)
+        if both is not None and not self.cfg.compile:
+            return both(batch, self._gen)
+        logits = self._train_forward(batch)
+        return logits, *self.net.aux_loss(batch, self._gen)
+
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         return {**state, "_compiled": None}  # a compiled closure is bound to this process
@@ -142,8 +154,8 @@ class CTRModule(L.LightningModule):
     def _steps_on(self, group: list[Batch], opt) -> None:
         for b in group:
             w = self.weights(b) if self.weights is not None else None
-            loss = F.binary_cross_entropy_with_logits(self._train_forward(b), b.labels, weight=w)
-            aux, parts = self.net.aux_loss(b, self._gen)
+            logits, aux, parts = self._train_outputs(b)
+            loss = F.binary_cross_entropy_with_logits(logits, b.labels, weight=w)
             total = loss if aux is None else loss + aux
             for name, value in parts.items():
                 self._aux_sums[name] += value.detach().cpu()
