@@ -282,8 +282,6 @@ def ctr_uninterrupted(tiny_world_dir, tiny_embeddings, tiny_reference, tmp_path_
 
 
 def _history(run_dir):
-    import json
-
     rows = json.loads((run_dir / "history.json").read_text())
     return [{k: v for k, v in h.items() if k != "seconds"} for h in rows]
 
@@ -298,7 +296,6 @@ def test_ctr_killed_then_resumed_is_the_uninterrupted_run(how, where, ctr_uninte
     continues the same shuffled stream at the same batch, with the same aux-loss and
     dropout draws, and a checkpoint never sits on an epoch's last batch (Lightning would
     resume from it past that epoch's validation)."""
-    import torch
 
     args, cfg, ref, metrics = ctr_uninterrupted
     out = tmp_path / "killed"
