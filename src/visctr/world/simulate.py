@@ -256,7 +256,7 @@ def _photograph_all(
         range(0, len(targets), cfg.chunk_size),
         desc=desc,
         leave=False,
-        disable=len(targets) < 4 * cfg.chunk_size,
+        disable=True if len(targets) < 4 * cfg.chunk_size else None,  # None: a terminal only
     ):
         out[s : s + cfg.chunk_size] = photograph(
             images[targets[s : s + cfg.chunk_size]], cfg.camera, g
@@ -275,7 +275,7 @@ def _legacy_top_k(
         range(0, len(query_images), chunk),
         desc="logging policy",
         leave=False,
-        disable=len(query_images) < 4 * chunk,
+        disable=True if len(query_images) < 4 * chunk else None,  # None: a terminal only
     ):
         q = thumbnails(query_images[s : s + chunk], cfg.logging.thumbnail)
         score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
