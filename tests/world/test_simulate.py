@@ -145,3 +145,13 @@ def test_too_small_catalog_is_a_clear_error():
     cat = synthetic_catalog(n=5)
     with pytest.raises(InputError, match="fewer than top_k"):
         simulate_arrays(tiny_sim_config(), 0, cat)
+
+
+def test_no_progress_bar_redraws_when_not_on_a_terminal(capsys):
+    """Bars that would show for this many chunks stay off when stderr is not a terminal
+    (a log file or CI): no carriage-return redraws."""
+    cfg = tiny_sim_config()
+    cfg.chunk_size = 64  # enough chunks that a terminal would get the bars
+    simulate_arrays(cfg, 0, synthetic_catalog())
+    err = capsys.readouterr().err
+    assert "\r" not in err and "logging policy" not in err
