@@ -288,9 +288,7 @@ def _history(run_dir):
 
 @pytest.mark.parametrize(
     ("how", "where"),
-    # SIGTERM mid-epoch resumes through the same path as SIGKILL mid-epoch (the periodic
-    # checkpoint): left out to keep the suite short; at an epoch's end the two differ
-    [("SIGKILL", "mid"), ("SIGKILL", "last"), ("SIGTERM", "last")],
+    [("SIGKILL", "mid"), ("SIGTERM", "mid"), ("SIGKILL", "last"), ("SIGTERM", "last")],
 )
 def test_ctr_killed_then_resumed_is_the_uninterrupted_run(how, where, ctr_uninterrupted, tmp_path):
     """Weights (bit for bit), history and test metrics of a CTR run (S3 on, dropout on)
