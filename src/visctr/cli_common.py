@@ -6,7 +6,7 @@ Every verb reports a failure as one line on stderr (the traceback only with ``vi
 error (OSError: permission, read-only, disk full; exit 2) naming the path, a stop by
 signal during training (exit 143 / 130) saying how to resume, SIGTERM outside training
 (exit 143) saying that nothing partial was written, and anything else as an internal
-error (exit 1). KeyboardInterrupt and SystemExit pass through.
+error (exit 1). Ctrl-C outside training exits 130 with one line; SystemExit passes through.
 """
 
 from __future__ import annotations
@@ -103,6 +103,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if e.message:
                 click.echo(f"visctr: {_one_line(e.message)}", err=True)
             sys.exit(e.code)
+        except KeyboardInterrupt:  # Ctrl-C outside training (training raises Interrupted)
+            click.echo(
+                f"visctr: interrupted (Ctrl-C) during {verb}; nothing partial was written: "
+                "rerun the same command to do it again",
+                err=True,
+            )
+            sys.exit(128 + signal.SIGINT)
         except VisctrError as e:
             if debug:
                 traceback.print_exc()

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
         out = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == after:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, os.environ.get("VISCTR_TEST_SIGNAL", "SIGTERM")))
         return out
 
     setattr(module, name, wrapped)
@@ -39,14 +39,14 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run_killed(module, name, after, *args):
-    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
+def _run_killed(module, name, after, *args, sig="SIGTERM"):
+    env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1", "VISCTR_TEST_SIGNAL": sig}
     cmd = [sys.executable, "-c", CHILD, module, name, str(after), *map(str, args)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True)
 
 
-def _one_line(proc) -> str:
-    assert proc.returncode == 143, proc.stderr[-2000:]
+def _one_line(proc, code: int = 143) -> str:
+    assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("visctr:")]
     assert len(lines) == 1, proc.stderr[-2000:]
@@ -102,3 +102,20 @@ def test_sigterm_during_embed_keeps_the_previous_embeddings(tiny_world_dir, tmp_
     assert "SIGTERM" in line and "'visctr embed'" in line
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
     assert sorted(os.listdir(tmp_path)) == ["emb", "encoder.pt"]  # no temporary directory
+
+
+def test_ctrl_c_during_simulate_exits_130_with_one_line_and_leaves_nothing(tmp_path):
+    """SIGINT outside training: exit 130, one line (not click's bare 'Aborted!'), no output."""
+    photos = _png_folder(tmp_path / "photos")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "world:\n  n_users: 10\n  n_queries: 60\n  n_random_queries: 20\n"
+        "  n_retrieval_queries: 20\n"
+    )
+    out = tmp_path / "runs" / "w"
+    out.parent.mkdir()
+    args = ["simulate", "--catalog", photos, "--config", cfg, "--out", out]
+    proc = _run_killed("visctr.io", "write_parquet", 1, *args, sig="SIGINT")
+    line = _one_line(proc, 130)
+    assert "Ctrl-C" in line and "'visctr simulate'" in line
+    assert os.listdir(out.parent) == []
