@@ -248,7 +248,8 @@ def test_onnx_export_without_its_packages_is_one_clear_error(
         ],  # fmt: skip
     )
     assert res.exit_code == 2
-    assert "ONNX export needs the onnxscript package" in res.output
+    # names onnxscript (and onnx too where that is not installed either, as in a bare venv)
+    assert "ONNX export needs the" in res.output and "onnxscript package" in res.output
     assert not (tmp_path / "e").exists()
 
 
