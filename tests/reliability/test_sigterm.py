@@ -63,7 +63,8 @@ def _png_folder(root, n=12):
     return root
 
 
-def test_sigterm_during_simulate_exits_143_and_leaves_nothing(tmp_path):
+def _simulate_args(tmp_path):
+    """``visctr simulate`` of a small photo folder into ``runs/w``: (out, args)."""
     photos = _png_folder(tmp_path / "photos")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -73,6 +74,11 @@ def test_sigterm_during_simulate_exits_143_and_leaves_nothing(tmp_path):
     out = tmp_path / "runs" / "w"
     out.parent.mkdir()
     args = ["simulate", "--catalog", photos, "--config", cfg, "--out", out]
+    return out, args
+
+
+def test_sigterm_during_simulate_exits_143_and_leaves_nothing(tmp_path):
+    out, args = _simulate_args(tmp_path)
     # the first table is in the temporary world directory, the others are not yet
     proc = _run_killed("visctr.io", "write_parquet", 1, *args)
     line = _one_line(proc)
@@ -106,15 +112,7 @@ def test_sigterm_during_embed_keeps_the_previous_embeddings(tiny_world_dir, tmp_
 
 def test_ctrl_c_during_simulate_exits_130_with_one_line_and_leaves_nothing(tmp_path):
     """SIGINT outside training: exit 130, one line (not click's bare 'Aborted!'), no output."""
-    photos = _png_folder(tmp_path / "photos")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "world:\n  n_users: 10\n  n_queries: 60\n  n_random_queries: 20\n"
-        "  n_retrieval_queries: 20\n"
-    )
-    out = tmp_path / "runs" / "w"
-    out.parent.mkdir()
-    args = ["simulate", "--catalog", photos, "--config", cfg, "--out", out]
+    out, args = _simulate_args(tmp_path)
     proc = _run_killed("visctr.io", "write_parquet", 1, *args, sig="SIGINT")
     line = _one_line(proc, 130)
     assert "Ctrl-C" in line and "'visctr simulate'" in line

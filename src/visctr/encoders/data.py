@@ -8,7 +8,6 @@ later, batched, in the LightningModule (on the accelerator when there is one).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from visctr.errors import InputError
 from visctr.ids import IdIndex
 from visctr.losses import pair_keys
-from visctr.world.store import IMPRESSION_COLUMNS, World, check_columns
+from visctr.world.logs import log_columns, open_log
+from visctr.world.store import World
 
 IN_MEMORY_LIMIT = 2 * 2**30  # image stores below this size are read into RAM once
 
@@ -88,40 +88,6 @@ class CatalogImages(Dataset):
         }
 
 
-def _open_log(path: Path):
-    """An impressions Parquet file, opened with its schema checked."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise InputError(f"{path}: impressions file not found")
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable Parquet file ({e})") from None
-    check_columns(pf.schema_arrow, IMPRESSION_COLUMNS, path)
-    return pf
-
-
-def _checked_columns(rb, path: Path, columns: list[str]) -> dict[str, np.ndarray]:
-    """Numpy columns of one record batch: no nulls, ``clicked`` in {0, 1}."""
-    cols = {}
-    for name in columns:
-        arr = rb.column(name)
-        if arr.null_count:
-            raise InputError(
-                f"{path}: column {name!r} has {arr.null_count} null values in a batch; "
-                "impressions must be complete"
-            )
-        cols[name] = arr.to_numpy()
-    bad = (cols["clicked"] != 0) & (cols["clicked"] != 1)
-    if bad.any():
-        raise InputError(
-            f"{path}: column 'clicked' must be 0 or 1, found {cols['clicked'][bad][0]}"
-        )
-    return cols
-
-
 DEFAULT_SHUFFLE_BUFFER = 262_144  # click pairs held for shuffling (24 bytes each)
 
 
@@ -153,7 +119,7 @@ class ClickPairs:
         read_rows: int = 65_536,
     ) -> None:
         self.path = world.impressions_path("train")
-        _open_log(self.path)  # exists, readable, schema checked
+        open_log(self.path)  # exists, readable, schema checked
         self.seed, self.read_rows = int(seed), int(read_rows)
         self.shuffle_buffer = max(int(shuffle_buffer), int(batch_size))
         self._queries = IdIndex(world.queries["query_id"])
@@ -178,7 +144,7 @@ class ClickPairs:
     def _chunks(self, groups: list[int] | None = None) -> Iterator[tuple[np.ndarray, ...]]:
         """Clicked rows per record batch, in file order (or ``groups``' order): (query_id,
         query image row, item row), ids checked against the world's tables."""
-        pf = _open_log(self.path)
+        pf = open_log(self.path)
         cols = ["query_id", "item_id", "clicked"]
         if groups is None:
             groups = list(range(pf.num_row_groups))
@@ -190,7 +156,7 @@ class ClickPairs:
             for rb in pf.iter_batches(batch_size=self.read_rows, row_groups=[g], columns=cols)
         )
         for rb in batches:
-            c = _checked_columns(rb, self.path, cols)
+            c = log_columns(rb, self.path, cols)
             hit = c["clicked"] == 1
             if not hit.any():
                 continue

@@ -327,11 +327,10 @@ class _LogWriter:
 
     def close(self) -> None:
         if self.writer is None:  # no rows: still a valid, empty file
-            self.write({c: np.zeros(0, np.int64) for c in IMPRESSION_COLUMNS_NAMES})
+            from visctr.world.store import IMPRESSION_COLUMNS
+
+            self.write({c: np.zeros(0, np.int64) for c in IMPRESSION_COLUMNS})
         self.writer.close()
-
-
-IMPRESSION_COLUMNS_NAMES = ("query_id", "user_id", "item_id", "position", "clicked", "timestamp")
 
 
 def _stream_log(
