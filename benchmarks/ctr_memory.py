@@ -117,7 +117,7 @@ cfg = CTRConfig(max_epochs=1, max_validation_rows=int(sys.argv[5]),
 t0 = time.perf_counter()
 out = train_ctr(world, Path(sys.argv[2]), Path(sys.argv[3]), cfg, seed=0)
 wall = time.perf_counter() - t0
-done = json.loads((out / "done.json").read_text())
+done = json.loads((out / "stage.json").read_text())["summary"]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "wall_s": wall,
                   "fit_rows": done["train_impressions"], "val_rows": done["val_impressions"],

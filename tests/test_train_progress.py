@@ -220,19 +220,20 @@ def test_the_logger_is_not_part_of_any_stage_key(tiny_world, tiny_embeddings):
     """Switching the logger reuses finished encoders and CTR models (and keys computed
     before the option existed stay the same)."""
     from visctr.ctr import CTRConfig
-    from visctr.ctr.training import _run_key
+    from visctr.ctr.training import run_key
     from visctr.encoders import S1Config
-    from visctr.encoders.stages import _stage_hash
+    from visctr.encoders.stages import stage_key
     from visctr.pipeline.config import resolve_run_config
-    from visctr.pipeline.methods import ENCODERS, encoder_key
+    from visctr.pipeline.methods import ENCODERS
 
     csv_trainer = TrainerConfig(logger="csv")
-    assert _stage_hash("s1", S1Config(trainer=csv_trainer), 0, tiny_world) == _stage_hash(
+    assert stage_key("s1", S1Config(trainer=csv_trainer), 0, tiny_world) == stage_key(
         "s1", S1Config(), 0, tiny_world
     )
-    key = _run_key(tiny_world, tiny_embeddings, CTRConfig(trainer=csv_trainer), 0, None)
-    assert key == _run_key(tiny_world, tiny_embeddings, CTRConfig(), 0, None)
+    key = run_key(tiny_world, tiny_embeddings, CTRConfig(trainer=csv_trainer), 0, None)
+    assert key == run_key(tiny_world, tiny_embeddings, CTRConfig(), 0, None)
     logged = resolve_run_config("tiny", trainer_overrides={"logger": "csv"})
     plain = resolve_run_config("tiny")
     for recipe in ENCODERS.values():
-        assert encoder_key(recipe, logged) == encoder_key(recipe, plain)
+        assert recipe.key(logged, 0, tiny_world, None) == recipe.key(plain, 0, tiny_world, None)
+        assert recipe.key(logged, 0, tiny_world, None) != recipe.key(plain, 1, tiny_world, None)

@@ -9,12 +9,14 @@ step metrics and every epoch's history row.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -419,14 +421,7 @@ def _trainer_class():
         def fit(self, *args: Any, weights_only: bool | None = None, **kwargs: Any) -> None:
             last = self.last_checkpoint
             try:
-                with warnings.catch_warnings():
-                    # Lightning's own pytree helper builds torch's LeafSpec, which torch 2.14
-                    # deprecates with a FutureWarning on every run; nothing a user can act on
-                    warnings.filterwarnings(
-                        "ignore",
-                        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                        category=FutureWarning,
-                    )
+                with quiet_pytree():
                     return super().fit(*args, weights_only=True, **kwargs)
             except SIGTERMException:
                 msg = last.stop_message() if self.is_global_zero else ""
@@ -438,6 +433,20 @@ def _trainer_class():
                 raise Interrupted(msg, 128 + 2) from None
 
     return Trainer, SafeCheckpointIO
+
+
+@contextlib.contextmanager
+def quiet_pytree() -> Iterator[None]:
+    """Lightning's own pytree helper (``fit``, ``CombinedLoader``) builds torch's LeafSpec,
+    which torch 2.14 deprecates with a FutureWarning on every run; nothing a user can act
+    on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
+        yield
 
 
 def build_trainer(

@@ -25,6 +25,6 @@ def test_ctr_two_processes_gloo(
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 3
     assert history[-1]["train_loss"] < history[0]["train_loss"]
-    n_fit = json.loads((out / "done.json").read_text())["train_impressions"]
+    n_fit = json.loads((out / "stage.json").read_text())["summary"]["train_impressions"]
     # each rank's share of the fit rows, in whole batches
     assert history[0]["steps"] == max(1, n_fit // (2 * 256))

@@ -19,6 +19,7 @@ from visctr.ctr.cli import train_ctr_cmd
 from visctr.embeddings import read_embeddings, write_embeddings
 from visctr.errors import ConfigError, InputError
 from visctr.eval.ctr import evaluate_ctr
+from visctr.stagedir import finished
 from visctr.train import TrainerConfig
 from visctr.world import World
 
@@ -55,7 +56,7 @@ def debias_model(tiny_world, tiny_embeddings, tiny_reference, tmp_path_factory) 
 @pytest.mark.parametrize("which", ["plain_model", "debias_model"])
 def test_train_writes_artifacts_and_metrics_are_sane(which, request, tiny_world, tiny_embeddings):
     out = request.getfixturevalue(which)
-    for name in ("model.pt", "feature_map.json", "history.json", "done.json"):
+    for name in ("model.pt", "feature_map.json", "history.json", "stage.json"):
         assert (out / name).is_file(), name
     assert (out / "debias.pt").is_file() == (which == "debias_model")
     assert not (out / "checkpoints").exists()
@@ -65,7 +66,7 @@ def test_train_writes_artifacts_and_metrics_are_sane(which, request, tiny_world,
     assert 1 <= len(hist) <= 2 and all(math.isfinite(h["train_loss"]) for h in hist)
     if which == "debias_model":
         assert all(h["triplet_loss"] is not None for h in hist)
-    done = json.loads((out / "done.json").read_text())
+    done = finished(out)["summary"]
     assert done["best_val_auc"] == max(h["val_auc"] for h in hist)  # best epoch's weights kept
     m = evaluate_ctr(out, tiny_world, tiny_embeddings)
     assert set(m) == {"auc", "logloss", "gauc", "auc_random_exposure", "auc_tail"}
@@ -177,11 +178,11 @@ def test_gate_output_differs_from_input(debias_model, tiny_embeddings):
 def test_finished_run_is_skipped_and_changed_config_retrains(
     plain_model, tiny_world, tiny_embeddings, tmp_path
 ):
-    done = (plain_model / "done.json").read_text()
+    done = (plain_model / "stage.json").read_text()
     mtime = (plain_model / "model.pt").stat().st_mtime_ns
     train_ctr(tiny_world, tiny_embeddings, plain_model, fast_cfg(), seed=0)
     assert (plain_model / "model.pt").stat().st_mtime_ns == mtime
-    assert (plain_model / "done.json").read_text() == done
+    assert (plain_model / "stage.json").read_text() == done
     # the same finished directory under a changed config is trained again, not reused
     out = tmp_path / "m"
     shutil.copytree(plain_model, out)
@@ -189,10 +190,7 @@ def test_finished_run_is_skipped_and_changed_config_retrains(
     train_ctr(tiny_world, tiny_embeddings, out, fast_cfg(lr=3e-2), seed=0)
     after = torch.load(out / "model.pt", weights_only=True)
     assert after["config"]["lr"] == 3e-2
-    assert (
-        json.loads((out / "done.json").read_text())["config_hash"]
-        != json.loads(done)["config_hash"]
-    )
+    assert finished(out)["key"] != json.loads(done)["key"]
     assert not torch.equal(after["state_dict"]["deep_out.weight"], before["deep_out.weight"])
 
 
@@ -205,14 +203,14 @@ def test_embeddings_replaced_under_the_same_path_retrain(
     shutil.copytree(tiny_embeddings, emb)
     out = tmp_path / "m"
     train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)
-    first = json.loads((out / "done.json").read_text())["config_hash"]
+    first = finished(out)["key"]
     train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)  # unchanged: skipped
-    assert json.loads((out / "done.json").read_text())["config_hash"] == first
+    assert finished(out)["key"] == first
     ids, vecs = read_embeddings(emb / "items.parquet", "item_id")
     write_embeddings(ids, vecs[::-1].copy(), emb / "items.parquet", "item_id")
     before = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     train_ctr(tiny_world, emb, out, fast_cfg(), seed=0)
-    assert json.loads((out / "done.json").read_text())["config_hash"] != first
+    assert finished(out)["key"] != first
     after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert not torch.equal(before["deep_out.weight"], after["deep_out.weight"])
 

@@ -34,8 +34,12 @@ def test_pretrain_learns_and_writes_artifacts(s1_run):
     assert 0 <= hist[-1]["knn_acc"] <= 1
     obj = torch.load(s1_run, map_location="cpu", weights_only=True)  # plain dict, no pickles
     assert obj["config"]["backbone"] == "convnet" and "s1" in obj["heads"]
-    done = json.loads((s1_run.parent / "done.json").read_text())
-    assert done["epochs"] == 3 and (s1_run.parent / "config.yaml").is_file()
+    done = json.loads((s1_run.parent / "stage.json").read_text())
+    assert (
+        done["state"] == "done"
+        and done["summary"]["epochs"] == 3
+        and (s1_run.parent / "config.yaml").is_file()
+    )
 
 
 def test_lightning_checkpoint_loads_weights_only(s1_run):
@@ -49,6 +53,41 @@ def test_stage_cache_returns_without_training(s1_run, tiny_world, capsys):
     assert pretrain(tiny_world, s1_config(), s1_run.parent, seed=0) == s1_run
     assert s1_run.stat().st_mtime_ns == mtime
     assert "up to date" in capsys.readouterr().out
+
+
+def test_stage_cache_follows_content_not_paths(s1_run, tiny_world_dir, tmp_path, capsys):
+    """The key is the content of what the stage reads, and done means the outputs are the
+    ones recorded: copies are cached, an edited encoder.pt or a world edited in place
+    (its world.json unchanged) is trained again, never served stale."""
+    import shutil
+
+    from visctr.world import World
+
+    out, wdir = tmp_path / "s1", tmp_path / "world"
+    shutil.copytree(s1_run.parent, out)
+    shutil.copytree(tiny_world_dir, wdir)
+    capsys.readouterr()
+    pretrain(World.load(wdir), s1_config(), out, seed=0)  # same content, other paths
+    assert "up to date" in capsys.readouterr().out
+
+    (out / "encoder.pt").write_bytes(b"replaced by hand")
+    path = pretrain(World.load(wdir), s1_config(), out, seed=0)
+    assert "up to date" not in capsys.readouterr().out
+    assert torch.equal(
+        load_encoder(path).state_dict()["backbone.features.0.weight"],
+        load_encoder(s1_run).state_dict()["backbone.features.0.weight"],
+    )  # retrained to the same weights (resumed from its final checkpoint)
+
+    images = np.load(wdir / "images" / "items.npy", mmap_mode="r+")
+    images[:50] = 255 - images[:50]
+    images.flush()
+    del images
+    pretrain(World.load(wdir), s1_config(), out, seed=0)
+    assert "up to date" not in capsys.readouterr().out
+    assert not torch.equal(
+        load_encoder(out / "encoder.pt").state_dict()["backbone.features.0.weight"],
+        load_encoder(s1_run).state_dict()["backbone.features.0.weight"],
+    )
 
 
 def test_finetune_from_s1_learns_and_embeds(s1_run, tiny_world, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from visctr.io import digest_files
 from visctr.pipeline.stage import StageRunner
+from visctr.stagedir import StageDir, finished
 
 
 def _writer(content: str, calls: list[str]):
@@ -56,18 +57,26 @@ def test_identical_recompute_keeps_downstream_cached(tmp_path):
     assert calls == ["same", "d", "same"]
 
 
-def test_stale_inner_completion_record_is_removed_before_a_rerun(tmp_path):
-    seen: list[bool] = []
+def test_a_stage_keeping_its_own_record_and_the_runner_agree(tmp_path):
+    """A stage function that records itself (as the encoder and CTR stages do) under the key
+    the runner is given: its summary survives, and a rerun under either is cached."""
+    calls: list[str] = []
 
     def fn(d: Path) -> None:
-        seen.append((d / "done.json").exists())
-        (d / "done.json").write_text("{}")
+        calls.append("run")
+        rec = StageDir(d, "k1", ["out.txt"])
+        assert rec.cached() is None
+        rec.start()
         (d / "out.txt").write_text("x")
+        rec.finish(1.0, {"epochs": 3})
 
     s = StageRunner(echo=lambda _: None)
-    s.run(tmp_path / "a", {"k": 1}, fn, "a", ["out.txt"])
-    s.run(tmp_path / "a", {"k": 2}, fn, "a", ["out.txt"])
-    assert seen == [False, False]
+    digest = s.run(tmp_path / "a", "k1", fn, "a", ["out.txt"])
+    assert finished(tmp_path / "a")["summary"] == {"epochs": 3}
+    assert StageDir(tmp_path / "a", "k1", ["out.txt"]).cached() == digest
+    assert s.run(tmp_path / "a", "k1", fn, "a", ["out.txt"]) == digest and calls == ["run"]
+    # a record of another key is never taken as done
+    assert StageDir(tmp_path / "a", "k2", ["out.txt"]).cached() is None
 
 
 def test_restart_recomputes_and_missing_outputs_are_an_error(tmp_path):

@@ -41,6 +41,7 @@ from visctr.encoders import EncoderConfig, build_encoder, embed
 from visctr.encoders.checkpoint import encoder_spec, read_encoder_file, save_encoder
 from visctr.errors import ConfigError, InputError
 from visctr.io import atomic_dir, atomic_path, load_torch
+from visctr.stagedir import StageDir, finished
 from visctr.train import TrainerConfig, build_trainer, resume_checkpoint
 from visctr.world import World
 
@@ -384,14 +385,14 @@ def test_signal_during_training_exits_nonzero_and_says_how_to_resume(
     assert len(lines) == 1 and "rerun the same command" in lines[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     final = "encoder.pt" if verb == "pretrain" else "model.pt"
-    assert not (out / final).exists() and not (out / "done.json").exists()
+    assert not (out / final).exists() and finished(out) is None
     ckpt = out / "checkpoints" / "last.ckpt"
     if sig == "SIGTERM":  # a checkpoint of the step it stopped at
         assert "SIGTERM" in lines[0] and str(ckpt) in lines[0]
         assert torch.load(ckpt, weights_only=True)["global_step"] >= 3
         res = _run(args)
         assert res.returncode == 0, res.stderr[-3000:]
-        assert (out / final).is_file() and (out / "done.json").is_file()
+        assert (out / final).is_file() and finished(out) is not None
         if verb == "pretrain":
             assert "resuming from" in res.stdout
 
@@ -436,7 +437,7 @@ def test_damaged_checkpoint_is_moved_aside_and_the_stage_starts_afresh(
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     out = tmp_path / "s1"
     shutil.copytree(finished_s1, out)
-    (out / "done.json").unlink()  # killed before the end: the next run resumes
+    _unfinish(out)  # killed before the end: the next run resumes
     ckpt = out / "checkpoints" / "last.ckpt"
     marker = tmp_path / "pwned"
     DAMAGE[damage](ckpt, marker)
@@ -458,8 +459,14 @@ def test_damaged_checkpoint_is_moved_aside_and_the_stage_starts_afresh(
     warn = [line for line in err.splitlines() if "last.ckpt" in line]
     assert len(warn) == 1 and "cannot resume" in warn[0] and "afresh" in warn[0], err
     assert (out / "checkpoints" / "last.ckpt.corrupt").is_file()
-    assert (out / "encoder.pt").is_file() and (out / "done.json").is_file()
+    assert (out / "encoder.pt").is_file() and finished(out) is not None
     assert not list(out.rglob("*.tmp"))
+
+
+def _unfinish(out: Path) -> None:
+    """What a stage killed after its checkpoint, before its end, leaves: a running record."""
+    rec = json.loads((out / "stage.json").read_text())
+    (out / "stage.json").write_text(json.dumps({**rec, "state": "running"}))
 
 
 def _write(p: Path, text: str) -> Path:
@@ -504,20 +511,19 @@ def _lightning_resume(path: Path, tmp: Path) -> None:
 
 
 def _ctr_resume(path: Path, tmp: Path, a: dict[str, Path]) -> None:
-    """A planted ``last.ckpt`` in a CTR output folder whose run.json matches: train-ctr
-    resumes from it."""
+    """A planted ``last.ckpt`` in a CTR output folder whose running record matches:
+    train-ctr resumes from it."""
     from visctr.ctr import CTRConfig, train_ctr
-    from visctr.ctr.training import _run_key
+    from visctr.ctr.training import OUTPUTS, run_key
 
     world = World.load(a["world"])
     cfg = CTRConfig(
         max_epochs=1, batch_size=256, trainer=TrainerConfig(accelerator="cpu", progress_bar=False)
     )
     out = _marked(tmp / "ctr", "ctr")  # what a killed train-ctr leaves behind
+    StageDir(out, run_key(world, a["emb"], cfg, 0, None), OUTPUTS).start()
     (out / "checkpoints").mkdir()
     shutil.copy(path, out / "checkpoints" / "last.ckpt")
-    key = _run_key(world, a["emb"], cfg, 0, None)
-    (out / "run.json").write_text(json.dumps({"config_hash": key, "seed": 0}))
     train_ctr(world, a["emb"], out, cfg, 0)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from visctr.embeddings import read_embeddings
 from visctr.encoders import embed
+from visctr.stagedir import finished
 from visctr.world import World
 
 pytestmark = pytest.mark.slow
@@ -84,7 +85,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(tiny_world_dir, tmp_pa
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert not (out / "encoder.pt").exists()  # no half-written artifact
-    assert not (out / "done.json").exists()
+    assert finished(out) is None
 
     res = subprocess.run(_cmd(tiny_world_dir, out, cfg), env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -175,7 +176,7 @@ def test_s2_kill_after_mid_epoch_checkpoint_resumes_bit_identical(
     child = [sys.executable, "-c", S2_KILLED_CHILD, str(tiny_world_dir), str(out), str(cfg)]
     proc = subprocess.run([*child, str(kill_at)], env=env, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert not (out / "encoder.pt").exists() and not (out / "done.json").exists()
+    assert not (out / "encoder.pt").exists() and finished(out) is None
     ckpt = load_torch(out / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == saved_at and saved_at % 9  # mid-epoch
     positions = ckpt["callbacks"]["LoaderPositions"]  # where each loader stood in epoch 2
@@ -304,7 +305,7 @@ def test_ctr_killed_then_resumed_is_the_uninterrupted_run(how, where, ctr_uninte
     want = -signal.SIGKILL if how == "SIGKILL" else 128 + signal.SIGTERM
     assert proc.returncode == want, proc.stderr[-2000:]
     assert (out / "checkpoints" / "last.ckpt").is_file()
-    assert not (out / "model.pt").exists() and not (out / "done.json").exists()
+    assert not (out / "model.pt").exists() and finished(out) is None
 
     res = subprocess.run(_ctr_cmd(*args, out, cfg), env=CTR_ENV, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -91,9 +91,10 @@ def train_ctr_cmd(
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
     if not is_global_zero():
         return  # under DDP, rank 0 writes the model and evaluates it
-    import json
+    from visctr.stagedir import finished
 
-    done = json.loads((out_dir / "done.json").read_text())
+    record = finished(out_dir)
+    done = {**record["summary"], "seconds": record["seconds"]}
     metrics = evaluate_ctr(out_dir, world, embeddings)
     best = "n/a" if done["best_val_auc"] is None else f"{done['best_val_auc']:.4f}"
     click.echo(

@@ -2,16 +2,16 @@
 
 Evaluation (metrics over the test and random-exposure splits) is ``visctr.eval.ctr``.
 
-Artifacts in ``out_dir`` (each written atomically; ``done.json`` last, so a directory
-without it is incomplete): ``model.pt`` (weights + config, ``weights_only``-loadable),
-``feature_map.json``, ``history.json``, ``debias.pt`` when debiasing, ``done.json``
-(config hash + summary). A killed run resumes from ``checkpoints/last.ckpt`` when its
-configuration is unchanged; a finished one with the same hash is skipped.
+Artifacts in ``out_dir`` (each written atomically): ``model.pt`` (weights + config,
+``weights_only``-loadable), ``feature_map.json``, ``history.json``, ``debias.pt`` when
+debiasing, and ``stage.json`` (:mod:`visctr.stagedir`), written last: a directory whose
+record is not ``done`` is incomplete. A killed run resumes from ``checkpoints/last.ckpt``
+when its key (:func:`run_key`) is unchanged; a finished one whose outputs are unchanged
+is skipped.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -34,14 +34,18 @@ from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.ctr.trainer import CTRModule
 from visctr.ctr.visual import load_embeddings
 from visctr.errors import ConfigError, InputError
-from visctr.io import claim_out_dir, digest_files, load_torch, save_torch, write_json
+from visctr.io import claim_out_dir, load_torch, save_torch, write_json
+from visctr.stagedir import StageDir, content_digest, finished
 from visctr.world.store import World
 
 MODEL_FORMAT = 2  # 2: the MLP's first layer as two weight blocks (deep_in.a/b)
 PREDICT_BATCH = 8192
 
 
-def _run_key(
+OUTPUTS = ("model.pt", "feature_map.json", "debias.pt")  # what the stage's digest covers
+
+
+def run_key(
     world: World, embeddings: Path, cfg: CTRConfig, seed: int, reference: Path | None
 ) -> str:
     """The run's key: config, seed and the *content* of what it reads (world tables and
@@ -49,12 +53,7 @@ def _run_key(
     retrain instead of reprinting a stale model's metrics."""
 
     def content(root: Path | None, files: tuple[str, ...]) -> str | None:
-        if root is None:
-            return None
-        try:
-            return digest_files(Path(root), files)
-        except (FileNotFoundError, NotADirectoryError):
-            return None  # reading the inputs will say what is missing
+        return None if root is None else content_digest(root, files)
 
     world_files = ("items.parquet", "users.parquet", "impressions/train.parquet")
     emb_files = ("items.parquet", "queries.parquet")
@@ -77,16 +76,6 @@ def _cpp_compiler() -> str | None:
     cxx = shlex.split(os.environ.get("CXX", ""))  # e.g. "ccache g++": its first word runs
     names = cxx[:1] or ["g++", "clang++", "c++"]
     return next((p for p in map(shutil.which, names) if p), None)
-
-
-def is_done(out_dir: Path, key: str) -> bool:
-    p = Path(out_dir) / "done.json"
-    if not p.is_file():
-        return False
-    try:
-        return json.loads(p.read_text()).get("config_hash") == key
-    except json.JSONDecodeError:
-        return False
 
 
 def train_ctr(
@@ -114,8 +103,9 @@ def train_ctr(
             "(or reference=...) or turn debias off"
         )
     arch_factory(cfg.arch)  # an unknown architecture fails before any work
-    key = _run_key(world, embeddings, cfg, seed, reference)
-    if is_done(out_dir, key):
+    key = run_key(world, embeddings, cfg, seed, reference)
+    record = StageDir(out_dir, key, OUTPUTS)
+    if record.cached() is not None:
         return out_dir
     on_cpu = cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available()
     if cfg.compile and on_cpu and not _cpp_compiler():
@@ -143,15 +133,8 @@ def train_ctr(
 
     # inputs are valid: only now touch out_dir
     claim_out_dir(out_dir, "ctr")
-    (out_dir / "done.json").unlink(missing_ok=True)
-    run_file = out_dir / "run.json"
+    record.start()  # checkpoints of another key are removed: only this run resumes
     resume = resume_checkpoint(out_dir)
-    if resume is not None:
-        prev = json.loads(run_file.read_text()) if run_file.is_file() else {}
-        if prev.get("config_hash") != key:
-            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-            resume = None
-    write_json({"config_hash": key, "seed": seed}, run_file)
 
     L.seed_everything(seed, workers=True, verbose=False)
     net = build_ctr_net(cfg, fmap, stats.affinity, triplets)
@@ -229,18 +212,16 @@ def train_ctr(
     else:
         (out_dir / "debias.pt").unlink(missing_ok=True)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    write_json(
+    record.finish(
+        time.perf_counter() - t0,
         {
-            "config_hash": key,
             "seed": seed,
             "debias": cfg.debias.enabled,
             "epochs": len(module.history),
             "best_val_auc": None if not math.isfinite(module.best_auc) else module.best_auc,
             "train_impressions": stats.n_fit,
             "val_impressions": stats.n_val,
-            "seconds": round(time.perf_counter() - t0, 2),
         },
-        out_dir / "done.json",
     )
     return out_dir
 
@@ -248,10 +229,10 @@ def train_ctr(
 def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet, BatchPacker]:
     """The trained network (visual tables from ``embeddings``) and its eval-time packer."""
     model_dir = Path(model_dir)
-    if not (model_dir / "done.json").is_file():
+    if finished(model_dir) is None:
         raise InputError(
-            f"{model_dir}: no finished CTR model here (done.json missing); run "
-            "'visctr train-ctr' first"
+            f"{model_dir}: no finished CTR model here (its stage.json does not say done); "
+            "run 'visctr train-ctr' first"
         )
     fmap = FeatureMap.load(model_dir / "feature_map.json")
     cfg, state = _load_weights(model_dir / "model.pt", fmap)

@@ -3,16 +3,18 @@
 
 - ``encoder.pt``: the encoder as a plain dict (:mod:`visctr.encoders.checkpoint`),
 - ``history.json``: per epoch, the train loss (and its parts) and the online kNN accuracy,
-- ``config.yaml``: the resolved stage config, ``done.json``: hash + summary figures,
+- ``config.yaml``: the resolved stage config,
+- ``stage.json``: the stage's record (:mod:`visctr.stagedir`): its key, and once done the
+  outputs' digest and the summary figures,
 - ``checkpoints/last.ckpt``: periodic Lightning checkpoint; a killed run resumes from it.
 
-A stage whose ``done.json`` matches the hash of (config, seed, world, init) returns at once.
+A stage done for the key :func:`stage_key` (config, seed, the world's content, the init
+encoder's content) with its ``encoder.pt`` unchanged since returns at once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,8 @@ from visctr.encoders.methods.base import EpochEnd
 from visctr.encoders.probe import KnnProbe
 from visctr.errors import ConfigError, InputError
 from visctr.io import claim_out_dir, write_json, write_text
-from visctr.train import build_trainer, resume_checkpoint
+from visctr.stagedir import StageDir
+from visctr.train import build_trainer, quiet_pytree, resume_checkpoint
 from visctr.world.store import World
 
 
@@ -54,7 +57,19 @@ def _image_geometry(world: World) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def _stage_hash(stage: str, cfg: StageConfig, seed: int, world: World, **extra: Any) -> str:
+OUTPUTS = ("encoder.pt",)  # what the stage's digest covers (what later stages read)
+
+
+def stage_key(
+    stage: str,
+    cfg: StageConfig,
+    seed: int,
+    world: World,
+    init: Path | None = None,
+    encoder: Encoder | None = None,
+) -> str:
+    """The stage's cache key: config (less how progress is shown and logged), seed, and the
+    content of what it reads (the world, the init encoder), never paths or mtimes."""
     trainer = to_dict(cfg.trainer)
     trainer.pop("progress_bar", None)
     trainer.pop("logger", None)
@@ -65,22 +80,15 @@ def _stage_hash(stage: str, cfg: StageConfig, seed: int, world: World, **extra: 
             "stage": stage,
             "cfg": c,
             "seed": int(seed),
-            "world": _file_digest(world.root / "world.json"),
-            **extra,
+            "world": world.digest(),
+            "init": _file_digest(init) if init is not None else None,
+            "custom": repr(encoder) if encoder is not None else None,
         }
     )
 
 
 def _cached(out_dir: Path, h: str) -> bool:
-    import json
-
-    done, enc = out_dir / "done.json", out_dir / "encoder.pt"
-    if not (done.is_file() and enc.is_file()):
-        return False
-    try:
-        return json.loads(done.read_text()).get("hash") == h
-    except (json.JSONDecodeError, OSError):
-        return False
+    return StageDir(out_dir, h, OUTPUTS).cached() is not None
 
 
 def _make_encoder(cfg: EncoderConfig, world: World, encoder: Encoder | None) -> Encoder:
@@ -149,14 +157,9 @@ def _fit(
 ) -> Path:
     """Train (resuming a matching checkpoint) and write the stage's artifacts."""
     claim_out_dir(out_dir, "encoder")
-    ckpt_dir = out_dir / "checkpoints"
-    marker = ckpt_dir / "config_hash.txt"
+    record = StageDir(out_dir, h, OUTPUTS)
+    record.start()  # checkpoints of another config are removed: only this one resumes
     resume = resume_checkpoint(out_dir)
-    if resume is not None and (not marker.is_file() or marker.read_text().strip() != h):
-        shutil.rmtree(ckpt_dir)  # left by a different config: start afresh
-        resume = None
-    (out_dir / "done.json").unlink(missing_ok=True)  # an older encoder.pt is no longer "done"
-    write_text(h + "\n", marker)
     write_text(dump_yaml(cfg), out_dir / "config.yaml")
     trainer = build_trainer(
         cfg.trainer,
@@ -177,14 +180,12 @@ def _fit(
         save_encoder(path, method.encoder, spec, heads=_cpu(method.heads_state()), meta=meta)
         write_json(method.history, out_dir / "history.json")
         summary = {
-            "hash": h,
             "stage": stage,
             "epochs": len(method.history),
             "final_loss": last.get("loss"),
             "knn_acc": last.get("knn_acc"),
-            "seconds": round(seconds, 1),
         }
-        write_json(summary, out_dir / "done.json")
+        record.finish(seconds, summary)
         acc = "n/a" if last.get("knn_acc") is None else f"{last['knn_acc']:.3f}"
         loss = "n/a" if last.get("loss") is None else f"{last['loss']:.4f}"
         print(
@@ -214,7 +215,7 @@ def _catalog_stage(
 ) -> Path:
     """A stage trained on the catalog images alone (S1, ResNet-C): cache, build, fit."""
     out_dir = Path(out_dir)
-    h = _stage_hash(stage, cfg, seed, world, custom=repr(encoder) if encoder else None)
+    h = stage_key(stage, cfg, seed, world, encoder=encoder)
     if _cached(out_dir, h):
         print(f"[{stage}] up to date: {out_dir / 'encoder.pt'}", flush=True)
         return out_dir / "encoder.pt"
@@ -277,14 +278,7 @@ def finetune(
     if init is not None:
         init = Path(init)
         init_obj = read_encoder_file(init)
-    h = _stage_hash(
-        "s2",
-        cfg,
-        seed,
-        world,
-        init=_file_digest(init) if init else None,
-        custom=repr(encoder) if encoder else None,
-    )
+    h = stage_key("s2", cfg, seed, world, init=init, encoder=encoder)
     if _cached(out_dir, h):
         print(f"[s2] up to date: {out_dir / 'encoder.pt'}", flush=True)
         return out_dir / "encoder.pt"
@@ -296,9 +290,10 @@ def finetune(
         from lightning.pytorch.utilities import CombinedLoader
 
         cat_loader = make_loader(catalog, cfg.s1_batch_size, seed + 1, cfg.num_workers)
-        loaders = CombinedLoader(
-            {"click": click_loader, "catalog": cat_loader}, mode="max_size_cycle"
-        )
+        with quiet_pytree():
+            loaders = CombinedLoader(
+                {"click": click_loader, "catalog": cat_loader}, mode="max_size_cycle"
+            )
 
     def build():
         if init_obj is not None:

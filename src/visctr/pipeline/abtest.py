@@ -12,6 +12,7 @@ from visctr.eval import abtest as ab
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS
 from visctr.pipeline.results import aggregate
+from visctr.stagedir import finished
 from visctr.world.store import World
 
 BASELINES = ("S2", "legacy")
@@ -137,7 +138,7 @@ def abtest_run(
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     for s in seeds:
         for m in METHODS.values():
-            if not (layout.ctr(s, m.slug) / "done.json").is_file():
+            if finished(layout.ctr(s, m.slug)) is None:
                 raise InputError(
                     f"{layout.ctr(s, m.slug)}: no finished CTR model of {m.name} for seed {s}; "
                     f"finish the run first (visctr run ... --out {layout.root})"

@@ -105,7 +105,9 @@ def run(
 def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
     """After a failed run: when no stage finished and no checkpoint was written, remove what
     this run created (the whole directory if it made it), so a failure leaves no output."""
-    if any(p.name == "stage.json" or p.suffix == ".ckpt" for p in out.rglob("*")):
+    from visctr.stagedir import any_progress
+
+    if any_progress(out):
         return  # something to resume from: keep it all
     if before is None:
         shutil.rmtree(out, ignore_errors=True)

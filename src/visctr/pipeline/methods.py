@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visctr.config import to_dict
-
 
 @dataclass(frozen=True)
 class EncoderStage:
     """How one kind of encoder is trained: the stage function and its config section."""
 
     section: str  # the RunConfig section holding its config (classify | s1 | s2)
+    name: str  # the stage's name in its cache key (visctr.encoders.stages.stage_key)
     train: Callable[..., Path]  # train(world, cfg, out_dir, seed, init) -> encoder.pt
 
 
@@ -47,9 +46,9 @@ def _finetune(world, cfg, out_dir, seed, init):
 
 
 STAGES: dict[str, EncoderStage] = {
-    "classify": EncoderStage("classify", _classify),
-    "pretrain": EncoderStage("s1", _pretrain),
-    "finetune": EncoderStage("s2", _finetune),
+    "classify": EncoderStage("classify", "resnet_c", _classify),
+    "pretrain": EncoderStage("s1", "s1", _pretrain),
+    "finetune": EncoderStage("s2", "s2", _finetune),
 }
 
 
@@ -69,6 +68,13 @@ class EncoderRecipe:
     def config(self, run_cfg: Any) -> Any:
         section = getattr(run_cfg, STAGES[self.stage].section)
         return dataclasses.replace(section, **dict(self.overrides)) if self.overrides else section
+
+    def key(self, run_cfg: Any, seed: int, world: Any, init: Path | None) -> str:
+        """The stage's cache key, the one the stage function itself checks: config (less
+        the logger), seed, and the content of the world and of the ``init`` encoder."""
+        from visctr.encoders.stages import stage_key
+
+        return stage_key(STAGES[self.stage].name, self.config(run_cfg), seed, world, init=init)
 
 
 @dataclass(frozen=True)
@@ -198,14 +204,6 @@ def encoder_order(methods: dict[str, Method] = METHODS) -> list[EncoderRecipe]:
         if any(name in (m.encoder, m.reference) for m in methods.values()):
             visit(name)
     return [ENCODERS[n] for n in needed]
-
-
-def encoder_key(recipe: EncoderRecipe, run_cfg: Any) -> Any:
-    """The config part of an encoder stage's cache key (its init is chained separately);
-    the logger does not change what is trained."""
-    key = to_dict(recipe.config(run_cfg))
-    key["trainer"].pop("logger", None)
-    return key
 
 
 def descriptions(run_cfg: Any) -> dict[str, str]:

@@ -20,17 +20,12 @@ import numpy as np
 from visctr.config import dump_yaml, to_dict
 from visctr.io import write_json, write_text
 from visctr.pipeline.layout import RunLayout
-from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_key, encoder_order
+from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_order
 from visctr.pipeline.results import BY_CATEGORY, METRICS, aggregate, format_table
 from visctr.pipeline.stage import StageRunner
 
 WORLD_OUTPUTS = ("data/*.parquet", "data/impressions/*.parquet", "data/images/*.npy")
-ENCODER_OUTPUTS = ("encoder.pt",)
 EMBEDDING_OUTPUTS = ("items.parquet", "queries.parquet")
-CTR_OUTPUTS = ("model.pt", "feature_map.json", "debias.pt")
-
-
-WORLD_FILES = ("world.json", "*.parquet", "impressions/*.parquet", "images/*.npy")
 
 
 def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | None = None) -> dict:
@@ -41,11 +36,11 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     need what the world lacks (a random-exposure log, the simulator's hidden truth) are
     skipped with one line each, and listed under ``skipped`` in ``results.json``."""
     from visctr.ctr import debias_transform, train_ctr
-    from visctr.ctr.training import MODEL_FORMAT
+    from visctr.ctr import training as ctr_stage
     from visctr.encoders import embed
+    from visctr.encoders import stages as encoder_stage
     from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
-    from visctr.io import digest_files
     from visctr.pipeline.report import write_report
     from visctr.world import World
     from visctr.world.simulate import format_summary, simulate
@@ -59,7 +54,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     if world_dir is not None:
         click.echo(f"[world] {world_dir} (preset={cfg.preset} training budget)")
         world = World.load(world_dir)
-        world_digest = digest_files(Path(world_dir), WORLD_FILES)
+        world_digest = world.digest()
     else:
         click.echo(f"[world] preset={cfg.preset} seed={cfg.seed}")
         world_digest = stages.run(
@@ -95,26 +90,22 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     for i in range(cfg.seeds):
         seed = cfg.seed + i
         click.echo(f"[seed {seed}] ({i + 1}/{cfg.seeds})")
-        # content digest of each encoder recipe's embeddings: what downstream keys chain on
-        emb_digest: dict[str, str] = {}
+        # content digest of each encoder's output: what the embedding keys chain on (the
+        # encoder and CTR stages hash the content of what they read themselves, and are
+        # given that same key, so their own record and the run's agree)
         enc_digest: dict[str, str] = {}
         for r in recipes:
             init = layout.encoder(seed, r.init) if r.init else None
             enc_digest[r.name] = stages.run(
                 layout.encoder_stage(seed, r.name),
-                {
-                    "world": world_digest,
-                    "seed": seed,
-                    "cfg": encoder_key(r, cfg),
-                    "init": enc_digest[r.init] if r.init else None,
-                },
+                r.key(cfg, seed, world, init),
                 lambda d, r=r, init=init: _train_encoder(r, world, cfg, d, seed, init),
                 f"encoder {r.name}",
-                ENCODER_OUTPUTS,
+                encoder_stage.OUTPUTS,
             )
         for r in recipes:
             path = layout.encoder(seed, r.name)
-            emb_digest[r.name] = stages.run(
+            stages.run(
                 layout.embeddings(seed, r.name),
                 {"world": world_digest, "encoder": enc_digest[r.name]},
                 lambda d, p=path: embed(p, world, d),
@@ -132,19 +123,12 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
             ctr_dir = layout.ctr(seed, method.slug)
             stages.run(
                 ctr_dir,
-                {
-                    "cfg": _without_logger(to_dict(ccfg)),
-                    "world": world_digest,
-                    "emb": emb_digest[method.encoder],
-                    "reference": emb_digest[method.reference] if method.reference else None,
-                    "seed": seed,
-                    "format": MODEL_FORMAT,  # a new model format retrains, never fails to load
-                },
+                ctr_stage.run_key(world, emb_dir, ccfg, seed, ref_dir),
                 lambda d, e=emb_dir, c=ccfg, ref=ref_dir: train_ctr(
                     world, e, d, c, seed, reference=ref
                 ),
                 f"ctr {method.slug}",
-                CTR_OUTPUTS,
+                ctr_stage.OUTPUTS,
             )
             debias_path = ctr_dir / "debias.pt" if ccfg.debias.enabled else None
 
@@ -243,9 +227,3 @@ def _read_history(path: Path) -> dict:
 
 
 __all__ = ["BY_CATEGORY", "METHODS", "METRICS", "run_pipeline"]
-
-
-def _without_logger(cfg: dict) -> dict:
-    """A stage config for its cache key: the logger does not change what is trained."""
-    cfg["trainer"].pop("logger", None)
-    return cfg

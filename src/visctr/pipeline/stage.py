@@ -1,7 +1,8 @@
-"""Cached stages of a run: a stage directory is done when its ``stage.json`` holds the key
-it was computed for *and* its outputs still have the content digest recorded there.
+"""Cached stages of a run, on top of :mod:`visctr.stagedir` (the one ``stage.json`` record
+every stage keeps, whoever runs it).
 
-A stage's key is its config plus the content digests of the stages it reads (chained), so:
+A stage's key is its config plus the content of what it reads (chained from its upstream
+stages' output digests, or hashed from the input files by the stage itself), so:
 
 - a config change recomputes that stage and everything downstream of it;
 - an upstream stage recomputed with byte-identical outputs (e.g. a re-embed) does not
@@ -12,7 +13,6 @@ A stage's key is its config plus the content digests of the stages it reads (cha
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from visctr.config import config_hash
-from visctr.io import digest_files, write_json
-
-MARKER = "stage.json"
+from visctr.stagedir import StageDir
 
 
 @dataclass
@@ -37,39 +35,32 @@ class StageRunner:
     def run(
         self,
         stage_dir: Path,
-        key_obj: Any,
+        key: Any,
         fn: Callable[[Path], Any],
         label: str,
         outputs: Iterable[str],
     ) -> str:
-        """Run ``fn(stage_dir)`` unless it is done for ``key_obj``; returns the content digest
-        of its ``outputs`` (glob patterns under ``stage_dir``) for downstream keys."""
-        stage_dir = Path(stage_dir)
-        outputs = tuple(outputs)
-        key = config_hash(key_obj)
-        if self.restart and stage_dir.exists():
-            shutil.rmtree(stage_dir)
-        done = _read_marker(stage_dir)
-        if done.get("key") == key:
-            try:
-                digest = digest_files(stage_dir, outputs)
-            except FileNotFoundError:
-                digest = None
-            if digest is not None and digest == done.get("digest"):
-                self.echo(f"  {label}: cached ({stage_dir})")
-                return digest
+        """Run ``fn(stage_dir)`` unless it is done for ``key`` (a hash, or an object to hash:
+        a stage that keeps its own record is given the key it computes itself, so both
+        agree); returns the content digest of its ``outputs`` (glob patterns under
+        ``stage_dir``) for downstream keys."""
+        stage = StageDir(stage_dir, key if isinstance(key, str) else config_hash(key), outputs)
+        if self.restart and stage.path.exists():
+            shutil.rmtree(stage.path)
+        digest = stage.cached()
+        if digest is not None:
+            self.echo(f"  {label}: cached ({stage.path})")
+            return digest
+        if stage.outputs_changed():
             self.echo(f"  {label}: outputs changed since they were written, recomputing")
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        (stage_dir / MARKER).unlink(missing_ok=True)
-        # the stage functions keep their own completion record; a key change must not let
-        # them skip (a resumable checkpoint of the same config is still used)
-        (stage_dir / "done.json").unlink(missing_ok=True)
+        # a stage that keeps its own record (encoders, CTR) marks itself running once it
+        # has claimed its directory; the runner records every stage done
+        stage.path.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        fn(stage_dir)
+        fn(stage.path)
         dt = time.perf_counter() - t0
         self.timings[label] = self.timings.get(label, 0.0) + dt
-        digest = digest_files(stage_dir, outputs)
-        write_json({"key": key, "digest": digest, "seconds": round(dt, 2)}, stage_dir / MARKER)
+        digest = stage.finish(seconds=dt)
         self.echo(f"  {label}: done in {dt:.1f}s")
         return digest
 
@@ -78,11 +69,3 @@ class StageRunner:
         out = fn()
         self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - t0
         return out
-
-
-def _read_marker(stage_dir: Path) -> dict:
-    try:
-        data = json.loads((stage_dir / MARKER).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}

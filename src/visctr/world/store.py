@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from visctr.errors import InputError
-from visctr.io import load_npy, open_parquet
+from visctr.io import digest_files, load_npy, open_parquet
 
 SPLITS = ("train", "test", "random")
+# every file a world holds, for its content digest
+CONTENT_FILES = ("world.json", "*.parquet", "impressions/*.parquet", "images/*.npy")
 
 ITEM_COLUMNS = {
     "item_id": "int64",
@@ -122,6 +124,12 @@ class World:
 
     def query_keys(self) -> np.ndarray:
         return self.queries.get("query_key", self.queries["query_id"])
+
+    def digest(self) -> str:
+        """Content digest of every file of the world (tables, logs, images): what the stage
+        keys of everything trained on it chain on, so a world replaced or edited under the
+        same path is a new key."""
+        return digest_files(self.root, CONTENT_FILES)
 
     def impressions_path(self, split: str) -> Path:
         if split not in SPLITS:
