@@ -1,7 +1,9 @@
 """``embed`` throughput (items + query photos to Parquet) vs a bare forward pass.
 
 Bare: the same encoder's ``encode`` over the same number of images already in memory as
-uint8 batches, in ``inference_mode``. The two alternate for ``--rounds`` rounds (median).
+uint8 batches, in ``inference_mode``; ``bare NCHW`` is that with the encoder in
+``contiguous_format`` instead of its default ``channels_last``. They alternate for
+``--rounds`` rounds (median).
 
     .venv/bin/python benchmarks/embed_throughput.py --world DIR [--batch-size 1024]
 
@@ -51,12 +53,13 @@ def main() -> None:
         np.concatenate([np.asarray(world.item_images), np.asarray(world.query_images)])
     )
     model = load_encoder(tmp / "encoder.pt")
+    nchw = load_encoder(tmp / "encoder.pt").set_memory_format(torch.contiguous_format)
 
-    def bare() -> float:
+    def bare(m=model) -> float:
         t0 = time.perf_counter()
         with torch.inference_mode():
             for s in range(0, n, args.batch_size):
-                model.encode(images[s : s + args.batch_size])
+                m.encode(images[s : s + args.batch_size])
         return n / (time.perf_counter() - t0)
 
     def ours() -> float:
@@ -65,14 +68,12 @@ def main() -> None:
         return n / (time.perf_counter() - t0)
 
     bare()  # warm-up
-    res: dict[str, list[float]] = {"embed": [], "bare forward": []}
+    res: dict[str, list[float]] = {"embed": [], "bare forward": [], "bare NCHW": []}
     for r in range(args.rounds):
         res["embed"].append(ours())
         res["bare forward"].append(bare())
-        print(
-            f"round {r + 1}: embed {res['embed'][-1]:.0f}, bare {res['bare forward'][-1]:.0f}",
-            flush=True,
-        )
+        res["bare NCHW"].append(bare(nchw))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in res.items()))
     med = {k: statistics.median(v) for k, v in res.items()}
     print(
         f"\nembed throughput, {args.backbone}, {n} images ({size}px), batch {args.batch_size}, "
@@ -81,6 +82,7 @@ def main() -> None:
     for k, v in med.items():
         print(f"  {k:14s} {v:8.0f} img/s")
     print(f"  embed / bare   {med['embed'] / med['bare forward']:8.2f}")
+    print(f"  bare / NCHW    {med['bare forward'] / med['bare NCHW']:8.2f}x")
 
 
 if __name__ == "__main__":

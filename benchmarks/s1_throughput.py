@@ -12,8 +12,10 @@ all of them alike.
   ``NegativeCosineSimilarity``, a plain PyTorch loop.
 - bare: encoder forward+backward+SGD step on a fixed float batch of 2B images.
 
-visctr and bare run twice: in fp32 and under bf16 autocast (``bf16-mixed``), the rows
-``visctr bf16`` / ``bare bf16``; lightly runs at its default (fp32). The CPU's native
+visctr and bare run in fp32 and under bf16 autocast (``bf16-mixed``), the rows
+``visctr bf16`` / ``bare bf16``, and in fp32 with the encoder in NCHW (``contiguous_format``)
+instead of its default ``channels_last``, the rows ``visctr NCHW`` / ``bare NCHW``. lightly
+runs at its default (fp32) on the same (``channels_last``) encoder. The CPU's native
 bf16 support is printed: without AVX512-BF16/AMX, bf16 is emulated and slower.
 
     .venv/bin/python benchmarks/s1_throughput.py [--batch-size 256] [--threads 2]
@@ -40,14 +42,15 @@ def catalog_images(n: int, size: int) -> np.ndarray:
         return rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8)
 
 
-def make_encoder(args):
+def make_encoder(args, nchw: bool = False):
     from visctr.encoders import EncoderConfig, build_encoder
 
     torch.manual_seed(0)
-    return build_encoder(EncoderConfig(backbone=args.backbone), 1, args.image_size)
+    enc = build_encoder(EncoderConfig(backbone=args.backbone), 1, args.image_size)
+    return enc.set_memory_format(torch.contiguous_format) if nchw else enc
 
 
-def run_visctr(images: np.ndarray, args, precision: str = "32-true") -> float:
+def run_visctr(images: np.ndarray, args, precision: str = "32-true", nchw: bool = False) -> float:
     import lightning as L
 
     from visctr.encoders.config import S1Config
@@ -68,7 +71,7 @@ def run_visctr(images: np.ndarray, args, precision: str = "32-true") -> float:
     ds = CatalogImages(images, np.arange(n), np.arange(n), np.zeros(n))
     cfg = S1Config(batch_size=args.batch_size, lr=1e-3)
     loader = make_loader(ds, args.batch_size, 0)
-    method = S1Method(make_encoder(args), cfg, 0)
+    method = S1Method(make_encoder(args, nchw), cfg, 0)
     timer = Timer()
     trainer = L.Trainer(
         accelerator="cpu",
@@ -145,8 +148,8 @@ def run_lightly(images: np.ndarray, args, workers: int) -> float:
     return 2 * args.batch_size * args.steps / (time.perf_counter() - t0)
 
 
-def run_bare(args, bf16: bool = False) -> float:
-    encoder = make_encoder(args)
+def run_bare(args, bf16: bool = False, nchw: bool = False) -> float:
+    encoder = make_encoder(args, nchw)
     opt = torch.optim.SGD(encoder.parameters(), lr=1e-3)
     x = torch.rand(2 * args.batch_size, 1, args.image_size, args.image_size)
     t0 = 0.0
@@ -180,10 +183,12 @@ def main() -> None:
     runs = {
         "visctr": lambda: run_visctr(images, args),
         "visctr bf16": lambda: run_visctr(images, args, "bf16-mixed"),
+        "visctr NCHW": lambda: run_visctr(images, args, nchw=True),
         "lightly (0 workers)": lambda: run_lightly(images, args, 0),
         f"lightly ({args.workers} workers)": lambda: run_lightly(images, args, args.workers),
         "bare fwd+bwd": lambda: run_bare(args),
         "bare bf16": lambda: run_bare(args, bf16=True),
+        "bare NCHW": lambda: run_bare(args, nchw=True),
     }
     res: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
@@ -205,6 +210,8 @@ def main() -> None:
     print(f"  visctr / bare fwd+bwd   {med['visctr'] / med['bare fwd+bwd']:8.2f}")
     print(f"  visctr bf16 / bare bf16 {med['visctr bf16'] / med['bare bf16']:8.2f}")
     print(f"  visctr bf16 / fp32      {med['visctr bf16'] / med['visctr']:8.2f}x")
+    print(f"  visctr / visctr NCHW    {med['visctr'] / med['visctr NCHW']:8.2f}x")
+    print(f"  bare / bare NCHW        {med['bare fwd+bwd'] / med['bare NCHW']:8.2f}x")
     print(
         f"  native CPU bf16 (AVX512-BF16/AMX): {'yes' if cpu_supports_bf16() else 'no'}"
         " (precision: auto uses bf16 for encoder stages only where this says yes)"
