@@ -75,18 +75,18 @@ def test_encoder_runs_channels_last_and_computes_the_same_function(backbone):
     the same embeddings up to float summation order, and the saved weights load into
     either."""
     torch.manual_seed(0)
-    enc = build_encoder(EncoderConfig(backbone=backbone), 1, 28).eval()
+    enc = build_encoder(EncoderConfig(backbone=backbone), 3, 28).eval()  # 1 channel: no layout
     convs = [m.weight for m in enc.modules() if isinstance(m, nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     seen = []
     hook = next(m for m in enc.modules() if isinstance(m, nn.Conv2d)).register_forward_pre_hook(
         lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
     )
-    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    x = torch.randint(0, 256, (4, 3, 28, 28), dtype=torch.uint8)
     with torch.no_grad():
         fast = enc(x)
         hook.remove()
-        ref = build_encoder(EncoderConfig(backbone=backbone), 1, 28).eval()
+        ref = build_encoder(EncoderConfig(backbone=backbone), 3, 28).eval()
         ref.set_memory_format(torch.contiguous_format)
         ref.load_state_dict(enc.state_dict())
         slow = ref(x)
