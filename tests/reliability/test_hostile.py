@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -366,7 +367,12 @@ def _verb_args(verb: str, a: dict[str, Path], out: Path, tmp: Path) -> list[str]
 def _run(args: list[str], child: str | None = None, *extra: str):
     env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", child, *extra] if child else [sys.executable, "-m", "visctr.cli"]
-    return subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*cmd, *args], env=env, capture_output=True, text=True, timeout=300,
+        # Ctrl-C as in a terminal, even when the suite runs as a background job (which
+        # inherits SIGINT ignored, and Python then keeps ignoring it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

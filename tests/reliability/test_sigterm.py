@@ -9,6 +9,7 @@ right after the first file of the output is written (the rest not yet). No timin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -39,10 +40,16 @@ CHILD = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C as in a terminal, even when the suite runs in the background
+    (a shell's background job inherits SIGINT ignored, and Python then keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_killed(module, name, after, *args, sig="SIGTERM"):
     env = {**os.environ, "VISCTR_QUIET": "1", "OMP_NUM_THREADS": "1", "VISCTR_TEST_SIGNAL": sig}
     cmd = [sys.executable, "-c", CHILD, module, name, str(after), *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=_default_sigint)
 
 
 def _one_line(proc, code: int = 143) -> str:
