@@ -12,7 +12,7 @@ skipped by their callers, never computed from a stand-in.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +90,7 @@ class World:
     item_images: np.ndarray  # uint8 [N, C, H, W] (memmap)
     query_images: np.ndarray  # uint8 [Q, C, H, W] (memmap)
     user_keys: np.ndarray | None = None  # the user's own user ids, row = user_id
+    _digest: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def category_names(self) -> list[str]:
@@ -128,8 +129,10 @@ class World:
     def digest(self) -> str:
         """Content digest of every file of the world (tables, logs, images): what the stage
         keys of everything trained on it chain on, so a world replaced or edited under the
-        same path is a new key."""
-        return digest_files(self.root, CONTENT_FILES)
+        same path is a new key (load it again to see edits made since)."""
+        if self._digest is None:  # once per loaded world: every stage key of a run reads it
+            self._digest = digest_files(self.root, CONTENT_FILES)
+        return self._digest
 
     def impressions_path(self, split: str) -> Path:
         if split not in SPLITS:
