@@ -11,8 +11,11 @@ runs/dev``), so the reported world's random-exposure set is never used to choose
 Each ``tag=JSON`` is a set of ``CTRConfig`` overrides (``debias`` as a nested dict),
 trained on the embeddings of S1+S2+D's encoder (with its S1 reference, paths from
 ``RunLayout`` and ``pipeline.methods``) for CTR seeds 0-2 (``--ctr-seeds``). The script prints the
-random-exposure AUC, logged AUC and retrieval HR@10 of each (retrieval through the debias
-network when it is on), then mean ± std per tag. ``--detach-debias`` is a diagnostic: the
+random-exposure AUC, logged AUC, retrieval HR@10 and the simulated A/B test of each
+(retrieval through the debias network when it is on; ``ab_ctr`` expected clicks per
+impression on the run's own A/B traffic, ``lift_S2`` / ``lift_S1S2`` against the run's S2
+and S1+S2 policies, ``tail_exp`` the share of impressions on tail items), then mean ± std
+per tag. ``--no-ab`` skips the A/B figures. ``--detach-debias`` is a diagnostic: the
 CTR loss then does not train the debias network (only the triplet term does).
 """
 
@@ -34,6 +37,56 @@ from visctr.train import TrainerConfig
 from visctr.world import World
 
 KEYS = ("auc_random_exposure", "auc", "hr@10", "longtail_hr@10")
+AB_KEYS = ("ab_ctr", "lift_S2", "lift_S1S2", "tail_exp")
+
+
+class ABFigures:
+    """The run's A/B traffic and click model, and its S2 and S1+S2 policies as baselines."""
+
+    def __init__(self, layout: RunLayout, world: World, seed: int) -> None:
+        from visctr.config import from_dict, read_yaml
+        from visctr.pipeline.abtest import ABTest
+        from visctr.pipeline.config import RunConfig
+
+        cfg = from_dict(RunConfig, read_yaml(layout.config), str(layout.config))
+        self.test = ABTest(world, cfg, echo=lambda *_: None)
+        self.layout, self.world, self.seed = layout, world, seed
+        self.query_vectors: dict[str, np.ndarray] = {}
+        self.base = {name: self.policy(METHODS[name], layout.ctr(seed, METHODS[name].slug))
+                     for name in ("S2", "S1+S2")}  # fmt: skip
+
+    def policy(self, method, ctr_dir: Path, debiased: bool = False):
+        from visctr.embeddings import align, read_embeddings
+        from visctr.eval import abtest as ab
+
+        t, recipe = self.test, method.encoder
+        if recipe not in self.query_vectors:
+            enc = self.layout.encoder(self.seed, recipe)
+            self.query_vectors[recipe] = ab.embed_traffic(enc, t.traffic)
+        qv = self.query_vectors[recipe]
+        emb_dir = self.layout.embeddings(self.seed, recipe)
+        ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
+        item_ids = np.asarray(self.world.items["item_id"], dtype=np.int64)
+        items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
+        r_items, r_queries = items, qv
+        if debiased:
+            transform = debias_transform(ctr_dir / "debias.pt")
+            r_items, r_queries = transform(items), transform(qv)
+        score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, t.traffic, qv)
+        shown = ab.retrieve_and_rerank(r_queries, r_items, t.cfg.abtest.candidates, t.k, score)
+        return ab.score_policy(t.clicks, shown, self.seed)
+
+    def figures(self, ctr_dir: Path, debiased: bool) -> dict[str, float]:
+        from visctr.eval import abtest as ab
+
+        f = self.policy(METHODS["S1+S2+D"], ctr_dir, debiased)
+        s2, s1s2 = self.base["S2"], self.base["S1+S2"]
+        return {
+            "ab_ctr": f.ctr,
+            "lift_S2": f.ctr / s2.ctr - 1,
+            "lift_S1S2": f.ctr / s1s2.ctr - 1,
+            "tail_exp": ab.exposure(f.shown, self.test.is_head)["tail_exposure_share"],
+        }
 
 
 def main() -> None:
@@ -44,6 +97,7 @@ def main() -> None:
     ap.add_argument("--ctr-seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=Path("runs/s3_sweep"))
     ap.add_argument("--detach-debias", action="store_true")
+    ap.add_argument("--no-ab", action="store_true", help="skip the simulated A/B figures")
     args = ap.parse_args()
     if args.detach_debias:
         from visctr.ctr.debias import DebiasHead
@@ -53,6 +107,10 @@ def main() -> None:
     world = World.load(layout.world)
     method = METHODS["S1+S2+D"]
     emb = layout.embeddings(args.seed, method.encoder)
+    abf = None if args.no_ab else ABFigures(layout, world, args.seed)
+    keys = KEYS + (() if abf is None else AB_KEYS)
+    if abf is not None:
+        print("baselines: " + "  ".join(f"{n} ab_ctr {f.ctr:.4f}" for n, f in abf.base.items()))
     results: dict[str, list[dict]] = {}
     for item in args.variants:
         tag, _, spec = item.partition("=")
@@ -66,12 +124,14 @@ def main() -> None:
             m = evaluate_ctr(out, world, emb)
             transform = debias_transform(out / "debias.pt") if debias.enabled else None
             m.update(evaluate_retrieval(world, emb, transform)[0])
+            if abf is not None:
+                m.update(abf.figures(out, debias.enabled))
             results.setdefault(tag, []).append(m)
-            print(tag, seed, "  ".join(f"{k} {m[k]:.4f}" for k in KEYS), flush=True)
+            print(tag, seed, "  ".join(f"{k} {m[k]:.4f}" for k in keys), flush=True)
     print()
     for tag, ms in results.items():
         cols = [f"{k} {np.mean([m[k] for m in ms]):.4f}±{np.std([m[k] for m in ms]):.4f}"
-                for k in KEYS]  # fmt: skip
+                for k in keys]  # fmt: skip
         print(f"{tag:12s}", "  ".join(cols))
 
 
