@@ -35,6 +35,9 @@ def test_triplet_loss_matches_brute_force(n, d, margin, seed):
 
     ref = np.mean([max(0.0, cos(a[i], q[i]) - cos(a[i], p[i]) + margin) for i in range(n)])
     assert got == pytest.approx(ref, abs=1e-9)
+    # unit=True (rows already normalised, as DebiasNet outputs are): same loss
+    unit = [x / x.norm(dim=1, keepdim=True) for x in (a, p, q)]
+    assert triplet_loss(*unit, margin, unit=True).item() == pytest.approx(ref, abs=1e-9)
 
 
 def test_gate_is_the_convex_vector_mix():

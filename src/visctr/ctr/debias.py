@@ -101,13 +101,19 @@ class DebiasHead(nn.Module):
 
 
 def triplet_loss(
-    anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float
+    anchor: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    margin: float,
+    unit: bool = False,
 ) -> torch.Tensor:
-    """Mean of ``max(0, cos(a, n) − cos(a, p) + margin)`` over rows."""
-    a = F.normalize(anchor, dim=-1)
-    cp = (a * F.normalize(positive, dim=-1)).sum(-1)
-    cn = (a * F.normalize(negative, dim=-1)).sum(-1)
-    return F.relu(cn - cp + margin).mean()
+    """Mean of ``max(0, cos(a, n) − cos(a, p) + margin)`` over rows.
+
+    ``unit``: the rows are already L2-normalised (DebiasNet outputs), so the cosines are
+    plain dot products and the three normalisations (and their backward) are skipped."""
+    if not unit:
+        anchor, positive, negative = (F.normalize(x, dim=-1) for x in (anchor, positive, negative))
+    return F.relu(((negative - positive) * anchor).sum(-1) + margin).mean()
 
 
 @dataclass
@@ -153,7 +159,7 @@ class S3Debias(DebiasHead):
         """``(λ·L_triplet, {"triplet_loss": L_triplet})`` from the DebiasNet outputs ``d``
         of the rows :meth:`sample_rows` gave."""
         k = self.per_step
-        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin)
+        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin, unit=True)
         return self.weight * trip, {"triplet_loss": trip}
 
     def aux_loss(
