@@ -8,7 +8,8 @@ runs/dev``), so the reported world's random-exposure set is never used to choose
         'plain={}' 'farthest={"debias": {"enabled": true}}' \\
         'hard={"debias": {"enabled": true, "negatives": "hard"}}'
 
-Each ``tag=JSON`` is a set of ``CTRConfig`` overrides (``debias`` as a nested dict),
+Each ``tag=JSON`` is a set of ``CTRConfig`` overrides (``debias`` and ``ips`` as nested
+dicts: ``'ips={"ips": {"enabled": true}}'`` is S1+S2+IPS's CTR model),
 trained on the embeddings of S1+S2+D's encoder (with its S1 reference, paths from
 ``RunLayout`` and ``pipeline.methods``) for CTR seeds 0-2 (``--ctr-seeds``). The script prints the
 random-exposure AUC, logged AUC, retrieval HR@10 and the simulated A/B test of each
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from visctr.ctr import CTRConfig, debias_transform, train_ctr
-from visctr.ctr.config import DebiasConfig
+from visctr.ctr.config import DebiasConfig, IPSConfig
 from visctr.eval.ctr import evaluate_ctr
 from visctr.eval.retrieval import evaluate_retrieval
 from visctr.pipeline.layout import RunLayout
@@ -116,7 +117,8 @@ def main() -> None:
         tag, _, spec = item.partition("=")
         over = json.loads(spec or "{}")
         debias = DebiasConfig(**over.pop("debias", {}))
-        cfg = CTRConfig(**over, debias=debias, trainer=TrainerConfig(progress_bar=False))
+        ips = IPSConfig(**over.pop("ips", {}))
+        cfg = CTRConfig(**over, debias=debias, ips=ips, trainer=TrainerConfig(progress_bar=False))
         for seed in args.ctr_seeds:
             out = args.out / args.run.name / tag / str(seed)
             ref = layout.embeddings(args.seed, method.reference) if debias.enabled else None
