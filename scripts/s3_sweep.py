@@ -42,7 +42,8 @@ AB_KEYS = ("ab_ctr", "lift_S2", "lift_S1S2", "tail_exp")
 
 
 class ABFigures:
-    """The run's A/B traffic and click model, and its S2 and S1+S2 policies as baselines."""
+    """The run's A/B test (``pipeline.abtest.ABTest``) with its S2 and S1+S2 policies as
+    baselines; ``figures`` scores a sweep variant's CTR model on the same traffic."""
 
     def __init__(self, layout: RunLayout, world: World, seed: int) -> None:
         from visctr.config import from_dict, read_yaml
@@ -51,36 +52,17 @@ class ABFigures:
 
         cfg = from_dict(RunConfig, read_yaml(layout.config), str(layout.config))
         self.test = ABTest(world, cfg, echo=lambda *_: None)
-        self.layout, self.world, self.seed = layout, world, seed
+        self.layout, self.seed = layout, seed
         self.query_vectors: dict[str, np.ndarray] = {}
-        self.base = {name: self.policy(METHODS[name], layout.ctr(seed, METHODS[name].slug))
+        self.base = {name: self.test.policy(layout, seed, METHODS[name],
+                                            query_vectors=self.query_vectors)
                      for name in ("S2", "S1+S2")}  # fmt: skip
-
-    def policy(self, method, ctr_dir: Path, debiased: bool = False):
-        from visctr.embeddings import align, read_embeddings
-        from visctr.eval import abtest as ab
-
-        t, recipe = self.test, method.encoder
-        if recipe not in self.query_vectors:
-            enc = self.layout.encoder(self.seed, recipe)
-            self.query_vectors[recipe] = ab.embed_traffic(enc, t.traffic)
-        qv = self.query_vectors[recipe]
-        emb_dir = self.layout.embeddings(self.seed, recipe)
-        ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
-        item_ids = np.asarray(self.world.items["item_id"], dtype=np.int64)
-        items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
-        r_items, r_queries = items, qv
-        if debiased:
-            transform = debias_transform(ctr_dir / "debias.pt")
-            r_items, r_queries = transform(items), transform(qv)
-        score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, t.traffic, qv)
-        shown = ab.retrieve_and_rerank(r_queries, r_items, t.cfg.abtest.candidates, t.k, score)
-        return ab.score_policy(t.clicks, shown, self.seed)
 
     def figures(self, ctr_dir: Path, debiased: bool) -> dict[str, float]:
         from visctr.eval import abtest as ab
 
-        f = self.policy(METHODS["S1+S2+D"], ctr_dir, debiased)
+        f = self.test.policy(self.layout, self.seed, METHODS["S1+S2+D"], ctr_dir, debiased,
+                             self.query_vectors)  # fmt: skip
         s2, s1s2 = self.base["S2"], self.base["S1+S2"]
         return {
             "ab_ctr": f.ctr,

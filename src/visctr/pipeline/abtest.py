@@ -10,7 +10,7 @@ import numpy as np
 
 from visctr.eval import abtest as ab
 from visctr.pipeline.layout import RunLayout
-from visctr.pipeline.methods import CTR_VARIANTS, METHODS
+from visctr.pipeline.methods import CTR_VARIANTS, METHODS, Method
 from visctr.pipeline.results import aggregate
 from visctr.stagedir import finished
 from visctr.world.store import World
@@ -47,32 +47,53 @@ class ABTest:
 
     def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, float]]:
         """Every method's policy for one training seed, next to legacy and oracle."""
+        figures = dict(self.fixed)
+        query_vectors: dict[str, np.ndarray] = {}
+        for name, method in METHODS.items():
+            figures[name] = self.policy(layout, seed, method, query_vectors=query_vectors)
+        return ab.summarise(figures, self.is_head, BASELINES, seed)
+
+    def policy(
+        self,
+        layout: RunLayout,
+        seed: int,
+        method: Method,
+        ctr_dir=None,
+        debias: bool | None = None,
+        query_vectors: dict[str, np.ndarray] | None = None,
+    ) -> ab.PolicyFigures:
+        """What ``method``'s policy shows the traffic for training seed ``seed``: retrieve
+        with its encoder's embeddings (through the debias network when its CTR model has
+        one, as at serving), re-rank with its CTR model.
+
+        ``ctr_dir``/``debias``: another CTR model on the same encoder (a tuning sweep) and
+        whether it has a debias network (default: the run's own model of ``method``).
+        ``query_vectors``: a cache of the traffic's query vectors per encoder recipe."""
         from visctr.ctr import debias_transform
         from visctr.embeddings import align, read_embeddings
 
-        figures = dict(self.fixed)
-        query_vectors: dict[str, np.ndarray] = {}
+        recipe = method.encoder
+        cache = {} if query_vectors is None else query_vectors
+        if recipe not in cache:
+            cache[recipe] = ab.embed_traffic(layout.encoder(seed, recipe), self.traffic)
+        qv = cache[recipe]
+        emb_dir = layout.embeddings(seed, recipe)
+        ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
         item_ids = np.asarray(self.world.items["item_id"], dtype=np.int64)
-        for name, method in METHODS.items():
-            recipe = method.encoder
-            if recipe not in query_vectors:
-                query_vectors[recipe] = ab.embed_traffic(layout.encoder(seed, recipe), self.traffic)
-            qv = query_vectors[recipe]
-            emb_dir = layout.embeddings(seed, recipe)
-            ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
-            items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
+        items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
+        if ctr_dir is None:
             ctr_dir = layout.ctr(seed, method.slug)
-            ccfg = CTR_VARIANTS[method.ctr](self.cfg.ctr)
-            r_items, r_queries = items, qv
-            if ccfg.debias.enabled:  # retrieval through the debias network, as at serving
-                transform = debias_transform(ctr_dir / "debias.pt")
-                r_items, r_queries = transform(items), transform(qv)
-            score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, self.traffic, qv)
-            shown = ab.retrieve_and_rerank(
-                r_queries, r_items, self.cfg.abtest.candidates, self.k, score
-            )
-            figures[name] = ab.score_policy(self.clicks, shown, seed)
-        return ab.summarise(figures, self.is_head, BASELINES, seed)
+        if debias is None:
+            debias = CTR_VARIANTS[method.ctr](self.cfg.ctr).debias.enabled
+        r_items, r_queries = items, qv
+        if debias:  # retrieval through the debias network, as at serving
+            transform = debias_transform(ctr_dir / "debias.pt")
+            r_items, r_queries = transform(items), transform(qv)
+        score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, self.traffic, qv)
+        shown = ab.retrieve_and_rerank(
+            r_queries, r_items, self.cfg.abtest.candidates, self.k, score
+        )
+        return ab.score_policy(self.clicks, shown, seed)
 
 
 def aggregate_ab(per_seed: list[dict[str, dict[str, float]]], test: ABTest) -> dict:
