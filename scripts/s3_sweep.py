@@ -53,16 +53,15 @@ class ABFigures:
         cfg = from_dict(RunConfig, read_yaml(layout.config), str(layout.config))
         self.test = ABTest(world, cfg, echo=lambda *_: None)
         self.layout, self.seed = layout, seed
-        self.query_vectors: dict[str, np.ndarray] = {}
-        self.base = {name: self.test.policy(layout, seed, METHODS[name],
-                                            query_vectors=self.query_vectors)
+        self.vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.base = {name: self.test.policy(layout, seed, METHODS[name], vectors=self.vectors)
                      for name in ("S2", "S1+S2")}  # fmt: skip
 
     def figures(self, ctr_dir: Path, debiased: bool) -> dict[str, float]:
         from visctr.eval import abtest as ab
 
         f = self.test.policy(self.layout, self.seed, METHODS["S1+S2+D"], ctr_dir, debiased,
-                             self.query_vectors)  # fmt: skip
+                             self.vectors)  # fmt: skip
         s2, s1s2 = self.base["S2"], self.base["S1+S2"]
         return {
             "ab_ctr": f.ctr,

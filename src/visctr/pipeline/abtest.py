@@ -38,6 +38,7 @@ class ABTest:
         self.traffic = ab.simulate_traffic(world, a.queries, a.seed)
         self.clicks = ab.ClickModel(world, self.traffic)
         self.is_head = np.asarray(world.items["is_head"], dtype=bool)
+        self.item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
         self.fixed = {
             "legacy": ab.score_policy(
                 self.clicks, ab.legacy_policy(world, self.traffic, self.k), 0
@@ -48,9 +49,9 @@ class ABTest:
     def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, float]]:
         """Every method's policy for one training seed, next to legacy and oracle."""
         figures = dict(self.fixed)
-        query_vectors: dict[str, np.ndarray] = {}
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for name, method in METHODS.items():
-            figures[name] = self.policy(layout, seed, method, query_vectors=query_vectors)
+            figures[name] = self.policy(layout, seed, method, vectors=vectors)
         return ab.summarise(figures, self.is_head, BASELINES, seed)
 
     def policy(
@@ -60,7 +61,7 @@ class ABTest:
         method: Method,
         ctr_dir=None,
         debias: bool | None = None,
-        query_vectors: dict[str, np.ndarray] | None = None,
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> ab.PolicyFigures:
         """What ``method``'s policy shows the traffic for training seed ``seed``: retrieve
         with its encoder's embeddings (through the debias network when its CTR model has
@@ -68,19 +69,19 @@ class ABTest:
 
         ``ctr_dir``/``debias``: another CTR model on the same encoder (a tuning sweep) and
         whether it has a debias network (default: the run's own model of ``method``).
-        ``query_vectors``: a cache of the traffic's query vectors per encoder recipe."""
+        ``vectors``: a cache per encoder recipe of the traffic's query vectors and the
+        item vectors aligned to item rows (methods on one encoder share them)."""
         from visctr.ctr import debias_transform
         from visctr.embeddings import align, read_embeddings
 
         recipe = method.encoder
-        cache = {} if query_vectors is None else query_vectors
-        if recipe not in cache:
-            cache[recipe] = ab.embed_traffic(layout.encoder(seed, recipe), self.traffic)
-        qv = cache[recipe]
         emb_dir = layout.embeddings(seed, recipe)
-        ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
-        item_ids = np.asarray(self.world.items["item_id"], dtype=np.int64)
-        items = align(ids, vecs, item_ids, emb_dir / "items.parquet")
+        cache = {} if vectors is None else vectors
+        if recipe not in cache:
+            qv = ab.embed_traffic(layout.encoder(seed, recipe), self.traffic)
+            ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
+            cache[recipe] = qv, align(ids, vecs, self.item_ids, emb_dir / "items.parquet")
+        qv, items = cache[recipe]
         if ctr_dir is None:
             ctr_dir = layout.ctr(seed, method.slug)
         if debias is None:
