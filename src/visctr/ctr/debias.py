@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -133,6 +134,21 @@ class Triplets:
         return anchors[a], torch.from_numpy(self.pos)[a, p], torch.from_numpy(self.neg)[a, q]
 
 
+class RowPlan(NamedTuple):
+    """Where :meth:`S3Debias.apply_plan` reads each row (all int64 index tensors).
+
+    ``uniq``: the distinct item rows of the batch and the triplets, sorted; the head runs
+    on ``[queries, item_vectors[uniq]]``. ``keep``: the positions among those that the
+    gate runs on (queries and the batch's items; ``None``: all, no triplet rows).
+    ``item_at``: each batch row's row among the gated items; ``extra_at``: each triplet
+    row's among ``uniq`` (``None`` without triplet rows)."""
+
+    uniq: torch.Tensor
+    keep: torch.Tensor | None
+    item_at: torch.Tensor
+    extra_at: torch.Tensor | None
+
+
 class S3Debias(DebiasHead):
     """The S3 part of a CTR network: the debias head, its mined triplets and their loss.
 
@@ -175,6 +191,38 @@ class S3Debias(DebiasHead):
             return None, {}
         return self.triplet_term(self.net(item_vectors[rows.to(item_vectors.device)]))
 
+    def plan(
+        self, n_queries: int, item_rows: torch.Tensor, extra_rows: torch.Tensor | None = None
+    ) -> RowPlan:
+        """The index bookkeeping of :meth:`fuse_batch` (``torch.unique``, whose output size
+        depends on the data), apart from the arithmetic so that :meth:`apply_plan` has
+        only fixed-rule gathers and can go through ``torch.compile`` whole."""
+        b = item_rows.shape[0]
+        rows = item_rows if extra_rows is None else torch.cat([item_rows, extra_rows])
+        uniq, inv = torch.unique(rows, return_inverse=True)
+        if extra_rows is None:
+            return RowPlan(uniq, None, inv, None)
+        in_batch = torch.zeros(uniq.shape[0], dtype=torch.bool, device=uniq.device)
+        in_batch[inv[:b]] = True
+        gated = torch.cat([torch.ones(n_queries, dtype=torch.bool, device=uniq.device), in_batch])
+        at = torch.cumsum(in_batch, 0) - 1  # a distinct batch item's row among the kept
+        return RowPlan(uniq, gated.nonzero().squeeze(1), at.index_select(0, inv[:b]), inv[b:])
+
+    def apply_plan(
+        self, queries: torch.Tensor, item_vectors: torch.Tensor, plan: RowPlan
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`fuse_batch` for the rows :meth:`plan` laid out."""
+        n_q = queries.shape[0]
+        v = torch.cat([queries, item_vectors.index_select(0, plan.uniq)])
+        d = self.net(v)
+        if plan.keep is None:
+            g = F.normalize(self.fuse(v, d), dim=-1)
+            return g[:n_q], g[n_q:].index_select(0, plan.item_at), None
+        keep = plan.keep
+        g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep)), dim=-1)
+        gi = g[n_q:].index_select(0, plan.item_at)
+        return g[:n_q], gi, d[n_q:].index_select(0, plan.extra_at)
+
     def fuse_batch(
         self,
         queries: torch.Tensor,
@@ -192,23 +240,10 @@ class S3Debias(DebiasHead):
         (logged batches repeat head items: ~330 distinct items per 1,024 rows on the
         ``small`` world), and the triplet rows share the DebiasNet pass of the batch. The
         gate runs only where the CTR model reads it (queries and the batch's items).
+        ``apply_plan(queries, item_vectors, plan(len(queries), item_rows, extra_rows))``.
         """
-        b, n_q = item_rows.shape[0], queries.shape[0]
-        rows = item_rows if extra_rows is None else torch.cat([item_rows, extra_rows])
-        uniq, inv = torch.unique(rows, return_inverse=True)
-        v = torch.cat([queries, item_vectors.index_select(0, uniq)])
-        d = self.net(v)
-        if extra_rows is None:
-            g = F.normalize(self.fuse(v, d), dim=-1)
-            return g[:n_q], g[n_q:].index_select(0, inv), None
-        in_batch = torch.zeros(uniq.shape[0], dtype=torch.bool, device=uniq.device)
-        in_batch[inv[:b]] = True
-        gated = torch.cat([torch.ones(n_q, dtype=torch.bool, device=uniq.device), in_batch])
-        keep = gated.nonzero().squeeze(1)
-        g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep)), dim=-1)
-        at = torch.cumsum(in_batch, 0) - 1  # a distinct batch item's row among the kept
-        gi = g[n_q:].index_select(0, at.index_select(0, inv[:b]))
-        return g[:n_q], gi, d[n_q:].index_select(0, inv[b:])
+        plan = self.plan(queries.shape[0], item_rows, extra_rows)
+        return self.apply_plan(queries, item_vectors, plan)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -29,7 +29,9 @@ An architecture is a config choice: ``ctr.arch`` names an entry of ``ARCHS``, a 
 ``(fmap, cfg, affinity, triplets) -> network``; add one with ``ARCHS["name"] = Factory``.
 A network provides what ``CTRNet`` does: ``forward(batch) -> logits [B]``,
 ``aux_loss``, ``aux_parts``, ``set_visual_tables(items, queries)`` and ``debias`` (the
-S3 head exported as ``debias.pt``, or ``None``).
+S3 head exported as ``debias.pt``, or ``None``); optionally ``prepare`` and
+``forward_prepared``, which the trainer then uses for a training step (one pass over the
+batch and the aux rows; with ``ctr.compile`` the second is compiled whole).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from torch import nn
 
 from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import S3Debias, Triplets
+from visctr.ctr.debias import RowPlan, S3Debias, Triplets
 from visctr.ctr.feature_map import FeatureMap
 from visctr.errors import ConfigError
 
@@ -135,25 +137,26 @@ class CTRNet(nn.Module):
         self.query_vectors = torch.as_tensor(queries, dtype=torch.float32)
 
     def inputs(
-        self, batch: Batch, extra_rows: torch.Tensor | None = None
+        self, batch: Batch, plan: RowPlan | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The two input blocks of a batch: field embeddings ``e`` and the features ``f``,
-        and the DebiasNet output of item rows ``extra_rows`` (the S3 triplets) if given.
+        and, with the S3 head and a ``plan`` that has triplet rows, their DebiasNet output.
 
         ``f = [cos, affinity[cat], affinity, √D·q, √D·i]``. ``x = [e, f]`` feeds the MLP
         and its first ``d_cross`` columns the cross network: the visual vectors interact
         explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
         of the step). With the S3 head, ``q`` and ``i`` are its normalised gated fusions,
-        computed once per distinct item (``S3Debias.fuse_batch``).
+        computed once per distinct item (``S3Debias.fuse_batch``) along the rows of
+        ``plan`` (``S3Debias.plan``; the batch's own when ``None``).
         """
         b = batch.packed.shape[0]
         emb = self.embedding(batch.sparse).reshape(b, self.n_fields * self.field_dim)
         qv = self.query_vectors.index_select(0, batch.query_row)
         extra = None
         if self.debias is not None:
-            qv, iv, extra = self.debias.fuse_batch(
-                qv, self.item_vectors, batch.item_row, extra_rows
-            )
+            if plan is None:
+                plan = self.debias.plan(b, batch.item_row)
+            qv, iv, extra = self.debias.apply_plan(qv, self.item_vectors, plan)
         else:
             iv = self.item_vectors.index_select(0, batch.item_row)
         cos = (qv * iv).sum(-1, keepdim=True)
@@ -167,19 +170,35 @@ class CTRNet(nn.Module):
         emb, feats, _ = self.inputs(batch)
         return self._logits(emb, feats)
 
+    def prepare(self, batch: Batch, generator: torch.Generator) -> RowPlan | None:
+        """The data-dependent part of a training step, run eagerly: S3's triplet draws from
+        ``generator`` and the row plan of the batch and the triplets (``None`` without the
+        S3 head). :meth:`forward_prepared` does the rest."""
+        if self.debias is None:
+            return None
+        rows = self.debias.sample_rows(generator)
+        extra = None if rows is None else rows.to(batch.item_row.device)
+        return self.debias.plan(batch.packed.shape[0], batch.item_row, extra)
+
+    def forward_prepared(
+        self, batch: Batch, plan: RowPlan | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """``(logits, aux term, its parts)`` of a training batch given :meth:`prepare`'s
+        plan: gathers and arithmetic only, so ``torch.compile`` takes it whole
+        (``ctr.compile``) with no graph break at ``torch.unique``. The triplet rows go
+        through the debias head together with the batch's items."""
+        emb, feats, d = self.inputs(batch, plan)
+        logits = self._logits(emb, feats)
+        if d is None:
+            return logits, None, {}
+        return logits, *self.debias.triplet_term(d)
+
     def forward_with_aux(
         self, batch: Batch, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """``(forward(batch), *aux_loss(batch, generator))`` in one pass: the triplet rows
-        go through the debias head together with the batch's items (same draws, same
-        values as the two calls)."""
-        rows = None
-        if self.debias is not None:
-            rows = self.debias.sample_rows(generator)
-        if rows is None:
-            return self.forward(batch), None, {}
-        emb, feats, d = self.inputs(batch, rows.to(batch.item_row.device))
-        return self._logits(emb, feats), *self.debias.triplet_term(d)
+        """``(forward(batch), *aux_loss(batch, generator))`` in one pass (same draws, same
+        values as the two calls): ``forward_prepared(batch, prepare(batch, generator))``."""
+        return self.forward_prepared(batch, self.prepare(batch, generator))
 
     def _logits(self, emb: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         out = self.deep_out(self.deep(self.deep_in(emb, feats)))

@@ -13,7 +13,8 @@ else that draws from torch's global RNG, such as a DataLoader starting an epoch,
 and the running sums of the epoch's history line. A run killed mid-epoch and resumed takes
 the same steps, with the same draws, as one never interrupted.
 
-``CTRConfig.compile`` runs the network's forward through ``torch.compile`` during training;
+``CTRConfig.compile`` runs the training step's network pass through ``torch.compile``
+(``CTRNet.forward_prepared``: with S3, everything after the data-dependent row plan);
 the saved weights are the same either way.
 """
 
@@ -57,6 +58,7 @@ class CTRModule(L.LightningModule):
         self._gen = torch.Generator().manual_seed(seed)  # for the network's aux_loss
         self._rng: dict[str, torch.Tensor] | None = None  # dropout's RNG state between steps
         self._compiled = None  # built on first use; never pickled or deep-copied
+        self._compiled_step = None  # the same for forward_prepared
         self.best_auc = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict] = []
@@ -77,18 +79,27 @@ class CTRModule(L.LightningModule):
     def _train_outputs(
         self, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """Logits, aux term and its parts of a training batch: one pass through
-        ``forward_with_aux`` when the network has one (S3 shares its head's work between
-        the batch and the triplets) and the step is eager, else ``forward`` + ``aux_loss``."""
-        both = getattr(self.net, "forward_with_aux", None)
-        if both is not None and not self.cfg.compile:
-            return both(batch, self._gen)
-        logits = self._train_forward(batch)
-        return logits, *self.net.aux_loss(batch, self._gen)
+        """Logits, aux term and its parts of a training batch. A network with ``prepare``
+        and ``forward_prepared`` (``CTRNet``) takes one pass (S3 shares its head's work
+        between the batch and the triplets); ``prepare`` runs eagerly and, with
+        ``ctr.compile``, ``forward_prepared`` through ``torch.compile``. Any other network:
+        ``forward`` (compiled when configured) + ``aux_loss``."""
+        prepare = getattr(self.net, "prepare", None)
+        if prepare is None:
+            logits = self._train_forward(batch)
+            return logits, *self.net.aux_loss(batch, self._gen)
+        plan = prepare(batch, self._gen)
+        if not self.cfg.compile:
+            return self.net.forward_prepared(batch, plan)
+        if self._compiled_step is None:
+            # dynamic shapes from the start: with S3 the distinct items vary batch to batch
+            self._compiled_step = torch.compile(self.net.forward_prepared, dynamic=True)
+        return self._compiled_step(batch, plan)
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        return {**state, "_compiled": None}  # a compiled closure is bound to this process
+        # a compiled closure is bound to this process
+        return {**state, "_compiled": None, "_compiled_step": None}
 
     def _reset_epoch(self) -> None:
         """Start the running sums of an epoch (at the end of the previous one, so that a
