@@ -194,9 +194,10 @@ class S3Debias(DebiasHead):
     def plan(
         self, n_queries: int, item_rows: torch.Tensor, extra_rows: torch.Tensor | None = None
     ) -> RowPlan:
-        """The index bookkeeping of :meth:`fuse_batch` (``torch.unique``, whose output size
-        depends on the data), apart from the arithmetic so that :meth:`apply_plan` has
-        only fixed-rule gathers and can go through ``torch.compile`` whole."""
+        """Where :meth:`apply_plan` reads each row: the index bookkeeping of an S3 batch
+        (``torch.unique``, whose output size depends on the data), kept apart from the
+        arithmetic so that ``apply_plan`` has only gathers and goes through
+        ``torch.compile`` whole. ``extra_rows``: the triplet rows, or ``None``."""
         b = item_rows.shape[0]
         rows = item_rows if extra_rows is None else torch.cat([item_rows, extra_rows])
         uniq, inv = torch.unique(rows, return_inverse=True)
@@ -211,7 +212,18 @@ class S3Debias(DebiasHead):
     def apply_plan(
         self, queries: torch.Tensor, item_vectors: torch.Tensor, plan: RowPlan
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """:meth:`fuse_batch` for the rows :meth:`plan` laid out."""
+        """The S3 part of a CTR batch in one pass over distinct vectors, along ``plan``
+        (made by :meth:`plan` from ``item_rows`` and ``extra_rows``).
+
+        Returns the L2-normalised gated fusion of each query vector ``[B, D]`` and of each
+        row's item vector ``item_vectors[item_rows]`` ``[B, D]``, and the DebiasNet output
+        of ``item_vectors[extra_rows]`` (the triplet rows) or ``None``. Row for row the
+        same function as ``normalize(head(v))`` and ``net(v)``: the head is row-wise, so it
+        runs once per query row and once per *distinct* item of the batch and the triplets
+        (logged batches repeat head items: ~330 distinct items per 1,024 rows on the
+        ``small`` world), and the triplet rows share the DebiasNet pass of the batch. The
+        gate runs only where the CTR model reads it (queries and the batch's items).
+        """
         n_q = queries.shape[0]
         v = torch.cat([queries, item_vectors.index_select(0, plan.uniq)])
         d = self.net(v)
@@ -222,28 +234,6 @@ class S3Debias(DebiasHead):
         g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep)), dim=-1)
         gi = g[n_q:].index_select(0, plan.item_at)
         return g[:n_q], gi, d[n_q:].index_select(0, plan.extra_at)
-
-    def fuse_batch(
-        self,
-        queries: torch.Tensor,
-        item_vectors: torch.Tensor,
-        item_rows: torch.Tensor,
-        extra_rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The S3 part of a CTR batch in one pass over distinct vectors.
-
-        Returns the L2-normalised gated fusion of each query vector ``[B, D]`` and of each
-        row's item vector ``item_vectors[item_rows]`` ``[B, D]``, and the DebiasNet output
-        of ``item_vectors[extra_rows]`` (the triplet rows) or ``None``. Row for row the
-        same function as ``normalize(head(v))`` and ``net(v)``: the head is row-wise, so it
-        runs once per query row and once per *distinct* item of the batch and the triplets
-        (logged batches repeat head items: ~330 distinct items per 1,024 rows on the
-        ``small`` world), and the triplet rows share the DebiasNet pass of the batch. The
-        gate runs only where the CTR model reads it (queries and the batch's items).
-        ``apply_plan(queries, item_vectors, plan(len(queries), item_rows, extra_rows))``.
-        """
-        plan = self.plan(queries.shape[0], item_rows, extra_rows)
-        return self.apply_plan(queries, item_vectors, plan)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -146,7 +146,7 @@ class CTRNet(nn.Module):
         and its first ``d_cross`` columns the cross network: the visual vectors interact
         explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
         of the step). With the S3 head, ``q`` and ``i`` are its normalised gated fusions,
-        computed once per distinct item (``S3Debias.fuse_batch``) along the rows of
+        computed once per distinct item (``S3Debias.apply_plan``) along the rows of
         ``plan`` (``S3Debias.plan``; the batch's own when ``None``).
         """
         b = batch.packed.shape[0]
