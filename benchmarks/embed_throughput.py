@@ -78,6 +78,8 @@ def main() -> None:
     if not args.no_bf16:
         runs |= {"embed bf16": lambda: ours("bf16-mixed"), "bare bf16": lambda: bare(bf16=True)}
     bare()  # warm-up
+    if not args.no_bf16:
+        bare(bf16=True)
     res: dict[str, list[float]] = {k: [] for k in runs}
     for r in range(args.rounds):
         for k, run in runs.items():

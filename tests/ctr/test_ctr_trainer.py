@@ -56,10 +56,11 @@ def test_lambda_changes_the_trained_network():
 
 
 def test_compiled_s3_step_equals_the_eager_one():
-    """With ``ctr.compile`` the S3 pass after the row plan goes through ``torch.compile``:
-    logits, the triplet term and every gradient equal the eager pass on the same draws,
-    for two batches with different numbers of distinct items (a recompile with dynamic
-    shapes), and a pickled module drops the compiled function."""
+    """With ``ctr.compile`` the S3 pass after the row plan goes through ``torch.compile``
+    as one graph (no break at ``torch.unique``): logits, the triplet term and every
+    gradient equal the eager pass on the same draws, for two batches with different
+    numbers of distinct items (one dynamic-shape graph serves both), and a pickled module
+    drops the compiled function."""
     import pickle
     from dataclasses import replace
 
@@ -70,6 +71,9 @@ def test_compiled_s3_step_equals_the_eager_one():
         torch.nn.init.normal_(net.debias.net.fc2.weight, std=0.3)
     eager = CTRModule(net.train(), cfg, seed=3)
     compiled = CTRModule(net, replace(cfg, compile=True), seed=3)
+    b = synthetic_batch(fmap, n=64)
+    plan = net.prepare(b, torch.Generator().manual_seed(0))
+    assert torch._dynamo.explain(net.forward_prepared)(b, plan).graph_break_count == 0
     for n in (64, 40):
         b = synthetic_batch(fmap, n=n, seed=n)
         got, want = compiled._train_outputs(b), eager._train_outputs(b)

@@ -31,7 +31,9 @@ A network provides what ``CTRNet`` does: ``forward(batch) -> logits [B]``,
 ``aux_loss``, ``aux_parts``, ``set_visual_tables(items, queries)`` and ``debias`` (the
 S3 head exported as ``debias.pt``, or ``None``); optionally ``prepare`` and
 ``forward_prepared``, which the trainer then uses for a training step (one pass over the
-batch and the aux rows; with ``ctr.compile`` the second is compiled whole).
+batch and the aux rows; with ``ctr.compile`` the second is compiled whole) instead of
+``forward`` + ``aux_loss``. A ``CTRNet`` subclass that changes ``forward`` must change
+``forward_prepared`` to match (or set ``prepare = None`` to train through ``forward``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ the same steps, with the same draws, as one never interrupted.
 
 ``CTRConfig.compile`` runs the training step's network pass through ``torch.compile``
 (``CTRNet.forward_prepared``: with S3, everything after the data-dependent row plan);
-the saved weights are the same either way.
+the saved model has the same keys and format either way (the values differ by float
+rounding, as fused kernels sum in another order).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class CTRModule(L.LightningModule):
         self._reset_epoch()
 
     def _train_forward(self, batch: Batch) -> torch.Tensor:
-        """The training forward: ``self.net``, through ``torch.compile`` when configured.
+        """The training forward of a network without ``prepare``/``forward_prepared``:
+        ``self.net``, through ``torch.compile`` when configured.
 
         The compiled function is a plain attribute (not a submodule), so state_dict keys
         and checkpoints are the same either way; validation and inference stay eager.
@@ -85,14 +87,15 @@ class CTRModule(L.LightningModule):
         ``ctr.compile``, ``forward_prepared`` through ``torch.compile``. Any other network:
         ``forward`` (compiled when configured) + ``aux_loss``."""
         prepare = getattr(self.net, "prepare", None)
-        if prepare is None:
+        if prepare is None or getattr(self.net, "forward_prepared", None) is None:
             logits = self._train_forward(batch)
             return logits, *self.net.aux_loss(batch, self._gen)
         plan = prepare(batch, self._gen)
         if not self.cfg.compile:
             return self.net.forward_prepared(batch, plan)
         if self._compiled_step is None:
-            # dynamic shapes from the start: with S3 the distinct items vary batch to batch
+            # dynamic shapes from the start: with S3 the distinct items vary batch to batch,
+            # and one graph serves every row count (plain steps: as fast as static, A/B)
             self._compiled_step = torch.compile(self.net.forward_prepared, dynamic=True)
         return self._compiled_step(batch, plan)
 
