@@ -89,3 +89,19 @@ def test_compiled_s3_step_equals_the_eager_one():
             torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-5, rtol=1e-4, msg=k)
     assert compiled._compiled_step is not None
     assert pickle.loads(pickle.dumps(compiled))._compiled_step is None
+
+
+def test_a_network_without_prepare_trains_through_forward_and_aux_loss():
+    """The trainer's fallback for architectures without ``prepare``/``forward_prepared``:
+    a step is ``forward`` + ``aux_loss`` (same draws, so the same values as one pass)."""
+    net, fmap, cfg = make_net(debias=True, triplets=synthetic_triplets())
+    with torch.no_grad():
+        torch.nn.init.normal_(net.debias.net.fc2.weight, std=0.3)
+    b = synthetic_batch(fmap, n=48)
+    one_pass = CTRModule(net, cfg, seed=4)._train_outputs(b)
+    net.prepare = None  # as an architecture that has none
+    logits, aux, parts = CTRModule(net, cfg, seed=4)._train_outputs(b)
+    torch.testing.assert_close(logits, net(b))
+    torch.testing.assert_close(logits, one_pass[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(aux, one_pass[1], atol=1e-7, rtol=1e-5)
+    assert parts.keys() == one_pass[2].keys() == {"triplet_loss"}
