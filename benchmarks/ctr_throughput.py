@@ -161,7 +161,7 @@ def bare_debias_contender(fmap, cfg, items, queries, aff, triplets, batches, dcf
     out beforehand; the step does only the matmuls and elementwise work S3 must do.
 
     Returns ``(step, batches)``: its batches carry the pre-gathered inputs."""
-    from visctr.ctr.debias import DebiasHead, triplet_loss
+    from visctr.ctr.debias import DebiasHead, S3Debias, triplet_loss
 
     dim = items.shape[1]
     d_sparse = fmap.n_fields * cfg.field_dim
@@ -176,20 +176,16 @@ def bare_debias_contender(fmap, cfg, items, queries, aff, triplets, batches, dcf
     iv_all, qv_all, aff_t = (torch.from_numpy(x) for x in (items, queries, aff))
     k = dcfg.debias.triplets_per_step
     prepared = []
-    for b in batches:
-        trip = torch.cat(triplets.sample(k, gen))
-        rows = torch.cat([b.item_row, trip])
-        uniq, inv = torch.unique(rows, return_inverse=True)
+    for b in batches:  # S3's own row plan, made before timing
         n_b = b.item_row.shape[0]
-        in_batch = torch.zeros(uniq.shape[0], dtype=torch.bool)
-        in_batch[inv[:n_b]] = True
-        keep = in_batch.nonzero().squeeze(1)
-        at = torch.cumsum(in_batch, 0) - 1
+        plan = S3Debias.plan(n_b, b.item_row, torch.cat(triplets.sample(k, gen)))
+        keep = plan.keep[n_b:] - n_b  # the batch's distinct items among plan.uniq
         aff_u = aff_t.index_select(0, b.user_row)
         rest = torch.cat([aff_u.gather(1, b.category.unsqueeze(1)), aff_u], 1)
         prepared.append((b.sparse, qv_all.index_select(0, b.query_row),
-                         iv_all.index_select(0, uniq[keep]), iv_all.index_select(0, uniq), keep,
-                         at.index_select(0, inv[:n_b]), inv[n_b:], rest, b.labels))  # fmt: skip
+                         iv_all.index_select(0, plan.uniq[keep]),
+                         iv_all.index_select(0, plan.uniq), keep, plan.item_at, plan.extra_at,
+                         rest, b.labels))  # fmt: skip
     s = float(np.sqrt(dim))
 
     def step(p):

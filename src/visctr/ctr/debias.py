@@ -191,8 +191,9 @@ class S3Debias(DebiasHead):
             return None, {}
         return self.triplet_term(self.net(item_vectors[rows.to(item_vectors.device)]))
 
+    @staticmethod
     def plan(
-        self, n_queries: int, item_rows: torch.Tensor, extra_rows: torch.Tensor | None = None
+        n_queries: int, item_rows: torch.Tensor, extra_rows: torch.Tensor | None = None
     ) -> RowPlan:
         """Where :meth:`apply_plan` reads each row: the index bookkeeping of an S3 batch
         (``torch.unique``, whose output size depends on the data), kept apart from the
