@@ -1,5 +1,5 @@
-"""Precision: ``auto`` picks bf16 only for encoder stages on CPUs with native bf16; losses
-compute in fp32 under autocast."""
+"""Precision: what ``auto`` resolves to per device and stage (bf16/fp16 for the encoder
+stages on CUDA, fp32 on CPU unless asked); losses compute in fp32 under autocast."""
 
 from __future__ import annotations
 
@@ -10,18 +10,39 @@ from visctr.losses import info_nce_loss, simsiam_loss
 from visctr.precision import cpu_supports_bf16, fp32, resolve_precision
 
 
-def test_auto_resolves_by_stage_and_cpu(monkeypatch):
+@pytest.mark.precision
+def test_auto_on_cpu_is_fp32_unless_bf16_is_asked_for(monkeypatch):
+    """On a CPU, auto trains in fp32 whatever the CPU has (native bf16 measured slower);
+    VISCTR_CPU_BF16=1 opts the encoder stages in; CTR and embed stay fp32."""
+    monkeypatch.delenv("VISCTR_CPU_BF16", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_supports_bf16()  # a native-bf16 CPU ...
+    assert resolve_precision("auto", "cpu", bf16_ok=True) == "32-true"  # ... trains in fp32
     monkeypatch.setenv("VISCTR_CPU_BF16", "1")
-    assert cpu_supports_bf16()
     assert resolve_precision("auto", "cpu", bf16_ok=True) == "bf16-mixed"
-    assert resolve_precision("auto", "cpu", bf16_ok=False) == "32-true"  # CTR stays fp32
-    assert resolve_precision("auto", "gpu", bf16_ok=True) == "32-true"  # elsewhere: fp32
+    assert resolve_precision("auto", "cpu", bf16_ok=False) == "32-true"  # CTR, embed: fp32
     assert resolve_precision("32", "cpu", bf16_ok=True) == "32-true"  # --precision 32 forces
+    assert resolve_precision("auto", "mps", bf16_ok=True) == "32-true"
     monkeypatch.setenv("VISCTR_CPU_BF16", "0")
     assert resolve_precision("auto", "cpu", bf16_ok=True) == "32-true"
-    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"  # asked for: honoured
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("bf17", "cpu")
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda", "auto"])
+def test_auto_on_cuda_is_bf16_where_the_gpu_has_it_else_fp16(monkeypatch, accelerator):
+    """The device facts are mocked: this machine has no GPU."""
+    monkeypatch.delenv("VISCTR_CPU_BF16", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", accelerator, bf16_ok=True) == "bf16-mixed"
+    assert resolve_precision("auto", accelerator, bf16_ok=False) == "32-true"  # CTR, embed
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # V100, T4
+    assert resolve_precision("auto", accelerator, bf16_ok=True) == "16-mixed"
+    assert resolve_precision("32", accelerator, bf16_ok=True) == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto", "auto", bf16_ok=True) == "32-true"  # auto: the CPU
 
 
 def test_detection_asks_torch_then_cpuinfo(monkeypatch, tmp_path):
@@ -66,6 +87,7 @@ def test_losses_compute_in_fp32_under_autocast():
     assert inner(a.double())[1] == torch.float64  # fp64 is left alone
 
 
+@pytest.mark.precision
 def test_embed_under_bf16_stays_close_to_fp32():
     import numpy as np
 

@@ -212,7 +212,8 @@ def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--precision",
         type=click.Choice(PRECISIONS),
         default=None,
-        help="auto (bf16 where the CPU has it natively) | 32 | bf16-mixed | 16-mixed.",
+        help="auto (encoder stages: bf16-mixed on a bf16 GPU, 16-mixed on other GPUs, fp32 "
+        "on CPU; CTR: fp32) | 32 | bf16-mixed | 16-mixed.",
     )
     @click.option(
         "--logger",

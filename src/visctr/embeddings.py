@@ -1,6 +1,12 @@
 """Embedding files: ``item_id``/``query_id`` + ``vector`` Parquet (docs/world-format.md),
 with the user's own ids beside them (``item_key``/``query_key``) when the world has them.
 
+``vector`` is ``fixed_size_list<float32>[D]``. The file's schema metadata says what made
+it, under ``visctr.*`` keys (strings): ``format``, ``dim`` and, from ``visctr embed``,
+``encoder`` (JSON: backbone, stage, seed, image size, channels), ``encoder_digest`` (of
+the ``encoder.pt`` bytes), ``normalisation`` (``l2``) and ``precision`` (``32-true`` unless
+bf16 was asked for). :func:`read_embeddings_meta` reads them back.
+
 The one reader and the one writer of these files (encoder export, tests, benchmarks).
 """
 
@@ -15,6 +21,8 @@ from visctr.errors import InputError
 from visctr.ids import IdIndex
 
 ROW_GROUP = 65_536  # rows per Parquet row group when writing
+FORMAT = "visctr-embeddings/1"
+META_PREFIX = "visctr."
 
 
 def write_embeddings(
@@ -24,9 +32,13 @@ def write_embeddings(
     id_column: str = "item_id",
     row_group: int = ROW_GROUP,
     keys: np.ndarray | None = None,
+    meta: dict[str, str] | None = None,
 ) -> None:
     """Write ``id_column`` int64 + ``vector`` fixed_size_list<float32>[D] atomically, and
     with ``keys`` (the user's ids, strings or integers, one per id) a ``*_key`` column.
+
+    ``meta``: provenance stored as ``visctr.<key>`` schema metadata beside ``format`` and
+    ``dim`` (an empty file takes its width from ``meta["dim"]`` when given).
 
     ``vectors``: one array ``[N, D]``, or an iterable of ``[n_i, D]`` chunks (``ids`` in
     the same order), streamed to the file in row groups of ``row_group`` rows so that
@@ -46,6 +58,13 @@ def write_embeddings(
             raise ValueError(f"{path}: {len(ids)} ids but {len(keys)} keys")
         key_type = pa.int64() if keys.dtype.kind in "iu" else pa.string()
     chunks = [vectors] if isinstance(vectors, np.ndarray) else vectors
+    extra = {k: str(v) for k, v in (meta or {}).items()}
+
+    def metadata(dim: int) -> dict[str, str]:
+        return {
+            f"{META_PREFIX}{k}": v for k, v in {"format": FORMAT, **extra, "dim": str(dim)}.items()
+        }
+
     writer = None
     start = 0
     with atomic_path(path) as tmp:
@@ -60,7 +79,7 @@ def write_embeddings(
                         part if key_type == pa.int64() else [str(k) for k in part], key_type
                     )
                 cols["vector"] = pa.FixedSizeListArray.from_arrays(flat, vec.shape[1])
-                table = pa.table(cols)
+                table = pa.table(cols).replace_schema_metadata(metadata(vec.shape[1]))
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table, row_group_size=row_group)
@@ -71,11 +90,35 @@ def write_embeddings(
                 fields = [(id_column, pa.int64())]
                 if keys is not None:
                     fields.append((key_column, key_type))
-                schema = pa.schema([*fields, ("vector", pa.list_(pa.float32(), 1))])
+                dim = int(extra.get("dim", 1))
+                schema = pa.schema(
+                    [*fields, ("vector", pa.list_(pa.float32(), dim))], metadata=metadata(dim)
+                )
                 pq.write_table(schema.empty_table(), tmp)
         finally:
             if writer is not None:
                 writer.close()
+
+
+def read_embeddings_meta(path: str | Path) -> dict[str, str]:
+    """The ``visctr.*`` schema metadata of an embeddings file, without the prefix (empty
+    for a file that another tool wrote)."""
+    import pyarrow as pa
+
+    from visctr.io import open_parquet
+
+    path = Path(path)
+    pf = open_parquet(path, "embeddings file")
+    try:
+        raw = pf.schema_arrow.metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"{path}: unreadable Parquet ({e})") from None
+    out = {}
+    for k, v in raw.items():
+        key = k.decode("utf-8", "replace")
+        if key.startswith(META_PREFIX):
+            out[key.removeprefix(META_PREFIX)] = v.decode("utf-8", "replace")
+    return out
 
 
 def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.ndarray, np.ndarray]:

@@ -263,6 +263,12 @@ def atomic_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
         raise
 
 
+def _hash_file(h: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
 def digest_files(root: Path, patterns: Iterable[str]) -> str:
     """sha256 over the (relative name, bytes) of the files matching ``patterns`` under ``root``."""
     h = hashlib.sha256()
@@ -271,10 +277,15 @@ def digest_files(root: Path, patterns: Iterable[str]) -> str:
         raise FileNotFoundError(f"{root}: no output matching {list(patterns)}")
     for p in files:
         h.update(str(p.relative_to(root)).encode() + b"\0")
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        _hash_file(h, p)
         h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of one file's bytes (not its name: a copied file keeps its digest), 32 hex."""
+    h = hashlib.sha256()
+    _hash_file(h, Path(path))
     return h.hexdigest()[:32]
 
 

@@ -1,9 +1,20 @@
-"""Numeric precision: bf16 autocast where the CPU computes bf16 natively, fp32 elsewhere.
+"""Numeric precision: what ``precision: auto`` resolves to, and fp32 losses under autocast.
 
-``precision: auto`` (the trainer default) resolves to ``bf16-mixed`` for the encoder stages
-and ``embed`` when they run on a CPU with AVX512-BF16 or AMX (detected, not guessed), and
-to ``32-true`` everywhere else: CTR training, GPUs, CPUs without native bf16 (where bf16
-is emulated and several times *slower*). ``--precision 32`` forces fp32.
+``auto`` (the trainer default) resolves, for the **encoder stages** (S1, S2, ResNet-C):
+
+- on CUDA: ``bf16-mixed`` where the GPU computes bf16 (``torch.cuda.is_bf16_supported()``),
+  ``16-mixed`` otherwise;
+- on a CPU: ``32-true``. Native bf16 (AVX512-BF16/AMX) was measured *slower* than fp32 for
+  visctr's S1 step (``benchmarks/s1_throughput.py``: bf16 / fp32 0.92x on an AVX512-BF16
+  Xeon) and emulated bf16 is several times slower, so detection alone never switches it
+  on. ``VISCTR_CPU_BF16=1`` opts the encoder stages into bf16 under ``auto`` (to measure or
+  test that path), ``=0`` keeps fp32;
+- elsewhere (MPS, ...): ``32-true``.
+
+**CTR training and ``embed`` stay ``32-true`` under ``auto``** on every device: the
+embeddings a run writes, the FAISS index over them and the exported fp32 encoder
+(TorchScript/ONNX) must give the same vectors (bf16 moves them by ~3e-3). An explicit
+``--precision bf16-mixed`` is honoured and recorded in the embeddings file.
 
 Losses always compute in fp32 (:func:`fp32`): softmax/logsumexp over similarities and
 normalisation lose too much in bf16's 8-bit mantissa.
@@ -45,25 +56,43 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _on_cpu(accelerator: str) -> bool:
+def cpu_bf16_training() -> bool:
+    """Whether ``auto`` trains the encoder stages in bf16 on a CPU: only when asked with
+    ``VISCTR_CPU_BF16=1`` (measured not faster, see the module docstring)."""
+    return os.environ.get("VISCTR_CPU_BF16") == "1"
+
+
+def _device_kind(accelerator: str) -> str:
+    """``cpu``, ``cuda`` or ``other`` for a Lightning accelerator / torch device type."""
     if accelerator == "cpu":
-        return True
-    if accelerator in ("gpu", "cuda", "mps", "tpu"):
-        return False
+        return "cpu"
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator != "auto":
+        return "other"  # mps, tpu, ...
     import torch
 
-    return not torch.cuda.is_available()
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_precision(precision: str, accelerator: str = "auto", bf16_ok: bool = False) -> str:
     """The Lightning precision string for ``precision`` (``auto`` resolved as above).
 
-    ``bf16_ok``: the caller is an encoder stage or ``embed`` (CTR training stays fp32)."""
+    ``bf16_ok``: the caller trains an encoder stage (CTR training and ``embed`` pass False
+    and stay fp32 under ``auto``)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return "32-true" if precision == "32" else precision
-    if bf16_ok and _on_cpu(accelerator) and cpu_supports_bf16():
+    if not bf16_ok:
+        return "32-true"
+    kind = _device_kind(accelerator)
+    if kind == "cuda":
+        import torch
+
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return "bf16-mixed" if bf16 else "16-mixed"
+    if kind == "cpu" and cpu_bf16_training():
         return "bf16-mixed"
     return "32-true"
 

@@ -16,6 +16,9 @@ from visctr.errors import ConfigError, InputError
 
 from .conftest import classify_config, s1_config, s2_config
 
+# the encoder stages train under precision: auto, bf16 on the CPU with VISCTR_CPU_BF16=1
+pytestmark = pytest.mark.precision
+
 
 @pytest.fixture(scope="module")
 def s1_run(tiny_world, tmp_path_factory):

@@ -278,3 +278,118 @@ def test_search_answers_with_the_users_own_item_ids(encoder_and_embeddings, tmp_
     (out / "item_keys.json").write_text("[1, 2]")  # damaged: one line, no traceback
     res = CliRunner().invoke(main, ["search", "--export", str(out), "--image", str(png)])
     assert res.exit_code != 0 and "item_keys.json: expected a list of" in res.output
+
+
+@pytest.fixture(scope="module")
+def onnx_export(encoder_and_embeddings, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    out = tmp_path_factory.mktemp("onnx") / "export"
+    return export_artifacts(enc_path, emb_dir, out, IndexConfig(kind="flat"), onnx=True)
+
+
+def _onnx_session(export_dir):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(export_dir / "encoder.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.precision
+@pytest.mark.parametrize("cpu_bf16", ["0", "1"])
+def test_embeddings_equal_the_exported_encoder_on_either_cpu_path(
+    encoder_and_embeddings, flat_export, tmp_path, monkeypatch, cpu_bf16, request
+):
+    """``embed`` under ``precision: auto`` writes the vectors the exported fp32 encoder
+    gives for the same images (encoder.ts, and encoder.onnx where ONNX Runtime is
+    installed) to 1e-5, whether or not the CPU path is bf16 (``VISCTR_CPU_BF16``), and the
+    file says ``32-true``."""
+    from visctr.embeddings import read_embeddings, read_embeddings_meta
+
+    monkeypatch.setenv("VISCTR_CPU_BF16", cpu_bf16)
+    enc_path, _, world = encoder_and_embeddings
+    embed(enc_path, world, tmp_path / "emb", device="cpu")  # precision: auto
+    ids, vecs = read_embeddings(tmp_path / "emb" / "items.parquet")
+    assert np.array_equal(ids, world.items["item_id"])
+    images = np.asarray(world.item_images[world.items["image_row"]])
+    with torch.no_grad():
+        served = _ts_load(flat_export / "encoder.ts")(torch.from_numpy(images)).numpy()
+    diff = float(np.abs(vecs - served).max())
+    print(f"VISCTR_CPU_BF16={cpu_bf16}: items.parquet vs encoder.ts max |diff| {diff:.1e}")
+    assert diff <= 1e-5
+    assert read_embeddings_meta(tmp_path / "emb" / "items.parquet")["precision"] == "32-true"
+    try:
+        onnx_dir = request.getfixturevalue("onnx_export")
+    except pytest.skip.Exception:
+        return  # no ONNX Runtime here: the TorchScript half above still ran
+    got = _onnx_session(onnx_dir).run(None, {"images": images.astype(np.float32) / 255.0})[0]
+    assert float(np.abs(vecs - got).max()) <= 1e-5
+
+
+@pytest.mark.precision
+def test_bf16_embedding_is_asked_for_and_recorded(encoder_and_embeddings, tmp_path):
+    from visctr.embeddings import read_embeddings, read_embeddings_meta
+
+    enc_path, emb_dir, world = encoder_and_embeddings
+    embed(enc_path, world, tmp_path / "emb", device="cpu", precision="bf16-mixed")
+    path = tmp_path / "emb" / "items.parquet"
+    assert read_embeddings_meta(path)["precision"] == "bf16-mixed"
+    _, bf16 = read_embeddings(path)
+    _, fp32 = read_embeddings(emb_dir / "items.parquet")
+    assert 0 < float(np.abs(bf16 - fp32).max()) < 0.05  # bf16 really ran, and stays close
+    with pytest.raises(Exception, match="precision must be auto, 32 or bf16-mixed"):
+        embed(enc_path, world, tmp_path / "e16", device="cpu", precision="16-mixed")
+    assert not (tmp_path / "e16").exists()
+
+
+def test_embeddings_files_record_what_made_them(encoder_and_embeddings, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visctr.embeddings import read_embeddings_meta, write_embeddings
+    from visctr.io import file_digest
+
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    for name in ("items.parquet", "queries.parquet"):
+        meta = read_embeddings_meta(emb_dir / name)
+        assert meta["format"] == "visctr-embeddings/1"
+        assert meta["dim"] == "16" and meta["normalisation"] == "l2"
+        assert meta["precision"] == "32-true"
+        assert meta["encoder_digest"] == file_digest(enc_path)
+        enc = json.loads(meta["encoder"])
+        assert enc["file"] == "encoder.pt" and enc["backbone"] == "convnet"
+        assert (enc["image_size"], enc["channels"]) == (28, 1)
+        assert pq.read_schema(emb_dir / name).field("vector").type == pa.list_(pa.float32(), 16)
+    # an empty file keeps its declared width; a file without provenance reads as {}
+    write_embeddings(np.zeros(0, np.int64), [], tmp_path / "e.parquet", meta={"dim": 8})
+    assert pq.read_schema(tmp_path / "e.parquet").field("vector").type == pa.list_(pa.float32(), 8)
+    assert read_embeddings_meta(tmp_path / "e.parquet")["dim"] == "8"
+    pq.write_table(pa.table({"item_id": [1]}), tmp_path / "other.parquet")
+    assert read_embeddings_meta(tmp_path / "other.parquet") == {}
+    # a copied encoder keeps its digest: it is of the bytes, not the name
+    shutil.copy(enc_path, tmp_path / "copy.pt")
+    assert file_digest(tmp_path / "copy.pt") == file_digest(enc_path)
+
+
+def test_torchscript_refusal_names_the_values_it_found(flat_export):
+    ts = _ts_load(flat_export / "encoder.ts")
+    x = torch.full((1, 1, 28, 28), 0.25)
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = -0.75, 2.5
+    with pytest.raises(Exception, match=re.escape("found values in [-0.75, 2.5]")):
+        ts(x)
+
+
+@pytest.mark.parametrize("scale", ["0..255", "mean/std"])
+def test_onnx_encoder_refuses_wrongly_scaled_images(encoder_and_embeddings, onnx_export, scale):
+    """encoder.onnx refuses float images outside [0, 1] as encoder.ts does: ONNX Runtime's
+    error names the check; in-range images still embed."""
+    from visctr.serve.export import ONNX_RANGE_ERROR
+
+    _, _, world = encoder_and_embeddings
+    sess = _onnx_session(onnx_export)
+    u8 = np.asarray(world.item_images[:4]).astype(np.float32)
+    ok = sess.run(None, {"images": u8 / 255.0})[0]
+    assert np.allclose(np.linalg.norm(ok, axis=1), 1, atol=1e-5)
+    bad = u8 if scale == "0..255" else (u8 / 255.0 - 0.5) / 0.1
+    with pytest.raises(Exception, match=re.escape(ONNX_RANGE_ERROR)):
+        sess.run(None, {"images": bad})

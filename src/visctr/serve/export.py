@@ -6,7 +6,8 @@ in, L2-normalised embeddings out), optionally ``debias.ts`` (the S3 debias netwo
 applied to query and item vectors), ``index.faiss`` over the (debiased) item vectors with
 ``item_ids.npy``, and ``export.json`` (image size, channels, index kind, files). With
 ``onnx=True`` the same two functions are also written as ``encoder.onnx`` (float32 images
-in [0, 1]) and ``debias.onnx``, for ONNX Runtime, TensorRT or Triton.
+in [0, 1]; images outside are refused, as by ``encoder.ts``) and ``debias.onnx``, for ONNX
+Runtime, TensorRT or Triton.
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ class ServedEncoder(nn.Module):
             x = x.float()
             lo, hi = float(x.min()), float(x.max())
             if lo < self.lo or hi > self.hi:
-                found = "[{:.3f}, {:.3f}]".format(lo, hi)  # noqa: UP032 (TorchScript)
+                # TorchScript's str.format ignores format specs ({:.3f}): round by hand
+                lo, hi = round(lo * 1000.0) / 1000.0, round(hi * 1000.0) / 1000.0
+                found = "[" + str(lo) + ", " + str(hi) + "]"
                 raise ValueError(
                     "encoder.ts: float images must be in [0, 1], found values in "
                     + found
@@ -86,9 +89,50 @@ class ServedEncoder(nn.Module):
         return self.core(x)
 
 
+# the ONNX graph's refusal of out-of-range float images (see _RangeChecked)
+ONNX_RANGE_ERROR = (
+    "encoder.onnx: float images must be in [0, 1]; pass uint8 images (0..255) divided by 255"
+)
+
+
+class _RangeChecked(nn.Module):
+    """``encoder.onnx``: the float core, refusing images outside ``FLOAT_RANGE``.
+
+    ONNX has no raise, so the check is a Gather from a one-element zero buffer at index 0
+    (in range: adds 0) or far out of bounds (out of range), which every runtime refuses;
+    :func:`_name_range_check` gives that node :data:`ONNX_RANGE_ERROR` as its name, and
+    ONNX Runtime's error names the node."""
+
+    OUT_OF_BOUNDS = 1 << 30
+
+    def __init__(self, core: nn.Module) -> None:
+        super().__init__()
+        self.core = core
+        self.lo, self.hi = FLOAT_RANGE
+        self.register_buffer("range_guard", torch.zeros(1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bad = ((x < self.lo) | (x > self.hi)).any()
+        index = bad.to(torch.int64).reshape(1) * self.OUT_OF_BOUNDS
+        return self.core(x) + self.range_guard.index_select(0, index)
+
+
+def _name_range_check(path: Path) -> None:
+    """Name the Gather of :class:`_RangeChecked` in the ONNX file at ``path`` after what it
+    refuses; an export whose graph lost the check fails here rather than ship without it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    gathers = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == "range_guard"]
+    if len(gathers) != 1:
+        raise RuntimeError(f"{path}: the input range check is not in the exported graph")
+    gathers[0].name = ONNX_RANGE_ERROR
+    onnx.save(model, str(path))
+
+
 _INPUTS = {
     "encoder.ts": "images [N, C, H, W]: uint8 0..255 or float in [0, 1]",
-    "encoder.onnx": "images [N, C, H, W]: float32 in [0, 1]",
+    "encoder.onnx": "images [N, C, H, W]: float32 in [0, 1] (others are refused)",
     "debias.ts": "vectors [N, D]: float32, L2-normalised (encoder output)",
     "debias.onnx": "vectors [N, D]: float32, L2-normalised (encoder output)",
 }
@@ -198,7 +242,9 @@ def export_artifacts(
             served = torch.jit.script(ServedEncoder(torch.jit.trace(core, example)))
             served.save(str(tmp / "encoder.ts"))
         if onnx:
-            _onnx_export(core, example, tmp / "encoder.onnx", ("images", "embeddings"))
+            path = tmp / "encoder.onnx"
+            _onnx_export(_RangeChecked(core), example, path, ("images", "embeddings"))
+            _name_range_check(path)
             files.append("encoder.onnx")
         if debias_path is not None:
             from visctr.ctr import debias_transform
