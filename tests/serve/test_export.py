@@ -292,7 +292,9 @@ def onnx_export(encoder_and_embeddings, tmp_path_factory):
 def _onnx_session(export_dir):
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(export_dir / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(export_dir / "encoder.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 @pytest.mark.precision
