@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 OUT ?= runs/demo
 
-.PHONY: demo test setup data lint bench clean
+.PHONY: demo test test-precision setup data lint bench clean
 
 demo: setup data
 	$(BIN)/visctr run --preset small --seeds 1 --out $(OUT)
@@ -14,14 +14,24 @@ demo: setup data
 test: setup data
 	$(BIN)/python -m pytest -q
 
+# the precision-sensitive tests on both CPU paths (fp32, and bf16 encoder training under
+# precision: auto), whatever this CPU has natively; CI runs it after `make test`
+test-precision: setup data
+	for v in 0 1; do \
+	  echo "precision-sensitive tests, VISCTR_CPU_BF16=$$v"; \
+	  VISCTR_CPU_BF16=$$v $(BIN)/python -m pytest -q -m precision || exit 1; \
+	done
+
 setup: $(VENV)/.installed
 
-# torch/torchvision first, pinned to the releases pip may install here (local CUDA builds).
-$(VENV)/.installed: pyproject.toml
+# torch/torchvision first, pinned to the releases pip may install here (local CUDA builds);
+# the interop extra (ONNX Runtime, FuxiCTR) so that the tests checking visctr's artifacts
+# with those tools run instead of being skipped.
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,interop]"
 	touch $@
 
 # Fashion-MNIST: use $VISCTR_DATA if set, else the Debian package (installed when root).
