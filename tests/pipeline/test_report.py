@@ -55,7 +55,7 @@ def test_report_has_the_table_descriptions_and_plots(tiny_world_dir, tmp_path):
 
 
 def test_table_rows_follow_the_results_and_missing_values_print_na():
-    entry = {"mean": 0.5, "std": 0.01, "per_seed": [0.5]}
+    entry = {"mean": 0.5, "std": 0.01, "per_seed": [0.49, 0.51]}
     results = {"methods": {"Z": dict.fromkeys(METRICS, entry), "A": dict.fromkeys(METRICS, entry)}}
     results["methods"]["A"] = {**results["methods"]["A"], "auc": aggregate([float("nan")])}
     table = format_table(results, markdown=True).splitlines()
@@ -66,3 +66,31 @@ def test_table_rows_follow_the_results_and_missing_values_print_na():
         "std": float(np.std([1.0, 3.0], ddof=1)),
         "per_seed": [1.0, None, 3.0],
     }
+
+
+def test_one_seed_prints_no_spread():
+    """A 1-seed figure is its value alone: ``± 0.000`` would claim a spread of zero."""
+    from visctr.pipeline.abtest import format_ab_table
+    from visctr.pipeline.results import fmt, fmt_pct
+
+    one, two = aggregate([0.51234]), aggregate([0.5, 0.6])
+    assert fmt(one) == "0.512" and fmt(two) == "0.550 ± 0.071"
+    assert fmt_pct(aggregate([0.0312])) == "+3.1%"
+    assert fmt_pct(aggregate([0.01, 0.03])) == "+2.0% ± 1.4%"
+    assert fmt_pct({"mean": None}) == "—"
+    table = format_table({"methods": {"A": dict.fromkeys(METRICS, one)}})
+    assert "±" not in table and "0.512" in table
+    none = {"mean": None, "std": None, "per_seed": [None]}
+    ab = {
+        "methods": {
+            "S2": {
+                "ctr": aggregate([0.1]),
+                "lift_vs_S2": none,
+                "lift_vs_legacy": aggregate([0.02]),
+                "oracle_share": aggregate([0.4]),
+                "tail_exposure_share": aggregate([0.7]),
+            }
+        }
+    }
+    text = format_ab_table(ab)
+    assert "±" not in text and "0.1000" in text and "+2.0%" in text

@@ -11,7 +11,7 @@ import numpy as np
 from visctr.eval import abtest as ab
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS, Method
-from visctr.pipeline.results import aggregate
+from visctr.pipeline.results import aggregate, fmt, fmt_pct
 from visctr.stagedir import finished
 from visctr.world.store import World
 
@@ -179,15 +179,11 @@ def format_ab_table(ab: dict) -> str:
     head = ["policy", "ctr", "lift_vs_S2", "lift_vs_legacy", "oracle_share", "tail_exposure"]
     rows = [head]
     for name, r in ab["methods"].items():
-
-        def pct(e):
-            return "—" if e["mean"] is None else f"{e['mean']:+.1%} ± {e['std']:.1%}"
-
         rows.append([
             name,
-            f"{r['ctr']['mean']:.4f} ± {r['ctr']['std']:.4f}",
-            pct(r["lift_vs_S2"]),
-            pct(r["lift_vs_legacy"]),
+            fmt(r["ctr"], 4),
+            fmt_pct(r["lift_vs_S2"]),
+            fmt_pct(r["lift_vs_legacy"]),
             "—" if r["oracle_share"]["mean"] is None else f"{r['oracle_share']['mean']:.3f}",
             f"{r['tail_exposure_share']['mean']:.3f}",
         ])  # fmt: skip

@@ -10,7 +10,7 @@ import numpy as np
 
 from visctr.io import atomic_path, write_text
 from visctr.pipeline.layout import RunLayout
-from visctr.pipeline.results import fmt, format_table
+from visctr.pipeline.results import fmt, fmt_pct, format_table
 from visctr.world.simulate import format_summary
 
 
@@ -187,12 +187,6 @@ def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
     _save(fig, path)
 
 
-def _pct(entry: dict) -> str:
-    if entry.get("mean") is None:
-        return "—"
-    return f"{entry['mean']:+.1%} ± {entry['std']:.1%}"
-
-
 def _ab_section(results: dict) -> list[str]:
     ab = results.get("ab_test")
     if not ab:
@@ -203,7 +197,7 @@ def _ab_section(results: dict) -> list[str]:
         ci_s = "; ".join(f"[{a:+.1%}, {b:+.1%}]" for a, b in ci) if ci else "—"
         rows.append(
             f"| {name} | {fmt(r['ctr'], 4)} | {fmt(r['ctr_sampled'], 4)} | "
-            f"{_pct(r['lift_vs_S2'])} | {ci_s} | {_pct(r['lift_vs_legacy'])} | "
+            f"{fmt_pct(r['lift_vs_S2'])} | {ci_s} | {fmt_pct(r['lift_vs_legacy'])} | "
             f"{fmt(r['oracle_share'])} | {fmt(r['tail_exposure_share'])} | "
             f"{fmt(r['coverage'])} | {fmt(r['gini'])} |"
         )
@@ -260,8 +254,12 @@ def write_report(
     lines = [
         f"# visctr run — preset `{results['preset']}`, {results['seeds']} seed(s)",
         "",
-        f"Mean ± std over training seeds {results['training_seeds']} (world seed "
-        f"{results['world_seed']}); total {t.get('total', 0):.0f}s.",
+        (
+            f"Mean ± std over training seeds {results['training_seeds']}"
+            if results["seeds"] > 1
+            else f"One training seed, {results['training_seeds'][0]}: no spread, so no claim"
+        )
+        + f" (world seed {results['world_seed']}); total {t.get('total', 0):.0f}s.",
         "",
         "## Results",
         "",

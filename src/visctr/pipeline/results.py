@@ -50,10 +50,29 @@ def aggregate(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _has_spread(entry: dict) -> bool:
+    """Whether ``entry`` aggregates more than one seed (a 1-seed std is no spread)."""
+    seeds = entry.get("per_seed")
+    n = 2 if seeds is None else sum(v is not None for v in seeds)
+    return n > 1 and entry.get("std") is not None
+
+
 def fmt(entry: dict, digits: int = 3) -> str:
+    """``mean ± std``, or the mean alone for one seed; ``n/a`` without a value."""
     if entry["mean"] is None:
         return "n/a"
+    if not _has_spread(entry):
+        return f"{entry['mean']:.{digits}f}"
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
+
+
+def fmt_pct(entry: dict) -> str:
+    """A lift as ``+x.x% ± y.y%`` (the mean alone for one seed); ``—`` without a value."""
+    if entry.get("mean") is None:
+        return "—"
+    if not _has_spread(entry):
+        return f"{entry['mean']:+.1%}"
+    return f"{entry['mean']:+.1%} ± {entry['std']:.1%}"
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
