@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,9 +9,11 @@ from click.testing import CliRunner
 
 from visctr.cli import main
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 VERBS = {
     "simulate", "pretrain", "finetune", "classify", "embed", "train-ctr", "evaluate",
-    "export", "search", "run", "abtest", "import",
+    "export", "search", "run", "abtest", "import", "config",
 }  # fmt: skip
 
 
@@ -24,6 +27,7 @@ def test_help_lists_every_verb():
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0
     assert _listed_commands(res.output) == VERBS
+    assert "six methods" in res.output and "S1+S2+IPS" in res.output
     for verb in VERBS:  # each one is registered and has its own help
         sub = CliRunner().invoke(main, [verb, "--help"])
         assert sub.exit_code == 0 and "Usage:" in sub.output, verb
@@ -172,3 +176,53 @@ def test_failed_run_leaves_no_output(tmp_path):
         main, ["run", "--preset", "tiny", "--catalog", str(bad.parent), "--out", str(out)]
     )
     assert res.exit_code == 2 and out.is_dir() and not any(out.iterdir())
+
+
+def test_config_show_prints_the_resolved_config_which_reads_back(tmp_path):
+    import yaml
+
+    res = CliRunner().invoke(main, ["config", "show", "--preset", "tiny"])
+    assert res.exit_code == 0, res.output
+    data = yaml.safe_load(res.output)
+    assert list(data) == ["world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest"]
+    assert data["world"]["catalog"]["max_items"] == 600  # the tiny world
+    assert data["ctr"]["max_epochs"] == 1 and data["s1"]["objective"]["method"] == "infonce"
+    assert data["ctr"]["debias"]["negatives"]  # every field spelled out
+    (tmp_path / "c.yaml").write_text(res.output)
+    again = CliRunner().invoke(
+        main, ["config", "show", "--preset", "tiny", "--config", str(tmp_path / "c.yaml")]
+    )
+    assert again.exit_code == 0 and yaml.safe_load(again.output) == data
+    bias = CliRunner().invoke(
+        main,
+        ["config", "show", "--config", str(CONFIGS / "exposure-bias.yaml"), "--section", "world"],
+    )
+    assert bias.exit_code == 0 and yaml.safe_load(bias.output)["world"]["appeal_strength"] == 0.7
+    bad = CliRunner().invoke(main, ["config", "show", "--config", str(tmp_path / "nope.yaml")])
+    assert bad.exit_code == 2 and "config file not found" in bad.output
+
+
+def test_train_ctr_takes_the_ctr_section_of_a_run_config(tiny_world_dir, tiny_embeddings, tmp_path):
+    """What ``visctr run --config`` takes (or ``config show`` prints) works for train-ctr too:
+    its ctr section, with the run's trainer section applied as run applies it."""
+    from visctr.config import stage_section
+    from visctr.errors import ConfigError
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "world: {n_queries: 10}\ns1: {epochs: 3}\nctr: {max_epochs: 1, batch_size: 256}\n"
+        "trainer: {progress_bar: false}\n"
+    )
+    args = ["train-ctr", "--world", str(tiny_world_dir), "--embeddings", str(tiny_embeddings)]
+    res = CliRunner().invoke(main, [*args, "--config", str(cfg), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert "epochs=1" in res.output
+    section = stage_section({"ctr": {"max_epochs": 2}, "trainer": {"precision": "32"}}, "ctr", "f")
+    assert section == {"max_epochs": 2, "trainer": {"precision": "32"}}
+    assert stage_section({"max_epochs": 2}, "ctr", "f") == {"max_epochs": 2}  # a CTR config
+    with pytest.raises(ConfigError, match="unknown key 'wrold'"):
+        stage_section({"ctr": {}, "wrold": {}}, "ctr", "f")
+    cfg.write_text("ctr: {max_epochz: 1}\n")  # strict inside the section too
+    res = CliRunner().invoke(main, [*args, "--config", str(cfg), "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "max_epochz" in res.output
+    assert not (tmp_path / "d").exists()

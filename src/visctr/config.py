@@ -207,6 +207,33 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+# The top-level keys of a ``visctr run`` config (``--config`` sections) and of the
+# resolved ``config.yaml`` a run writes (which adds preset, seeds and seed).
+RUN_SECTIONS = ("world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest")
+RUN_KEYS = (*RUN_SECTIONS, "preset", "seeds", "seed")
+
+
+def stage_section(data: dict, section: str, path: str | Path) -> dict:
+    """A stage's own config from ``data``: ``data`` itself, or, when it is a run config
+    (it has the ``section`` key), that section with the run's ``trainer`` overrides applied
+    as ``visctr run`` applies them. Other run keys are ignored; unknown ones are errors."""
+    if section not in data:
+        return data
+    unknown = sorted(str(k) for k in set(data) - set(RUN_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{path}: a run config with a {section!r} section, but unknown key {unknown[0]!r} "
+            f"(a run config has {', '.join(RUN_SECTIONS)})"
+        )
+    own = data[section] or {}
+    if not isinstance(own, dict):
+        raise ConfigError(f"{path}: section {section!r} must be a mapping")
+    trainer = data.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise ConfigError(f"{path}: section 'trainer' must be a mapping")
+    return merge(own, {"trainer": trainer}) if trainer else own
+
+
 def dump_yaml(obj: Any) -> str:
     import yaml
 

@@ -55,7 +55,9 @@ from visctr.cli_common import SEED, check_out, handle_errors, trainer_options
     "config_file",
     type=click.Path(path_type=Path),
     default=None,
-    help="YAML file with CTRConfig keys (strict: unknown keys are errors).",
+    help="YAML file with CTRConfig keys, or a run config (visctr run --config, a run's "
+    "config.yaml, visctr config show): its ctr section is used (strict: unknown keys are "
+    "errors).",
 )
 @trainer_options
 @handle_errors
@@ -71,14 +73,14 @@ def train_ctr_cmd(
     trainer_overrides: dict,
 ) -> None:
     """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
-    from visctr.config import from_dict, merge, read_yaml
+    from visctr.config import from_dict, merge, read_yaml, stage_section
     from visctr.ctr import CTRConfig, train_ctr
     from visctr.eval.ctr import evaluate_ctr  # the CLI sits above eval; ctr itself does not
     from visctr.train import check_logger, is_global_zero
     from visctr.world import World
 
     check_out(out_dir, "ctr", world_dir, embeddings, reference, config_file)
-    data = read_yaml(config_file) if config_file else {}
+    data = stage_section(read_yaml(config_file), "ctr", config_file) if config_file else {}
     if trainer_overrides:
         data = merge(data, {"trainer": trainer_overrides})
     if debias is not None:

@@ -1,7 +1,7 @@
 """Configuration of the CTR model, its training and the S3 debias network.
 
 Defaults are sized for CPU: on the ``small`` world (~200-400k training impressions) the
-five methods' CTR models train together in a few minutes on 2 cores.
+six methods' CTR models train together in a few minutes on 2 cores.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The whole method end to end: world -> five methods -> evaluation -> report."""
+"""The whole method end to end: world -> six methods -> evaluation -> report."""

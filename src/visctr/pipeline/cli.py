@@ -153,4 +153,45 @@ def abtest(run_dir, world_dir, queries, seed):
     click.echo(f"written: {Path(run_dir) / 'abtest.json'}")
 
 
-COMMANDS = [run, abtest]
+@click.group("config")
+def config_group():
+    """Inspect the configuration that visctr run resolves."""
+
+
+@config_group.command("show")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small", "full"]),
+    default="small",
+    show_default=True,
+    help="World size and training budget.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML with sections world, s1, s2, classify, ctr, trainer (as for visctr run).",
+)
+@click.option(
+    "--section",
+    type=click.Choice(["world", "s1", "s2", "classify", "ctr", "abtest"]),
+    default=None,
+    help="Print one section only (e.g. ctr, which train-ctr --config also takes whole).",
+)
+@handle_errors
+def config_show(preset, config_path, section):
+    """Print the resolved run configuration (defaults < preset < --config) as YAML, every
+    field spelled out: what visctr run writes to its config.yaml. The output is itself a
+    valid --config for visctr run (with the same --preset) and for train-ctr."""
+    from visctr.config import RUN_SECTIONS, dump_yaml, to_dict
+    from visctr.pipeline.config import resolve_run_config
+
+    data = to_dict(resolve_run_config(preset, config_path))
+    keys = RUN_SECTIONS if section is None else (section,)
+    src = f" + {config_path}" if config_path is not None else ""
+    click.echo(f"# visctr run configuration: preset {preset}{src}")
+    click.echo(dump_yaml({k: data[k] for k in keys}), nl=False)
+
+
+COMMANDS = [run, abtest, config_group]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visctr.config import from_dict, merge, read_yaml
+from visctr.config import RUN_SECTIONS, from_dict, merge, read_yaml
 from visctr.ctr.config import CTRConfig
 from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
 from visctr.errors import ConfigError
@@ -96,7 +96,7 @@ def resolve_run_config(
     if preset not in WORLD_PRESETS:
         raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
     raw = read_yaml(config_path) if config_path is not None else {}
-    known = {"world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest"}
+    known = set(RUN_SECTIONS)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(
