@@ -214,6 +214,10 @@ def test_pretrain_and_train_ctr_log_csv_and_print_epoch_lines(
     with open(tmp_path / "m" / "logs" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len([r for r in rows if r.get("epoch/val_auc")]) == 2
+    # val_auc and the epoch/* rows share one step axis (the global step)
+    val_steps = [r["step"] for r in rows if r.get("val_auc")]
+    epoch_steps = [r["step"] for r in rows if r.get("epoch/val_auc")]
+    assert len(val_steps) == 2 and val_steps == epoch_steps, rows
 
 
 def test_the_logger_is_not_part_of_any_stage_key(tiny_world, tiny_embeddings):

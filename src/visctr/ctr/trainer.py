@@ -191,9 +191,13 @@ class CTRModule(L.LightningModule):
         self._val_p, self._val_y = [], []
         val_auc, val_ll = auc(y, p), logloss(y, p)
         # under DDP every rank scores the same validation rows, so val_auc is the same on all
-        self.log("val_auc", val_auc, prog_bar=True, sync_dist=True)
+        # logger=False: Lightning would log it at its own batch counter, not at the
+        # global_step the epoch/* history rows use; the loggers get it below on that axis
+        self.log("val_auc", val_auc, prog_bar=True, sync_dist=True, logger=False)
         if self.trainer.sanity_checking:
             return
+        for lg in self.trainer.loggers:  # rank-zero only inside each logger
+            lg.log_metrics({"val_auc": float(val_auc)}, step=self.trainer.global_step)
         steps = max(self._steps, 1)
         self.history.append(
             {
