@@ -395,3 +395,30 @@ def test_onnx_encoder_refuses_wrongly_scaled_images(encoder_and_embeddings, onnx
     bad = u8 if scale == "0..255" else (u8 / 255.0 - 0.5) / 0.1
     with pytest.raises(Exception, match=re.escape(ONNX_RANGE_ERROR)):
         sess.run(None, {"images": bad})
+
+
+def test_export_refuses_embeddings_of_another_encoder(encoder_and_embeddings, tmp_path):
+    """Embeddings another encoder made (its digest in their metadata), or of another width,
+    are one line naming both files, exit 2, and no export folder."""
+    from visctr.embeddings import read_embeddings, write_embeddings
+
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    torch.manual_seed(1)
+    cfg = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16)
+    other = build_encoder(cfg, 1, 28).eval()
+    save_encoder(tmp_path / "other.pt", other, encoder_spec(other, cfg, 1, 28))
+    ids, vecs = read_embeddings(emb_dir / "items.parquet")
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    write_embeddings(ids, np.tile(vecs, 2) / np.sqrt(2), wide / "items.parquet")
+    for encoder, emb, says in (
+        (tmp_path / "other.pt", emb_dir, "was made by another encoder than"),
+        (enc_path, wide, "has 32-d vectors but"),
+    ):
+        out = tmp_path / f"x-{encoder.stem}-{emb.name}"
+        args = ["export", "--encoder", str(encoder), "--embeddings", str(emb), "--out", str(out)]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 2, res.output
+        line = res.output.strip()
+        assert says in line and str(encoder) in line and "items.parquet" in line
+        assert "\n" not in line and not out.exists()

@@ -233,8 +233,10 @@ def export_artifacts(
     encoder = load_encoder(encoder_path)
     c, s = int(spec["in_channels"]), int(spec["image_size"])
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
-    item_ids, vectors = read_embeddings(Path(embeddings_dir) / "items.parquet")
-    keys = _item_keys(Path(embeddings_dir) / "items.parquet")
+    items_path = Path(embeddings_dir) / "items.parquet"
+    item_ids, vectors = read_embeddings(items_path)
+    _check_pair(encoder_path, encoder.embed_dim, items_path, vectors.shape[1])
+    keys = _item_keys(items_path)
     files = ["encoder.ts"]
     with atomic_dir(out, kind="export") as tmp:
         core = _Normalised(encoder).eval()
@@ -287,6 +289,25 @@ def export_artifacts(
             tmp / "export.json",
         )
     return Path(out)
+
+
+def _check_pair(encoder_path: Path, dim: int, items_path: Path, width: int) -> None:
+    """The embeddings must be the encoder's: the same width, and, where the file records
+    it, the digest of the encoder file that made them (one line naming both files)."""
+    from visctr.embeddings import read_embeddings_meta
+    from visctr.io import file_digest
+
+    if width != dim:
+        raise InputError(
+            f"{items_path} has {width}-d vectors but {encoder_path} makes {dim}-d ones: "
+            "they are not this encoder's embeddings (run 'visctr embed' with it)"
+        )
+    made_by = read_embeddings_meta(items_path).get("encoder_digest")
+    if made_by is not None and made_by != file_digest(encoder_path):
+        raise InputError(
+            f"{items_path} was made by another encoder than {encoder_path} (digest "
+            f"{made_by[:12]} vs {file_digest(encoder_path)[:12]}): run 'visctr embed' with it"
+        )
 
 
 def _item_keys(path: Path) -> list | None:
