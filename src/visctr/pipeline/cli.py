@@ -17,15 +17,25 @@ from visctr.cli_common import (
     trainer_options,
 )
 
-
-@click.command("run")
-@click.option(
+# shared by visctr run and visctr config show, which resolves what run would
+PRESET = click.option(
     "--preset",
     type=click.Choice(["tiny", "small", "full"]),
     default="small",
     show_default=True,
     help="World size and training budget.",
 )
+RUN_CONFIG = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML with sections world, s1, s2, classify, ctr, trainer, abtest.",
+)
+
+
+@click.command("run")
+@PRESET
 @click.option(
     "--seeds",
     type=POSITIVE,
@@ -54,13 +64,7 @@ from visctr.cli_common import (
     help="An existing world (visctr import or simulate) instead of simulating one.",
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML with sections world, s1, s2, classify, ctr, trainer.",
-)
+@RUN_CONFIG
 @click.option("--restart", is_flag=True, help="Recompute every stage (ignore completed ones).")
 @trainer_options
 @handle_errors
@@ -159,20 +163,8 @@ def config_group():
 
 
 @config_group.command("show")
-@click.option(
-    "--preset",
-    type=click.Choice(["tiny", "small", "full"]),
-    default="small",
-    show_default=True,
-    help="World size and training budget.",
-)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML with sections world, s1, s2, classify, ctr, trainer (as for visctr run).",
-)
+@PRESET
+@RUN_CONFIG
 @click.option(
     "--section",
     type=click.Choice(["world", "s1", "s2", "classify", "ctr", "abtest"]),
