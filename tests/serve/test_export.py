@@ -352,6 +352,13 @@ def test_embeddings_files_record_what_made_them(encoder_and_embeddings, tmp_path
     from visctr.io import file_digest
 
     enc_path, emb_dir, _ = encoder_and_embeddings
+    export = export_artifacts(enc_path, emb_dir, tmp_path / "x", IndexConfig(kind="flat"))
+    prov = json.loads((export / "export.json").read_text())["provenance"]
+    assert prov == {
+        "encoder": file_digest(enc_path),
+        "embeddings": file_digest(emb_dir / "items.parquet"),
+        "debias": None,
+    }
     for name in ("items.parquet", "queries.parquet"):
         meta = read_embeddings_meta(emb_dir / name)
         assert meta["format"] == "visctr-embeddings/1"

@@ -223,7 +223,7 @@ def export_artifacts(
     from visctr.embeddings import read_embeddings
     from visctr.encoders import load_encoder
     from visctr.encoders.checkpoint import read_encoder_file
-    from visctr.io import atomic_dir, check_out_dir, write_json
+    from visctr.io import atomic_dir, check_out_dir, file_digest, write_json
 
     check_out_dir(out, "export", (encoder_path, embeddings_dir, debias_path))
     if onnx:
@@ -235,7 +235,7 @@ def export_artifacts(
     example = torch.rand(2, c, s, s, generator=torch.Generator().manual_seed(0))
     items_path = Path(embeddings_dir) / "items.parquet"
     item_ids, vectors = read_embeddings(items_path)
-    _check_pair(encoder_path, encoder.embed_dim, items_path, vectors.shape[1])
+    encoder_digest = _check_pair(encoder_path, encoder.embed_dim, items_path, vectors.shape[1])
     keys = _item_keys(items_path)
     files = ["encoder.ts"]
     with atomic_dir(out, kind="export") as tmp:
@@ -283,6 +283,11 @@ def export_artifacts(
                 },
                 "debias": debias_path is not None,
                 "item_keys": keys is not None,
+                "provenance": {  # sha256 (32 hex) of the files this export was made from
+                    "encoder": encoder_digest,
+                    "embeddings": file_digest(items_path),
+                    "debias": file_digest(debias_path) if debias_path is not None else None,
+                },
                 "files": files,
                 "inputs": {f: _INPUTS[f] for f in files},
             },
@@ -291,9 +296,10 @@ def export_artifacts(
     return Path(out)
 
 
-def _check_pair(encoder_path: Path, dim: int, items_path: Path, width: int) -> None:
+def _check_pair(encoder_path: Path, dim: int, items_path: Path, width: int) -> str:
     """The embeddings must be the encoder's: the same width, and, where the file records
-    it, the digest of the encoder file that made them (one line naming both files)."""
+    it, the digest of the encoder file that made them (one line naming both files).
+    Returns the encoder file's digest."""
     from visctr.embeddings import read_embeddings_meta
     from visctr.io import file_digest
 
@@ -303,11 +309,13 @@ def _check_pair(encoder_path: Path, dim: int, items_path: Path, width: int) -> N
             "they are not this encoder's embeddings (run 'visctr embed' with it)"
         )
     made_by = read_embeddings_meta(items_path).get("encoder_digest")
-    if made_by is not None and made_by != file_digest(encoder_path):
+    digest = file_digest(encoder_path)
+    if made_by is not None and made_by != digest:
         raise InputError(
             f"{items_path} was made by another encoder than {encoder_path} (digest "
-            f"{made_by[:12]} vs {file_digest(encoder_path)[:12]}): run 'visctr embed' with it"
+            f"{made_by[:12]} vs {digest[:12]}): run 'visctr embed' with it"
         )
+    return digest
 
 
 def _item_keys(path: Path) -> list | None:
