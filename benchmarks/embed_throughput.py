@@ -100,8 +100,8 @@ def main() -> None:
         print(f"  embed bf16 / bare bf16  {med['embed bf16'] / med['bare bf16']:8.2f}")
         print(f"  embed bf16 / fp32       {med['embed bf16'] / med['embed']:8.2f}x")
         native = "yes" if cpu_supports_bf16() else "no"
-        print(f"  native CPU bf16 (AVX512-BF16/AMX): {native} (precision: auto uses bf16 for "
-              "embed only where this says yes)")  # fmt: skip
+        print(f"  native CPU bf16 (AVX512-BF16/AMX): {native} (embed is fp32 under precision: "
+              "auto everywhere; these rows are --precision bf16-mixed)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def main() -> None:
     print(f"  bare / bare NCHW        {med['bare fwd+bwd'] / med['bare NCHW']:8.2f}x")
     print(
         f"  native CPU bf16 (AVX512-BF16/AMX): {'yes' if cpu_supports_bf16() else 'no'}"
-        " (precision: auto uses bf16 for encoder stages only where this says yes)"
+        " (precision: auto trains in fp32 on any CPU; VISCTR_CPU_BF16=1 opts into bf16)"
     )
 
 

@@ -4,11 +4,11 @@
 
 - on CUDA: ``bf16-mixed`` where the GPU computes bf16 (``torch.cuda.is_bf16_supported()``),
   ``16-mixed`` otherwise;
-- on a CPU: ``32-true``. Native bf16 (AVX512-BF16/AMX) was measured *slower* than fp32 for
-  visctr's S1 step (``benchmarks/s1_throughput.py``: bf16 / fp32 0.92x on an AVX512-BF16
-  Xeon) and emulated bf16 is several times slower, so detection alone never switches it
-  on. ``VISCTR_CPU_BF16=1`` opts the encoder stages into bf16 under ``auto`` (to measure or
-  test that path), ``=0`` keeps fp32;
+- on a CPU: ``32-true``, so that every CPU gives the same results. Whether bf16 pays
+  depends on the CPU: ``benchmarks/s1_throughput.py`` gave bf16 / fp32 0.92x for the S1
+  step on one AVX512-BF16 Xeon and 1.51x on an AVX512-BF16 AMD EPYC, and emulated bf16
+  (AVX2) is several times slower. ``VISCTR_CPU_BF16=1`` opts the encoder stages into bf16
+  under ``auto`` (run the benchmark to see whether it pays on yours), ``=0`` keeps fp32;
 - elsewhere (MPS, ...): ``32-true``.
 
 **CTR training and ``embed`` stay ``32-true`` under ``auto``** on every device: the
@@ -58,7 +58,7 @@ def cpu_supports_bf16() -> bool:
 
 def cpu_bf16_training() -> bool:
     """Whether ``auto`` trains the encoder stages in bf16 on a CPU: only when asked with
-    ``VISCTR_CPU_BF16=1`` (measured not faster, see the module docstring)."""
+    ``VISCTR_CPU_BF16=1`` (faster on some CPUs, slower on others: the module docstring)."""
     return os.environ.get("VISCTR_CPU_BF16") == "1"
 
 
