@@ -209,7 +209,7 @@ def read_yaml(path: str | Path) -> dict:
 
 # The top-level keys of a ``visctr run`` config (``--config`` sections) and of the
 # resolved ``config.yaml`` a run writes (which adds preset, seeds and seed).
-RUN_SECTIONS = ("world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest")
+RUN_SECTIONS = ("world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest", "ope")
 RUN_KEYS = (*RUN_SECTIONS, "preset", "seeds", "seed")
 
 

@@ -60,6 +60,46 @@ def test_ab_test_section(tiny_run):
     assert "## Simulated A/B test" in (out / "report.md").read_text()
 
 
+def test_ope_section(tiny_run, tmp_path):
+    """Every estimator for every method and the logging policy, each CTR inside its CI for
+    the bootstrap-based estimators, a validation against the A/B CTR, and `visctr abtest
+    --estimator` on the finished run giving the same figures."""
+    import shutil
+
+    from visctr.eval.ope import ESTIMATORS
+
+    out, _ = tiny_run
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["ope"]) == set(ESTIMATORS)
+    for e, by in r["ope"].items():
+        assert set(by) == {*METHODS, "legacy"}, e
+        for name, row in by.items():
+            ctr = row["ctr"]["per_seed"][0]
+            lo, hi = row["ci95"][0]
+            assert ctr is not None and lo is not None and lo <= hi, (e, name)
+            if e in ("ips", "snips", "pi", "dm"):  # non-negative by construction
+                assert ctr >= 0 and lo >= 0, (e, name)
+            assert row["ess"]["per_seed"][0] > 0
+            assert ("lift_vs_S2" in row) == (name != "S2")
+    info = r["ope_info"]
+    assert info["bucket_queries"] == 400 and info["top_k"] == 10
+    assert info["examination"][0] == 1.0 and info["examination"] == sorted(
+        info["examination"], reverse=True
+    )
+    v = r["ope_validation"]
+    assert set(v) == set(ESTIMATORS)
+    for row in v.values():
+        assert row["n"] == len(METHODS) + 1 and 0 <= row["coverage"] <= 1
+    assert "## Off-policy estimates" in (out / "report.md").read_text()
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run), "--estimator", "pi"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    again = json.loads((run / "ope.json").read_text())
+    assert again["ope"]["pi"]["S1+S2"]["ctr"] == r["ope"]["pi"]["S1+S2"]["ctr"]
+    assert "coverage" in res.output and "ctr (pi)" in res.output
+
+
 def test_report_links_existing_pngs(tiny_run):
     out, _ = tiny_run
     report = (out / "report.md").read_text()

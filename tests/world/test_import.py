@@ -271,7 +271,16 @@ def test_round_trip_run_matches_the_simulated_world(tiny_run, tmp_path):
     assert compared == len(a["methods"]) * len(next(iter(a["methods"].values())))
     assert b["world_source"] == "imported" and "ab_test" not in b
     assert set(b["skipped"]) == {"random_exposure_by_category", "ab_test"}
-    assert "skipped ab_test:" in res.output
+    assert "skipped ab_test:" in res.output and "results.json['ope']" in res.output
+    # the A/B test's place: off-policy estimates from the imported random-exposure log,
+    # for every method, each the same as on the simulated world it came from
+    assert set(b["ope"]["dr_pi"]) == set(a["methods"])  # no legacy: no hidden popularity
+    for e, by in b["ope"].items():
+        for m, row in by.items():
+            assert math.isclose(
+                row["ctr"]["per_seed"][0], a["ope"][e][m]["ctr"]["per_seed"][0], abs_tol=1e-6
+            ), (e, m)
+    assert "ope_validation" not in b
     ab = CliRunner().invoke(main, ["abtest", "--run", str(tmp_path / "run")])
     assert (
         ab.exit_code != 0 and "the A/B test needs the simulator's hidden click model" in ab.output

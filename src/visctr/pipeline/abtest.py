@@ -71,7 +71,6 @@ class ABTest:
         whether it has a debias network (default: the run's own model of ``method``).
         ``vectors``: a cache per encoder recipe of the traffic's query vectors and the
         item vectors aligned to item rows (methods on one encoder share them)."""
-        from visctr.ctr import debias_transform
         from visctr.embeddings import align, read_embeddings
 
         recipe = method.encoder
@@ -82,19 +81,43 @@ class ABTest:
             ids, vecs = read_embeddings(emb_dir / "items.parquet", "item_id")
             cache[recipe] = qv, align(ids, vecs, self.item_ids, emb_dir / "items.parquet")
         qv, items = cache[recipe]
-        if ctr_dir is None:
-            ctr_dir = layout.ctr(seed, method.slug)
-        if debias is None:
-            debias = CTR_VARIANTS[method.ctr](self.cfg.ctr).debias.enabled
-        r_items, r_queries = items, qv
-        if debias:  # retrieval through the debias network, as at serving
-            transform = debias_transform(ctr_dir / "debias.pt")
-            r_items, r_queries = transform(items), transform(qv)
-        score = ab.ctr_scorer(ctr_dir, self.world, emb_dir, self.traffic, qv)
-        shown = ab.retrieve_and_rerank(
-            r_queries, r_items, self.cfg.abtest.candidates, self.k, score
-        )
+        shown = serve(
+            self.world, self.cfg, self.traffic, self.k, layout, seed, method, qv, items,
+            ctr_dir, debias,
+        )  # fmt: skip
         return ab.score_policy(self.clicks, shown, seed)
+
+
+def serve(
+    world: World,
+    cfg: Any,
+    traffic: ab.Traffic,
+    k: int,
+    layout: RunLayout,
+    seed: int,
+    method: Method,
+    query_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    ctr_dir=None,
+    debias: bool | None = None,
+) -> np.ndarray:
+    """The ``[Q, k]`` item rows ``method``'s policy shows ``traffic`` for training seed
+    ``seed``: retrieve with its encoder's vectors (through the debias network when its CTR
+    model has one, as at serving), re-rank with its CTR model (``ctr_dir``, default the
+    run's own model of ``method``; ``debias``: whether that model has a debias network)."""
+    from visctr.ctr import debias_transform
+
+    emb_dir = layout.embeddings(seed, method.encoder)
+    if ctr_dir is None:
+        ctr_dir = layout.ctr(seed, method.slug)
+    if debias is None:
+        debias = CTR_VARIANTS[method.ctr](cfg.ctr).debias.enabled
+    r_items, r_queries = item_vectors, query_vectors
+    if debias:  # retrieval through the debias network, as at serving
+        transform = debias_transform(ctr_dir / "debias.pt")
+        r_items, r_queries = transform(item_vectors), transform(query_vectors)
+    score = ab.ctr_scorer(ctr_dir, world, emb_dir, traffic, query_vectors)
+    return ab.retrieve_and_rerank(r_queries, r_items, cfg.abtest.candidates, k, score)
 
 
 def aggregate_ab(per_seed: list[dict[str, dict[str, float]]], test: ABTest) -> dict:
@@ -122,41 +145,27 @@ def aggregate_ab(per_seed: list[dict[str, dict[str, float]]], test: ABTest) -> d
     }
 
 
-def abtest_run(
-    run_dir, world_dir=None, queries: int | None = None, seed: int | None = None, echo=print
-) -> dict:
-    """The A/B test of a finished ``visctr run`` directory, for every training seed it holds;
-    writes ``abtest.json`` there (the same layout as ``results.json["ab_test"]``)."""
+def load_run(run_dir, world_dir=None) -> tuple[RunLayout, Any, World, list[int]]:
+    """A finished ``visctr run`` directory: its layout, resolved config, world (its own, or
+    the one ``--world`` named when it ran, or ``world_dir``) and training seeds; an
+    ``InputError`` when a CTR model of some method and seed is missing."""
+    import json
     from pathlib import Path
 
     from visctr.config import from_dict, read_yaml
     from visctr.errors import InputError
-    from visctr.io import write_json
     from visctr.pipeline.config import RunConfig
 
     layout = RunLayout(Path(run_dir))
     if not layout.config.is_file():
         raise InputError(f"{layout.root}: not a visctr run directory (no config.yaml)")
     cfg = from_dict(RunConfig, read_yaml(layout.config), str(layout.config))
-    if queries is not None:
-        cfg.abtest.queries = queries
-    if seed is not None:
-        cfg.abtest.seed = seed
-    if cfg.abtest.queries < 1:
-        raise InputError("--queries must be >= 1")
     if world_dir is None:  # the world the run used: its own, or the one --world named
-        import json
-
         try:
             world_dir = json.loads(layout.results.read_text()).get("world_dir")
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             world_dir = None
     world = World.load(Path(world_dir) if world_dir else layout.world)
-    if not world.ground_truth:
-        raise InputError(
-            f"{world.root}: the A/B test needs the simulator's hidden click model, and this "
-            "world is imported (it has none); measure a real A/B test online"
-        )
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     for s in seeds:
         for m in METHODS.values():
@@ -165,6 +174,31 @@ def abtest_run(
                     f"{layout.ctr(s, m.slug)}: no finished CTR model of {m.name} for seed {s}; "
                     f"finish the run first (visctr run ... --out {layout.root})"
                 )
+    return layout, cfg, world, seeds
+
+
+def abtest_run(
+    run_dir, world_dir=None, queries: int | None = None, seed: int | None = None, echo=print
+) -> dict:
+    """The A/B test of a finished ``visctr run`` directory, for every training seed it holds;
+    writes ``abtest.json`` there (the same layout as ``results.json["ab_test"]``)."""
+    from visctr.errors import InputError
+    from visctr.io import write_json
+
+    layout, cfg, world, seeds = load_run(run_dir, world_dir)
+    if queries is not None:
+        cfg.abtest.queries = queries
+    if seed is not None:
+        cfg.abtest.seed = seed
+    if cfg.abtest.queries < 1:
+        raise InputError("--queries must be >= 1")
+    if not world.ground_truth:
+        raise InputError(
+            f"{world.root}: the A/B test needs the simulator's hidden click model, and this "
+            "world is imported (it has none); estimate it from the logs with "
+            f"'visctr abtest --run {layout.root} --estimator dr' (or ips, snips, pi, dm), or "
+            "measure a real A/B test online"
+        )
     test = ABTest(world, cfg, echo)
     per_seed = []
     for s in seeds:

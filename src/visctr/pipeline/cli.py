@@ -30,7 +30,7 @@ RUN_CONFIG = click.option(
     "config_path",
     type=click.Path(path_type=Path),
     default=None,
-    help="YAML with sections world, s1, s2, classify, ctr, trainer, abtest.",
+    help="YAML with sections world, s1, s2, classify, ctr, trainer, abtest, ope.",
 )
 
 
@@ -146,12 +146,33 @@ def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
     help="Fresh traffic queries (default: the run config's abtest.queries).",
 )
 @click.option("--seed", type=SEED, default=None, help="Traffic stream (default: abtest.seed).")
+@click.option(
+    "--estimator",
+    type=click.Choice(["ips", "snips", "pi", "dm", "dr", "dr_pi"]),
+    default=None,
+    help="Estimate each policy's CTR off-policy from the world's random-exposure log "
+    "instead of simulating traffic (works on imported worlds); writes ope.json with every "
+    "estimator and prints this one.",
+)
 @handle_errors
-def abtest(run_dir, world_dir, queries, seed):
-    """Simulated online A/B test: every method's policy, legacy and oracle on fresh traffic."""
+def abtest(run_dir, world_dir, queries, seed, estimator):
+    """Simulated online A/B test: every method's policy, legacy and oracle on fresh traffic;
+    with --estimator, off-policy estimates from the random-exposure log."""
     from visctr.pipeline.abtest import abtest_run, format_ab_table
 
-    check_out(run_dir, "run", option="--run")  # abtest.json is written into it
+    check_out(run_dir, "run", option="--run")  # abtest.json / ope.json is written into it
+    if estimator is not None:
+        from visctr.pipeline.ope import format_ope_table, format_validation_table, ope_run
+
+        if queries is not None or seed is not None:
+            raise click.UsageError("--queries and --seed are for the simulated A/B test")
+        res = ope_run(run_dir, world_dir, echo=click.echo)
+        click.echo(format_ope_table(res["ope"], estimator))
+        if "ope_validation" in res:
+            click.echo("against the simulated A/B CTR of this run:")
+            click.echo(format_validation_table(res["ope_validation"]))
+        click.echo(f"written: {Path(run_dir) / 'ope.json'}")
+        return
     out = abtest_run(run_dir, world_dir, queries, seed, echo=click.echo)
     click.echo(format_ab_table(out))
     click.echo(f"written: {Path(run_dir) / 'abtest.json'}")

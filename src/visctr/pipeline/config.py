@@ -35,6 +35,7 @@ STAGE_PRESETS: dict[str, dict[str, Any]] = {
             "classify": {"epochs": 1, "batch_size": 128, "probe_items": 200},
             "ctr": {"max_epochs": 1},
             "abtest": {"queries": 500},
+            "ope": {"bootstrap": 200},
         },
     ),
     "small": _S1_INFONCE,
@@ -66,6 +67,32 @@ class ABTestConfig:
 
 
 @dataclass
+class OPEConfig:
+    """Off-policy estimates from the random-exposure bucket (``visctr.eval.ope``)."""
+
+    enabled: bool = True
+    reward_model: str = "S1+S2"  # the method whose CTR model is dm's / dr's reward model
+    bootstrap: int = 1000  # resamples of the bucket's queries for every CI
+    seed: int = 0  # the bootstrap's random stream
+    max_queries: int | None = None  # bucket queries used (None: all of them)
+    examination: str = "power"  # θ by position: power (1+k)^-η, or free (per-position ratio)
+
+    def __post_init__(self) -> None:
+        from visctr.pipeline.methods import METHODS
+
+        if self.examination not in ("power", "free"):
+            raise ValueError(f"examination must be power or free, got {self.examination!r}")
+        if self.reward_model not in METHODS:
+            raise ValueError(
+                f"reward_model must be one of {', '.join(METHODS)}, got {self.reward_model!r}"
+            )
+        if self.bootstrap < 10:
+            raise ValueError(f"bootstrap must be >= 10, got {self.bootstrap}")
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ValueError(f"max_queries must be >= 1, got {self.max_queries}")
+
+
+@dataclass
 class RunConfig:
     """Everything ``visctr run`` does, resolved."""
 
@@ -80,6 +107,7 @@ class RunConfig:
     trainer: dict = field(default_factory=dict)  # overrides applied to every stage
     examples: int = 6  # query photos in the report's retrieval grid
     abtest: ABTestConfig = field(default_factory=ABTestConfig)
+    ope: OPEConfig = field(default_factory=OPEConfig)
 
 
 def resolve_run_config(
@@ -123,7 +151,8 @@ def resolve_run_config(
     data.update(preset=preset, seeds=seeds, seed=seed, trainer=trainer)
     if "examples" in raw:
         data["examples"] = raw["examples"]
-    data["abtest"] = merge(STAGE_PRESETS[preset].get("abtest", {}), raw.get("abtest") or {})
+    for name in ("abtest", "ope"):
+        data[name] = merge(STAGE_PRESETS[preset].get(name, {}), raw.get(name) or {})
     cfg = from_dict(RunConfig, data, "config")
     cfg.world = world
     if seeds < 1:

@@ -222,6 +222,82 @@ def _ab_section(results: dict) -> list[str]:
     ]
 
 
+def _ope_plot(results: dict, path: Path) -> None:
+    """Each policy's off-policy estimate (mean ± std over seeds) per estimator, with the
+    simulated A/B CTR beside them when the run has one."""
+    plt = _plt()
+    ope = results["ope"]
+    ests = list(ope)
+    names = list(ope[ests[0]])
+    truth = results.get("ab_test", {}).get("methods", {})
+    series = [(e, ope[e]) for e in ests]
+    if truth:
+        series.append(("A/B (true)", {n: truth[n] for n in names if n in truth}))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    width = 0.8 / len(series)
+    for i, (label, by) in enumerate(series):
+        mean = [(by.get(n, {}).get("ctr", {}).get("mean") or 0.0) for n in names]
+        std = [(by.get(n, {}).get("ctr", {}).get("std") or 0.0) for n in names]
+        x = np.arange(len(names)) + (i - (len(series) - 1) / 2) * width
+        ax.bar(
+            x,
+            mean,
+            width,
+            yerr=std,
+            capsize=2,
+            label=label,
+            color="k" if label.startswith("A/B") else None,
+        )
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("CTR")
+    ax.set_title("Off-policy estimates from the random-exposure log (mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=len(series))
+    _save(fig, path)
+
+
+def _ope_section(results: dict) -> list[str]:
+    ope, info = results.get("ope"), results.get("ope_info")
+    if not ope or not info:
+        return []
+    from visctr.pipeline.ope import format_validation_table
+
+    head = "| policy | " + " | ".join(ope) + " |"
+    rows = [
+        f"| {n} | " + " | ".join(fmt(ope[e][n]["ctr"], 4) for e in ope) + " |"
+        for n in ope[next(iter(ope))]
+    ]
+    out = [
+        "## Off-policy estimates (from the random-exposure log)",
+        "",
+        f"Each policy serves the {info['bucket_queries']:,} queries of the random-exposure log "
+        f"({info['bucket_impressions']:,} impressions, {info['bucket_clicks']:,} clicks) as in "
+        "the A/B test; each estimator says what CTR it would get from what that log showed "
+        f"and what was clicked. Propensity: {info['propensity']}. Examination by position "
+        f"({info['examination_model']}): {', '.join(f'{t:.2f}' for t in info['examination'])}. "
+        f"Reward model of dm/dr/dr_pi: the CTR model of {info['reward_model']}, calibrated "
+        f"on the log. CIs: {info['ci']} (in results.json).",
+        "",
+        head,
+        "|---|" + "---|" * len(ope),
+        *rows,
+        "",
+        *[f"- `{e}`: {d}" for e, d in info["estimators"].items()],
+        "",
+    ]
+    if results.get("ope_validation"):
+        out += [
+            "Against the simulated A/B CTR (every policy and seed): bias, RMSE, share of 95% "
+            "CIs holding the true value, Spearman of estimated and true CTR (all points; mean "
+            "per seed).",
+            "",
+            "```",
+            format_validation_table(results["ope_validation"]),
+            "```",
+            "",
+        ]
+    return [*out, "![off-policy estimates](plots/ope_ctr.png)", ""]
+
+
 def write_report(
     layout: RunLayout,
     results: dict,
@@ -250,6 +326,8 @@ def write_report(
     _curves(curves, plots / "training_curves.png")
     if results.get("ab_test"):
         _ab_plot(results["ab_test"], results["seeds"], plots / "ab_ctr.png")
+    if results.get("ope"):
+        _ope_plot(results, plots / "ope_ctr.png")
     t = results["timings_s"]
     lines = [
         f"# visctr run — preset `{results['preset']}`, {results['seeds']} seed(s)",
@@ -285,6 +363,7 @@ def write_report(
         ),
         *_by_category_section(results),
         *_ab_section(results),
+        *_ope_section(results),
         "## Methods",
         "",
         *[f"- **{m}**: {d}" for m, d in descriptions.items()],

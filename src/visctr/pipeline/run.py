@@ -66,7 +66,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         )
         world = World.load(layout.world)
     click.echo("  " + format_summary(world.meta["summary"]).replace("\n", "\n  "))
-    skipped = skipped_metrics(world)
+    skipped = skipped_metrics(world, cfg)
     for what, why in skipped.items():
         click.echo(f"  skipped {what}: {why}")
     retrieval_targets = (
@@ -82,7 +82,13 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         from visctr.pipeline.abtest import ABTest
 
         ab = stages.timed("abtest", lambda: ABTest(world, cfg))
+    estimates = None
+    if "ope" not in skipped:
+        from visctr.pipeline.ope import OPE
+
+        estimates = stages.timed("ope", lambda: OPE(world, cfg))
     ab_per_seed: list[dict] = []
+    ope_per_seed: list[dict] = []
     keys = METRICS + BY_CATEGORY
     per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in METHODS}
     tops: dict[str, np.ndarray] = {}
@@ -155,6 +161,13 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
             if "lift_vs_S2" in row.get("S1+S2+D", {}):
                 line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
             click.echo(line)
+        if estimates is not None:
+            row = stages.timed("ope", lambda: estimates.run_seed(layout, seed))
+            ope_per_seed.append(row)
+            click.echo(
+                "  OPE CTR (dr_pi) "
+                + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row["dr_pi"].items())
+            )
 
     timings = stages.timings
     timings["total"] = time.perf_counter() - t_start
@@ -181,6 +194,13 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         from visctr.pipeline.abtest import aggregate_ab
 
         results["ab_test"] = aggregate_ab(ab_per_seed, ab)
+    if estimates is not None:
+        from visctr.pipeline.ope import aggregate_ope, validation
+
+        results["ope"] = aggregate_ope(ope_per_seed)
+        results["ope_info"] = estimates.info()
+        if "ab_test" in results:
+            results["ope_validation"] = validation(results["ope"], results["ab_test"])
     write_json(results, layout.results)
     write_report(layout, results, world, tops, curves, cfg, descriptions(cfg))
     click.echo(format_table(results))
@@ -188,16 +208,26 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     return results
 
 
-def skipped_metrics(world) -> dict[str, str]:
+def skipped_metrics(world, cfg: Any = None) -> dict[str, str]:
     """What this world cannot measure, and why (one line each)."""
     out = {}
     if not world.has_random_exposure:
         out["auc_random_exposure"] = "the world has no random-exposure log (import --random)"
+        out["ope"] = (
+            "off-policy estimates need a random-exposure log (import --random); estimates "
+            "from the ordinary logs alone are not built yet"
+        )
+    elif cfg is not None and not cfg.ope.enabled:
+        out["ope"] = "ope.enabled is false in the config"
     if not world.ground_truth:
         out["random_exposure_by_category"] = (
             "needs every query's true target item, which only a simulated world knows"
         )
-        out["ab_test"] = "needs the simulator's hidden click model; an imported world has none"
+        out["ab_test"] = "needs the simulator's hidden click model; an imported world has none" + (
+            "; results.json['ope'] estimates each policy's CTR from the random-exposure log"
+            if world.has_random_exposure
+            else ""
+        )
     return out
 
 

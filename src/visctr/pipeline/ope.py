@@ -1,0 +1,348 @@
+"""Off-policy estimates of every method's online CTR from a world's random-exposure bucket
+(``visctr.eval.ope``): used by ``visctr run`` (``results.json["ope"]``) and by
+``visctr abtest --estimator`` on a finished run.
+
+Each method's policy serves the bucket's own queries exactly as in the simulated A/B test
+(retrieve from the whole catalog, re-rank with its CTR model, show ``top_k``); the
+estimators then score that slate against what the bucket showed and what was clicked.
+The bucket's propensity is uniform: every catalog item is equally likely in every slot.
+On a simulated world the estimates are validated against the true A/B CTR
+(``results.json["ope_validation"]``); the logging policy (``legacy``) is one more policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from visctr.errors import InputError
+from visctr.eval import abtest as ab
+from visctr.eval import ope
+from visctr.ids import IdIndex
+from visctr.pipeline.layout import RunLayout
+from visctr.pipeline.methods import METHODS
+from visctr.pipeline.results import aggregate, fmt, fmt_pct
+from visctr.world.store import World
+
+BASELINE = "S2"
+NOTES = {
+    "ips": "per-slot inverse propensity (same item, same position); unbiased, high variance",
+    "snips": "ips self-normalised by the sum of its weights; slightly biased, lower variance",
+    "pi": "pseudo-inverse under a position-based click model estimated from the bucket; "
+    "unbiased when that model holds",
+    "dm": "the reward model's predicted clicks (a CTR model calibrated on the bucket); "
+    "biased as far as that model is",
+    "dr": "dm + ips-weighted residuals of the bucket; unbiased when the propensities are right",
+    "dr_pi": "dm + pi-weighted residuals; unbiased when the position-based model holds",
+}
+
+
+class Bucket:
+    """The random-exposure log as dense slates, its queries as traffic to serve."""
+
+    def __init__(
+        self, world: World, k: int, max_queries: int | None = None, examination_model: str = "power"
+    ) -> None:
+        if not world.has_random_exposure:
+            raise InputError(
+                f"{world.root}: off-policy estimates need a random-exposure log "
+                "(impressions/random.parquet; 'visctr import --random FILE')"
+            )
+        path = world.impressions_path("random")
+        imp = world.read_impressions("random")
+        qids, first = np.unique(imp["query_id"], return_index=True)
+        qids = qids[np.argsort(first, kind="stable")]  # in log order
+        if max_queries is not None:
+            qids = qids[:max_queries]
+            keep = np.isin(imp["query_id"], qids)
+            imp = {c: v[keep] for c, v in imp.items()}
+        q_of_row = IdIndex(qids).rows(imp["query_id"])
+        items = IdIndex(world.items["item_id"]).rows(
+            imp["item_id"], strict=True, what="item_id", path=path
+        )
+        self.n_items = len(world.items["item_id"])
+        self.logged = ope.Logged.from_rows(
+            q_of_row,
+            imp["position"],
+            items,
+            imp["clicked"],
+            1.0 / self.n_items,
+            len(qids),
+            where=str(path),
+        )
+        if self.logged.clicks.sum() == 0:
+            raise InputError(f"{path}: the random-exposure log has no click to estimate from")
+        self.theta = ope.examination(self.logged, examination_model)
+        self.k = k
+        rows = IdIndex(world.queries["query_id"]).rows(
+            qids, strict=True, what="query_id", path=path
+        )
+        self.query_rows = rows
+        self.query_ids = qids
+        targets = IdIndex(world.items["item_id"]).rows(world.queries["target_item_id"][rows])
+        self.traffic = ab.Traffic(
+            users=np.asarray(world.queries["user_id"][rows], dtype=np.int64),
+            targets=targets,
+            timestamps=np.asarray(world.queries["timestamp"][rows], dtype=np.int64),
+            images=np.empty((0, 1, 1, 1), dtype=np.uint8),  # read only where needed (legacy)
+        )
+
+    def __len__(self) -> int:
+        return len(self.logged)
+
+    def with_images(self, world: World) -> ab.Traffic:
+        imgs = np.asarray(
+            world.query_images[np.asarray(world.queries["image_row"])[self.query_rows]]
+        )
+        t = self.traffic
+        return ab.Traffic(t.users, t.targets, t.timestamps, imgs)
+
+
+class OPE:
+    """The bucket, the logging baseline and the seed-independent policies, built once."""
+
+    def __init__(self, world: World, cfg: Any, echo=print) -> None:
+        self.world, self.cfg, self.echo = world, cfg, echo
+        self.k = cfg.abtest.top_k or int(world.meta["summary"].get("top_k", 10))
+        self.bucket = Bucket(world, self.k, cfg.ope.max_queries, cfg.ope.examination)
+        self.item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
+        self.fixed: dict[str, np.ndarray] = {}
+        if world.ground_truth:  # the logging policy needs the hidden popularity
+            traffic = self.bucket.with_images(world)
+            self.fixed["legacy"] = ab.legacy_policy(world, traffic, self.k)
+        test = world.read_impressions("test")
+        _, q = np.unique(test["query_id"], return_inverse=True)
+        clicks = np.bincount(q, weights=test["clicked"].astype(np.float64))
+        shown = np.bincount(q).astype(np.float64)
+        self.logging = {"num": clicks, "den": shown}
+
+    def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, dict[str, float]]]:
+        """``{estimator: {policy: figures}}`` for one training seed."""
+        from visctr.embeddings import align, read_embeddings
+        from visctr.pipeline.abtest import serve
+
+        b = self.bucket
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def vecs(recipe: str) -> tuple[np.ndarray, np.ndarray]:
+            if recipe not in vectors:
+                emb = layout.embeddings(seed, recipe)
+                ids, v = read_embeddings(emb / "items.parquet", "item_id")
+                qids, qv = read_embeddings(emb / "queries.parquet", "query_id")
+                vectors[recipe] = (
+                    align(qids, qv, b.query_ids, emb / "queries.parquet", "query_id"),
+                    align(ids, v, self.item_ids, emb / "items.parquet"),
+                )
+            return vectors[recipe]
+
+        slates = dict(self.fixed)
+        for name, method in METHODS.items():
+            qv, items = vecs(method.encoder)
+            slates[name] = serve(
+                self.world, self.cfg, b.traffic, self.k, layout, seed, method, qv, items
+            )
+        r_logged, r_shown = self._reward(layout, seed, vecs, slates)
+        return self._estimate(slates, r_logged, r_shown, seed)
+
+    def _reward(self, layout, seed, vecs, slates):
+        """The reward model's P(click) of every logged slot and every policy's slot: the CTR
+        model of ``ope.reward_model`` (its score at the top slot), calibrated on the bucket by
+        a logistic regression on that score and the position, then read at the top slot and
+        scaled by θ, so that it follows the position-based model ``pi`` and ``dr_pi`` assume."""
+        method = METHODS[self.cfg.ope.reward_model]
+        qv, _ = vecs(method.encoder)
+        score = ab.ctr_scorer(
+            layout.ctr(seed, method.slug),
+            self.world,
+            layout.embeddings(seed, method.encoder),
+            self.bucket.traffic,
+            qv,
+        )
+        lg, theta = self.bucket.logged, self.bucket.theta
+        mask = lg.mask
+        s_logged = score(np.where(mask, lg.items, 0)).astype(np.float64)
+        pos = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)
+        beta = ope.fit_calibration(s_logged[mask], pos[mask], lg.clicks[mask], mask.shape[1])
+
+        def reward(s: np.ndarray) -> np.ndarray:
+            top = ope.calibrated(beta, s, np.zeros(s.shape, dtype=np.int64))
+            return top * ope.positions_theta(theta, s.shape[1])[None, :]
+
+        r_shown = {n: reward(score(s).astype(np.float64)) for n, s in slates.items()}
+        return reward(s_logged), r_shown
+
+    def _estimate(self, slates, r_logged, r_shown, seed):
+        b, c = self.bucket, self.cfg.ope
+        names = list(slates)
+        est: dict[tuple[str, str], ope.Estimate] = {}
+        for e in ope.ESTIMATORS:
+            for n in names:
+                est[e, n] = ope.estimate(e, b.logged, slates[n], b.theta, r_logged, r_shown[n])
+        keys = list(est)
+        draws = ope.bootstrap_ratios(
+            np.stack([est[k].num for k in keys]),
+            np.stack([est[k].den for k in keys]),
+            c.bootstrap,
+            c.seed + seed,
+        )
+        col = {k: i for i, k in enumerate(keys)}
+        log = self.logging
+        log_draws = ope.bootstrap_ratios(log["num"], log["den"], c.bootstrap, c.seed + seed + 1)[
+            :, 0
+        ]
+        log_ctr = float(log["num"].sum() / log["den"].sum())
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for e in ope.ESTIMATORS:
+            out[e] = {}
+            for n in names:
+                x = est[e, n]
+                d = draws[:, col[e, n]]
+                lo, hi = ope.interval(d)
+                row = {"ctr": x.ctr, "ci_low": lo, "ci_high": hi, "ess": x.ess}
+                if (e, BASELINE) in col and n != BASELINE:
+                    base = est[e, BASELINE].ctr
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        lift = d / draws[:, col[e, BASELINE]] - 1
+                    row["lift_vs_S2"] = x.ctr / base - 1 if base > 0 else float("nan")
+                    row["lift_vs_S2_ci_low"], row["lift_vs_S2_ci_high"] = ope.interval(lift)
+                row["lift_vs_logging"] = x.ctr / log_ctr - 1 if log_ctr > 0 else float("nan")
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    lo, hi = ope.interval(d / log_draws - 1)
+                row["lift_vs_logging_ci_low"], row["lift_vs_logging_ci_high"] = lo, hi
+                out[e][n] = row
+        return out
+
+    def info(self) -> dict[str, Any]:
+        lg, log = self.bucket.logged, self.logging
+        return {
+            "bucket_queries": len(lg),
+            "bucket_impressions": int(lg.mask.sum()),
+            "bucket_clicks": int(lg.clicks.sum()),
+            "top_k": self.k,
+            "candidates": self.cfg.abtest.candidates,
+            "propensity": f"uniform over the catalog (1/{self.bucket.n_items} per slot)",
+            "examination": [round(float(t), 4) for t in self.bucket.theta],
+            "examination_model": self.cfg.ope.examination,
+            "reward_model": self.cfg.ope.reward_model,
+            "logging_ctr": float(log["num"].sum() / log["den"].sum()),
+            "logging_ctr_source": "the logged test split (the logging policy on its own traffic)",
+            "ci": f"95% bootstrap over bucket queries ({self.cfg.ope.bootstrap} resamples), per "
+            "seed; lift_vs_S2 paired on the same resamples, lift_vs_logging against an "
+            "independent bootstrap of the logged test CTR",
+            "estimators": NOTES,
+        }
+
+
+def aggregate_ope(per_seed: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``results.json["ope"]``: ``{estimator: {policy: {ctr, ci95, ess, lift_vs_S2,
+    lift_vs_logging}}}``; each figure ``{mean, std, per_seed}``, each CI per seed."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for e, by_policy in per_seed[0].items():
+        out[e] = {}
+        for n in by_policy:
+            rows = [s[e][n] for s in per_seed]
+            entry: dict[str, Any] = {
+                "ctr": aggregate([r["ctr"] for r in rows]),
+                "ci95": [[r["ci_low"], r["ci_high"]] for r in rows],
+                "ess": aggregate([r["ess"] for r in rows]),
+            }
+            for lift in ("lift_vs_S2", "lift_vs_logging"):
+                if lift in rows[0]:
+                    entry[lift] = {
+                        **aggregate([r[lift] for r in rows]),
+                        "ci95": [[r[f"{lift}_ci_low"], r[f"{lift}_ci_high"]] for r in rows],
+                    }
+            out[e][n] = entry
+    return _finite(out)
+
+
+def validation(ope_results: dict, ab_test: dict) -> dict[str, dict[str, float]]:
+    """``results.json["ope_validation"]``: each estimator against the simulated A/B CTR."""
+    truth = {n: r["ctr"]["per_seed"] for n, r in ab_test["methods"].items()}
+    estimates = {
+        e: {n: r["ctr"]["per_seed"] for n, r in by.items()} for e, by in ope_results.items()
+    }
+    intervals = {e: {n: r["ci95"] for n, r in by.items()} for e, by in ope_results.items()}
+    return _finite(ope.validate(estimates, intervals, truth))
+
+
+def _finite(x):
+    """NaN/inf as ``None`` (valid JSON), recursively."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def ope_run(run_dir, world_dir=None, echo=print) -> dict:
+    """The off-policy estimates of a finished ``visctr run`` directory, for every training
+    seed it holds; writes ``ope.json`` there (``{"ope", "ope_info", "ope_validation"}``,
+    the validation when the run has a simulated A/B test)."""
+    import json
+
+    from visctr.io import write_json
+    from visctr.pipeline.abtest import load_run
+
+    layout, cfg, world, seeds = load_run(run_dir, world_dir)
+    est = OPE(world, cfg, echo)
+    per_seed = []
+    for s in seeds:
+        per_seed.append(est.run_seed(layout, s))
+        row = per_seed[-1]["dr"]
+        echo(f"seed {s}: dr " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items()))
+    out: dict[str, Any] = {"ope": aggregate_ope(per_seed), "ope_info": est.info()}
+    ab_test = None
+    for path in (layout.root / "abtest.json", layout.results):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        ab_test = data if path.name == "abtest.json" else data.get("ab_test")
+        if ab_test:
+            break
+    if ab_test and len(next(iter(ab_test["methods"].values()))["ctr"]["per_seed"]) == len(seeds):
+        out["ope_validation"] = validation(out["ope"], ab_test)
+    write_json(out, layout.root / "ope.json")
+    return out
+
+
+def format_ope_table(ope_results: dict, estimator: str) -> str:
+    head = ["policy", f"ctr ({estimator})", "95% CI (first seed)", "lift_vs_S2", "lift_vs_logging"]
+    rows = [head]
+    for name, r in ope_results[estimator].items():
+        lo, hi = r["ci95"][0]
+        ci = "—" if lo is None else f"[{lo:.4f}, {hi:.4f}]"
+        rows.append([
+            name,
+            fmt(r["ctr"], 4),
+            ci,
+            fmt_pct(r["lift_vs_S2"]) if "lift_vs_S2" in r else "—",
+            fmt_pct(r["lift_vs_logging"]),
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def format_validation_table(v: dict) -> str:
+    head = ["estimator", "bias", "rmse", "coverage", "spearman", "spearman/seed", "n"]
+    rows = [head]
+    for e, r in v.items():
+        rows.append([
+            e,
+            _num(r["bias"], "+.4f"),
+            _num(r["rmse"], ".4f"),
+            _num(r["coverage"], ".0%"),
+            _num(r["spearman"], ".3f"),
+            _num(r["spearman_per_seed"], ".3f"),
+            str(r["n"]),
+        ])  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def _num(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
