@@ -25,15 +25,18 @@ def _true_ctr(shown: np.ndarray, gamma: np.ndarray, theta: np.ndarray) -> float:
     return float((theta[None, :K] * np.take_along_axis(gamma, shown, 1)).mean())
 
 
-def test_each_estimator_equals_a_brute_force_loop():
-    rng = np.random.default_rng(0)
-    q = 40
-    gamma = rng.uniform(0.1, 0.9, (q, N_ITEMS))
-    theta = np.array([1.0, 0.6])
-    logged = _toy(1, q, gamma, theta)
+def _case(seed: int, q: int, theta: np.ndarray):
+    """A toy bucket, the greedy policy on the true γ, and random reward-model values."""
+    rng = np.random.default_rng(seed)
+    gamma = rng.uniform(0.05, 0.9, (q, N_ITEMS))
+    logged = _toy(seed + 1, q, gamma, theta)
     shown = np.argsort(-gamma, axis=1)[:, :K]
-    r_log = rng.uniform(0, 0.5, logged.items.shape)
-    r_sh = rng.uniform(0, 0.5, shown.shape)
+    return logged, shown, rng.uniform(0, 0.5, logged.items.shape), rng.uniform(0, 0.5, shown.shape)
+
+
+def test_each_estimator_equals_a_brute_force_loop():
+    q, theta = 40, np.array([1.0, 0.6])
+    logged, shown, r_log, r_sh = _case(0, q, theta)
     ips = snips_n = snips_d = pi = dr = dr_pi = 0.0
     for i in range(q):
         for k in range(K):
@@ -174,14 +177,8 @@ def test_calibration_fits_a_known_logistic():
 def test_matches_open_bandit_pipeline():
     """visctr's ips, snips and dr equal OBP's IPW, SNIPW and DR on the same arrays."""
     obp_ope = pytest.importorskip("obp.ope", reason="obp (the interop extra) is not installed")
-    rng = np.random.default_rng(7)
-    q = 300
-    gamma = rng.uniform(0.05, 0.6, (q, N_ITEMS))
-    theta = np.array([1.0, 0.5])
-    lg = _toy(11, q, gamma, theta)
-    shown = np.argsort(-gamma, axis=1)[:, :K]
-    r_log = rng.uniform(0, 0.5, lg.items.shape)
-    r_sh = rng.uniform(0, 0.5, shown.shape)
+    q, theta = 300, np.array([1.0, 0.5])
+    lg, shown, r_log, r_sh = _case(7, q, theta)
     # OBP's slate-free form: one round per logged slot, the slot's position as `position`,
     # the target policy as a [rounds, actions, positions] distribution
     rounds = q * K
