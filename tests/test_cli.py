@@ -184,7 +184,17 @@ def test_config_show_prints_the_resolved_config_which_reads_back(tmp_path):
     res = CliRunner().invoke(main, ["config", "show", "--preset", "tiny"])
     assert res.exit_code == 0, res.output
     data = yaml.safe_load(res.output)
-    assert list(data) == ["world", "s1", "s2", "classify", "ctr", "trainer", "examples", "abtest"]
+    assert list(data) == [
+        "world",
+        "s1",
+        "s2",
+        "classify",
+        "ctr",
+        "trainer",
+        "examples",
+        "abtest",
+        "ope",
+    ]
     assert data["world"]["catalog"]["max_items"] == 600  # the tiny world
     assert data["ctr"]["max_epochs"] == 1 and data["s1"]["objective"]["method"] == "infonce"
     assert data["ctr"]["debias"]["negatives"]  # every field spelled out
