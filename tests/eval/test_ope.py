@@ -121,6 +121,75 @@ def test_examination_power_law_recovers_the_decay():
     assert np.all(np.diff(free) <= 0) and free[0] == 1.0
 
 
+def test_exposure_propensity_by_hand():
+    """(share of queries showing the item) x (share of impressions at the position)."""
+    items = np.array([[0, 1], [0, 2], [1, -1]])
+    lg = ope.Logged(items, np.zeros(items.shape), np.ones(items.shape))
+    p = ope.exposure_propensity(lg)
+    at = np.array([3, 2]) / 5  # impressions by position
+    shown = {0: 2 / 3, 1: 2 / 3, 2: 1 / 3}  # queries showing each item
+    want = [[shown[0] * at[0], shown[1] * at[1]], [shown[0] * at[0], shown[2] * at[1]]]
+    assert np.allclose(p[:2], want)
+    assert p[2, 0] == pytest.approx(shown[1] * at[0])
+
+
+def _skewed_log(seed: int, q: int, gamma, theta, weights):
+    """A random but non-uniform logger: K distinct items per query, drawn without
+    replacement with probability ∝ ``weights`` (the same for every query)."""
+    rng = np.random.default_rng(seed)
+    keys = rng.random((q, N_ITEMS)) ** (1.0 / weights[None, :])  # Efraimidis-Spirakis
+    items = np.argsort(-keys, axis=1)[:, :K]
+    p = theta[None, :K] * np.take_along_axis(gamma, items, 1)
+    clicks = (rng.random(p.shape) < p).astype(np.float64)
+    return ope.Logged(items, clicks, np.ones(items.shape))
+
+
+def test_dr_with_exposure_propensities_on_a_random_logger_and_a_deterministic_one():
+    """The estimated propensities make dr unbiased where the logger shows items whatever
+    the query (they are then its marginals), and biased for a ranker that always shows
+    the same slate: the warning the ordinary log's estimates carry."""
+    rng = np.random.default_rng(11)
+    q = 400
+    gamma = rng.uniform(0.05, 0.6, (q, N_ITEMS))
+    theta = np.array([1.0, 0.5])
+    shown = np.argsort(-gamma, axis=1)[:, :K]
+    truth = _true_ctr(shown, gamma, theta)
+    weights = np.array([4.0, 3.0, 2.0, 1.0, 1.0, 0.5])
+    vals = []
+    for s in range(200):
+        lg = _skewed_log(200 + s, q, gamma, theta, weights)
+        lg = ope.Logged(lg.items, lg.clicks, ope.exposure_propensity(lg))
+        r = np.zeros_like(lg.clicks)
+        vals.append(ope.estimate("dr", lg, shown, theta, r, np.zeros((q, K))).ctr)
+    se = np.std(vals, ddof=1) / np.sqrt(len(vals))
+    assert abs(np.mean(vals) - truth) < 3 * se, (np.mean(vals), truth, se)
+    # a deterministic ranker: the same two items for every query
+    biased = []
+    for s in range(50):
+        lg = _skewed_log(300 + s, q, gamma, theta, np.array([1e6, 1e6, 1e-6, 1e-6, 1e-6, 1e-6]))
+        lg = ope.Logged(lg.items, lg.clicks, ope.exposure_propensity(lg))
+        r = np.zeros_like(lg.clicks)
+        biased.append(ope.estimate("dr", lg, shown, theta, r, np.zeros((q, K))).ctr)
+    assert abs(np.mean(biased) - truth) > 5 * np.std(biased, ddof=1) / np.sqrt(50)
+
+
+def test_examination_from_calibration_is_the_position_effect_at_equal_score():
+    """A ranker that puts better items on top: the raw click-rate ratio by position
+    overstates the decay, the calibration's position coefficients recover it."""
+    rng = np.random.default_rng(4)
+    n, k = 60_000, 5
+    theta = np.array([1.0, 0.7, 0.5, 0.4, 0.3])
+    score = np.sort(rng.normal(-3.0, 1.0, (n, k)), axis=1)[:, ::-1]  # best on top
+    p = theta[None, :] / (1 + np.exp(-score))
+    clicks = (rng.random(p.shape) < p).astype(np.float64)
+    pos = np.broadcast_to(np.arange(k), (n, k))
+    beta = ope.fit_calibration(score.ravel(), pos.ravel(), clicks.ravel(), k)
+    est = ope.examination_from_calibration(beta)
+    assert est[0] == 1.0 and np.abs(est - theta).max() < 0.06, est
+    ratio = clicks.mean(0) / clicks.mean(0)[0]
+    assert np.abs(ratio - theta).max() > 0.1  # what the raw ratio would have said
+
+
 def test_from_rows_builds_slates_and_refuses_bad_logs():
     lg = ope.Logged.from_rows([0, 0, 1], [0, 1, 0], [4, 2, 3], [1, 0, 0], 0.5, 2)
     assert lg.items.tolist() == [[4, 2], [3, -1]]

@@ -146,6 +146,34 @@ def examination(logged: Logged, model: str = "power") -> np.ndarray:
     return (1.0 + np.arange(imp.size)) ** -eta
 
 
+def exposure_propensity(logged: Logged) -> np.ndarray:
+    """P(the logging policy shows item a in slot k) ``[Q, L]`` of every logged slot, by the
+    position × exposure factorisation ``S1+S2+IPS`` uses for its weights, for an ordinary
+    log that records no propensity: (share of queries whose slate shows a) × (share of
+    impressions at position k). It is the logging policy's true marginal only when what it
+    shows does not depend on the query; a deterministic ranker's true propensities are 0
+    or 1, so estimates weighted by these are biased (``ope_validation`` measures how far)."""
+    m = logged.mask
+    q = max(len(logged), 1)
+    rows = logged.items[m]
+    n_items = int(rows.max()) + 1 if rows.size else 1
+    in_slates = np.bincount(rows, minlength=n_items) / q  # an item is shown once per slate
+    at_position = m.sum(0) / max(int(m.sum()), 1)
+    p = np.ones_like(logged.clicks)
+    p[m] = (in_slates[logged.items] * at_position[None, :])[m]
+    return np.minimum(p, 1.0)
+
+
+def examination_from_calibration(beta: np.ndarray) -> np.ndarray:
+    """θ by position relative to the top slot from a :func:`fit_calibration`: the odds ratio
+    of each position's coefficient (the position effect at equal reward-model score, so
+    the better items a ranker puts on top do not count as examination), made
+    non-increasing and kept in [1e-3, 1]."""
+    b = np.asarray(beta, dtype=np.float64)
+    theta = np.exp(np.concatenate([[0.0], b[1:-1]]))
+    return np.clip(np.minimum.accumulate(np.minimum(theta, 1.0)), 1e-3, 1.0)
+
+
 def positions_theta(theta: np.ndarray, n: int) -> np.ndarray:
     """θ over ``n`` positions: positions beyond the estimate take its last value."""
     t = np.asarray(theta, dtype=np.float64)
