@@ -62,3 +62,18 @@ def test_run_refuses_multi_device_with_a_pointer_to_stage_verbs():
     with pytest.raises(ConfigError, match="num_nodes=2"):
         resolve_run_config("tiny", trainer_overrides={"num_nodes": 2})
     assert resolve_run_config("tiny", trainer_overrides={"devices": 1}).trainer["devices"] == 1
+
+
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        ({"log_propensity": "guess"}, "log_propensity must be deterministic or exposure"),
+        ({"examination": "flat"}, "examination must be power or free"),
+        ({"bootstrap": 3}, "bootstrap must be >= 10"),
+    ],
+)
+def test_ope_section_refuses_unknown_choices(section, match):
+    from visctr.pipeline.config import OPEConfig
+
+    with pytest.raises((ConfigError, ValueError), match=match):
+        from_dict(OPEConfig, section)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -66,28 +67,46 @@ def test_ope_section(tiny_run, tmp_path):
     --estimator` on the finished run giving the same figures."""
     import shutil
 
-    from visctr.eval.ope import ESTIMATORS
+    import pyarrow.parquet as pq
+
+    from visctr.pipeline.ope import ESTIMATOR_NAMES
 
     out, _ = tiny_run
     r = json.loads((out / "results.json").read_text())
-    assert set(r["ope"]) == set(ESTIMATORS)
+    assert set(r["ope"]) == set(ESTIMATOR_NAMES)
     for e, by in r["ope"].items():
         assert set(by) == {*METHODS, "legacy"}, e
         for name, row in by.items():
             ctr = row["ctr"]["per_seed"][0]
             lo, hi = row["ci95"][0]
             assert ctr is not None and lo is not None and lo <= hi, (e, name)
-            if e in ("ips", "snips", "pi", "dm"):  # non-negative by construction
+            if e in ("ips", "snips", "pi", "dm", "dm_log"):  # non-negative by construction
                 assert ctr >= 0 and lo >= 0, (e, name)
             assert row["ess"]["per_seed"][0] > 0
             assert ("lift_vs_S2" in row) == (name != "S2")
     info = r["ope_info"]
-    assert info["bucket_queries"] == 400 and info["top_k"] == 10
-    assert info["examination"][0] == 1.0 and info["examination"] == sorted(
-        info["examination"], reverse=True
+    assert info["bucket"]["queries"] == 400 and info["top_k"] == 10
+    test_log = pq.read_table(out / "world" / "data" / "impressions" / "test.parquet")
+    test_queries = len(set(test_log["query_id"].to_pylist()))
+    assert (
+        info["logs"]["queries"] == test_queries
+        and "1 per logged slot" in info["logs"]["propensity"]
     )
+    # the other choice for a log without a propensity column: the position x exposure estimate
+    from visctr.eval.ope import exposure_propensity
+    from visctr.pipeline.ope import Slates
+    from visctr.world import World
+
+    world = World.load(out / "world" / "data")
+    ones = Slates(world, "test", 10).logged
+    assert np.all(ones.propensity == 1.0)
+    exp = Slates(world, "test", 10, log_propensity="exposure").logged
+    assert np.array_equal(exp.propensity, exposure_propensity(ones))
+    assert exp.propensity[exp.mask].max() < 0.5
+    theta = info["bucket"]["examination"]
+    assert theta[0] == 1.0 and theta == sorted(theta, reverse=True)
     v = r["ope_validation"]
-    assert set(v) == set(ESTIMATORS)
+    assert set(v) == set(ESTIMATOR_NAMES)
     for row in v.values():
         assert row["n"] == len(METHODS) + 1 and 0 <= row["coverage"] <= 1
     assert "## Off-policy estimates" in (out / "report.md").read_text()
@@ -98,6 +117,9 @@ def test_ope_section(tiny_run, tmp_path):
     again = json.loads((run / "ope.json").read_text())
     assert again["ope"]["pi"]["S1+S2"]["ctr"] == r["ope"]["pi"]["S1+S2"]["ctr"]
     assert "coverage" in res.output and "ctr (pi)" in res.output
+    from visctr.pipeline.cli import OPE_ESTIMATORS
+
+    assert OPE_ESTIMATORS == ESTIMATOR_NAMES  # --estimator offers every estimator there is
 
 
 def test_report_links_existing_pngs(tiny_run):

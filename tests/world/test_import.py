@@ -111,6 +111,10 @@ def _set(lines: list[str], row: int, col: int, value: str) -> list[str]:
     return [*lines[: row + 1], ",".join(cells), *lines[row + 2 :]]
 
 
+def _with_propensity(lines: list[str]) -> list[str]:
+    return [lines[0] + ",propensity", *(ln + ",0.25" for ln in lines[1:])]
+
+
 @pytest.mark.parametrize(
     "which,edit,match",
     [
@@ -140,6 +144,14 @@ def _set(lines: list[str], row: int, col: int, value: str) -> list[str]:
          "retrieval.csv: row 1: item_id 'sku-nope' is not in the catalog"),
         ("random", lambda ls: [*ls, "q-000000,sku-000001,0,0"],
          "is also in the random-exposure log"),
+        ("impressions", lambda ls: _set(_with_propensity(ls), 4, 4, "0"),
+         "impressions.csv: row 4: propensity 0.0 is not in (0, 1]"),
+        ("impressions", lambda ls: _set(_with_propensity(ls), 6, 4, "1.5"),
+         "impressions.csv: row 6: propensity 1.5 is not in (0, 1]"),
+        ("impressions", lambda ls: _set(_with_propensity(ls), 2, 4, "inf"),
+         "impressions.csv: row 2: propensity inf is not in (0, 1]"),
+        ("impressions", lambda ls: _set(_with_propensity(ls), 3, 4, "high"),
+         "impressions.csv: row 3: propensity 'high' is not a number"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_naming_file_row_and_column(raw, tmp_path, which, edit, match):
@@ -289,3 +301,54 @@ def test_round_trip_run_matches_the_simulated_world(tiny_run, tmp_path):
     emb = pq.read_table(tmp_path / "run" / "seed_0" / "embeddings" / "s2" / "items.parquet")
     assert emb.column("item_key")[0].as_py().startswith("sku-")
     shutil.rmtree(tmp_path / "shop")
+
+
+@pytest.mark.slow
+def test_without_a_random_log_the_ordinary_log_gives_the_estimates(raw, tmp_path):
+    """A shop with logged propensities and no random bucket: the world keeps the column,
+    and `visctr run` estimates every method's CTR from the ordinary log alone (dm_log,
+    dr_log, dr_pi_log), weighting by the logged propensities, and says what it skipped."""
+    src = Path(raw["impressions"])
+    imp = _rewrite(src, src.parent / "imp_propensity.csv", _with_propensity)
+    try:
+        res = _import(
+            raw, tmp_path / "world", "--split-time", raw["split_time"], impressions=imp,
+            retrieval=raw["retrieval"],
+        )  # fmt: skip
+    finally:
+        imp.unlink()
+    assert res.exit_code == 0, res.output
+    w = World.load(tmp_path / "world")
+    assert not w.has_random_exposure
+    for split in ("train", "test"):
+        p = w.read_propensity(split)
+        assert p is not None and p.size == len(w.read_impressions(split)["clicked"])
+        assert np.all(p == 0.25)
+    from visctr.pipeline.ope import Slates
+
+    lg = Slates(w, "test", 10).logged
+    assert np.all(lg.propensity[lg.mask] == 0.25)  # what the estimators weight by
+    run = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--preset",
+            "tiny",
+            "--world",
+            str(tmp_path / "world"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert run.exit_code == 0, run.output + repr(run.exception)
+    r = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert set(r["ope"]) == {"dm_log", "dr_log", "dr_pi_log"}
+    for e, by in r["ope"].items():
+        assert set(by) == set(r["methods"]), e
+        for row in by.values():
+            assert row["ctr"]["per_seed"][0] is not None and row["ess"]["per_seed"][0] > 0
+    info = r["ope_info"]
+    assert "bucket" not in info and info["logs"]["propensity"] == "the log's propensity column"
+    assert {"ope_bucket", "ab_test", "auc_random_exposure"} <= set(r["skipped"])
+    assert "skipped ope_bucket:" in run.output and "ope" not in r["skipped"]
+    assert "dr_pi_log" in (tmp_path / "r" / "report.md").read_text()

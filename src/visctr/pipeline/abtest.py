@@ -196,7 +196,7 @@ def abtest_run(
         raise InputError(
             f"{world.root}: the A/B test needs the simulator's hidden click model, and this "
             "world is imported (it has none); estimate it from the logs with "
-            f"'visctr abtest --run {layout.root} --estimator dr' (or ips, snips, pi, dm), or "
+            f"'visctr abtest --run {layout.root} --estimator dr' (or ips, snips, pi, dm; dr_log without a random-exposure log), or "
             "measure a real A/B test online"
         )
     test = ABTest(world, cfg, echo)

@@ -18,6 +18,8 @@ from visctr.cli_common import (
 )
 
 # shared by visctr run and visctr config show, which resolves what run would
+# visctr.pipeline.ope.ESTIMATOR_NAMES, spelled out so that --help imports no numpy
+OPE_ESTIMATORS = ("ips", "snips", "pi", "dm", "dr", "dr_pi", "dm_log", "dr_log", "dr_pi_log")
 PRESET = click.option(
     "--preset",
     type=click.Choice(["tiny", "small", "full"]),
@@ -148,16 +150,17 @@ def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
 @click.option("--seed", type=SEED, default=None, help="Traffic stream (default: abtest.seed).")
 @click.option(
     "--estimator",
-    type=click.Choice(["ips", "snips", "pi", "dm", "dr", "dr_pi"]),
+    type=click.Choice(OPE_ESTIMATORS),
     default=None,
-    help="Estimate each policy's CTR off-policy from the world's random-exposure log "
-    "instead of simulating traffic (works on imported worlds); writes ope.json with every "
-    "estimator and prints this one.",
+    help="Estimate each policy's CTR off-policy from the world's logs instead of simulating "
+    "traffic (works on imported worlds): ips, snips, pi, dm, dr, dr_pi from the "
+    "random-exposure log; dm_log, dr_log, dr_pi_log from the ordinary log (biased unless "
+    "its propensities are right). Writes ope.json with every estimator, prints this one.",
 )
 @handle_errors
 def abtest(run_dir, world_dir, queries, seed, estimator):
     """Simulated online A/B test: every method's policy, legacy and oracle on fresh traffic;
-    with --estimator, off-policy estimates from the random-exposure log."""
+    with --estimator, off-policy estimates from the world's logs."""
     from visctr.pipeline.abtest import abtest_run, format_ab_table
 
     check_out(run_dir, "run", option="--run")  # abtest.json / ope.json is written into it

@@ -68,7 +68,8 @@ class ABTestConfig:
 
 @dataclass
 class OPEConfig:
-    """Off-policy estimates from the random-exposure bucket (``visctr.eval.ope``)."""
+    """Off-policy estimates from the random-exposure bucket and the ordinary log
+    (``visctr.eval.ope``)."""
 
     enabled: bool = True
     reward_model: str = "S1+S2"  # the method whose CTR model is dm's / dr's reward model
@@ -76,10 +77,18 @@ class OPEConfig:
     seed: int = 0  # the bootstrap's random stream
     max_queries: int | None = None  # bucket queries used (None: all of them)
     examination: str = "power"  # θ by position: power (1+k)^-η, or free (per-position ratio)
+    # the ordinary log's propensity when its file records none: deterministic (1 per logged
+    # slot: the ranker showed that slate for sure) or exposure (share of queries showing
+    # the item x share of impressions at the position, the S1+S2+IPS estimate)
+    log_propensity: str = "deterministic"
 
     def __post_init__(self) -> None:
         from visctr.pipeline.methods import METHODS
 
+        if self.log_propensity not in ("deterministic", "exposure"):
+            raise ValueError(
+                f"log_propensity must be deterministic or exposure, got {self.log_propensity!r}"
+            )
         if self.examination not in ("power", "free"):
             raise ValueError(f"examination must be power or free, got {self.examination!r}")
         if self.reward_model not in METHODS:

@@ -1,13 +1,16 @@
-"""Off-policy estimates of every method's online CTR from a world's random-exposure bucket
+"""Off-policy estimates of every method's online CTR from a world's logs
 (``visctr.eval.ope``): used by ``visctr run`` (``results.json["ope"]``) and by
 ``visctr abtest --estimator`` on a finished run.
 
-Each method's policy serves the bucket's own queries exactly as in the simulated A/B test
+Each method's policy serves a log's own queries exactly as in the simulated A/B test
 (retrieve from the whole catalog, re-rank with its CTR model, show ``top_k``); the
-estimators then score that slate against what the bucket showed and what was clicked.
-The bucket's propensity is uniform: every catalog item is equally likely in every slot.
-On a simulated world the estimates are validated against the true A/B CTR
-(``results.json["ope_validation"]``); the logging policy (``legacy``) is one more policy.
+estimators then score that slate against what the log showed and what was clicked.
+Two logs: the random-exposure bucket, whose propensity is uniform (every catalog item is
+equally likely in every slot), when the world has one; and the ordinary held-out log of
+the logging policy (the test split), always, with the propensities its file recorded or
+else an estimate (biased for a deterministic ranker). On a simulated world every estimate
+is validated against the true A/B CTR (``results.json["ope_validation"]``); the logging
+policy (``legacy``) is one more policy.
 """
 
 from __future__ import annotations
@@ -36,21 +39,42 @@ NOTES = {
     "dr": "dm + ips-weighted residuals of the bucket; unbiased when the propensities are right",
     "dr_pi": "dm + pi-weighted residuals; unbiased when the position-based model holds",
 }
+LOG_ESTIMATORS = ("dm", "dr", "dr_pi")  # from the ordinary log, as dm_log, dr_log, dr_pi_log
+ESTIMATOR_NAMES = (*ope.ESTIMATORS, *(f"{e}_log" for e in LOG_ESTIMATORS))
+LOG_NOTES = {
+    "dm": "the reward model's predicted clicks, calibrated on the ordinary log; biased as far "
+    "as that model is",
+    "dr": "dm_log + residuals of the ordinary log weighted by 1/propensity; unbiased only with "
+    "the true propensities (a propensity column); without one, dm_log corrected where a policy "
+    "agrees with the logging ranker",
+    "dr_pi": "dm_log + pi-weighted residuals of the ordinary log; biased when the "
+    "propensities or the position-based model are wrong",
+}
 
 
-class Bucket:
-    """The random-exposure log as dense slates, its queries as traffic to serve."""
+class Slates:
+    """One impression log of the world as dense slates, its queries as traffic to serve.
+
+    ``split="random"``: the random-exposure bucket; its propensity is uniform over the
+    catalog unless the shop's file recorded one. ``split="test"``: the ordinary held-out
+    log of the logging policy, propensities from its ``propensity`` column, or else 1 per
+    logged slot (``log_propensity="deterministic"``) or the position × exposure estimate
+    (``"exposure"``, :func:`visctr.eval.ope.exposure_propensity`)."""
 
     def __init__(
-        self, world: World, k: int, max_queries: int | None = None, examination_model: str = "power"
+        self,
+        world: World,
+        split: str,
+        k: int,
+        max_queries: int | None = None,
+        examination_model: str = "power",
+        log_propensity: str = "deterministic",
     ) -> None:
-        if not world.has_random_exposure:
-            raise InputError(
-                f"{world.root}: off-policy estimates need a random-exposure log "
-                "(impressions/random.parquet; 'visctr import --random FILE')"
-            )
-        path = world.impressions_path("random")
-        imp = world.read_impressions("random")
+        path = world.impressions_path(split)
+        imp = world.read_impressions(split)
+        recorded = world.read_propensity(split)
+        if recorded is not None:
+            imp["propensity"] = recorded
         qids, first = np.unique(imp["query_id"], return_index=True)
         qids = qids[np.argsort(first, kind="stable")]  # in log order
         if max_queries is not None:
@@ -61,19 +85,35 @@ class Bucket:
         items = IdIndex(world.items["item_id"]).rows(
             imp["item_id"], strict=True, what="item_id", path=path
         )
+        self.split, self.path = split, path
         self.n_items = len(world.items["item_id"])
+        if recorded is not None:
+            p, self.propensity = imp["propensity"], "the log's propensity column"
+        elif split == "random":
+            p = 1.0 / self.n_items
+            self.propensity = f"uniform over the catalog (1/{self.n_items} per slot)"
+        elif log_propensity == "deterministic":
+            p = 1.0
+            self.propensity = (
+                "1 per logged slot (the log records none: its ranker is taken to show what it "
+                "showed for sure, so dr corrects dm only where a policy agrees with it)"
+            )
+        else:
+            p = 1.0  # replaced below, once the slates are dense
+            self.propensity = (
+                "estimated: share of queries showing the item x share of impressions at the "
+                "position (the log records none; biased where the logging policy is not random)"
+            )
         self.logged = ope.Logged.from_rows(
-            q_of_row,
-            imp["position"],
-            items,
-            imp["clicked"],
-            1.0 / self.n_items,
-            len(qids),
-            where=str(path),
+            q_of_row, imp["position"], items, imp["clicked"], p, len(qids), where=str(path)
         )
+        if recorded is None and split != "random" and log_propensity == "exposure":
+            lg = self.logged
+            self.logged = ope.Logged(lg.items, lg.clicks, ope.exposure_propensity(lg))
         if self.logged.clicks.sum() == 0:
-            raise InputError(f"{path}: the random-exposure log has no click to estimate from")
-        self.theta = ope.examination(self.logged, examination_model)
+            raise InputError(f"{path}: the log has no click to estimate from")
+        # the bucket's θ; an ordinary log's comes with its reward model (see OPE._reward)
+        self.theta = ope.examination(self.logged, examination_model) if split == "random" else None
         self.k = k
         rows = IdIndex(world.queries["query_id"]).rows(
             qids, strict=True, what="query_id", path=path
@@ -100,17 +140,35 @@ class Bucket:
 
 
 class OPE:
-    """The bucket, the logging baseline and the seed-independent policies, built once."""
+    """The logs to estimate from, the logging baseline and the seed-independent policies,
+    built once.
+
+    Two sources: the random-exposure bucket (``ips``, ``snips``, ``pi``, ``dm``, ``dr``,
+    ``dr_pi``), when the world has one, and the ordinary held-out log of the logging policy
+    (``dm_log``, ``dr_log``, ``dr_pi_log``), always."""
 
     def __init__(self, world: World, cfg: Any, echo=print) -> None:
         self.world, self.cfg, self.echo = world, cfg, echo
         self.k = cfg.abtest.top_k or int(world.meta["summary"].get("top_k", 10))
-        self.bucket = Bucket(world, self.k, cfg.ope.max_queries, cfg.ope.examination)
+        c = cfg.ope
+        self.sources: dict[str, Slates] = {}
+        if world.has_random_exposure:
+            self.sources["bucket"] = Slates(world, "random", self.k, c.max_queries, c.examination)
+        self.skipped: dict[str, str] = {}
+        try:
+            self.sources["logs"] = Slates(
+                world, "test", self.k, c.max_queries, log_propensity=c.log_propensity
+            )
+        except InputError as e:  # an empty test split, or one without a click
+            if not self.sources:
+                raise
+            self.skipped["logs"] = str(e)
         self.item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
-        self.fixed: dict[str, np.ndarray] = {}
+        self.fixed: dict[str, dict[str, np.ndarray]] = {n: {} for n in self.sources}
         if world.ground_truth:  # the logging policy needs the hidden popularity
-            traffic = self.bucket.with_images(world)
-            self.fixed["legacy"] = ab.legacy_policy(world, traffic, self.k)
+            for n, src in self.sources.items():
+                traffic = src.with_images(world)
+                self.fixed[n]["legacy"] = ab.legacy_policy(world, traffic, self.k)
         test = world.read_impressions("test")
         _, q = np.unique(test["query_id"], return_inverse=True)
         clicks = np.bincount(q, weights=test["clicked"].astype(np.float64))
@@ -119,10 +177,15 @@ class OPE:
 
     def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, dict[str, float]]]:
         """``{estimator: {policy: figures}}`` for one training seed."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for name, src in self.sources.items():
+            out.update(self._run_source(layout, seed, name, src))
+        return out
+
+    def _run_source(self, layout, seed, name: str, src: Slates):
         from visctr.embeddings import align, read_embeddings
         from visctr.pipeline.abtest import serve
 
-        b = self.bucket
         vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def vecs(recipe: str) -> tuple[np.ndarray, np.ndarray]:
@@ -131,70 +194,84 @@ class OPE:
                 ids, v = read_embeddings(emb / "items.parquet", "item_id")
                 qids, qv = read_embeddings(emb / "queries.parquet", "query_id")
                 vectors[recipe] = (
-                    align(qids, qv, b.query_ids, emb / "queries.parquet", "query_id"),
+                    align(qids, qv, src.query_ids, emb / "queries.parquet", "query_id"),
                     align(ids, v, self.item_ids, emb / "items.parquet"),
                 )
             return vectors[recipe]
 
-        slates = dict(self.fixed)
-        for name, method in METHODS.items():
+        slates = dict(self.fixed[name])
+        for m_name, method in METHODS.items():
             qv, items = vecs(method.encoder)
-            slates[name] = serve(
-                self.world, self.cfg, b.traffic, self.k, layout, seed, method, qv, items
+            slates[m_name] = serve(
+                self.world, self.cfg, src.traffic, self.k, layout, seed, method, qv, items
             )
-        r_logged, r_shown = self._reward(layout, seed, vecs, slates)
-        return self._estimate(slates, r_logged, r_shown, seed)
+        theta, r_logged, r_shown = self._reward(layout, seed, vecs, src, slates)
+        if name == "bucket":
+            return self._estimate(src, slates, theta, r_logged, r_shown, seed, ope.ESTIMATORS)
+        return self._estimate(src, slates, theta, r_logged, r_shown, seed, LOG_ESTIMATORS)
 
-    def _reward(self, layout, seed, vecs, slates):
-        """The reward model's P(click) of every logged slot and every policy's slot: the CTR
-        model of ``ope.reward_model`` (its score at the top slot), calibrated on the bucket by
-        a logistic regression on that score and the position, then read at the top slot and
-        scaled by θ, so that it follows the position-based model ``pi`` and ``dr_pi`` assume."""
+    def _reward(self, layout, seed, vecs, src: Slates, slates):
+        """θ and the reward model's P(click) of every logged slot and every policy's slot.
+
+        The reward model is the CTR model of ``ope.reward_model`` (trained on the training
+        logs; its score at the top slot), calibrated on the log by a logistic regression on
+        that score and the position, then read at the top slot and scaled by θ, so that it
+        follows the position-based model ``pi`` and ``dr_pi`` assume. θ is the bucket's
+        (fitted on its clicks by position, where items do not depend on the position), or
+        for an ordinary log the calibration's position effect at equal score."""
         method = METHODS[self.cfg.ope.reward_model]
         qv, _ = vecs(method.encoder)
         score = ab.ctr_scorer(
             layout.ctr(seed, method.slug),
             self.world,
             layout.embeddings(seed, method.encoder),
-            self.bucket.traffic,
+            src.traffic,
             qv,
         )
-        lg, theta = self.bucket.logged, self.bucket.theta
+        lg = src.logged
         mask = lg.mask
         s_logged = score(np.where(mask, lg.items, 0)).astype(np.float64)
         pos = np.broadcast_to(np.arange(mask.shape[1]), mask.shape)
         beta = ope.fit_calibration(s_logged[mask], pos[mask], lg.clicks[mask], mask.shape[1])
+        theta = src.theta if src.theta is not None else ope.examination_from_calibration(beta)
 
         def reward(s: np.ndarray) -> np.ndarray:
             top = ope.calibrated(beta, s, np.zeros(s.shape, dtype=np.int64))
             return top * ope.positions_theta(theta, s.shape[1])[None, :]
 
         r_shown = {n: reward(score(s).astype(np.float64)) for n, s in slates.items()}
-        return reward(s_logged), r_shown
+        return theta, reward(s_logged), r_shown
 
-    def _estimate(self, slates, r_logged, r_shown, seed):
-        b, c = self.bucket, self.cfg.ope
+    def _estimate(self, src, slates, theta, r_logged, r_shown, seed, estimators):
+        c = self.cfg.ope
+        suffix = "" if src.split == "random" else "_log"
         names = list(slates)
         est: dict[tuple[str, str], ope.Estimate] = {}
-        for e in ope.ESTIMATORS:
+        for e in estimators:
             for n in names:
-                est[e, n] = ope.estimate(e, b.logged, slates[n], b.theta, r_logged, r_shown[n])
+                est[e, n] = ope.estimate(e, src.logged, slates[n], theta, r_logged, r_shown[n])
         keys = list(est)
-        draws = ope.bootstrap_ratios(
-            np.stack([est[k].num for k in keys]),
-            np.stack([est[k].den for k in keys]),
-            c.bootstrap,
-            c.seed + seed,
-        )
+        nums = [est[k].num for k in keys]
+        dens = [est[k].den for k in keys]
+        if suffix:  # the log's own CTR on the same queries: its lift CIs are paired
+            lg = src.logged
+            nums.append((lg.clicks * lg.mask).sum(1))
+            dens.append(lg.mask.sum(1).astype(np.float64))
+        stream = c.seed + seed + (0 if not suffix else 2)
+        draws = ope.bootstrap_ratios(np.stack(nums), np.stack(dens), c.bootstrap, stream)
         col = {k: i for i, k in enumerate(keys)}
-        log = self.logging
-        log_draws = ope.bootstrap_ratios(log["num"], log["den"], c.bootstrap, c.seed + seed + 1)[
-            :, 0
-        ]
-        log_ctr = float(log["num"].sum() / log["den"].sum())
+        if suffix:
+            log_ctr = float(nums[-1].sum() / dens[-1].sum())
+            log_draws = draws[:, -1]
+        else:
+            log = self.logging
+            log_draws = ope.bootstrap_ratios(
+                log["num"], log["den"], c.bootstrap, c.seed + seed + 1
+            )[:, 0]
+            log_ctr = float(log["num"].sum() / log["den"].sum())
         out: dict[str, dict[str, dict[str, float]]] = {}
-        for e in ope.ESTIMATORS:
-            out[e] = {}
+        for e in estimators:
+            out[e + suffix] = {}
             for n in names:
                 x = est[e, n]
                 d = draws[:, col[e, n]]
@@ -210,28 +287,48 @@ class OPE:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     lo, hi = ope.interval(d / log_draws - 1)
                 row["lift_vs_logging_ci_low"], row["lift_vs_logging_ci_high"] = lo, hi
-                out[e][n] = row
+                out[e + suffix][n] = row
         return out
 
     def info(self) -> dict[str, Any]:
-        lg, log = self.bucket.logged, self.logging
-        return {
-            "bucket_queries": len(lg),
-            "bucket_impressions": int(lg.mask.sum()),
-            "bucket_clicks": int(lg.clicks.sum()),
+        log = self.logging
+        c = self.cfg.ope
+        out: dict[str, Any] = {
             "top_k": self.k,
             "candidates": self.cfg.abtest.candidates,
-            "propensity": f"uniform over the catalog (1/{self.bucket.n_items} per slot)",
-            "examination": [round(float(t), 4) for t in self.bucket.theta],
-            "examination_model": self.cfg.ope.examination,
-            "reward_model": self.cfg.ope.reward_model,
+            "reward_model": c.reward_model,
             "logging_ctr": float(log["num"].sum() / log["den"].sum()),
-            "logging_ctr_source": "the logged test split (the logging policy on its own traffic)",
-            "ci": f"95% bootstrap over bucket queries ({self.cfg.ope.bootstrap} resamples), per "
-            "seed; lift_vs_S2 paired on the same resamples, lift_vs_logging against an "
-            "independent bootstrap of the logged test CTR",
-            "estimators": NOTES,
+            "ci": f"95% bootstrap over the log's queries ({c.bootstrap} resamples), per seed; "
+            "lift_vs_S2 paired on the same resamples; lift_vs_logging paired for the "
+            "ordinary log's estimators, and for the bucket's against an independent "
+            "bootstrap of the logged test CTR",
+            "estimators": {},
         }
+        for name, why in self.skipped.items():
+            out[name] = {"skipped": why}
+        for name, src in self.sources.items():
+            lg = src.logged
+            out[name] = {
+                "file": src.path.name,
+                "queries": len(lg),
+                "impressions": int(lg.mask.sum()),
+                "clicks": int(lg.clicks.sum()),
+                "propensity": src.propensity,
+            }
+            if name == "bucket":
+                out[name]["examination"] = [round(float(t), 4) for t in src.theta]
+                out[name]["examination_model"] = c.examination
+                out["estimators"].update({e: NOTES[e] for e in ope.ESTIMATORS})
+            else:
+                out[name]["examination_model"] = "the reward model's calibration (per seed)"
+                out["estimators"].update({f"{e}_log": LOG_NOTES[e] for e in LOG_ESTIMATORS})
+        return out
+
+
+def headline(row: dict) -> str:
+    """One line of a seed's estimates: dr_pi from the bucket, else dr_pi_log."""
+    e = "dr_pi" if "dr_pi" in row else "dr_pi_log"
+    return f"{e} " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row[e].items())
 
 
 def aggregate_ope(per_seed: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -292,8 +389,7 @@ def ope_run(run_dir, world_dir=None, echo=print) -> dict:
     per_seed = []
     for s in seeds:
         per_seed.append(est.run_seed(layout, s))
-        row = per_seed[-1]["dr"]
-        echo(f"seed {s}: dr " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items()))
+        echo(f"seed {s}: " + headline(per_seed[-1]))
     out: dict[str, Any] = {"ope": aggregate_ope(per_seed), "ope_info": est.info()}
     ab_test = None
     for path in (layout.root / "abtest.json", layout.results):

@@ -250,7 +250,7 @@ def _ope_plot(results: dict, path: Path) -> None:
         )
     ax.set_xticks(np.arange(len(names)), names)
     ax.set_ylabel("CTR")
-    ax.set_title("Off-policy estimates from the random-exposure log (mean ± std over seeds)")
+    ax.set_title("Off-policy estimates from the logs (mean ± std over seeds)")
     ax.legend(fontsize=7, ncol=len(series))
     _save(fig, path)
 
@@ -266,16 +266,36 @@ def _ope_section(results: dict) -> list[str]:
         f"| {n} | " + " | ".join(fmt(ope[e][n]["ctr"], 4) for e in ope) + " |"
         for n in ope[next(iter(ope))]
     ]
+    logs = []
+    for name, title in (("bucket", "the random-exposure log"), ("logs", "the ordinary log")):
+        src = info.get(name)
+        if not src:
+            continue
+        if "skipped" in src:
+            logs.append(f"- From {title}: skipped ({src['skipped']}).")
+            continue
+        line = (
+            f"- From {title} (`{src['file']}`): {src['queries']:,} queries, "
+            f"{src['impressions']:,} impressions, {src['clicks']:,} clicks. "
+            f"Propensity: {src['propensity']}."
+        )
+        if "examination" in src:
+            line += (
+                f" Examination by position ({src['examination_model']}): "
+                + ", ".join(f"{t:.2f}" for t in src["examination"])
+                + "."
+            )
+        logs.append(line)
     out = [
-        "## Off-policy estimates (from the random-exposure log)",
+        "## Off-policy estimates (from the logs)",
         "",
-        f"Each policy serves the {info['bucket_queries']:,} queries of the random-exposure log "
-        f"({info['bucket_impressions']:,} impressions, {info['bucket_clicks']:,} clicks) as in "
-        "the A/B test; each estimator says what CTR it would get from what that log showed "
-        f"and what was clicked. Propensity: {info['propensity']}. Examination by position "
-        f"({info['examination_model']}): {', '.join(f'{t:.2f}' for t in info['examination'])}. "
-        f"Reward model of dm/dr/dr_pi: the CTR model of {info['reward_model']}, calibrated "
-        f"on the log. CIs: {info['ci']} (in results.json).",
+        "Each policy serves the queries of a log as in the A/B test; each estimator says what "
+        "CTR it would get from what that log showed and what was clicked.",
+        "",
+        *logs,
+        "",
+        f"Reward model of the dm/dr estimators: the CTR model of {info['reward_model']}, "
+        f"calibrated on the log. CIs: {info['ci']} (in results.json).",
         "",
         head,
         "|---|" + "---|" * len(ope),

@@ -18,6 +18,7 @@ import click
 import numpy as np
 
 from visctr.config import dump_yaml, to_dict
+from visctr.errors import InputError
 from visctr.io import write_json, write_text
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_order
@@ -84,9 +85,13 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         ab = stages.timed("abtest", lambda: ABTest(world, cfg))
     estimates = None
     if "ope" not in skipped:
-        from visctr.pipeline.ope import OPE
+        from visctr.pipeline.ope import OPE, headline
 
-        estimates = stages.timed("ope", lambda: OPE(world, cfg))
+        try:
+            estimates = stages.timed("ope", lambda: OPE(world, cfg))
+        except InputError as e:  # no log with a click to estimate from
+            skipped["ope"] = str(e)
+            click.echo(f"  skipped ope: {e}")
     ab_per_seed: list[dict] = []
     ope_per_seed: list[dict] = []
     keys = METRICS + BY_CATEGORY
@@ -164,10 +169,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         if estimates is not None:
             row = stages.timed("ope", lambda: estimates.run_seed(layout, seed))
             ope_per_seed.append(row)
-            click.echo(
-                "  OPE CTR (dr_pi) "
-                + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row["dr_pi"].items())
-            )
+            click.echo(f"  OPE CTR ({headline(row)})")
 
     timings = stages.timings
     timings["total"] = time.perf_counter() - t_start
@@ -213,20 +215,20 @@ def skipped_metrics(world, cfg: Any = None) -> dict[str, str]:
     out = {}
     if not world.has_random_exposure:
         out["auc_random_exposure"] = "the world has no random-exposure log (import --random)"
-        out["ope"] = (
-            "off-policy estimates need a random-exposure log (import --random); estimates "
-            "from the ordinary logs alone are not built yet"
+        out["ope_bucket"] = (
+            "the off-policy estimators ips, snips, pi, dm, dr and dr_pi need a random-exposure "
+            "log (import --random); results.json['ope'] has dm_log, dr_log and dr_pi_log from "
+            "the ordinary log, biased as far as its propensities are wrong"
         )
-    elif cfg is not None and not cfg.ope.enabled:
+    if cfg is not None and not cfg.ope.enabled:
         out["ope"] = "ope.enabled is false in the config"
     if not world.ground_truth:
         out["random_exposure_by_category"] = (
             "needs every query's true target item, which only a simulated world knows"
         )
         out["ab_test"] = "needs the simulator's hidden click model; an imported world has none" + (
-            "; results.json['ope'] estimates each policy's CTR from the random-exposure log"
-            if world.has_random_exposure
-            else ""
+            "; results.json['ope'] estimates each policy's CTR from the logs"
+            + ("" if world.has_random_exposure else " (without a random-exposure log: biased)")
         )
     return out
 

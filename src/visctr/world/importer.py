@@ -4,7 +4,9 @@ Inputs (CSV or Parquet; CSV is read as text, so ``01`` and ``1`` stay apart):
 
 - catalog manifest: ``item_id, image_path, category`` (as for ``visctr run --catalog``)
 - queries: ``query_id, image_path, user_id, timestamp``
-- impressions: ``query_id, item_id, position, clicked`` [, ``timestamp``]
+- impressions: ``query_id, item_id, position, clicked`` [, ``timestamp``] [, ``propensity``:
+  P(the logging policy shows that item at that position for that query), in (0, 1], when
+  the shop's ranker logs it; the off-policy estimates weight by it]
 - optional random-exposure impressions: the same schema, for queries of the queries file
 - optional retrieval labels: ``query_id, image_path, item_id`` (a labelled query photo and
   the item it shows)
@@ -31,12 +33,13 @@ import numpy as np
 
 from visctr.errors import InputError
 from visctr.world.head_tail import head_mask
+from visctr.world.store import PROPENSITY
 
 __all__ = ["ImportConfig", "import_world"]
 
 QUERY_INPUT = ("query_id", "image_path", "user_id", "timestamp")
 IMPRESSION_INPUT = ("query_id", "item_id", "position", "clicked")
-IMPRESSION_OPTIONAL = ("timestamp",)
+IMPRESSION_OPTIONAL = ("timestamp", "propensity")
 RETRIEVAL_INPUT = ("query_id", "image_path", "item_id")
 _INT = re.compile(r"\s*[+-]?[0-9]+\s*")
 
@@ -317,7 +320,10 @@ class _LogWriter:
         from visctr.world.store import IMPRESSION_COLUMNS
 
         types = {"int64": pa.int64(), "int32": pa.int32(), "int8": pa.int8()}
-        table = pa.table({c: pa.array(cols[c], types[t]) for c, t in IMPRESSION_COLUMNS.items()})
+        table = {c: pa.array(cols[c], types[t]) for c, t in IMPRESSION_COLUMNS.items()}
+        if PROPENSITY in cols:  # every batch of one file has it or none does
+            table[PROPENSITY] = pa.array(cols[PROPENSITY], pa.float64())
+        table = pa.table(table)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.path, table.schema)
         if table.num_rows:
@@ -331,6 +337,38 @@ class _LogWriter:
 
             self.write({c: np.zeros(0, np.int64) for c in IMPRESSION_COLUMNS})
         self.writer.close()
+
+
+def _propensities(col, path: Path, row0: int) -> np.ndarray:
+    """float64 propensities in (0, 1] from a numeric column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _no_nulls(col, path, PROPENSITY, row0)
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):  # CSV
+        try:
+            col = pc.cast(pc.utf8_trim_whitespace(col), pa.float64())
+        except pa.ArrowInvalid:
+            for i, v in enumerate(col.to_pylist()):
+                try:
+                    float(v)
+                except ValueError:
+                    raise InputError(
+                        f"{path}: row {row0 + i}: propensity {v!r} is not a number"
+                    ) from None
+            raise
+    elif not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        raise InputError(f"{path}: column {PROPENSITY!r} must be numbers, got {t}")
+    p = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = ~(np.isfinite(p) & (p > 0) & (p <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path}: row {row0 + i}: propensity {float(p[i])} is not in (0, 1] (P(the logging "
+            "policy showed this item at this position))"
+        )
+    return p
 
 
 def _stream_log(
@@ -371,6 +409,8 @@ def _stream_log(
             "clicked": clicked,
             "timestamp": ts,
         }
+        if PROPENSITY in names:
+            cols[PROPENSITY] = _propensities(batch.column(PROPENSITY), path, row0)
         for name, w in writers.items():
             m = splits == name
             if m.any():

@@ -56,6 +56,7 @@ IMPRESSION_COLUMNS = {
     "clicked": "int8",
     "timestamp": "int64",
 }
+PROPENSITY = "propensity"  # optional float64 impressions column (a shop's logged propensity)
 
 
 def check_columns(schema, expected: dict[str, str], path: Path) -> None:
@@ -146,6 +147,27 @@ class World:
         check_columns(pf.schema_arrow, IMPRESSION_COLUMNS, path)
         table = pf.read(columns=list(IMPRESSION_COLUMNS))
         return {c: table.column(c).to_numpy() for c in IMPRESSION_COLUMNS}
+
+    def read_propensity(self, split: str) -> np.ndarray | None:
+        """The split's optional ``propensity`` column (float64, in row order of
+        :meth:`read_impressions`): P(the logging policy showed that item at that position
+        for that query), when the shop's log recorded it; ``None`` when it has none."""
+        path = self.impressions_path(split)
+        pf = open_parquet(path, "impressions file")
+        if PROPENSITY not in pf.schema_arrow.names:
+            return None
+        col = pf.read(columns=[PROPENSITY]).column(PROPENSITY)
+        if col.null_count:
+            raise InputError(f"{path}: column {PROPENSITY!r} has {col.null_count} null values")
+        p = col.to_numpy().astype(np.float64)
+        bad = ~(np.isfinite(p) & (p > 0) & (p <= 1))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{path}: row {row}: propensity {float(p[row])} is not in (0, 1] "
+                f"({int(bad.sum())} such rows)"
+            )
+        return p
 
     def query_rows(self, split: str) -> np.ndarray:
         """Row indices (into ``queries``) of one query split: train|test|random|retrieval."""
