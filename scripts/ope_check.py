@@ -3,7 +3,8 @@
 For each finished ``visctr run`` directory on a simulated world (one per world seed) and
 each bucket size, estimate every policy's CTR from the first N queries of the world's
 random-exposure log and score each estimator against the run's simulated A/B CTR: bias,
-RMSE, 95% CI coverage, Spearman over (policy, seed). Pools the runs for each size.
+RMSE, 95% CI coverage, Spearman over (policy, seed). Pools the runs for each size. The
+ordinary log's estimators (``*_log``) use the first N queries of the test split.
 
     python scripts/ope_check.py runs/small3 [runs/small3-w1 ...] --queries 1000 5000 20000
 """
@@ -55,8 +56,15 @@ def main(argv: list[str] | None = None) -> int:
             for p, row in results["ab_test"]["methods"].items():
                 dst = pooled_ab["methods"].setdefault(p, {"ctr": {"per_seed": []}})
                 dst["ctr"]["per_seed"] += row["ctr"]["per_seed"]
-            impressions = est.info()["bucket_impressions"]
-            print(f"{run} ({i + 1}/{len(args.runs)}): {n:,} queries, {impressions:,} impressions")
+            info = est.info()
+            if "bucket" not in info:
+                print(f"{run}: the world has no random-exposure log", file=sys.stderr)
+                return 2
+            print(
+                f"{run} ({i + 1}/{len(args.runs)}): {n:,} queries, "
+                f"{info['bucket']['impressions']:,} bucket and {info['logs']['impressions']:,} "
+                "ordinary-log impressions"
+            )
         v = validation(pooled_ope, pooled_ab)
         table[str(n)] = v
         print(f"\nbucket of {n:,} queries, {len(args.runs)} world(s):")

@@ -219,3 +219,20 @@ def test_string_sku_manifest_runs_end_to_end(tmp_path):
     assert items.column("item_key").to_pylist()[:2] == ["sku-0000", "sku-0001"]
     emb = pq.read_table(out / "seed_0" / "embeddings" / "s1" / "items.parquet")
     assert emb.column("item_key").to_pylist() == items.column("item_key").to_pylist()
+
+
+def test_ope_check_script_prints_a_validation_table_per_bucket_size(tiny_run, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "scripts" / "ope_check.py"
+    spec = importlib.util.spec_from_file_location("ope_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out, _ = tiny_run
+    assert mod.main([str(out), "--queries", "50", "200", "--out", str(tmp_path / "t.json")]) == 0
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert set(table) == {"50", "200"}
+    for v in table.values():
+        assert {"dr_pi", "dm_log", "dr_log"} <= set(v) and all(r["n"] > 0 for r in v.values())
+    assert "bucket of 200 queries" in capsys.readouterr().out
