@@ -236,3 +236,44 @@ def test_ope_check_script_prints_a_validation_table_per_bucket_size(tiny_run, tm
     for v in table.values():
         assert {"dr_pi", "dm_log", "dr_log"} <= set(v) and all(r["n"] > 0 for r in v.values())
     assert "bucket of 200 queries" in capsys.readouterr().out
+
+
+def test_a_log_without_clicks_is_skipped_and_a_bad_propensity_is_an_error(tiny_run, tmp_path):
+    """An ordinary log with no click leaves the bucket's estimators (and says why); a
+    world with neither log to estimate from is an EmptyLog (run skips the OPE); a
+    propensity column out of (0, 1] in a world file is one line naming the file and row."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visctr.pipeline.config import RunConfig
+    from visctr.pipeline.ope import OPE, EmptyLog
+    from visctr.world import World
+
+    out, _ = tiny_run
+    cfg = RunConfig()
+    world_dir = tmp_path / "w"
+    shutil.copytree(out / "world" / "data", world_dir)
+    test = world_dir / "impressions" / "test.parquet"
+    t = pq.read_table(test)
+    no_clicks = t.set_column(
+        t.schema.get_field_index("clicked"), "clicked", pa.array(np.zeros(t.num_rows, np.int8))
+    )
+    pq.write_table(no_clicks, test)
+    est = OPE(World.load(world_dir), cfg)
+    assert set(est.sources) == {"bucket"} and "no click" in est.info()["logs"]["skipped"]
+    (world_dir / "impressions" / "random.parquet").unlink()
+    with pytest.raises(EmptyLog, match="test.parquet: the log has no click"):
+        OPE(World.load(world_dir), cfg)
+    p = np.full(t.num_rows, 0.5)
+    p[3] = 1.5
+    pq.write_table(t.append_column("propensity", pa.array(p)), test)
+    res = CliRunner().invoke(main, ["abtest", "--run", str(shutil.copytree(out, tmp_path / "r")),
+                                    "--world", str(world_dir), "--estimator", "dr_log"])  # fmt: skip
+    assert res.exit_code == 2, res.output  # bad input
+    assert (
+        res.output.strip()
+        .splitlines()[-1]
+        .endswith("test.parquet: row 3: propensity 1.5 is not in (0, 1] (1 such rows)")
+    ), res.output

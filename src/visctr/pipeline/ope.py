@@ -52,6 +52,10 @@ LOG_NOTES = {
 }
 
 
+class EmptyLog(InputError):
+    """A log with no impression or no click: nothing to estimate from (a skip, not a fault)."""
+
+
 class Slates:
     """One impression log of the world as dense slates, its queries as traffic to serve.
 
@@ -72,6 +76,12 @@ class Slates:
     ) -> None:
         path = world.impressions_path(split)
         imp = world.read_impressions(split)
+        if not imp["clicked"].any():
+            raise EmptyLog(
+                f"{path}: the log has no "
+                + ("impression" if imp["clicked"].size == 0 else "click")
+                + " to estimate from"
+            )
         recorded = world.read_propensity(split)
         if recorded is not None:
             imp["propensity"] = recorded
@@ -110,8 +120,8 @@ class Slates:
         if recorded is None and split != "random" and log_propensity == "exposure":
             lg = self.logged
             self.logged = ope.Logged(lg.items, lg.clicks, ope.exposure_propensity(lg))
-        if self.logged.clicks.sum() == 0:
-            raise InputError(f"{path}: the log has no click to estimate from")
+        if self.logged.clicks.sum() == 0:  # none left among the first max_queries
+            raise EmptyLog(f"{path}: the log's first {len(qids)} queries have no click")
         # the bucket's θ; an ordinary log's comes with its reward model (see OPE._reward)
         self.theta = ope.examination(self.logged, examination_model) if split == "random" else None
         self.k = k
@@ -159,7 +169,7 @@ class OPE:
             self.sources["logs"] = Slates(
                 world, "test", self.k, c.max_queries, log_propensity=c.log_propensity
             )
-        except InputError as e:  # an empty test split, or one without a click
+        except EmptyLog as e:  # an empty test split, or one without a click
             if not self.sources:
                 raise
             self.skipped["logs"] = str(e)

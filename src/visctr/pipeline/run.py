@@ -18,7 +18,6 @@ import click
 import numpy as np
 
 from visctr.config import dump_yaml, to_dict
-from visctr.errors import InputError
 from visctr.io import write_json, write_text
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_order
@@ -85,11 +84,11 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         ab = stages.timed("abtest", lambda: ABTest(world, cfg))
     estimates = None
     if "ope" not in skipped:
-        from visctr.pipeline.ope import OPE, headline
+        from visctr.pipeline.ope import OPE, EmptyLog, headline
 
         try:
             estimates = stages.timed("ope", lambda: OPE(world, cfg))
-        except InputError as e:  # no log with a click to estimate from
+        except EmptyLog as e:  # no log with a click to estimate from
             skipped["ope"] = str(e)
             click.echo(f"  skipped ope: {e}")
     ab_per_seed: list[dict] = []

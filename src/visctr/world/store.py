@@ -157,6 +157,10 @@ class World:
         if PROPENSITY not in pf.schema_arrow.names:
             return None
         col = pf.read(columns=[PROPENSITY]).column(PROPENSITY)
+        import pyarrow as pa
+
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+            raise InputError(f"{path}: column {PROPENSITY!r} has type {col.type}, expected float")
         if col.null_count:
             raise InputError(f"{path}: column {PROPENSITY!r} has {col.null_count} null values")
         p = col.to_numpy().astype(np.float64)
