@@ -26,12 +26,13 @@ setup: $(VENV)/.installed
 
 # torch/torchvision first, pinned to the releases pip may install here (local CUDA builds);
 # the interop extra (ONNX Runtime, FuxiCTR) so that the tests checking visctr's artifacts
-# with those tools run instead of being skipped.
+# with those tools run instead of being skipped, and timm (with safetensors) so that the
+# pretrained-backbone tests do.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[dev,interop]"
+	$(BIN)/python -m pip install -q -e ".[dev,interop,timm]"
 	touch $@
 
 # Fashion-MNIST: use $VISCTR_DATA if set, else the Debian package (installed when root).

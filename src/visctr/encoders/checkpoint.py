@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visctr.encoders.backbones import BACKBONES, Encoder, build_backbone
+from visctr.encoders.backbones import Encoder, build_backbone, check_backbone_name
 from visctr.encoders.config import EncoderConfig
 from visctr.errors import InputError
 from visctr.io import check_state_dict, field, load_torch, save_torch
@@ -26,12 +26,100 @@ CUSTOM = "custom"
 
 
 def build_encoder(cfg: EncoderConfig, in_channels: int, image_size: int) -> Encoder:
-    """A fresh encoder from its config (weights from the current torch RNG)."""
+    """A fresh encoder from its config: the backbone's weights from ``cfg.weights`` when
+    given, else from the current torch RNG (the projection always from the RNG)."""
     try:
         backbone = build_backbone(cfg.backbone, in_channels, image_size, **cfg.backbone_kwargs())
     except ValueError as e:
         raise InputError(f"encoder config: {e}") from None
+    if cfg.weights is not None:
+        load_backbone_weights(backbone, cfg.weights, cfg.backbone)
     return Encoder(backbone, cfg.embed_dim)
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local ``.pth`` / ``.pt`` (a safe ``weights_only`` load) or
+    ``.safetensors`` file; a checkpoint that wraps it (``state_dict``, ``model``) and a
+    ``module.`` prefix (DataParallel) are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: encoder.weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise InputError(
+                f"{path}: reading .safetensors needs safetensors: pip install 'visctr[weights]'"
+            ) from None
+        try:
+            state: Any = load_file(str(path), device="cpu")
+        except Exception as e:  # SafetensorError, OSError, ...
+            raise InputError(f"{path}: not a readable .safetensors file ({e})") from None
+    elif path.suffix in (".pth", ".pt", ".bin"):
+        state = load_torch(path)
+    else:
+        raise InputError(f"{path}: encoder.weights must be a .pth, .pt or .safetensors file")
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"{path}: holds no state dict (a mapping of tensor names to tensors)")
+    if all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, source: str, name: str) -> None:
+    """Load pretrained weights into ``backbone`` from ``source``: a local state-dict file
+    (:func:`read_weights_file`) or the name of one of torchvision's weights enums (e.g.
+    ``IMAGENET1K_V2`` for ``torchvision:resnet50``), read from torch's cache only. The
+    classifier's keys (``backbone.head_prefix``) are dropped; every other key must match
+    the backbone's exactly, name and shape (one error line otherwise)."""
+    path = weights_path(source, name)
+    state = read_weights_file(path)
+    head = getattr(backbone, "head_prefix", None)
+    if head:
+        state = {k: v for k, v in state.items() if not str(k).startswith(head)}
+    check_state_dict(state, backbone, path, f"weights for {name}")
+    with torch.no_grad():
+        backbone.load_state_dict(state)
+
+
+def weights_path(source: str, name: str) -> Path:
+    """The file ``encoder.weights`` names: itself, or a torchvision enum's cached file."""
+    return _weights_enum_file(source, name) if _is_enum_name(source) else Path(source)
+
+
+def _is_enum_name(source: str) -> bool:
+    return "/" not in source and "." not in source and source.upper() == source
+
+
+def _weights_enum_file(enum: str, name: str) -> Path:
+    """The cached file of torchvision's weights ``enum`` for ``torchvision:<model>``."""
+    if not name.startswith("torchvision:"):
+        raise InputError(
+            f"encoder.weights {enum!r} names torchvision weights; {name} is not a "
+            "torchvision:<model> backbone (pass a local .pth or .safetensors file)"
+        )
+    import torchvision
+
+    model = name[len("torchvision:") :]
+    try:
+        weights = torchvision.models.get_model_weights(model)[enum]
+    except (KeyError, ValueError):
+        choices = ", ".join(w.name for w in torchvision.models.get_model_weights(model))
+        raise InputError(
+            f"encoder.weights: torchvision:{model} has no weights {enum!r} ({choices})"
+        ) from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not cached.is_file():
+        raise InputError(
+            f"encoder.weights {enum}: {cached} is not in torch's cache, and visctr downloads "
+            f"nothing; fetch {weights.url} there where a network exists, or pass the file "
+            "as encoder.weights"
+        )
+    return cached
 
 
 def encoder_spec(
@@ -89,7 +177,7 @@ def read_encoder_file(path: str | Path) -> dict[str, Any]:
         )
     spec = field(obj, "config", path, dict)
     c = "config."
-    field(spec, "backbone", path, str, choices=(*BACKBONES, CUSTOM), prefix=c)
+    field(spec, "backbone", path, str, check=_backbone_ok, prefix=c)
     kwargs = field(spec, "backbone_kwargs", path, dict, prefix=c)
     for key in kwargs:
         if key in BACKBONE_LIMITS:
@@ -102,14 +190,37 @@ def read_encoder_file(path: str | Path) -> dict[str, Any]:
     for key, (lo, hi) in SPEC_LIMITS.items():
         types = (int, type(None)) if key == "embed_dim" else int
         field(spec, key, path, types, lo=lo, hi=hi, prefix=c)
-    field(spec, "mean", path, (int, float), check=math.isfinite, prefix=c)
-    field(spec, "std", path, (int, float), check=lambda v: math.isfinite(v) and v > 0, prefix=c)
+    field(spec, "mean", path, (int, float, list, tuple), check=_norm_ok(False), prefix=c)
+    field(spec, "std", path, (int, float, list, tuple), check=_norm_ok(True), prefix=c)
     field(obj, "state_dict", path, dict)
     heads = field(obj, "heads", path, dict)
     for key in heads:
         field(heads, key, path, dict, prefix="heads.")
     field(obj, "meta", path, dict)
     return obj
+
+
+def _backbone_ok(name: str) -> bool:
+    if name == CUSTOM:
+        return True
+    try:
+        check_backbone_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _norm_ok(positive: bool):
+    """A normalisation constant: a finite number, or 1-64 of them (one per channel)."""
+
+    def ok(v) -> bool:
+        values = list(v) if isinstance(v, list | tuple) else [v]
+        return 1 <= len(values) <= 64 and all(
+            isinstance(x, int | float) and math.isfinite(x) and (x > 0 or not positive)
+            for x in values
+        )
+
+    return ok
 
 
 def load_encoder(path: str | Path, backbone: nn.Module | None = None) -> Encoder:

@@ -17,21 +17,32 @@ from visctr.train import TrainerConfig
 class EncoderConfig:
     """The network whose output is the exported embedding."""
 
-    backbone: str = "convnet"  # convnet | resnet18 | resnet50
+    # convnet | resnet18 | resnet50 | torchvision:<name> | timm:<name> (visctr[timm])
+    backbone: str = "convnet"
     embed_dim: int | None = 64  # linear projection after the backbone (None: backbone features)
     width: int = 16  # convnet: channels of the first stage (doubling per stage)
     stages: int = 3  # convnet
     blocks: int = 2  # convnet: conv layers per stage
-    small_stem: bool = True  # resnets: 3x3 stride-1 stem, no max-pool (small images)
+    small_stem: bool = True  # visctr's resnets: 3x3 stride-1 stem, no max-pool (small images)
+    # pretrained backbone weights: a local .pth / .pt / .safetensors state dict (its
+    # classifier dropped), or a torchvision weights enum (IMAGENET1K_V2) from torch's cache
+    weights: str | None = None
 
     def __post_init__(self) -> None:
+        from visctr.encoders.backbones import check_backbone_name
+
         if self.embed_dim is not None and self.embed_dim < 1:
             raise ValueError(f"embed_dim must be >= 1, got {self.embed_dim}")
+        check_backbone_name(self.backbone)
+        if self.weights is not None and not str(self.weights).strip():
+            raise ValueError("weights must be a file or a torchvision weights name, not empty")
 
     def backbone_kwargs(self) -> dict:
         if self.backbone == "convnet":
             return {"width": self.width, "stages": self.stages, "blocks": self.blocks}
-        return {"small_stem": self.small_stem}
+        if self.backbone in ("resnet18", "resnet50"):
+            return {"small_stem": self.small_stem}
+        return {}
 
 
 @dataclass

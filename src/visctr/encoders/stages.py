@@ -83,8 +83,21 @@ def stage_key(
             "world": world.digest(),
             "init": _file_digest(init) if init is not None else None,
             "custom": repr(encoder) if encoder is not None else None,
+            "weights": _weights_digest(cfg.encoder.weights, cfg.encoder.backbone),
         }
     )
+
+
+def _weights_digest(source: str | None, backbone: str) -> str | None:
+    """The content of ``encoder.weights`` (a file edited in place is a new key)."""
+    if source is None:
+        return None
+    from visctr.encoders.checkpoint import weights_path
+
+    path = weights_path(source, backbone)
+    if not path.is_file():
+        raise InputError(f"{path}: encoder.weights file not found")
+    return _file_digest(path)
 
 
 def _cached(out_dir: Path, h: str) -> bool:
