@@ -103,3 +103,53 @@ def test_embed_under_bf16_stays_close_to_fp32():
     assert b.dtype == np.float32 and np.allclose(np.linalg.norm(b, axis=1), 1, atol=1e-5)
     assert (a * b).sum(1).min() > 0.99  # cosine to the fp32 vector
     assert not np.array_equal(a, b)  # bf16 really ran
+
+
+def test_cuda_defaults_turn_tf32_on_only_on_a_gpu(monkeypatch):
+    from visctr.precision import cuda_defaults, on_cuda
+
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        torch.set_float32_matmul_precision("highest")
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert not on_cuda("auto") and not cuda_defaults("auto")
+        assert torch.get_float32_matmul_precision() == "highest"
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert not cuda_defaults("cpu")  # asked for the CPU on a GPU machine
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert on_cuda("gpu") and cuda_defaults("auto")
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
+
+
+def test_encoder_loaders_pin_memory_when_asked():
+    from visctr.encoders.data import make_loader
+
+    data = list(range(8))
+    assert make_loader(data, 4, 0, pin_memory=True).pin_memory
+    assert not make_loader(data, 4, 0).pin_memory
+
+
+def test_search_moves_the_exact_index_to_the_gpus_faiss_sees(monkeypatch):
+    """With faiss-gpu (mocked: the CPU build plus a GPU count and a mover), the flat index
+    goes to the GPUs and the answer is the same exact search; VISCTR_FAISS_GPU=0 opts out."""
+    import faiss
+    import numpy as np
+
+    from visctr.eval.retrieval import search
+
+    rng = np.random.default_rng(0)
+    q, items = rng.normal(size=(5, 8)), rng.normal(size=(40, 8))
+    want = search(q, items, 3)
+    moved = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(
+        faiss, "index_cpu_to_all_gpus", lambda idx: moved.append(idx) or idx, raising=False
+    )
+    got = search(q, items, 3)
+    assert len(moved) == 1 and np.array_equal(got[1], want[1])
+    monkeypatch.setenv("VISCTR_FAISS_GPU", "0")
+    search(q, items, 3)
+    assert len(moved) == 1

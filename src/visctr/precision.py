@@ -97,6 +97,28 @@ def resolve_precision(precision: str, accelerator: str = "auto", bf16_ok: bool =
     return "32-true"
 
 
+def on_cuda(accelerator: str) -> bool:
+    """Whether a Lightning ``accelerator`` setting trains on a CUDA GPU here."""
+    if _device_kind(accelerator) != "cuda":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cuda_defaults(accelerator: str) -> bool:
+    """On CUDA: TF32 for the fp32 matmuls and convolutions that remain under mixed
+    precision (``torch.set_float32_matmul_precision("high")``, cuDNN's TF32), the norm on
+    A100/H100-class GPUs. Nothing changes on a CPU. Returns whether it applied."""
+    if not on_cuda(accelerator):
+        return False
+    import torch
+
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def fp32(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a loss with autocast off and its half-precision tensor arguments in fp32."""
     import torch

@@ -467,13 +467,14 @@ def build_trainer(
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from visctr.errors import ConfigError
-    from visctr.precision import resolve_precision
+    from visctr.precision import cuda_defaults, resolve_precision
 
     # Lightning's banner lines (GPU available, tips) are noise in a multi-stage run.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    cuda_defaults(cfg.accelerator)  # TF32 where fp32 remains (GPUs only)
     # Deterministic mode also fills every new tensor with NaN (a debugging aid); that
     # halves CPU throughput and is not needed for reproducible results.
     torch.utils.deterministic.fill_uninitialized_memory = False

@@ -326,8 +326,11 @@ def make_loader(
     num_workers: int = 0,
     shuffle: bool = True,
     drop_last: bool = True,
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A loader of whole batches with an epoch-seeded order (reproducible, resumable mid-epoch)."""
+    """A loader of whole batches with an epoch-seeded order (reproducible, resumable
+    mid-epoch). ``pin_memory`` (training on a GPU): batches in page-locked memory, so that
+    Lightning's copies to the GPU are asynchronous (``non_blocking``)."""
     n = len(dataset)
     if drop_last and n < batch_size:
         batch_size = n  # tiny worlds: one full batch rather than none
@@ -339,6 +342,7 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=_whole_batch,
         persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
     )
 
 

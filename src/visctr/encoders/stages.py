@@ -39,6 +39,7 @@ from visctr.encoders.methods.base import EpochEnd
 from visctr.encoders.probe import KnnProbe
 from visctr.errors import ConfigError, InputError
 from visctr.io import claim_out_dir, write_json, write_text
+from visctr.precision import on_cuda
 from visctr.stagedir import StageDir
 from visctr.train import build_trainer, quiet_pytree, resume_checkpoint
 from visctr.world.store import World
@@ -233,7 +234,9 @@ def _catalog_stage(
         print(f"[{stage}] up to date: {out_dir / 'encoder.pt'}", flush=True)
         return out_dir / "encoder.pt"
     catalog = CatalogImages.from_world(world)
-    loader = make_loader(catalog, cfg.batch_size, seed, cfg.num_workers)
+    loader = make_loader(
+        catalog, cfg.batch_size, seed, cfg.num_workers, pin_memory=on_cuda(cfg.trainer.accelerator)
+    )
     c, size = _image_geometry(world)
     method = _seeded(seed, lambda: make_method(_make_encoder(cfg.encoder, world, encoder), catalog))
     spec = encoder_spec(method.encoder, None if encoder else cfg.encoder, c, size)
@@ -302,7 +305,10 @@ def finetune(
     if cfg.lambda_s1 > 0:
         from lightning.pytorch.utilities import CombinedLoader
 
-        cat_loader = make_loader(catalog, cfg.s1_batch_size, seed + 1, cfg.num_workers)
+        cat_loader = make_loader(
+            catalog, cfg.s1_batch_size, seed + 1, cfg.num_workers,
+            pin_memory=on_cuda(cfg.trainer.accelerator),
+        )  # fmt: skip
         with quiet_pytree():
             loaders = CombinedLoader(
                 {"click": click_loader, "catalog": cat_loader}, mode="max_size_cycle"
