@@ -309,3 +309,51 @@ def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
     assert out.shape == (1, 1, 28, 28)
     expected = (np.arange(28) * 4000 / 28 // 500 * 30).astype(float)
     assert np.abs(out[0, 0].mean(0) - expected).max() < 20
+
+
+def _jpegs(root, n, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = root / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_parallel_chunked_decode_equals_the_in_process_one(tmp_path, monkeypatch):
+    """A pool of 2 workers over chunks of 7 images, into a .npy store, gives the very
+    array one process decodes in memory; the store is a memory map of that file."""
+    import visctr.data.catalog as catalog_mod
+    from visctr.data.catalog import read_images
+
+    paths = _jpegs(tmp_path / "img", 30)
+    cfg = CatalogConfig(image_size=16, channels=3)
+    wheres = [str(p) for p in paths]
+    ref = read_images(paths, cfg, wheres, workers=1)
+    monkeypatch.setattr(catalog_mod, "POOL_MIN_IMAGES", 1)
+    monkeypatch.setattr(catalog_mod, "DECODE_CHUNK", 7)
+    assert catalog_mod.decode_workers(2, 30) == 2
+    got = read_images(paths, cfg, wheres, out=tmp_path / "store.npy", workers=2)
+    assert isinstance(got, np.memmap) and np.array_equal(np.asarray(got), ref)
+    assert np.array_equal(np.load(tmp_path / "store.npy"), ref)
+    # a corrupt image in a worker's chunk: its one error, and no store left behind
+    (tmp_path / "img" / "20.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(InputError, match=r"20.jpg"):
+        read_images(paths, cfg, wheres, out=tmp_path / "bad.npy", workers=2)
+    assert not (tmp_path / "bad.npy").exists()
+
+
+def test_max_items_picks_the_items_before_decoding(tmp_path):
+    """Only the sampled items are decoded: a corrupt image outside the sample is not read."""
+    rows = [{"item_id": i, "image_path": f"img/{i}.png", "category": "x"} for i in range(12)]
+    path = _manifest(tmp_path, rows)
+    full = load_catalog(CatalogConfig(source=str(path)))
+    sub = load_catalog(CatalogConfig(source=str(path), max_items=5), seed=3)
+    keep = np.searchsorted(full.item_ids, sub.item_ids)
+    assert len(sub) == 5 and np.array_equal(sub.images, full.images[keep])
+    skipped = next(i for i in range(12) if i not in set(sub.item_ids.tolist()))
+    (tmp_path / "img" / f"{skipped}.png").write_bytes(b"garbage")
+    again = load_catalog(CatalogConfig(source=str(path), max_items=5), seed=3)
+    assert np.array_equal(again.images, sub.images)

@@ -92,3 +92,31 @@ def test_wrong_image_store_shape(world_copy):
     np.save(world_copy / "images" / "items.npy", np.zeros((10, 28), np.uint8))
     with pytest.raises(InputError, match=r"items.npy: expected uint8 \[N, C, H, W\]"):
         World.load(world_copy)
+
+
+def test_a_stored_digest_is_read_without_hashing_and_an_edit_is_hashed_again(
+    world_copy, monkeypatch
+):
+    """The digest written with the world is what a run reads (no image byte hashed); a
+    file edited in place, same size, or one added, is seen and the world hashed again."""
+    import visctr.world.store as store
+    from visctr.io import digest_files
+
+    assert (world_copy / store.DIGEST_FILE).is_file()  # written by the simulator
+    full = digest_files(world_copy, store.CONTENT_FILES)
+    calls = []
+
+    def counting(root, patterns):
+        calls.append(root)
+        return digest_files(root, patterns)
+
+    monkeypatch.setattr(store, "digest_files", counting)
+    assert World.load(world_copy).digest() == full and calls == []
+    images = world_copy / "images" / "items.npy"
+    data = bytearray(images.read_bytes())
+    data[-1] ^= 0xFF  # one pixel, same size
+    images.write_bytes(bytes(data))  # a new mtime: the copy kept the simulator's
+    edited = World.load(world_copy).digest()
+    assert len(calls) == 1 and edited != full
+    (world_copy / "impressions" / "extra.parquet").write_bytes(b"x")
+    assert World.load(world_copy).digest() != edited and len(calls) == 2

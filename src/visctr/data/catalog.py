@@ -81,32 +81,62 @@ class Catalog:
         )  # fmt: skip
 
 
-def load_catalog(cfg: CatalogConfig, seed: int = 0) -> Catalog:
-    """Read the catalog named by ``cfg.source`` and normalise its images."""
+def load_catalog(
+    cfg: CatalogConfig,
+    seed: int = 0,
+    images_out: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> Catalog:
+    """Read the catalog named by ``cfg.source`` and normalise its images.
+
+    An image folder or a manifest is decoded by :func:`read_images` (``workers``
+    processes); with ``images_out`` its images go to that ``.npy`` file in chunks and come
+    back memory-mapped (memory flat in the catalog's size). ``max_items`` picks the items
+    before anything is decoded."""
     src = cfg.source
     if src.startswith("fashion-mnist"):
         cat = _read_fashion_mnist(src, cfg.data_dir)
+        if len(cat) == 0:
+            raise InputError(f"{src}: catalog is empty")
+        cat.images = normalise_images(cat.images, cfg.image_size, cfg.channels)
+        if images_out is not None:
+            from visctr.io import load_npy, save_npy
+
+            save_npy(cat.images, images_out)
+            cat.images = load_npy(images_out)
+        return _subsample(cat, cfg, seed)
+    path = Path(src)
+    if not path.exists():
+        raise InputError(
+            f"{path}: catalog not found (expected fashion-mnist:train|test, "
+            "an image folder, or a .parquet/.csv manifest)"
+        )
+    if path.is_dir():
+        cat, paths, wheres = _read_folder(path)
+    elif path.suffix in (".parquet", ".csv"):
+        cat, paths, wheres = _read_manifest(path)
     else:
-        path = Path(src)
-        if not path.exists():
-            raise InputError(
-                f"{path}: catalog not found (expected fashion-mnist:train|test, "
-                "an image folder, or a .parquet/.csv manifest)"
-            )
-        if path.is_dir():
-            cat = _read_folder(path, cfg)
-        elif path.suffix in (".parquet", ".csv"):
-            cat = _read_manifest(path, cfg)
-        else:
-            raise InputError(f"{path}: unsupported catalog file (use a .parquet or .csv manifest)")
+        raise InputError(f"{path}: unsupported catalog file (use a .parquet or .csv manifest)")
     if len(cat) == 0:
         raise InputError(f"{src}: catalog is empty")
-    cat.images = normalise_images(cat.images, cfg.image_size, cfg.channels)
-    if cfg.max_items is not None and cfg.max_items < len(cat):
-        rng = np.random.default_rng(seed)
-        idx = np.sort(rng.permutation(len(cat))[: cfg.max_items])
+    idx = _subsample_rows(len(cat), cfg, seed)
+    if idx is not None:
         cat = cat.subset(idx)
+        paths, wheres = [paths[i] for i in idx], [wheres[i] for i in idx]
+    cat.images = read_images(paths, cfg, wheres, out=images_out, workers=workers)
     return cat
+
+
+def _subsample_rows(n: int, cfg: CatalogConfig, seed: int) -> np.ndarray | None:
+    if cfg.max_items is None or cfg.max_items >= n:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.permutation(n)[: cfg.max_items])
+
+
+def _subsample(cat: Catalog, cfg: CatalogConfig, seed: int) -> Catalog:
+    idx = _subsample_rows(len(cat), cfg, seed)
+    return cat if idx is None else cat.subset(idx)
 
 
 def catalog_fingerprint(cfg: CatalogConfig) -> str:
@@ -324,22 +354,128 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
     return arr
 
 
-def read_images(paths: list[Path], cfg: CatalogConfig, wheres: list[str]) -> np.ndarray:
+DECODE_CHUNK = 256  # images per task of the decoding pool
+POOL_MIN_IMAGES = 2000  # below this, decoding in-process beats starting a pool
+
+
+def decode_workers(workers: int | None, n_images: int) -> int:
+    """Processes that decode ``n_images``: ``workers`` (``None``: every core, or
+    ``VISCTR_WORKERS``), at most one per chunk, and 1 (in-process) for small catalogs."""
+    if workers is None:
+        env = os.environ.get("VISCTR_WORKERS")
+        workers = int(env) if env and env.isdigit() and int(env) > 0 else (os.cpu_count() or 1)
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    if n_images < POOL_MIN_IMAGES:
+        return 1
+    return max(1, min(workers, -(-n_images // DECODE_CHUNK)))
+
+
+def _read_chunk(task: tuple[list[Path], list[str], int, int]) -> np.ndarray:
+    paths, wheres, size, channels = task
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    for i, (p, w) in enumerate(zip(paths, wheres, strict=True)):
+        out[i] = _read_image(p, size, channels, w)
+    return out
+
+
+class NpyWriter:
+    """A ``.npy`` file written row block by row block, in order: what it holds is on disk,
+    never in memory (a write, not a memory map, so the pages do not count as the
+    process's own). ``close`` checks that every row was written."""
+
+    def __init__(self, path: str | os.PathLike, shape: tuple[int, ...], dtype=np.uint8) -> None:
+        self.path, self.shape, self.dtype = Path(path), tuple(shape), np.dtype(dtype)
+        self.rows = 0
+        self.f = open(self.path, "wb")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
+        np.lib.format.write_array_header_2_0(self.f, header)
+
+    def write(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
+            raise ValueError(f"{self.path}: block {block.shape} does not fit {self.shape}")
+        self.f.write(block.tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.path}: {self.rows} of {self.shape[0]} rows written")
+
+
+def read_images(
+    paths: list[Path],
+    cfg: CatalogConfig,
+    wheres: list[str],
+    out: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> np.ndarray:
     """uint8 ``[N, C, H, W]`` of image files at the config's size; ``wheres[i]`` names where
-    path ``i`` came from (file and row) in errors."""
+    path ``i`` came from (file and row) in errors.
+
+    Decoded in chunks of :data:`DECODE_CHUNK` by a pool of ``workers`` processes (default:
+    every core; :func:`decode_workers`). With ``out``, the images go to that ``.npy`` file
+    chunk by chunk and come back memory-mapped, so memory stays flat in the number of
+    images; without it they are one in-memory array. The result does not depend on the
+    number of workers."""
     from tqdm import tqdm
 
-    out = np.empty((len(paths), cfg.channels, cfg.image_size, cfg.image_size), dtype=np.uint8)
-    for i, (p, w) in enumerate(
-        tqdm(
-            list(zip(paths, wheres, strict=True)),
-            desc="reading images",
-            disable=True if len(paths) < 2000 else None,  # None: only on a terminal
-            leave=False,
-        )
-    ):
-        out[i] = _read_image(p, cfg.image_size, cfg.channels, w)
-    return out
+    shape = (len(paths), cfg.channels, cfg.image_size, cfg.image_size)
+    size, channels = cfg.image_size, cfg.channels
+    tasks = [
+        (paths[s : s + DECODE_CHUNK], wheres[s : s + DECODE_CHUNK], size, channels)
+        for s in range(0, len(paths), DECODE_CHUNK)
+    ]
+    n_workers = decode_workers(workers, len(paths))
+    writer = NpyWriter(out, shape) if out is not None else None
+    arr = None if writer is not None else np.empty(shape, dtype=np.uint8)
+    bar = tqdm(
+        total=len(paths),
+        desc="reading images",
+        disable=True if len(paths) < POOL_MIN_IMAGES else None,  # None: only on a terminal
+        leave=False,
+    )
+    pool = None
+    ok = False
+    try:
+        if n_workers > 1:
+            import multiprocessing
+
+            # spawn: the workers need PIL and numpy only, not a copy of a process that may
+            # hold torch's threads
+            pool = multiprocessing.get_context("spawn").Pool(n_workers)
+            blocks = pool.imap(_read_chunk, tasks)
+        else:
+            blocks = map(_read_chunk, tasks)
+        row = 0
+        for block in blocks:
+            if writer is not None:
+                writer.write(block)
+            else:
+                arr[row : row + len(block)] = block
+            row += len(block)
+            bar.update(len(block))
+        ok = True
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if writer is not None:
+            writer.f.close()
+            if not ok:  # a half-written store is never left behind
+                writer.path.unlink(missing_ok=True)
+    if writer is None:
+        return arr
+    writer.close()
+    from visctr.io import load_npy
+
+    return load_npy(out)
 
 
 def _folder_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -365,20 +501,21 @@ def _folder_images(root: Path) -> tuple[list[str], list[Path], list[int]]:
     return classes, paths, cats
 
 
-def _read_folder(root: Path, cfg: CatalogConfig) -> Catalog:
+def _read_folder(root: Path) -> tuple[Catalog, list[Path], list[str]]:
+    """The folder's catalog (images not decoded yet), its image paths and their names."""
     classes, paths, cats = _folder_images(root)
     if not paths:
         raise InputError(
             f"{root}: image folder has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    images = read_images(paths, cfg, [str(p) for p in paths])
-    return Catalog(
+    cat = Catalog(
         np.arange(len(paths), dtype=np.int64),
-        images,
+        np.empty((len(paths), 0, 0, 0), dtype=np.uint8),  # placeholder until decoded
         np.asarray(cats, dtype=np.int32),
         classes,
         str(root),
     )
+    return cat, paths, [str(p) for p in paths]
 
 
 MANIFEST_COLUMNS = ("item_id", "image_path", "category")
@@ -441,7 +578,9 @@ def manifest_ids(col, path: Path, column: str = "item_id") -> tuple[np.ndarray, 
     return np.asarray(values, dtype=np.int64), None
 
 
-def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
+def _read_manifest(path: Path) -> tuple[Catalog, list[Path], list[str]]:
+    """The manifest's catalog (images not decoded yet), its image paths and where each
+    came from (file and row)."""
 
     table = read_manifest_table(path)
     missing = [c for c in MANIFEST_COLUMNS if c not in table.column_names]
@@ -482,12 +621,12 @@ def _read_manifest(path: Path, cfg: CatalogConfig) -> Catalog:
             raise InputError(f"{path}: row {row}: image_path {rel!r} escapes the manifest's folder")
         paths.append(p)
         wheres.append(f"{path}: row {row}")
-    images = read_images(paths, cfg, wheres)
-    return Catalog(
+    cat = Catalog(
         ids,
-        images,
+        np.empty((len(paths), 0, 0, 0), dtype=np.uint8),  # placeholder until decoded
         np.asarray([index[c] for c in cats_raw], dtype=np.int32),
         names,
         str(path),
         keys,
     )
+    return cat, paths, wheres

@@ -81,7 +81,7 @@ def _timestamp(value: str | None) -> int | None:
     "--impressions",
     type=click.Path(path_type=Path),
     required=True,
-    help="Impression log: query_id, item_id, position, clicked [, timestamp].",
+    help="Impression log: query_id, item_id, position, clicked [, timestamp] [, propensity].",
 )
 @click.option(
     "--random",
@@ -110,6 +110,13 @@ def _timestamp(value: str | None) -> int | None:
 )
 @click.option("--image-size", type=click.IntRange(min=8), default=28, show_default=True)
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes decoding the photos (default: every core; catalogs under 2,000 images "
+    "are decoded in-process).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
 @handle_errors
 def import_(
@@ -122,9 +129,12 @@ def import_(
     split_time: str | None,
     image_size: int,
     channels: str,
+    workers: int | None,
     out: Path,
 ) -> None:
-    """Build a world from a shop's own catalog, queries and impression logs."""
+    """Build a world from a shop's own catalog, queries and impression logs. Photos are
+    decoded in chunks by a pool of processes straight into the world's image store, so
+    memory stays flat in the number of photos."""
     from visctr.world.importer import ImportConfig, import_world
     from visctr.world.simulate import format_summary
 
@@ -135,6 +145,7 @@ def import_(
         channels=int(channels),
         train_share=train_share,
         split_time=_timestamp(split_time),
+        workers=workers,
     )
     summary = import_world(
         catalog, queries, impressions, out, random_log, retrieval, cfg, echo=click.echo

@@ -33,7 +33,7 @@ import numpy as np
 
 from visctr.errors import InputError
 from visctr.world.head_tail import head_mask
-from visctr.world.store import PROPENSITY
+from visctr.world.store import PROPENSITY, store_digest
 
 __all__ = ["ImportConfig", "import_world"]
 
@@ -54,6 +54,7 @@ class ImportConfig:
     split_time: int | None = None  # or: queries before this time (epoch seconds) are train
     head_share: float = 0.2
     batch_rows: int = 65_536  # rows per record batch when streaming a log
+    workers: int | None = None  # processes decoding images (None: every core)
     inputs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -436,7 +437,7 @@ def import_world(
     import pyarrow.compute as pc
 
     from visctr.data.catalog import CatalogConfig, load_catalog, read_images
-    from visctr.io import atomic_dir, check_out_dir, save_npy, write_json, write_parquet
+    from visctr.io import atomic_dir, check_out_dir, write_json, write_parquet
 
     cfg = cfg or ImportConfig()
     t0 = time.perf_counter()
@@ -445,57 +446,57 @@ def import_world(
     if catalog.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"{catalog}: the catalog must be a .csv or .parquet manifest")
     ccfg = CatalogConfig(source=str(catalog), image_size=cfg.image_size, channels=cfg.channels)
-    echo(f"catalog: {catalog}")
-    cat = load_catalog(ccfg)
-    n_items = len(cat)
-    item_keys = cat.item_keys if cat.item_keys is not None else cat.item_ids
-    item_index = pa.array([str(k) for k in item_keys], pa.string())
-
-    # queries: in memory (one row per query, far fewer than impressions)
-    echo(f"queries: {queries}")
-    qt = read_whole(queries, QUERY_INPUT)
-    q_keys_s = key_strings(qt.column("query_id"), queries, "query_id")
-    _unique_keys(q_keys_s, queries, "query_id")
-    q_keys = user_keys(qt.column("query_id"), queries, "query_id")
-    u_col = qt.column("user_id")
-    u_keys = user_keys(u_col, queries, "user_id")
-    uniq_users, q_users = _dense(u_keys)
-    q_ts = parse_timestamps(qt.column("timestamp"), queries, "timestamp")
-    q_paths, q_wheres = _image_paths(qt, queries)
-    n_q = len(q_keys)
-
-    # retrieval labels: their own photos, each labelled with the item it shows
-    r_keys = np.zeros(0, dtype=object)
-    r_targets = np.zeros(0, dtype=np.int64)
-    r_paths: list[Path] = []
-    r_wheres: list[str] = []
-    if retrieval is not None:
-        retrieval = Path(retrieval)
-        echo(f"retrieval labels: {retrieval}")
-        rt = read_whole(retrieval, RETRIEVAL_INPUT)
-        rk = key_strings(rt.column("query_id"), retrieval, "query_id")
-        _unique_keys(rk, retrieval, "query_id")
-        clash = pc.is_in(rk, value_set=q_keys_s)
-        if pc.any(clash).as_py():
-            row = int(pc.index(clash, True).as_py())
-            raise InputError(
-                f"{retrieval}: row {row}: query_id {rk[row].as_py()!r} is also in {queries} "
-                "(labelled retrieval photos are their own queries)"
-            )
-        r_keys = user_keys(rt.column("query_id"), retrieval, "query_id")
-        r_targets = _lookup(
-            key_strings(rt.column("item_id"), retrieval, "item_id"),
-            item_index, retrieval, "item_id", 0, f"the catalog {catalog}",
-        )  # fmt: skip
-        r_paths, r_wheres = _image_paths(rt, retrieval)
-
-    q_split = np.full(n_q, "", dtype=object)
-    is_random = np.zeros(n_q, dtype=bool)
-    train_counts = np.zeros(n_items, dtype=np.int64)
-    shown_random = np.zeros(n_items, dtype=bool)
-    summary_logs: dict[str, dict] = {}
     with atomic_dir(out, kind="world") as tmp:
         (tmp / "images").mkdir()
+        echo(f"catalog: {catalog}")
+        cat = load_catalog(ccfg, images_out=tmp / "images" / "items.npy", workers=cfg.workers)
+        n_items = len(cat)
+        item_keys = cat.item_keys if cat.item_keys is not None else cat.item_ids
+        item_index = pa.array([str(k) for k in item_keys], pa.string())
+
+        # queries: in memory (one row per query, far fewer than impressions)
+        echo(f"queries: {queries}")
+        qt = read_whole(queries, QUERY_INPUT)
+        q_keys_s = key_strings(qt.column("query_id"), queries, "query_id")
+        _unique_keys(q_keys_s, queries, "query_id")
+        q_keys = user_keys(qt.column("query_id"), queries, "query_id")
+        u_col = qt.column("user_id")
+        u_keys = user_keys(u_col, queries, "user_id")
+        uniq_users, q_users = _dense(u_keys)
+        q_ts = parse_timestamps(qt.column("timestamp"), queries, "timestamp")
+        q_paths, q_wheres = _image_paths(qt, queries)
+        n_q = len(q_keys)
+
+        # retrieval labels: their own photos, each labelled with the item it shows
+        r_keys = np.zeros(0, dtype=object)
+        r_targets = np.zeros(0, dtype=np.int64)
+        r_paths: list[Path] = []
+        r_wheres: list[str] = []
+        if retrieval is not None:
+            retrieval = Path(retrieval)
+            echo(f"retrieval labels: {retrieval}")
+            rt = read_whole(retrieval, RETRIEVAL_INPUT)
+            rk = key_strings(rt.column("query_id"), retrieval, "query_id")
+            _unique_keys(rk, retrieval, "query_id")
+            clash = pc.is_in(rk, value_set=q_keys_s)
+            if pc.any(clash).as_py():
+                row = int(pc.index(clash, True).as_py())
+                raise InputError(
+                    f"{retrieval}: row {row}: query_id {rk[row].as_py()!r} is also in {queries} "
+                    "(labelled retrieval photos are their own queries)"
+                )
+            r_keys = user_keys(rt.column("query_id"), retrieval, "query_id")
+            r_targets = _lookup(
+                key_strings(rt.column("item_id"), retrieval, "item_id"),
+                item_index, retrieval, "item_id", 0, f"the catalog {catalog}",
+            )  # fmt: skip
+            r_paths, r_wheres = _image_paths(rt, retrieval)
+
+        q_split = np.full(n_q, "", dtype=object)
+        is_random = np.zeros(n_q, dtype=bool)
+        train_counts = np.zeros(n_items, dtype=np.int64)
+        shown_random = np.zeros(n_items, dtype=bool)
+        summary_logs: dict[str, dict] = {}
         (tmp / "impressions").mkdir()
         query_index = q_keys_s
 
@@ -561,10 +562,11 @@ def import_world(
 
         # tables
         echo(f"reading {n_q + len(r_paths):,} query photos")
-        q_images = read_images(q_paths + r_paths, ccfg, q_wheres + r_wheres)
+        read_images(
+            q_paths + r_paths, ccfg, q_wheres + r_wheres, tmp / "images" / "queries.npy",
+            cfg.workers,
+        )  # fmt: skip
         is_head = head_mask(train_counts, cfg.head_share)
-        save_npy(cat.images, tmp / "images" / "items.npy")
-        save_npy(q_images, tmp / "images" / "queries.npy")
         write_parquet(
             pa.table(
                 {
@@ -656,6 +658,7 @@ def import_world(
             "summary": summary,
         }
         write_json(meta, tmp / "world.json")
+        store_digest(tmp)  # hashed once, here: later runs check sizes and mtimes
     return summary
 
 

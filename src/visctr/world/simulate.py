@@ -26,6 +26,7 @@ from visctr.errors import InputError
 from visctr.ids import IdIndex
 from visctr.world.camera import CameraConfig, photograph
 from visctr.world.head_tail import head_mask
+from visctr.world.store import store_digest
 
 DAY = 86_400
 
@@ -521,6 +522,7 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
             "summary": summary,
         }
         write_json(meta, tmp / "world.json")
+        store_digest(tmp)  # hashed once, here: later runs check sizes and mtimes
     return summary
 
 

@@ -23,6 +23,43 @@ from visctr.io import digest_files, load_npy, open_parquet
 SPLITS = ("train", "test", "random")
 # every file a world holds, for its content digest
 CONTENT_FILES = ("world.json", "*.parquet", "impressions/*.parquet", "images/*.npy")
+DIGEST_FILE = "digest.json"  # the content digest, stored when the world is written
+
+
+def _content_stats(root: Path) -> dict[str, list[int]]:
+    """``{relative path: [size, mtime_ns]}`` of the world's content files."""
+    files = sorted({p for pat in CONTENT_FILES for p in root.glob(pat) if p.is_file()})
+    out = {}
+    for p in files:
+        st = p.stat()
+        out[str(p.relative_to(root))] = [int(st.st_size), int(st.st_mtime_ns)]
+    return out
+
+
+def store_digest(root: str | Path) -> str:
+    """Hash a world just written (its files as they will stay) and store the digest with
+    each file's size and modification time, so that opening it later hashes no byte."""
+    from visctr.io import write_json
+
+    root = Path(root)
+    digest = digest_files(root, CONTENT_FILES)
+    write_json({"digest": digest, "files": _content_stats(root)}, root / DIGEST_FILE)
+    return digest
+
+
+def stored_digest(root: Path) -> str | None:
+    """The stored digest, when every content file still has the size and modification
+    time it was hashed with (and no file came or went); else ``None``."""
+    try:
+        rec = json.loads((root / DIGEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("digest"), str):
+        return None
+    if rec.get("files") != _content_stats(root):
+        return None
+    return rec["digest"]
+
 
 ITEM_COLUMNS = {
     "item_id": "int64",
@@ -130,9 +167,14 @@ class World:
     def digest(self) -> str:
         """Content digest of every file of the world (tables, logs, images): what the stage
         keys of everything trained on it chain on, so a world replaced or edited under the
-        same path is a new key (load it again to see edits made since)."""
+        same path is a new key (load it again to see edits made since).
+
+        Stored when the world was written (``digest.json``) and read back while every
+        file keeps its size and modification time; a file edited, added or removed since
+        makes it hash every byte again (as git's index does, an edit that restores both
+        size and mtime goes unseen)."""
         if self._digest is None:  # once per loaded world: every stage key of a run reads it
-            self._digest = digest_files(self.root, CONTENT_FILES)
+            self._digest = stored_digest(self.root) or digest_files(self.root, CONTENT_FILES)
         return self._digest
 
     def impressions_path(self, split: str) -> Path:
