@@ -236,3 +236,36 @@ def test_train_ctr_takes_the_ctr_section_of_a_run_config(tiny_world_dir, tiny_em
     res = CliRunner().invoke(main, [*args, "--config", str(cfg), "--out", str(tmp_path / "d")])
     assert res.exit_code == 2 and "max_epochz" in res.output
     assert not (tmp_path / "d").exists()
+
+
+def test_ctrl_c_while_the_cli_imports_is_one_line_and_exit_130():
+    """A KeyboardInterrupt raised while visctr.cli imports (as Ctrl-C right after start
+    does): the console entry point prints one line and exits 130, no traceback."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Stop:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'visctr.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "from visctr._entry import run\n"
+        "sys.argv = ['visctr', '--help']\n"
+        "run()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "visctr: interrupted (Ctrl-C) while starting; nothing was written"
+    ]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_the_console_script_is_the_guarded_entry_point():
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"]["visctr"] == "visctr._entry:run"

@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -77,3 +78,28 @@ def test_ope_section_refuses_unknown_choices(section, match):
 
     with pytest.raises((ConfigError, ValueError), match=match):
         from_dict(OPEConfig, section)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("s1:\n  lr: .inf\n", "config.s1.lr: expected a finite number, got inf"),
+        ("ctr:\n  lr: .nan\n", "config.ctr.lr: expected a finite number, got nan"),
+        ("s1:\n  lr: 1.0e+400\n", "config.s1.lr: expected a finite number, got inf"),
+        ("s1:\n  weight_decay: -.inf\n", "expected a finite number, got -inf"),
+        ("world:\n  catalog: {image_size: 100000}\n", r"image_size must be in 8\.\.1024"),
+        ("abtest:\n  queries: 100000000\n", r"queries must be in 0\.\.1,000,000"),
+    ],
+)
+def test_config_numbers_are_finite_and_bounded_up_front(tmp_path, text, match):
+    """inf/NaN in YAML, an image size or a traffic size that cannot fit: one config error
+    before anything runs (inf lr once trained an encoder.pt full of NaN)."""
+    from click.testing import CliRunner
+
+    from visctr.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(main, ["config", "show", "--config", str(cfg)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert re.search(match, res.output.strip().splitlines()[-1]), res.output

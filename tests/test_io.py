@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -53,3 +54,27 @@ def test_load_torch_reads_tensors_and_refuses_pickled_objects(tmp_path):
         load_torch(tmp_path / "trunc.pt")
     with pytest.raises(InputError, match="checkpoint not found"):
         load_torch(tmp_path / "nope.pt")
+
+
+@pytest.mark.parametrize(
+    "ids,says",
+    [
+        (pa.array([0.0, 1.5, 2.0]), "has type double, expected int64"),
+        (pa.array(["sku-1", "sku-2", "sku-3"]), "has type string, expected int64"),
+        (pa.array([0, 1, 2**63 + 5], pa.uint64()), "has type uint64, expected int64"),
+        (pa.array([0, None, 2], pa.int64()), "has null values"),
+    ],
+)
+def test_embeddings_ids_must_be_the_worlds_integer_ids(tmp_path, ids, says):
+    """Float, text, uint64 or null ids in an embeddings file: one error naming the file and
+    column, not a silent cast or an internal error."""
+    import pyarrow.parquet as pq
+
+    from visctr.embeddings import read_embeddings
+
+    path = tmp_path / "items.parquet"
+    vectors = pa.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], pa.list_(pa.float32()))
+    pq.write_table(pa.table({"item_id": ids, "vector": vectors}), path)
+    with pytest.raises(InputError) as e:
+        read_embeddings(path, "item_id")
+    assert str(path) in str(e.value) and "'item_id'" in str(e.value) and says in str(e.value)

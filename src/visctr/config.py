@@ -9,6 +9,7 @@ variable (``{"old_key": "section.key"}``) so files of the old layout keep loadin
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -78,7 +79,13 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {_v(value)}")
-        return float(value)
+        try:
+            out = float(value)
+        except OverflowError:  # an int beyond float range
+            out = math.inf
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {_v(value)}")
+        return out
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {_v(value)}")

@@ -137,7 +137,15 @@ def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.nd
     for col in (id_column, "vector"):
         if col not in table.column_names:
             raise InputError(f"{path}: missing column {col!r}")
-    ids = table.column(id_column).to_numpy()
+    id_type = table.schema.field(id_column).type
+    if not pa.types.is_integer(id_type) or pa.types.is_uint64(id_type):
+        raise InputError(
+            f"{path}: column {id_column!r} has type {id_type}, expected int64: the world's "
+            f"internal ids (a shop's own ids travel as {id_column.replace('_id', '_key')})"
+        )
+    if table.column(id_column).null_count:
+        raise InputError(f"{path}: column {id_column!r} has null values")
+    ids = table.column(id_column).to_numpy().astype(np.int64)
     col = table.column("vector").combine_chunks()
     if pa.types.is_fixed_size_list(col.type):
         width = col.type.list_size

@@ -48,6 +48,9 @@ CASES = [
     ("queries.parquet", "target_item_id", _set(4, 10**9), r"row 4: target_item_id 1000000000 is not an item"),
     ("queries.parquet", "user_id", _set(0, 10**7), r"row 0: user_id 10000000 is not a user"),
     ("queries.parquet", "split", _set(0, "dev"), r"row 0: split 'dev' is not one of"),
+    ("items.parquet", "popularity", _set(6, np.nan), r"row 6: popularity nan is not a finite number > 0"),
+    ("items.parquet", "popularity", _set(2, 0.0), r"row 2: popularity 0.0 is not a finite number > 0"),
+    ("items.parquet", "appeal", _set(1, np.inf), r"row 1: appeal inf is NaN or inf"),
 ]  # fmt: skip
 
 
@@ -55,7 +58,9 @@ def test_the_fixture_world_is_valid(tiny_world_dir):
     World.load(tiny_world_dir)
 
 
-@pytest.mark.parametrize("name,column,edit,match", CASES, ids=[f"{c[0]}:{c[1]}" for c in CASES])
+@pytest.mark.parametrize(
+    "name,column,edit,match", CASES, ids=[f"{c[0]}:{c[1]}:{i}" for i, c in enumerate(CASES)]
+)
 def test_bad_table_is_one_clear_error(world_copy, name, column, edit, match):
     _edit(world_copy / name, column, edit)
     with pytest.raises(InputError, match=match):

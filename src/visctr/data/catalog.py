@@ -38,6 +38,9 @@ DEFAULT_FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+MAX_IMAGE_SIZE = 1024  # a side; 224-512 is what product-search encoders take
+
+
 @dataclass
 class CatalogConfig:
     """Where the catalog comes from and how images are normalised."""
@@ -51,8 +54,10 @@ class CatalogConfig:
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be in 8..{MAX_IMAGE_SIZE} (pixels a side), got {self.image_size}"
+            )
         if self.max_items is not None and self.max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {self.max_items}")
 

@@ -143,9 +143,9 @@ def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
 )
 @click.option(
     "--queries",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=1_000_000),  # pipeline.config.MAX_AB_QUERIES
     default=None,
-    help="Fresh traffic queries (default: the run config's abtest.queries).",
+    help="Fresh traffic queries, at most 1,000,000 (default: the run config's abtest.queries).",
 )
 @click.option("--seed", type=SEED, default=None, help="Traffic stream (default: abtest.seed).")
 @click.option(

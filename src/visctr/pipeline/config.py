@@ -48,6 +48,9 @@ STAGE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_AB_QUERIES = 1_000_000  # A/B traffic per run: its photos are held in memory
+
+
 @dataclass
 class ABTestConfig:
     """The simulated online A/B test of every method's policy (``visctr.eval.abtest``)."""
@@ -58,10 +61,13 @@ class ABTestConfig:
     seed: int = 0  # traffic stream (the same traffic for every training seed)
 
     def __post_init__(self) -> None:
-        if self.queries < 0:
-            raise ValueError(f"queries must be >= 0, got {self.queries}")
-        if self.candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {self.candidates}")
+        if not 0 <= self.queries <= MAX_AB_QUERIES:
+            raise ValueError(
+                f"queries must be in 0..{MAX_AB_QUERIES:,} (the traffic's photos are held in "
+                f"memory; for more, run several traffic seeds), got {self.queries}"
+            )
+        if not 1 <= self.candidates <= 10_000:
+            raise ValueError(f"candidates must be in 1..10000, got {self.candidates}")
         if self.top_k is not None and not 1 <= self.top_k <= self.candidates:
             raise ValueError(f"top_k must be in 1..candidates, got {self.top_k}")
 

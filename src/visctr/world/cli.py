@@ -108,7 +108,13 @@ def _timestamp(value: str | None) -> int | None:
     default=None,
     help="Instead of --train-share: queries before this time (seconds or ISO-8601) are train.",
 )
-@click.option("--image-size", type=click.IntRange(min=8), default=28, show_default=True)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=8, max=1024),
+    default=28,
+    show_default=True,
+    help="Pixels a side of the stored photos (8..1024).",
+)
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
 @click.option(
     "--workers",

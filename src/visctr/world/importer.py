@@ -62,6 +62,12 @@ class ImportConfig:
             raise InputError(f"train share must be in (0, 1), got {self.train_share}")
         if self.batch_rows < 1:
             raise InputError(f"batch rows must be >= 1, got {self.batch_rows}")
+        from visctr.data.catalog import MAX_IMAGE_SIZE
+
+        if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise InputError(f"image size must be in 8..{MAX_IMAGE_SIZE}, got {self.image_size}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"workers must be >= 1, got {self.workers}")
 
 
 # --- reading -----------------------------------------------------------------------------

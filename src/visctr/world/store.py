@@ -312,6 +312,19 @@ class World:
         _unique(self.queries["query_id"], queries_p, "query_id")
         _unique(user_ids, users_p, "user_id")
         _in_range(self.items["category"], self.n_categories, items_p, "category")
+        for col in ("popularity", "appeal"):  # the hidden truth the A/B test reads
+            if col in self.items:
+                v = np.asarray(self.items[col], dtype=np.float64)
+                bad = ~np.isfinite(v)
+                if col == "popularity":
+                    bad |= v <= 0
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    what = "not a finite number > 0" if col == "popularity" else "NaN or inf"
+                    raise InputError(
+                        f"{items_p}: row {row}: {col} {float(v[row])} is {what} "
+                        f"({int(bad.sum())} such rows)"
+                    )
         for img, path, t in (
             (self.item_images, root / "images" / "items.npy", self.items),
             (self.query_images, root / "images" / "queries.npy", self.queries),
