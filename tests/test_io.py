@@ -78,3 +78,51 @@ def test_embeddings_ids_must_be_the_worlds_integer_ids(tmp_path, ids, says):
     with pytest.raises(InputError) as e:
         read_embeddings(path, "item_id")
     assert str(path) in str(e.value) and "'item_id'" in str(e.value) and says in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "target,error",
+    [
+        ("numpy", OSError("2195200 requested and 139136 written")),
+        ("torch", RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 2195200 vs 139136")),
+        ("torch", RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")),
+        ("json", OSError(28, "No space left on device")),
+    ],
+)  # fmt: skip
+def test_a_full_disk_is_enospc_naming_the_file(tmp_path, monkeypatch, target, error):
+    """Whatever library ran out of space (numpy's short write, torch's zip writer, a plain
+    ENOSPC without a file name), the error names the file, says "No space left on
+    device", leaves no temporary file, and the CLI prints it as one line with the hint."""
+    import errno
+
+    from visctr.cli_common import os_error_line
+
+    def fail(*a, **k):
+        raise error
+
+    path = tmp_path / "out.bin"
+    if target == "numpy":
+        monkeypatch.setattr(np, "save", fail)
+        write = lambda: save_npy(np.zeros(3), path)  # noqa: E731
+    elif target == "torch":
+        monkeypatch.setattr(torch, "save", fail)
+        write = lambda: save_torch({"a": torch.zeros(3)}, path)  # noqa: E731
+    else:
+        monkeypatch.setattr(json, "dumps", fail)
+        write = lambda: write_json({"a": 1}, path)  # noqa: E731
+    with pytest.raises(OSError) as e:
+        write()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert os_error_line(e.value) == (
+        f"{path}: No space left on device; free some space or write elsewhere"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_other_write_errors_pass_through_unchanged(tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        save_torch({}, tmp_path / "x.pt")

@@ -219,9 +219,34 @@ def sweep_temp(directory: str | os.PathLike, name: str | None = None) -> int:
 # ---- atomic writes -----------------------------------------------------------------------
 
 
+# what a short write looks like from the writers that do not raise ENOSPC themselves:
+# numpy ("2195200 requested and 139136 written"), torch's zip writer ("[enforce fail at
+# inline_container.cc...] ... file write failed" / "unexpected pos"), pyarrow ("IOError:
+# ... No space left on device")
+_SHORT_WRITE = re.compile(
+    r"requested and \d+ written|inline_container|file write failed|unexpected pos|"
+    r"No space left on device",
+    re.IGNORECASE,
+)
+
+
+def disk_full_error(e: BaseException, path: Path) -> OSError | None:
+    """An ``OSError(ENOSPC)`` naming ``path`` when ``e`` is a write that ran out of space
+    (whichever library raised it, with or without an errno); else ``None``."""
+    import errno
+
+    err = getattr(e, "errno", None)
+    if isinstance(e, OSError) and err in (errno.ENOSPC, errno.EDQUOT):
+        pass
+    elif not (isinstance(e, OSError | RuntimeError) and _SHORT_WRITE.search(str(e))):
+        return None
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success. A write
+    that runs out of space is an ``OSError(ENOSPC)`` naming ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -231,8 +256,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         _apply_umask(tmp_path, 0o666)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         tmp_path.unlink(missing_ok=True)
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from e
         raise
 
 
@@ -258,8 +286,11 @@ def atomic_dir(path: str | os.PathLike, kind: str) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from e
         raise
 
 
