@@ -352,3 +352,25 @@ def test_without_a_random_log_the_ordinary_log_gives_the_estimates(raw, tmp_path
     assert {"ope_bucket", "ab_test", "auc_random_exposure"} <= set(r["skipped"])
     assert "skipped ope_bucket:" in run.output and "ope" not in r["skipped"]
     assert "dr_pi_log" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_uint64_ids_beyond_int64_are_kept_as_text_not_wrapped(raw, tmp_path):
+    """A Parquet user_id column of uint64 values above 2**63: the world keeps them as the
+    same decimal text (never a wrapped negative number)."""
+    import pyarrow.csv as pacsv
+
+    shop = Path(raw["queries"]).parent
+    q = pacsv.read_csv(shop / "queries.csv", convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in ("query_id", "image_path", "user_id", "timestamp")}
+    ))  # fmt: skip
+    users = q["user_id"].to_pylist()
+    big = {u: 2**63 + 7 + i for i, u in enumerate(sorted(set(users)))}
+    col = pa.array([big[u] for u in users], pa.uint64())
+    pq.write_table(q.set_column(2, "user_id", col), shop / "queries_u64.parquet")
+    try:
+        res = _import(raw, tmp_path / "w", queries=shop / "queries_u64.parquet")
+    finally:
+        (shop / "queries_u64.parquet").unlink()
+    assert res.exit_code == 0, res.output
+    keys = pq.read_table(tmp_path / "w" / "users.parquet")["user_key"].to_pylist()
+    assert sorted(keys) == sorted(str(v) for v in big.values())

@@ -196,8 +196,13 @@ def user_keys(col, path: Path, column: str):
     """Keys as the user gave them: an integer column as int64, text as strings."""
     import pyarrow as pa
 
+    import pyarrow.compute as pc
+
     s = key_strings(col, path, column)
     if pa.types.is_integer(col.type):
+        if pa.types.is_uint64(col.type) and len(col) and pc.max(col).as_py() > 2**63 - 1:
+            # beyond int64: kept as their decimal text, never wrapped to negative numbers
+            return np.asarray(s.to_pylist(), dtype=object)
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
     return np.asarray(s.to_pylist(), dtype=object)
 
