@@ -195,7 +195,6 @@ def key_strings(col, path: Path, column: str, row0: int = 0):
 def user_keys(col, path: Path, column: str):
     """Keys as the user gave them: an integer column as int64, text as strings."""
     import pyarrow as pa
-
     import pyarrow.compute as pc
 
     s = key_strings(col, path, column)
