@@ -237,7 +237,8 @@ def disk_full_error(e: BaseException, path: Path) -> OSError | None:
 
     err = getattr(e, "errno", None)
     if isinstance(e, OSError) and err in (errno.ENOSPC, errno.EDQUOT):
-        pass
+        if e.filename is not None:
+            return None  # it names its file already
     elif not (isinstance(e, OSError | RuntimeError) and _SHORT_WRITE.search(str(e))):
         return None
     return OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -277,3 +277,39 @@ def test_a_log_without_clicks_is_skipped_and_a_bad_propensity_is_an_error(tiny_r
         .splitlines()[-1]
         .endswith("test.parquet: row 3: propensity 1.5 is not in (0, 1] (1 such rows)")
     ), res.output
+
+
+def test_abtest_says_which_inputs_changed_since_the_run(tiny_run, tmp_path):
+    """results.json records the digests of the world, every CTR model and embeddings
+    folder; a CTR model replaced afterwards is named by `visctr abtest` (which recomputes),
+    recorded in abtest.json, and the OPE validation no longer takes the run's stale A/B
+    figures as the truth but the fresh ones."""
+    import shutil
+
+    out, _ = tiny_run
+    r = json.loads((out / "results.json").read_text())
+    prov = r["provenance"]
+    assert len(prov["world"]) == 32
+    assert set(prov["models"]) == {f"seed_0/{m.slug}" for m in METHODS.values()}
+    assert set(prov["embeddings"]) == {f"seed_0/{m.encoder}" for m in METHODS.values()}
+    run = shutil.copytree(out, tmp_path / "run")
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run)])
+    assert res.exit_code == 0 and "changed since" not in res.output, res.output
+    ctr = run / "seed_0" / "ctr"
+    shutil.copyfile(ctr / "s2" / "model.pt", ctr / "s1" / "model.pt")  # a model swapped in
+    (run / "abtest.json").unlink()
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run), "--estimator", "dm"])
+    assert res.exit_code == 0, res.output
+    assert "note: seed_0/s1 CTR model changed since results.json was written" in res.output
+    assert "results.json's A/B test ran on other inputs: not used as the truth" in res.output
+    assert "ope_validation" not in json.loads((run / "ope.json").read_text())
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "note: seed_0/s1 CTR model changed since results.json was written" in res.output
+    ab = json.loads((run / "abtest.json").read_text())
+    assert ab["inputs_changed_since_run"] == ["seed_0/s1 CTR model"]
+    assert ab["provenance"]["models"]["seed_0/s1"] != prov["models"]["seed_0/s1"]
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run), "--estimator", "dm"])
+    assert res.exit_code == 0, res.output
+    v = json.loads((run / "ope.json").read_text())["ope_validation"]
+    assert v["dm"]["n"] == len(METHODS) + 1  # validated against the fresh abtest.json

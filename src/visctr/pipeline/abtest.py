@@ -177,6 +177,70 @@ def load_run(run_dir, world_dir=None) -> tuple[RunLayout, Any, World, list[int]]
     return layout, cfg, world, seeds
 
 
+def provenance(layout: RunLayout, world: World, seeds: list[int]) -> dict[str, Any]:
+    """Content digests of what the A/B test and the off-policy estimates read: the world,
+    every CTR ``model.pt`` and every embeddings folder (``results.json["provenance"]``,
+    ``abtest.json``, ``ope.json``)."""
+    from visctr.io import digest_files, file_digest
+
+    out: dict[str, Any] = {"world": world.digest(), "models": {}, "embeddings": {}}
+    recipes = sorted({m.encoder for m in METHODS.values()})
+    for s in seeds:
+        for m in METHODS.values():
+            out["models"][f"seed_{s}/{m.slug}"] = file_digest(layout.ctr(s, m.slug) / "model.pt")
+        for r in recipes:
+            out["embeddings"][f"seed_{s}/{r}"] = digest_files(
+                layout.embeddings(s, r), ["*.parquet"]
+            )
+    return out
+
+
+def changed_inputs(before: dict | None, now: dict) -> list[str]:
+    """What differs between two :func:`provenance` records (empty when ``before`` is
+    missing: a run from before provenance was recorded)."""
+    if not before:
+        return []
+    out = []
+    if before.get("world") != now["world"]:
+        out.append("the world")
+    for kind, what in (("models", "CTR model"), ("embeddings", "embeddings")):
+        for key, digest in now[kind].items():
+            if before.get(kind, {}).get(key) != digest:
+                out.append(f"{key} {what}")
+    return out
+
+
+def recorded_provenance(layout: RunLayout, *files: str) -> tuple[dict | None, str | None]:
+    """The provenance in the first of ``results.json`` and ``files`` (in the run
+    directory) that has one, and that file's name."""
+    import json
+
+    for path in (layout.results, *(layout.root / f for f in files)):
+        try:
+            prov = json.loads(path.read_text()).get("provenance")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(prov, dict):
+            return prov, path.name
+    return None, None
+
+
+def note_changes(layout: RunLayout, now: dict, echo, *files: str) -> list[str]:
+    """Say, in one line, which inputs changed since the run (or the last ``files``)
+    recorded them; the figures are then recomputed from what is there now."""
+    before, source = recorded_provenance(layout, *files)
+    changed = changed_inputs(before, now)
+    if changed:
+        shown = ", ".join(changed[:4]) + (
+            f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        )
+        echo(
+            f"note: {shown} changed since {source} was written; the figures below are "
+            "recomputed from the files as they are now"
+        )
+    return changed
+
+
 def abtest_run(
     run_dir, world_dir=None, queries: int | None = None, seed: int | None = None, echo=print
 ) -> dict:
@@ -199,12 +263,16 @@ def abtest_run(
             f"'visctr abtest --run {layout.root} --estimator dr' (or ips, snips, pi, dm; dr_log without a random-exposure log), or "
             "measure a real A/B test online"
         )
+    prov = provenance(layout, world, seeds)
+    changed = note_changes(layout, prov, echo)
     test = ABTest(world, cfg, echo)
     per_seed = []
     for s in seeds:
         per_seed.append(test.run_seed(layout, s))
         echo(f"seed {s}: " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in per_seed[-1].items()))
     out = aggregate_ab(per_seed, test)
+    out["provenance"] = prov
+    out["inputs_changed_since_run"] = changed
     write_json(out, layout.root / "abtest.json")
     return out
 

@@ -392,20 +392,30 @@ def ope_run(run_dir, world_dir=None, echo=print) -> dict:
     import json
 
     from visctr.io import write_json
-    from visctr.pipeline.abtest import load_run
+    from visctr.pipeline.abtest import changed_inputs, load_run, note_changes, provenance
 
     layout, cfg, world, seeds = load_run(run_dir, world_dir)
+    prov = provenance(layout, world, seeds)
+    changed = note_changes(layout, prov, echo, "ope.json")
     est = OPE(world, cfg, echo)
     per_seed = []
     for s in seeds:
         per_seed.append(est.run_seed(layout, s))
         echo(f"seed {s}: " + headline(per_seed[-1]))
-    out: dict[str, Any] = {"ope": aggregate_ope(per_seed), "ope_info": est.info()}
+    out: dict[str, Any] = {
+        "ope": aggregate_ope(per_seed),
+        "ope_info": est.info(),
+        "provenance": prov,
+        "inputs_changed_since_run": changed,
+    }
     ab_test = None
     for path in (layout.root / "abtest.json", layout.results):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
+            continue
+        if changed_inputs(data.get("provenance"), prov):
+            echo(f"note: {path.name}'s A/B test ran on other inputs: not used as the truth")
             continue
         ab_test = data if path.name == "abtest.json" else data.get("ab_test")
         if ab_test:

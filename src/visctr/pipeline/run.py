@@ -202,6 +202,10 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         results["ope_info"] = estimates.info()
         if "ab_test" in results:
             results["ope_validation"] = validation(results["ope"], results["ab_test"])
+    from visctr.pipeline.abtest import provenance
+
+    # what the A/B test and OPE read, so that a later 'visctr abtest' sees a change
+    results["provenance"] = provenance(layout, world, results["training_seeds"])
     write_json(results, layout.results)
     write_report(layout, results, world, tops, curves, cfg, descriptions(cfg))
     click.echo(format_table(results))
