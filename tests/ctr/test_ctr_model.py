@@ -193,7 +193,7 @@ def test_aux_loss_is_the_weighted_triplet_loss_and_trains_only_the_debias_net():
     with torch.no_grad():
         torch.nn.init.normal_(net.debias.net.fc2.weight, std=0.3)
     b = synthetic_batch(fmap)
-    assert net.aux_parts == ("triplet_loss",)
+    assert net.aux_parts == ("triplet_loss", "triplet_active")
     aux, parts = net.aux_loss(b, torch.Generator().manual_seed(3))
     a, p, n = trip.sample(cfg.debias.triplets_per_step, torch.Generator().manual_seed(3))
     iv = net.item_vectors

@@ -403,3 +403,32 @@ def test_cli_bad_logs_one_line_exit_2(world_copy, tiny_embeddings, tmp_path):
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "'clicked'" in lines[0]
     assert "Traceback" not in r.output and not out.exists()
+
+
+def test_s3_with_disagreement_alignment_and_relational_terms_trains(
+    tiny_world, tiny_embeddings, tiny_reference, tmp_path
+):
+    dcfg = DebiasConfig(enabled=True, negatives="disagreement", remine_every=5, align="mmd",
+                        align_batch=32, relational_weight=0.5)  # fmt: skip
+    cfg = fast_cfg()
+    cfg.debias = dcfg
+    out = train_ctr(tiny_world, tiny_embeddings, tmp_path / "s3", cfg, seed=0,
+                    reference=tiny_reference)  # fmt: skip
+    hist = json.loads((out / "history.json").read_text())
+    for h in hist:  # every term logged per epoch, the share of active triplets a share
+        for k in ("triplet_loss", "align_loss", "relational_loss"):
+            assert math.isfinite(h[k]) and h[k] >= 0, k
+        assert 0 <= h["triplet_active"] <= 1
+    assert hist[0]["triplet_active"] > 0  # mined triplets are violated or within the margin
+    assert (out / "debias.pt").is_file()
+
+
+def test_the_head_alone_needs_no_reference(tiny_world, tiny_embeddings, tmp_path):
+    cfg = fast_cfg()
+    cfg.debias = DebiasConfig(enabled=True, weight=0.0)
+    out = train_ctr(tiny_world, tiny_embeddings, tmp_path / "h", cfg, seed=0)
+    hist = json.loads((out / "history.json").read_text())
+    assert "triplet_loss" not in hist[0] and (out / "debias.pt").is_file()
+    with pytest.raises(InputError, match="reference"):  # the triplet term does need it
+        cfg.debias = DebiasConfig(enabled=True)
+        train_ctr(tiny_world, tiny_embeddings, tmp_path / "d", cfg, seed=0)

@@ -104,4 +104,4 @@ def test_a_network_without_prepare_trains_through_forward_and_aux_loss():
     torch.testing.assert_close(logits, net(b))
     torch.testing.assert_close(logits, one_pass[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(aux, one_pass[1], atol=1e-7, rtol=1e-5)
-    assert parts.keys() == one_pass[2].keys() == {"triplet_loss"}
+    assert parts.keys() == one_pass[2].keys() == {"triplet_loss", "triplet_active"}

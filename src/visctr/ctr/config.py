@@ -14,7 +14,8 @@ from visctr.train import TrainerConfig
 
 @dataclass
 class DebiasConfig:
-    """S3: debias network + gate, trained with ``BCE + weight * triplet loss``."""
+    """S3: debias network + gate, trained with ``BCE + weight·L_triplet`` (+
+    ``align_weight·L_align + relational_weight·L_relational`` when on)."""
 
     enabled: bool = False
     weight: float = 0.5  # λ in L = L_ctr + λ·L_triplet
@@ -30,9 +31,27 @@ class DebiasConfig:
     # HR@10 (0.536 vs 0.551) without helping random-exposure AUC (0.697 vs 0.700), so the
     # default stays "farthest"; on the exposure-bias world's dev world too (random-exposure
     # AUC 0.754 vs 0.767, HR@10 0.502 vs 0.530). See README, "Tuning".
-    negatives: Literal["hard", "farthest"] = "farthest"
+    # "disagreement": triplets where the *current debiased* space disagrees with S1, mined
+    # again every `remine_every` steps from the DebiasNet as it trains (see
+    # visctr.ctr.debias.DisagreementMiner): positive = the anchor's S1-nearest tail item
+    # farthest from it in the debiased space, negative = a tail item outside its S1
+    # `neighbourhood` among its nearest in the debiased space; only triplets within the
+    # margin or violated when mined are kept, so every one has a gradient.
+    negatives: Literal["hard", "farthest", "disagreement"] = "farthest"
     neighbourhood: int = 100  # S1 neighbours of an anchor that never serve as its negatives
     triplets_per_step: int = 256
+    remine_every: int = 100  # training steps between two minings (negatives: disagreement)
+    stop_anchor_grad: bool = False  # the anchor's d without gradient: tail moves toward head
+    # Head/tail alignment of the debiased vectors (ESAM's CORAL, CD²AN's MMD): each step a
+    # batch of `align_batch` head items and one of tail items drawn from the whole catalog
+    # (never-shown items included); `align_weight` multiplies the term. The head side is
+    # detached (CD²AN's stop-gradient from the exposed side): the tail moves toward it.
+    align: Literal["none", "coral", "mmd"] = "none"
+    align_weight: float = 1.0
+    align_batch: int = 256
+    # S1 relational anchor over the alignment batch: mean over pairs of
+    # (cos(d_i, d_j) − cos(s1_i, s1_j))², so that alignment does not collapse semantics
+    relational_weight: float = 0.0
     hidden: int = 128  # hidden width of the residual MLP
     # Which vector retrieval uses (exported by debias.pt / apply_debias): the gated fusion
     # g·v + (1−g)·d that the CTR model itself consumes, or the debiased vector d alone.
@@ -45,10 +64,34 @@ class DebiasConfig:
             raise ValueError("debias.k_neighbours, k_far and triplets_per_step must be >= 1")
         if self.neighbourhood < self.k_neighbours:
             raise ValueError("debias.neighbourhood must be >= debias.k_neighbours")
-        if self.negatives not in ("hard", "farthest"):
-            raise ValueError(f"debias.negatives must be hard or farthest, got {self.negatives!r}")
-        if self.weight < 0 or self.margin < 0:
-            raise ValueError("debias.weight and debias.margin must be >= 0")
+        if self.negatives not in ("hard", "farthest", "disagreement"):
+            raise ValueError(
+                f"debias.negatives must be hard, farthest or disagreement, got {self.negatives!r}"
+            )
+        if self.align not in ("none", "coral", "mmd"):
+            raise ValueError(f"debias.align must be none, coral or mmd, got {self.align!r}")
+        if min(self.weight, self.margin, self.align_weight, self.relational_weight) < 0:
+            raise ValueError(
+                "debias.weight, margin, align_weight and relational_weight must be >= 0"
+            )
+        if self.remine_every < 1 or self.align_batch < 2:
+            raise ValueError("debias.remine_every must be >= 1 and debias.align_batch >= 2")
+
+    @property
+    def triplets(self) -> bool:
+        """Whether the triplet term is on (it needs the S1 reference to mine from)."""
+        return self.weight > 0
+
+    @property
+    def aligns(self) -> bool:
+        """Whether a head/tail term is on (alignment or the relational anchor)."""
+        return (self.align != "none" and self.align_weight > 0) or self.relational_weight > 0
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether training reads the S1 reference (triplets, relational anchor); a head
+        trained by the click loss alone (S1+S2+H) does not."""
+        return self.triplets or self.relational_weight > 0
 
 
 @dataclass

@@ -16,7 +16,13 @@
   where the click-trained space puts items next to a head item that the unbiased
   reference does not. That loss is real (~0.07), but on a dev world it did not help (see
   the README, "Tuning"). Exact FAISS inner-product search; mined once before training,
-  each step samples ``triplets_per_step`` of them. The triplet loss is applied to the
+  each step samples ``triplets_per_step`` of them. ``negatives: disagreement``
+  (``DisagreementMiner``) mines from the *current* debiased space every
+  ``remine_every`` steps and keeps only triplets that are violated or within the margin.
+- Alignment (``debias.align: coral | mmd``, ``visctr.ctr.align``): a batch of head and a
+  batch of tail items (the whole catalog's tail, never-shown items included) pulled
+  together in the debiased space, the head side detached; ``relational_weight`` adds
+  the S1 relational anchor on the same rows. The triplet loss is applied to the
   DebiasNet output of the method's item vectors, so the debiased space inherits the
   unbiased S1 neighbourhoods across the head/tail divide.
 - Retrieval uses the gated fusion by default (what the CTR model itself consumes); set
@@ -149,47 +155,156 @@ class RowPlan(NamedTuple):
     extra_at: torch.Tensor | None
 
 
+@dataclass
+class DebiasData:
+    """What S3's training terms read, built once per run by :func:`debias_data`.
+
+    ``triplets``: static triplets (``negatives: farthest | hard``); ``miner``: a
+    :class:`DisagreementMiner` (``negatives: disagreement``) instead; ``head`` / ``tail``:
+    the usable head and tail item rows the alignment batches are drawn from (tail: the
+    whole catalog's, never-shown items included); ``reference``: unit S1 vectors aligned
+    to item rows (the relational anchor)."""
+
+    triplets: Triplets | None = None
+    miner: DisagreementMiner | None = None
+    head: np.ndarray | None = None
+    tail: np.ndarray | None = None
+    reference: np.ndarray | None = None
+
+
 class S3Debias(DebiasHead):
-    """The S3 part of a CTR network: the debias head, its mined triplets and their loss.
+    """The S3 part of a CTR network: the debias head, what trains it and its loss.
 
     A ``DebiasHead`` (same weights, same state-dict keys, exported the same way) that
-    also owns ``λ·L_triplet``: the CTR trainer adds :meth:`aux_loss` to the click loss and
-    needs to know nothing about triplets. ``triplets=None`` (a loaded model): no loss.
+    also owns S3's terms: ``λ·L_triplet`` on mined triplets and, when configured, the
+    head/tail alignment (``align_weight·L_align``) and the S1 relational anchor
+    (``relational_weight·L_relational``) on a batch of head and tail items. The CTR
+    trainer adds :meth:`aux_loss` (or what :meth:`aux_term` gives after ``prepare``) to
+    the click loss and needs to know nothing about them. ``data=None`` (a loaded model,
+    or the capacity control S1+S2+H): no loss.
+
+    Each step's extra rows are, in order: anchors, positives and negatives of
+    ``per_step`` triplets (when the triplet term is on), then ``align_batch`` head and
+    ``align_batch`` tail rows (when an alignment term is on).
     """
 
-    def __init__(self, dim: int, cfg, triplets: Triplets | None = None):
+    def __init__(self, dim: int, cfg, data: DebiasData | Triplets | None = None):
         super().__init__(dim, cfg.hidden)
-        self.triplets = triplets
+        if isinstance(data, Triplets):
+            data = DebiasData(triplets=data)
+        self.data = data
+        self.triplets = None if data is None else data.triplets
+        self.miner = None if data is None else data.miner
         self.weight = cfg.weight
         self.margin = cfg.margin
         self.per_step = cfg.triplets_per_step
+        self.stop_anchor_grad = cfg.stop_anchor_grad
+        self.remine_every = cfg.remine_every
+        self.align = cfg.align if cfg.align_weight > 0 else "none"
+        self.align_weight = cfg.align_weight
+        self.relational_weight = cfg.relational_weight
+        self.align_batch = cfg.align_batch
+        has = data is not None
+        self.n_triplet_rows = 3 * self.per_step if has and (self.triplets or self.miner) else 0
+        self.n_align_rows = 0
+        if has and data.head is not None and (self.align != "none" or self.relational_weight):
+            self.n_align_rows = 2 * self.align_batch
+        if self.relational_weight and self.n_align_rows:
+            if data.reference is None:
+                raise ValueError("the relational anchor needs the S1 reference vectors")
+            ref = torch.as_tensor(data.reference, dtype=torch.float32)
+            self.register_buffer("reference_vectors", ref, persistent=False)
+        self.steps = 0  # training steps drawn so far (the miner re-mines on a schedule)
 
-    def sample_rows(self, generator: torch.Generator) -> torch.Tensor | None:
-        """The item rows of ``per_step`` triplets drawn with ``generator``: anchors, then
-        positives, then negatives (``[3·per_step]``); ``None`` without triplets."""
-        if self.triplets is None:
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The names of the parts :meth:`aux_term` reports."""
+        out: tuple[str, ...] = ()
+        if self.n_triplet_rows:
+            out += ("triplet_loss", "triplet_active")
+        if self.n_align_rows and self.align != "none":
+            out += ("align_loss",)
+        if self.n_align_rows and self.relational_weight:
+            out += ("relational_loss",)
+        return out
+
+    def sample_rows(
+        self, generator: torch.Generator, item_vectors: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """This step's extra item rows drawn with ``generator`` (see the class docstring);
+        ``None`` without any S3 term. ``item_vectors``: the method's item vectors, which
+        the disagreement miner maps through the current DebiasNet when it re-mines."""
+        parts = []
+        if self.n_triplet_rows:
+            if self.miner is not None:
+                if item_vectors is None:
+                    raise ValueError("negatives='disagreement' mines from the item vectors")
+                if self.steps % self.remine_every == 0:
+                    self.miner.mine(self.net, item_vectors)
+                parts.extend(self.miner.sample(self.per_step, generator))
+            else:
+                parts.extend(self.triplets.sample(self.per_step, generator))
+        if self.n_align_rows:
+            m = self.align_batch
+            for rows in (self.data.head, self.data.tail):
+                pick = torch.randint(len(rows), (m,), generator=generator)
+                parts.append(torch.from_numpy(rows)[pick])
+        if not parts:
             return None
-        return torch.cat(self.triplets.sample(self.per_step, generator))
+        self.steps += 1
+        return torch.cat(parts)
+
+    def aux_term(
+        self, d: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(S3's weighted terms, their unweighted parts)`` from the DebiasNet outputs ``d``
+        of the rows :meth:`sample_rows` gave (``rows``: those item rows, which the
+        relational anchor reads its S1 vectors by)."""
+        from visctr.ctr.align import coral, mmd, relational
+
+        total = d.new_zeros(())
+        parts: dict[str, torch.Tensor] = {}
+        k = self.n_triplet_rows // 3
+        if k:
+            anchor = d[:k].detach() if self.stop_anchor_grad else d[:k]
+            hinge = F.relu(((d[2 * k : 3 * k] - d[k : 2 * k]) * anchor).sum(-1) + self.margin)
+            trip = hinge.mean()
+            total = total + self.weight * trip
+            parts["triplet_loss"] = trip
+            parts["triplet_active"] = (hinge > 0).float().mean().detach()
+        if self.n_align_rows:
+            start, m = 3 * k, self.align_batch
+            head, tail = d[start : start + m], d[start + m : start + 2 * m]
+            if self.align != "none":
+                fn = coral if self.align == "coral" else mmd
+                term = fn(head.detach(), tail)  # the exposed side does not move
+                total = total + self.align_weight * term
+                parts["align_loss"] = term
+            if self.relational_weight:
+                if rows is None:
+                    raise ValueError("the relational anchor needs the extra rows")
+                s1 = self.reference_vectors.index_select(0, rows[start : start + 2 * m])
+                rel = relational(d[start : start + 2 * m], s1)
+                total = total + self.relational_weight * rel
+                parts["relational_loss"] = rel
+        return total, parts
 
     def triplet_term(self, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(λ·L_triplet, {"triplet_loss": L_triplet})`` from the DebiasNet outputs ``d``
-        of the rows :meth:`sample_rows` gave."""
-        k = self.per_step
-        trip = triplet_loss(d[:k], d[k : 2 * k], d[2 * k :], self.margin, unit=True)
-        return self.weight * trip, {"triplet_loss": trip}
+        """:meth:`aux_term` without the relational anchor's rows (kept for callers that
+        have the DebiasNet outputs only)."""
+        return self.aux_term(d)
 
     def aux_loss(
         self, item_vectors: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """``(λ·L_triplet, {"triplet_loss": L_triplet})`` on ``per_step`` sampled triplets.
-
-        The triplet loss is taken on the DebiasNet output of the rows of ``item_vectors``
-        (the method's item vectors), so the debiased space learns the S1 neighbourhoods.
-        """
-        rows = self.sample_rows(generator)
+        """S3's terms on this step's sampled rows (:meth:`aux_term`), ``(None, {})``
+        without any. They are taken on the DebiasNet output of the rows of
+        ``item_vectors`` (the method's item vectors)."""
+        rows = self.sample_rows(generator, item_vectors)
         if rows is None:
             return None, {}
-        return self.triplet_term(self.net(item_vectors[rows.to(item_vectors.device)]))
+        rows = rows.to(item_vectors.device)
+        return self.aux_term(self.net(item_vectors[rows]), rows)
 
     @staticmethod
     def plan(
@@ -309,6 +424,121 @@ def mine_triplets(
         _, far = index.search(-ref[anchors], min(cfg.k_far, tails.size))
         neg = tails[far]
     return Triplets(anchors.astype(np.int64), tails[near].astype(np.int64), neg.astype(np.int64))
+
+
+class DisagreementMiner:
+    """Triplets where the current debiased space disagrees with S1 (``negatives:
+    disagreement``), mined again from the DebiasNet as it trains.
+
+    Fixed at construction (exact FAISS search in S1 space over the usable tail items):
+    each head anchor's ``k_neighbours`` nearest tail items (positive candidates) and its
+    ``neighbourhood`` nearest (never negatives). :meth:`mine` maps the anchors and tail
+    items through the current DebiasNet and, per anchor, takes as positive the S1
+    neighbour farthest from it in the debiased space and as negatives the ``k_far`` tail
+    items nearest to it there that lie outside its S1 neighbourhood; it keeps only the
+    triplets whose hinge ``cos(a, n) − cos(a, p) + margin`` is positive (violated or
+    within the margin), so each one has a gradient when mined. ``active_share``: the
+    share of candidate triplets kept at the last mining.
+    """
+
+    def __init__(self, reference: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg):
+        import faiss
+
+        self.anchors, self.tails = anchors.astype(np.int64), tails.astype(np.int64)
+        self.margin = cfg.margin
+        self.k_far = min(cfg.k_far, tails.size)
+        ref = _unit(reference)
+        index = faiss.IndexFlatIP(ref.shape[1])
+        index.add(ref[tails])
+        n_pos = min(cfg.k_neighbours, tails.size)
+        # as in _hard_negatives: shrink the neighbourhood on small catalogs, never below
+        # the positives, so that k_far items stay outside it
+        self.n_nb = max(n_pos, min(cfg.neighbourhood, tails.size - self.k_far))
+        _, near = index.search(ref[anchors], self.n_nb)  # positions among the tails
+        self.near_pos = near[:, :n_pos]
+        self.near = near
+        self.pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.active_share = float("nan")
+
+    def mine(self, net: nn.Module, item_vectors: torch.Tensor) -> None:
+        """Mine from ``net`` (the DebiasNet) applied to the rows of ``item_vectors``."""
+        import faiss
+
+        with torch.no_grad():
+            rows = torch.from_numpy(np.concatenate([self.anchors, self.tails]))
+            d = net(item_vectors[rows.to(item_vectors.device)]).float().cpu().numpy()
+        da, dt = _unit(d[: self.anchors.size]), _unit(d[self.anchors.size :])
+        # positive: the S1 neighbour farthest from the anchor in the debiased space
+        sim_pos = np.einsum("ad,akd->ak", da, dt[self.near_pos])
+        pos = self.near_pos[np.arange(self.anchors.size), sim_pos.argmin(1)]
+        index = faiss.IndexFlatIP(dt.shape[1])
+        index.add(dt)
+        n_cand = min(self.tails.size, self.n_nb + self.k_far)
+        sim, cand = index.search(da, n_cand)
+        neg = np.empty((self.anchors.size, self.k_far), dtype=np.int64)
+        neg_sim = np.empty((self.anchors.size, self.k_far), dtype=np.float32)
+        for i in range(self.anchors.size):
+            ok = ~np.isin(cand[i], self.near[i])
+            c, sc = cand[i][ok][: self.k_far], sim[i][ok][: self.k_far]
+            if c.size == 0:  # every candidate is an S1 neighbour: no negative here
+                c, sc = cand[i][-1:], np.full(1, -np.inf, np.float32)
+            neg[i], neg_sim[i] = np.resize(c, self.k_far), np.resize(sc, self.k_far)
+        s_pos = (da * dt[pos]).sum(1)
+        hinge = neg_sim - s_pos[:, None] + self.margin  # [A, k_far]
+        a = np.repeat(np.arange(self.anchors.size), self.k_far)
+        p = np.repeat(pos, self.k_far)
+        n = neg.reshape(-1)
+        keep = hinge.reshape(-1) > 0
+        self.active_share = float(keep.mean())
+        self.candidates = (self.anchors[a], self.tails[p], self.tails[n])
+        if keep.any():
+            self.pool = (self.anchors[a[keep]], self.tails[p[keep]], self.tails[n[keep]])
+        else:  # nothing to teach: the candidates, whose hinge is 0 (no gradient), keep
+            self.pool = self.candidates  # the step's layout until a mining finds some
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """``n`` triplets drawn with replacement from the last mining's pool."""
+        if self.pool is None:
+            raise RuntimeError("DisagreementMiner.sample before mine")
+        pick = torch.randint(len(self.pool[0]), (n,), generator=generator)
+        return tuple(torch.from_numpy(x)[pick] for x in self.pool)
+
+
+def debias_data(
+    reference: np.ndarray | None,
+    usable: np.ndarray,
+    item_counts: np.ndarray,
+    cfg,
+    method: np.ndarray | None = None,
+) -> DebiasData | None:
+    """What trains the S3 head under ``cfg`` (``None``: the click loss alone).
+
+    ``reference``: S1 vectors aligned to item rows (needed for triplets and the relational
+    anchor); ``usable``: items with the vectors the terms read; ``item_counts``: fit-part
+    training impressions (the head/tail split); ``method``: the method's item vectors
+    (``negatives: hard``)."""
+    if not (cfg.needs_reference or cfg.aligns):
+        return None
+    if cfg.needs_reference and reference is None:
+        raise ValueError("debias: the triplet term and the relational anchor need S1 vectors")
+    is_head = head_mask(item_counts, cfg.head_share)
+    head, tail = np.flatnonzero(is_head & usable), np.flatnonzero(~is_head & usable)
+    if head.size == 0 or tail.size < 2:
+        raise InputError(
+            f"debias: need head and tail items with vectors, found {head.size} head and "
+            f"{tail.size} tail items; is the training log too small or head_share too low?"
+        )
+    data = DebiasData()
+    if cfg.triplets and cfg.negatives == "disagreement":
+        data.miner = DisagreementMiner(reference, head, tail, cfg)
+    elif cfg.triplets:
+        data.triplets = mine_triplets(reference, usable, item_counts, cfg, method)
+    if cfg.aligns:
+        data.head, data.tail = head.astype(np.int64), tail.astype(np.int64)
+        if cfg.relational_weight > 0:
+            data.reference = _unit(reference)
+    return data
 
 
 def export_debias(head: DebiasHead, cfg, dim: int, path: Path) -> None:

@@ -47,7 +47,7 @@ from torch import nn
 
 from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import RowPlan, S3Debias, Triplets
+from visctr.ctr.debias import DebiasData, RowPlan, S3Debias, Triplets
 from visctr.ctr.feature_map import FeatureMap
 from visctr.errors import ConfigError
 
@@ -97,8 +97,10 @@ def mlp(dims: list[int], dropout: float = 0.0) -> nn.Sequential:
 class CTRNet(nn.Module):
     """The ``dcnv2`` network over ``Batch``es; visual tables set per run (not saved).
 
-    ``triplets``: the S3 triplets mined for this run (``cfg.debias.enabled``); they give
-    the debias head its training loss. ``None`` for inference, or without debiasing.
+    ``triplets``: what trains the S3 head in this run (``cfg.debias.enabled``): a
+    ``DebiasData`` (triplets or a disagreement miner, alignment rows, the S1 reference),
+    or ``Triplets`` alone. ``None`` for inference, without debiasing, or for a head
+    trained by the click loss alone.
     """
 
     def __init__(
@@ -106,7 +108,7 @@ class CTRNet(nn.Module):
         fmap: FeatureMap,
         cfg: CTRConfig,
         affinity: np.ndarray | torch.Tensor,
-        triplets: Triplets | None = None,
+        triplets: DebiasData | Triplets | None = None,
     ):
         super().__init__()
         if triplets is not None and not cfg.debias.enabled:
@@ -178,7 +180,7 @@ class CTRNet(nn.Module):
         S3 head). :meth:`forward_prepared` does the rest."""
         if self.debias is None:
             return None
-        rows = self.debias.sample_rows(generator)
+        rows = self.debias.sample_rows(generator, self.item_vectors)
         extra = None if rows is None else rows.to(batch.item_row.device)
         return self.debias.plan(batch.packed.shape[0], batch.item_row, extra)
 
@@ -193,7 +195,8 @@ class CTRNet(nn.Module):
         logits = self._logits(emb, feats)
         if d is None:
             return logits, None, {}
-        return logits, *self.debias.triplet_term(d)
+        rows = plan.uniq.index_select(0, plan.extra_at)  # the extra rows, in draw order
+        return logits, *self.debias.aux_term(d, rows)
 
     def forward_with_aux(
         self, batch: Batch, generator: torch.Generator
@@ -215,8 +218,7 @@ class CTRNet(nn.Module):
     @property
     def aux_parts(self) -> tuple[str, ...]:
         """Names of the parts ``aux_loss`` reports (the trainer logs their epoch means)."""
-        has_triplets = self.debias is not None and self.debias.triplets is not None
-        return ("triplet_loss",) if has_triplets else ()
+        return () if self.debias is None else self.debias.parts
 
     def aux_loss(
         self, batch: Batch, generator: torch.Generator
@@ -249,7 +251,7 @@ def build_ctr_net(
     cfg: CTRConfig,
     fmap: FeatureMap,
     affinity: np.ndarray | torch.Tensor,
-    triplets: Triplets | None = None,
+    triplets: DebiasData | Triplets | None = None,
 ) -> CTRNet:
     """The CTR network ``cfg.arch`` for this feature map (weights freshly initialised from
     torch's global RNG); ``triplets`` give the S3 head its loss when debiasing."""

@@ -26,7 +26,7 @@ import torch
 from visctr.config import config_hash, from_dict, to_dict
 from visctr.ctr.batch import BatchPacker
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import export_debias, mine_triplets
+from visctr.ctr.debias import debias_data, export_debias
 from visctr.ctr.feature_map import FeatureMap
 from visctr.ctr.model import CTRNet, arch_factory, build_ctr_net
 from visctr.ctr.stats import compute_train_stats
@@ -97,10 +97,11 @@ def train_ctr(
     from visctr.train import build_trainer, resume_checkpoint
 
     out_dir = Path(out_dir)
-    if cfg.debias.enabled and reference is None:
+    if cfg.debias.enabled and cfg.debias.needs_reference and reference is None:
         raise InputError(
             "debiasing needs the S1 reference embeddings: pass --reference DIR "
-            "(or reference=...) or turn debias off"
+            "(or reference=...), turn debias off, or set debias.weight and "
+            "debias.relational_weight to 0 (the head trained by the click loss alone)"
         )
     arch_factory(cfg.arch)  # an unknown architecture fails before any work
     key = run_key(world, embeddings, cfg, seed, reference)
@@ -117,19 +118,19 @@ def train_ctr(
     emb = load_embeddings(Path(embeddings), world)
     stats = compute_train_stats(world, emb, cfg)
     fmap = stats.feature_map
-    triplets = None
+    s3 = None  # what trains the S3 head (None: the click loss alone)
     if cfg.debias.enabled:
-        ref = load_embeddings(Path(reference), world, queries=False)
-        if ref.dim != emb.dim:
-            raise InputError(
-                f"{ref.items_path}: reference vectors have width {ref.dim} but "
-                f"{emb.items_path} has width {emb.dim}; use the S1 embeddings of "
-                "the same backbone"
-            )
-        usable = emb.item_has_vector & ref.item_has_vector
-        triplets = mine_triplets(
-            ref.item_vectors, usable, stats.item_counts, cfg.debias, emb.item_vectors
-        )
+        ref_vectors, usable = None, emb.item_has_vector
+        if cfg.debias.needs_reference:
+            ref = load_embeddings(Path(reference), world, queries=False)
+            if ref.dim != emb.dim:
+                raise InputError(
+                    f"{ref.items_path}: reference vectors have width {ref.dim} but "
+                    f"{emb.items_path} has width {emb.dim}; use the S1 embeddings of "
+                    "the same backbone"
+                )
+            ref_vectors, usable = ref.item_vectors, usable & ref.item_has_vector
+        s3 = debias_data(ref_vectors, usable, stats.item_counts, cfg.debias, emb.item_vectors)
 
     # inputs are valid: only now touch out_dir
     claim_out_dir(out_dir, "ctr")
@@ -137,7 +138,7 @@ def train_ctr(
     resume = resume_checkpoint(out_dir)
 
     L.seed_everything(seed, workers=True, verbose=False)
-    net = build_ctr_net(cfg, fmap, stats.affinity, triplets)
+    net = build_ctr_net(cfg, fmap, stats.affinity, s3)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
     weights = None
     if cfg.ips.enabled:

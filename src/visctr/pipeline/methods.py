@@ -2,8 +2,8 @@
 
 ``ENCODERS`` names each encoder recipe (its stage, what it starts from, its config);
 ``METHODS`` names each compared method (its encoder, its CTR variant, its unbiased
-reference, its description). ``visctr run`` is a loop over these two tables, and a
-sixth method is one more :class:`Method` entry (plus its code, if its CTR variant or
+reference, its description). ``visctr run`` is a loop over these two tables, and
+another method is one more :class:`Method` entry (plus its code, if its CTR variant or
 encoder stage is new).
 
 Descriptions are derived from the resolved config, so they say what actually ran.
@@ -89,18 +89,24 @@ class Method:
     describe: Callable[[Any], str] = lambda cfg: ""
 
 
-def _ctr_variant(ctr_cfg: Any, debias: bool, ips: bool) -> Any:
+def _ctr_variant(ctr_cfg: Any, debias: bool, ips: bool, **debias_fields: Any) -> Any:
     return dataclasses.replace(
         ctr_cfg,
-        debias=dataclasses.replace(ctr_cfg.debias, enabled=debias),
+        debias=dataclasses.replace(ctr_cfg.debias, enabled=debias, **debias_fields),
         ips=dataclasses.replace(ctr_cfg.ips, enabled=ips),
     )
+
+
+# the S3 head trained by the click loss alone: every debiasing term off
+_HEAD_ONLY = {"weight": 0.0, "align": "none", "relational_weight": 0.0}
 
 
 # CTR variants: the run's ``ctr`` config section -> the config one method trains with
 CTR_VARIANTS: dict[str, Callable[[Any], Any]] = {
     "plain": lambda c: _ctr_variant(c, debias=False, ips=False),
     "debias": lambda c: _ctr_variant(c, debias=True, ips=False),  # S3
+    # S3's head and gate without its debiasing terms: the capacity control of S3
+    "head": lambda c: _ctr_variant(c, debias=True, ips=False, **_HEAD_ONLY),
     "ips": lambda c: _ctr_variant(c, debias=False, ips=True),  # inverse-propensity weights
 }
 
@@ -157,6 +163,17 @@ METHODS: dict[str, Method] = {
             describe=lambda cfg: (
                 f"S1, then S2 with the λ·L_S1 term over the catalog "
                 f"(λ={cfg.s2.lambda_s1:g}, {_s1_objective(cfg)}); plain CTR model"
+            ),
+        ),
+        Method(
+            "S1+S2+H",
+            "s1_s2_h",
+            "s1_s2",
+            ctr="head",
+            describe=lambda cfg: (
+                "the S1+S2 encoder; CTR model with the same debias network + gate as "
+                "S1+S2+D trained by the click loss alone (no triplet, alignment or "
+                "relational term): the capacity control S3's claims are made against"
             ),
         ),
         Method(
