@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tests.ctr.test_ctr_model import N_ITEMS, synthetic_batch, synthetic_fmap, synthetic_tables
+
 from visctr.ctr.align import coral, mmd, relational
 from visctr.ctr.config import CTRConfig, DebiasConfig
 from visctr.ctr.debias import DebiasNet, DisagreementMiner, debias_data
