@@ -313,3 +313,48 @@ def test_abtest_says_which_inputs_changed_since_the_run(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     v = json.loads((run / "ope.json").read_text())["ope_validation"]
     assert v["dm"]["n"] == len(METHODS) + 1  # validated against the fresh abtest.json
+
+
+def test_ctr_seeds_pair_every_method_and_reuse_the_encoders(tiny_run, tmp_path):
+    """--ctr-seeds 2 on a copy of the tiny run: the encoders are reused, a second CTR model
+    per method trains under ctr_1/, every per-seed list pairs replicates, and the
+    comparisons, the representation bias and the forest plot come out well-formed."""
+    import shutil
+
+    src, _ = tiny_run
+    out = tmp_path / "two"
+    shutil.copytree(src, out)
+    first = json.loads((src / "results.json").read_text())
+    res = CliRunner().invoke(
+        main, ["run", "--preset", "tiny", "--seeds", "1", "--ctr-seeds", "2", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "encoder s1: done" not in res.output  # reused, not retrained
+    r = json.loads((out / "results.json").read_text())
+    assert r["ctr_seeds"] == 2 and r["replicates"] == [[0, 0], [0, 1]]
+    for m in METHODS:
+        assert (out / "seed_0" / "ctr_1" / METHODS[m].slug / "model.pt").is_file()
+        auc = r["methods"][m]["auc"]["per_seed"]
+        assert len(auc) == 2 and auc[0] == pytest.approx(first["methods"][m]["auc"]["per_seed"][0])
+        assert len(r["ab_test"]["methods"][m]["ctr"]["per_seed"]) == 2
+    rows = {(c["a"], c["b"], c["metric"]): c for c in r["comparisons"]}
+    assert ("S1+S2+D", "S1+S2+H", "auc_random_exposure") in rows
+    assert ("S1+S2+D", "S2", "ab_tail_exposure_share") in rows
+    for c in rows.values():
+        assert c["n"] == 2 and len(c["per_seed"]) == 2
+        assert c["ci95"] is None or c["ci95"][0] <= c["mean_diff"] <= c["ci95"][1]
+    bias = r["representation_bias"]
+    assert {e.name for e in encoder_order()} | {"S1+S2+D gated", "S1+S2+D debiased"} <= set(bias)
+    assert len(bias["S1+S2+D debiased"]["overlap_tail"]["per_seed"]) == 2
+    assert len(bias["s2"]["overlap_tail"]["per_seed"]) == 1  # encoders: one per encoder seed
+    assert bias["s1"]["overlap_head"]["mean"] == pytest.approx(1.0)  # S1 against itself
+    for e in bias.values():
+        for k in ("overlap_head", "overlap_tail", "exposure_probe_auc"):
+            v = e[k]["mean"]
+            assert v is None or 0 <= v <= 1, (k, v)
+    report = (out / "report.md").read_text()
+    assert "## Paired comparisons" in report and "### Representation bias" in report
+    assert (out / "plots" / "comparisons.png").stat().st_size > 1000
+    ab = CliRunner().invoke(main, ["abtest", "--run", str(out)])
+    assert ab.exit_code == 0, ab.output
+    assert "ctr seed 1" in ab.output and "changed since" not in ab.output

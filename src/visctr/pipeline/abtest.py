@@ -46,12 +46,20 @@ class ABTest:
             "oracle": ab.score_policy(self.clicks, self.clicks.best(self.k), 0),
         }
 
-    def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, float]]:
-        """Every method's policy for one training seed, next to legacy and oracle."""
+    def run_seed(
+        self,
+        layout: RunLayout,
+        seed: int,
+        ctr_seed: int = 0,
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """Every method's policy for one training seed (and CTR seed), next to legacy and
+        oracle. ``vectors``: the per-encoder cache of :meth:`policy`, shared by the CTR
+        seeds of one encoder seed."""
         figures = dict(self.fixed)
-        vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        vectors = {} if vectors is None else vectors
         for name, method in METHODS.items():
-            figures[name] = self.policy(layout, seed, method, vectors=vectors)
+            figures[name] = self.policy(layout, seed, method, vectors=vectors, ctr_seed=ctr_seed)
         return ab.summarise(figures, self.is_head, BASELINES, seed)
 
     def policy(
@@ -62,6 +70,7 @@ class ABTest:
         ctr_dir=None,
         debias: bool | None = None,
         vectors: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        ctr_seed: int = 0,
     ) -> ab.PolicyFigures:
         """What ``method``'s policy shows the traffic for training seed ``seed``: retrieve
         with its encoder's embeddings (through the debias network when its CTR model has
@@ -70,7 +79,8 @@ class ABTest:
         ``ctr_dir``/``debias``: another CTR model on the same encoder (a tuning sweep) and
         whether it has a debias network (default: the run's own model of ``method``).
         ``vectors``: a cache per encoder recipe of the traffic's query vectors and the
-        item vectors aligned to item rows (methods on one encoder share them)."""
+        item vectors aligned to item rows (methods on one encoder share them); ``ctr_seed``:
+        which of the run's CTR models of ``method`` (``visctr run --ctr-seeds``)."""
         from visctr.embeddings import align, read_embeddings
 
         recipe = method.encoder
@@ -83,7 +93,7 @@ class ABTest:
         qv, items = cache[recipe]
         shown = serve(
             self.world, self.cfg, self.traffic, self.k, layout, seed, method, qv, items,
-            ctr_dir, debias,
+            ctr_dir, debias, ctr_seed,
         )  # fmt: skip
         return ab.score_policy(self.clicks, shown, seed)
 
@@ -100,16 +110,18 @@ def serve(
     item_vectors: np.ndarray,
     ctr_dir=None,
     debias: bool | None = None,
+    ctr_seed: int = 0,
 ) -> np.ndarray:
     """The ``[Q, k]`` item rows ``method``'s policy shows ``traffic`` for training seed
     ``seed``: retrieve with its encoder's vectors (through the debias network when its CTR
     model has one, as at serving), re-rank with its CTR model (``ctr_dir``, default the
-    run's own model of ``method``; ``debias``: whether that model has a debias network)."""
+    run's own model of ``method`` for CTR seed ``ctr_seed``; ``debias``: whether that
+    model has a debias network)."""
     from visctr.ctr import debias_transform
 
     emb_dir = layout.embeddings(seed, method.encoder)
     if ctr_dir is None:
-        ctr_dir = layout.ctr(seed, method.slug)
+        ctr_dir = layout.ctr(seed, method.slug, ctr_seed)
     if debias is None:
         debias = CTR_VARIANTS[method.ctr](cfg.ctr).debias.enabled
     r_items, r_queries = item_vectors, query_vectors
@@ -168,16 +180,19 @@ def load_run(run_dir, world_dir=None) -> tuple[RunLayout, Any, World, list[int]]
     world = World.load(Path(world_dir) if world_dir else layout.world)
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
     for s in seeds:
-        for m in METHODS.values():
-            if finished(layout.ctr(s, m.slug)) is None:
-                raise InputError(
-                    f"{layout.ctr(s, m.slug)}: no finished CTR model of {m.name} for seed {s}; "
-                    f"finish the run first (visctr run ... --out {layout.root})"
-                )
+        for c in range(cfg.ctr_seeds):
+            for m in METHODS.values():
+                if finished(layout.ctr(s, m.slug, c)) is None:
+                    raise InputError(
+                        f"{layout.ctr(s, m.slug, c)}: no finished CTR model of {m.name} for "
+                        f"seed {s}; finish the run first (visctr run ... --out {layout.root})"
+                    )
     return layout, cfg, world, seeds
 
 
-def provenance(layout: RunLayout, world: World, seeds: list[int]) -> dict[str, Any]:
+def provenance(
+    layout: RunLayout, world: World, seeds: list[int], ctr_seeds: int = 1
+) -> dict[str, Any]:
     """Content digests of what the A/B test and the off-policy estimates read: the world,
     every CTR ``model.pt`` and every embeddings folder (``results.json["provenance"]``,
     ``abtest.json``, ``ope.json``)."""
@@ -186,8 +201,10 @@ def provenance(layout: RunLayout, world: World, seeds: list[int]) -> dict[str, A
     out: dict[str, Any] = {"world": world.digest(), "models": {}, "embeddings": {}}
     recipes = sorted({m.encoder for m in METHODS.values()})
     for s in seeds:
-        for m in METHODS.values():
-            out["models"][f"seed_{s}/{m.slug}"] = file_digest(layout.ctr(s, m.slug) / "model.pt")
+        for c in range(ctr_seeds):
+            for m in METHODS.values():
+                key = f"seed_{s}/{m.slug}" if c == 0 else f"seed_{s}/ctr_{c}/{m.slug}"
+                out["models"][key] = file_digest(layout.ctr(s, m.slug, c) / "model.pt")
         for r in recipes:
             out["embeddings"][f"seed_{s}/{r}"] = digest_files(
                 layout.embeddings(s, r), ["*.parquet"]
@@ -263,13 +280,16 @@ def abtest_run(
             f"'visctr abtest --run {layout.root} --estimator dr' (or ips, snips, pi, dm; dr_log without a random-exposure log), or "
             "measure a real A/B test online"
         )
-    prov = provenance(layout, world, seeds)
+    prov = provenance(layout, world, seeds, cfg.ctr_seeds)
     changed = note_changes(layout, prov, echo)
     test = ABTest(world, cfg, echo)
     per_seed = []
     for s in seeds:
-        per_seed.append(test.run_seed(layout, s))
-        echo(f"seed {s}: " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in per_seed[-1].items()))
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for c in range(cfg.ctr_seeds):
+            per_seed.append(test.run_seed(layout, s, c, vectors))
+            tag = f"seed {s}" + (f" ctr seed {c}" if cfg.ctr_seeds > 1 else "")
+            echo(f"{tag}: " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in per_seed[-1].items()))
     out = aggregate_ab(per_seed, test)
     out["provenance"] = prov
     out["inputs_changed_since_run"] = changed

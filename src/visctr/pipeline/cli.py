@@ -53,6 +53,14 @@ RUN_CONFIG = click.option(
     help="World seed; training seeds are seed..seed+seeds-1.",
 )
 @click.option(
+    "--ctr-seeds",
+    type=click.IntRange(1, 999),
+    default=1,
+    show_default=True,
+    help="CTR models per method and encoder seed; results.json['comparisons'] pairs them "
+    "(claims need >= 3).",
+)
+@click.option(
     "--catalog",
     default=None,
     help="fashion-mnist:train|test (default), an image folder, or a manifest.",
@@ -71,7 +79,17 @@ RUN_CONFIG = click.option(
 @trainer_options
 @handle_errors
 def run(
-    preset, seeds, seed, catalog, data_dir, world_dir, out, config_path, restart, trainer_overrides
+    preset,
+    seeds,
+    seed,
+    ctr_seeds,
+    catalog,
+    data_dir,
+    world_dir,
+    out,
+    config_path,
+    restart,
+    trainer_overrides,
 ):
     """Build (or read) the world, train every method, evaluate, write results.json + report.md.
 
@@ -91,6 +109,7 @@ def run(
         config_path,
         seeds=seeds,
         seed=seed,
+        ctr_seeds=ctr_seeds,
         catalog=catalog,
         data_dir=data_dir,
         trainer_overrides=trainer_overrides,

@@ -107,6 +107,9 @@ class OPEConfig:
             raise ValueError(f"max_queries must be >= 1, got {self.max_queries}")
 
 
+MAX_CTR_SEEDS = 999  # CTR seed c trains with seed + 1000·c: below the next encoder's 1000s
+
+
 @dataclass
 class RunConfig:
     """Everything ``visctr run`` does, resolved."""
@@ -114,6 +117,7 @@ class RunConfig:
     preset: str = "small"
     seeds: int = 1
     seed: int = 0  # world seed; training seeds are seed, seed+1, ...
+    ctr_seeds: int = 1  # CTR models per method and encoder seed (paired comparisons)
     world: SimConfig = field(default_factory=SimConfig)
     s1: S1Config = field(default_factory=S1Config)
     s2: S2Config = field(default_factory=S2Config)
@@ -131,6 +135,7 @@ def resolve_run_config(
     *,
     seeds: int = 1,
     seed: int = 0,
+    ctr_seeds: int = 1,
     catalog: str | None = None,
     data_dir: str | None = None,
     trainer_overrides: dict | None = None,
@@ -163,7 +168,7 @@ def resolve_run_config(
         )
     for name in ("s1", "s2", "classify", "ctr"):
         data[name] = merge(data[name], {"trainer": trainer}) if trainer else data[name]
-    data.update(preset=preset, seeds=seeds, seed=seed, trainer=trainer)
+    data.update(preset=preset, seeds=seeds, seed=seed, ctr_seeds=ctr_seeds, trainer=trainer)
     if "examples" in raw:
         data["examples"] = raw["examples"]
     for name in ("abtest", "ope"):
@@ -172,4 +177,6 @@ def resolve_run_config(
     cfg.world = world
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if not 1 <= ctr_seeds <= MAX_CTR_SEEDS:
+        raise ConfigError(f"--ctr-seeds must be in 1..{MAX_CTR_SEEDS}, got {ctr_seeds}")
     return cfg

@@ -8,7 +8,8 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class RunLayout:
-    """``root/`` holds ``config.yaml``, ``world/``, ``seed_<n>/{encoders,embeddings,ctr}/``,
+    """``root/`` holds ``config.yaml``, ``world/``, ``seed_<n>/{encoders,embeddings,ctr}/``
+    (and ``seed_<n>/ctr_<c>/`` for further CTR seeds),
     ``results.json``, ``report.md`` and ``plots/``."""
 
     root: Path
@@ -54,5 +55,14 @@ class RunLayout:
     def embeddings(self, seed: int, recipe: str) -> Path:
         return self.seed(seed) / "embeddings" / recipe
 
-    def ctr(self, seed: int, method_slug: str) -> Path:
-        return self.seed(seed) / "ctr" / method_slug
+    def ctr(self, seed: int, method_slug: str, ctr_seed: int = 0) -> Path:
+        """A method's CTR model for encoder seed ``seed``: ``ctr/<slug>`` for the first CTR
+        seed, ``ctr_<c>/<slug>`` for CTR seed ``c >= 1`` (``visctr run --ctr-seeds``)."""
+        return self.seed(seed) / ("ctr" if ctr_seed == 0 else f"ctr_{ctr_seed}") / method_slug
+
+
+def ctr_training_seed(seed: int, ctr_seed: int) -> int:
+    """The seed CTR seed ``ctr_seed`` of encoder seed ``seed`` trains with: ``seed`` itself
+    for the first (so a run with one CTR seed is the run it always was), then
+    ``seed + 1000·ctr_seed``."""
+    return seed + 1000 * ctr_seed

@@ -185,14 +185,16 @@ class OPE:
         shown = np.bincount(q).astype(np.float64)
         self.logging = {"num": clicks, "den": shown}
 
-    def run_seed(self, layout: RunLayout, seed: int) -> dict[str, dict[str, dict[str, float]]]:
-        """``{estimator: {policy: figures}}`` for one training seed."""
+    def run_seed(
+        self, layout: RunLayout, seed: int, ctr_seed: int = 0
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """``{estimator: {policy: figures}}`` for one training seed (and CTR seed)."""
         out: dict[str, dict[str, dict[str, float]]] = {}
         for name, src in self.sources.items():
-            out.update(self._run_source(layout, seed, name, src))
+            out.update(self._run_source(layout, seed, name, src, ctr_seed))
         return out
 
-    def _run_source(self, layout, seed, name: str, src: Slates):
+    def _run_source(self, layout, seed, name: str, src: Slates, ctr_seed: int = 0):
         from visctr.embeddings import align, read_embeddings
         from visctr.pipeline.abtest import serve
 
@@ -213,14 +215,15 @@ class OPE:
         for m_name, method in METHODS.items():
             qv, items = vecs(method.encoder)
             slates[m_name] = serve(
-                self.world, self.cfg, src.traffic, self.k, layout, seed, method, qv, items
-            )
-        theta, r_logged, r_shown = self._reward(layout, seed, vecs, src, slates)
+                self.world, self.cfg, src.traffic, self.k, layout, seed, method, qv, items,
+                ctr_seed=ctr_seed,
+            )  # fmt: skip
+        theta, r_logged, r_shown = self._reward(layout, seed, vecs, src, slates, ctr_seed)
         if name == "bucket":
             return self._estimate(src, slates, theta, r_logged, r_shown, seed, ope.ESTIMATORS)
         return self._estimate(src, slates, theta, r_logged, r_shown, seed, LOG_ESTIMATORS)
 
-    def _reward(self, layout, seed, vecs, src: Slates, slates):
+    def _reward(self, layout, seed, vecs, src: Slates, slates, ctr_seed: int = 0):
         """θ and the reward model's P(click) of every logged slot and every policy's slot.
 
         The reward model is the CTR model of ``ope.reward_model`` (trained on the training
@@ -232,7 +235,7 @@ class OPE:
         method = METHODS[self.cfg.ope.reward_model]
         qv, _ = vecs(method.encoder)
         score = ab.ctr_scorer(
-            layout.ctr(seed, method.slug),
+            layout.ctr(seed, method.slug, ctr_seed),
             self.world,
             layout.embeddings(seed, method.encoder),
             src.traffic,
@@ -395,13 +398,15 @@ def ope_run(run_dir, world_dir=None, echo=print) -> dict:
     from visctr.pipeline.abtest import changed_inputs, load_run, note_changes, provenance
 
     layout, cfg, world, seeds = load_run(run_dir, world_dir)
-    prov = provenance(layout, world, seeds)
+    prov = provenance(layout, world, seeds, cfg.ctr_seeds)
     changed = note_changes(layout, prov, echo, "ope.json")
     est = OPE(world, cfg, echo)
     per_seed = []
     for s in seeds:
-        per_seed.append(est.run_seed(layout, s))
-        echo(f"seed {s}: " + headline(per_seed[-1]))
+        for c in range(cfg.ctr_seeds):
+            per_seed.append(est.run_seed(layout, s, c))
+            tag = f"seed {s}" + (f" ctr seed {c}" if cfg.ctr_seeds > 1 else "")
+            echo(f"{tag}: " + headline(per_seed[-1]))
     out: dict[str, Any] = {
         "ope": aggregate_ope(per_seed),
         "ope_info": est.info(),

@@ -169,6 +169,78 @@ def _by_category_section(results: dict) -> list[str]:
     ]
 
 
+def _bias_section(results: dict) -> list[str]:
+    """Representation bias per encoder (and S3's vectors) against the S1 reference."""
+    rows = results.get("representation_bias")
+    if not rows:
+        return []
+    return [
+        "### Representation bias",
+        "",
+        "How far each space's neighbourhoods drift from the S1 reference (overlap@20 of an "
+        "item's nearest neighbours in the space and in S1 space), for head and tail items; "
+        "the Spearman correlation of that overlap with log(1 + training impressions); and "
+        "the held-out AUC of a logistic probe predicting head vs tail from the vector. A "
+        "space biased by exposure has tail overlap below head overlap, a positive "
+        "correlation and a probe AUC well above 0.5. `gated`: the vector S3 retrieves with; "
+        "`debiased`: the DebiasNet output alone.",
+        "",
+        "| space | overlap head | overlap tail | overlap vs log impressions | probe AUC |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {n} | {fmt(r['overlap_head'])} | {fmt(r['overlap_tail'])} | "
+            f"{fmt(r['overlap_vs_impressions'])} | {fmt(r['exposure_probe_auc'])} |"
+            for n, r in rows.items()
+        ],
+        "",
+    ]
+
+
+def _forest_plot(rows: list[dict], path: Path) -> None:
+    """One panel per metric: each pair's mean paired difference and its 95% CI."""
+    plt = _plt()
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 1.3 + 0.9 * len(metrics) * 1.4))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics, strict=True):
+        sel = [r for r in rows if r["metric"] == metric and r["mean_diff"] is not None]
+        y = np.arange(len(sel))
+        for j, r in enumerate(sel):
+            lo, hi = r["ci95"] or (r["mean_diff"], r["mean_diff"])
+            color = "C2" if lo > 0 else ("C3" if hi < 0 else "C0")
+            ax.plot([lo, hi], [j, j], color=color, lw=2)
+            ax.plot(r["mean_diff"], j, "o", color=color)
+        ax.axvline(0, color="0.5", lw=1)
+        ax.set_yticks(y, [f"{r['a']} − {r['b']}" for r in sel], fontsize=8)
+        ax.set_title(metric, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _comparisons_section(results: dict) -> list[str]:
+    rows = results.get("comparisons")
+    if not rows or all(r["mean_diff"] is None for r in rows):
+        return []
+    from visctr.pipeline.results import format_comparisons
+
+    n = max(r["n"] for r in rows)
+    return [
+        "## Paired comparisons",
+        "",
+        f"Differences a − b paired by replicate (encoder seed × CTR seed; {results['seeds']} "
+        f"× {results.get('ctr_seeds', 1)} = up to {n}), with a t interval (95%). The CTR "
+        "seeds of one encoder seed share its encoder, so the pairs are not independent: the "
+        "interval is narrower than one over encoder seeds alone would be. Fewer than two "
+        "pairs: no interval.",
+        "",
+        format_comparisons(rows),
+        "",
+        "![paired comparisons](plots/comparisons.png)",
+        "",
+    ]
+
+
 def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
     plt = _plt()
     names = list(ab["methods"])
@@ -348,6 +420,8 @@ def write_report(
         _ab_plot(results["ab_test"], results["seeds"], plots / "ab_ctr.png")
     if results.get("ope"):
         _ope_plot(results, plots / "ope_ctr.png")
+    if any(r["mean_diff"] is not None for r in results.get("comparisons", [])):
+        _forest_plot(results["comparisons"], plots / "comparisons.png")
     t = results["timings_s"]
     lines = [
         f"# visctr run — preset `{results['preset']}`, {results['seeds']} seed(s)",
@@ -382,7 +456,9 @@ def write_report(
             else []
         ),
         *_by_category_section(results),
+        *_bias_section(results),
         *_ab_section(results),
+        *_comparisons_section(results),
         *_ope_section(results),
         "## Methods",
         "",

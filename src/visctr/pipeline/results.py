@@ -87,3 +87,100 @@ def format_table(results: dict, markdown: bool = False) -> str:
     return "\n".join(
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *rows]
     )
+
+
+# Paired comparisons: S3 against each control, on the metrics a debiasing claim rests on
+COMPARISON_PAIRS = (
+    ("S1+S2+D", "S1+S2"),
+    ("S1+S2+D", "S1+S2+H"),
+    ("S1+S2+D", "S1+S2+IPS"),
+    ("S1+S2+D", "S2"),
+)
+# (name in results.json["comparisons"], where its per-replicate values are)
+COMPARISON_METRICS = (
+    ("auc_random_exposure", "methods"),
+    ("auc_random_same_category", "random_exposure_by_category"),
+    ("auc_tail", "methods"),
+    ("hr@10", "methods"),
+    ("longtail_hr@10", "methods"),
+    ("ab_ctr", "ab_test"),
+    ("ab_tail_exposure_share", "ab_test"),
+)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``p > 0.5``): the
+    CDF by Simpson's rule on the density, inverted by bisection (to ~1e-9)."""
+    if not 0.5 < p < 1 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:  # P(T <= x) for x >= 0; the tail beyond x is tiny for large x
+        n = 2000
+        t = np.linspace(0.0, x, 2 * n + 1)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        h = x / (2 * n)
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_ci(a: list[float], b: list[float], level: float = 0.95) -> dict[str, Any]:
+    """The paired difference ``a − b`` over replicates: ``{mean_diff, ci95, per_seed, n}``
+    with a t interval (``mean ± t_{n−1} · sd / √n``); pairs with a missing side are left
+    out, and fewer than two pairs give no interval."""
+    diffs = [
+        x - y
+        for x, y in zip(a, b, strict=True)
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+    ]
+    n = len(diffs)
+    mean = float(np.mean(diffs)) if n else None
+    ci = None
+    if n > 1:
+        half = t_quantile(0.5 + level / 2, n - 1) * float(np.std(diffs, ddof=1)) / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"mean_diff": mean, "ci95": ci, "per_seed": [float(d) for d in diffs], "n": n}
+
+
+def comparisons(results: dict, pairs=COMPARISON_PAIRS, metrics=COMPARISON_METRICS) -> list[dict]:
+    """``results.json["comparisons"]``: for each pair and metric, the paired difference over
+    the run's replicates (encoder seed × CTR seed), from the per-replicate values that
+    ``results`` holds; a pair or metric the run lacks is left out."""
+    out = []
+    for metric, where in metrics:
+        for a, b in pairs:
+            va, vb = (
+                _per_replicate(results, where, metric, a),
+                _per_replicate(results, where, metric, b),
+            )
+            if va is None or vb is None:
+                continue
+            out.append({"a": a, "b": b, "metric": metric, **paired_ci(va, vb)})
+    return out
+
+
+def _per_replicate(results: dict, where: str, metric: str, method: str) -> list | None:
+    if where == "ab_test":
+        table = results.get("ab_test", {}).get("methods", {})
+        metric = metric.removeprefix("ab_")
+    else:
+        table = results.get(where) or {}
+    entry = table.get(method, {}).get(metric)
+    return None if entry is None else entry["per_seed"]
+
+
+def format_comparisons(rows: list[dict]) -> str:
+    """The comparisons as a Markdown table (difference and its paired 95% CI)."""
+    lines = ["| a − b | metric | mean diff | 95% CI | n |", "|---|---|---|---|---|"]
+    for r in rows:
+        ci = "—" if r["ci95"] is None else f"[{r['ci95'][0]:+.4f}, {r['ci95'][1]:+.4f}]"
+        md = "n/a" if r["mean_diff"] is None else f"{r['mean_diff']:+.4f}"
+        lines.append(f"| {r['a']} − {r['b']} | {r['metric']} | {md} | {ci} | {r['n']} |")
+    return "\n".join(lines)

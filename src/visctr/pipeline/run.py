@@ -19,9 +19,10 @@ import numpy as np
 
 from visctr.config import dump_yaml, to_dict
 from visctr.io import write_json, write_text
-from visctr.pipeline.layout import RunLayout
+from visctr.pipeline.bias import aggregate_bias, representation_rows
+from visctr.pipeline.layout import RunLayout, ctr_training_seed
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_order
-from visctr.pipeline.results import BY_CATEGORY, METRICS, aggregate, format_table
+from visctr.pipeline.results import BY_CATEGORY, METRICS, aggregate, comparisons, format_table
 from visctr.pipeline.stage import StageRunner
 
 WORLD_OUTPUTS = ("data/*.parquet", "data/impressions/*.parquet", "data/images/*.npy")
@@ -39,6 +40,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     from visctr.ctr import training as ctr_stage
     from visctr.encoders import embed
     from visctr.encoders import stages as encoder_stage
+    from visctr.errors import InputError
     from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.pipeline.report import write_report
@@ -97,6 +99,8 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
     per_seed: dict[str, dict[str, list[float]]] = {m: {k: [] for k in keys} for m in METHODS}
     tops: dict[str, np.ndarray] = {}
     curves: dict[str, dict] = {}
+    replicates: list[list[int]] = []  # [encoder seed, CTR seed index] of each per-seed entry
+    bias_rows: list[dict[str, dict[str, float]]] = []
     for i in range(cfg.seeds):
         seed = cfg.seed + i
         click.echo(f"[seed {seed}] ({i + 1}/{cfg.seeds})")
@@ -126,49 +130,71 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
             if users:  # training curves, labelled by the first method that uses the encoder
                 curves.setdefault(users[0], {})[seed] = _read_history(path.parent / "history.json")
 
-        for name, method in METHODS.items():
-            emb_dir = layout.embeddings(seed, method.encoder)
-            ref_dir = layout.embeddings(seed, method.reference) if method.reference else None
-            ccfg = CTR_VARIANTS[method.ctr](cfg.ctr)
-            ctr_dir = layout.ctr(seed, method.slug)
-            stages.run(
-                ctr_dir,
-                ctr_stage.run_key(world, emb_dir, ccfg, seed, ref_dir),
-                lambda d, e=emb_dir, c=ccfg, ref=ref_dir: train_ctr(
-                    world, e, d, c, seed, reference=ref
-                ),
-                f"ctr {method.slug}",
-                ctr_stage.OUTPUTS,
-            )
-            debias_path = ctr_dir / "debias.pt" if ccfg.debias.enabled else None
+        vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # the A/B test's, per encoder
+        retrieval: dict[str, tuple[dict, np.ndarray]] = {}  # CTR-seed independent ones
+        for c in range(cfg.ctr_seeds):
+            ctr_seed = ctr_training_seed(seed, c)
+            if cfg.ctr_seeds > 1:
+                click.echo(f"  [ctr seed {c}] (training seed {ctr_seed})")
+            for name, method in METHODS.items():
+                emb_dir = layout.embeddings(seed, method.encoder)
+                ccfg = CTR_VARIANTS[method.ctr](cfg.ctr)
+                reads_ref = method.reference and ccfg.debias.enabled and ccfg.debias.needs_reference
+                ref_dir = layout.embeddings(seed, method.reference) if reads_ref else None
+                ctr_dir = layout.ctr(seed, method.slug, c)
+                stages.run(
+                    ctr_dir,
+                    ctr_stage.run_key(world, emb_dir, ccfg, ctr_seed, ref_dir),
+                    lambda d, e=emb_dir, cc=ccfg, ref=ref_dir, s=ctr_seed: train_ctr(
+                        world, e, d, cc, s, reference=ref
+                    ),
+                    f"ctr {method.slug}" + (f" (ctr seed {c})" if c else ""),
+                    ctr_stage.OUTPUTS,
+                )
+                debias_path = ctr_dir / "debias.pt" if ccfg.debias.enabled else None
 
-            def evaluate(ctr_dir=ctr_dir, emb_dir=emb_dir, debias_path=debias_path):
-                ctr_m = evaluate_ctr(ctr_dir, world, emb_dir, by_category=world.ground_truth)
-                transform = debias_transform(debias_path) if debias_path else None
-                ret_m, top = evaluate_retrieval(world, emb_dir, transform)
-                return {**ret_m, **ctr_m}, top
+                def evaluate(name=name, ctr_dir=ctr_dir, emb_dir=emb_dir, debias_path=debias_path):
+                    ctr_m = evaluate_ctr(ctr_dir, world, emb_dir, by_category=world.ground_truth)
+                    if debias_path is None and name in retrieval:  # the same encoder, no head
+                        ret_m, top = retrieval[name]
+                    else:
+                        transform = debias_transform(debias_path) if debias_path else None
+                        ret_m, top = evaluate_retrieval(world, emb_dir, transform)
+                        retrieval[name] = ret_m, top
+                    return {**ret_m, **ctr_m}, top
 
-            m, top = stages.timed("evaluate", evaluate)
-            if i == 0:
-                tops[name] = top
-            for k in keys:
-                per_seed[name][k].append(float(m.get(k, float("nan"))))
-            click.echo(
-                f"  {name:8s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
-                f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
-                f"{m['auc_random_exposure']:.3f}"
-            )
-        if ab is not None:
-            row = stages.timed("abtest", lambda: ab.run_seed(layout, seed))
-            ab_per_seed.append(row)
-            line = "  A/B CTR " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
-            if "lift_vs_S2" in row.get("S1+S2+D", {}):
-                line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
-            click.echo(line)
-        if estimates is not None:
-            row = stages.timed("ope", lambda: estimates.run_seed(layout, seed))
-            ope_per_seed.append(row)
-            click.echo(f"  OPE CTR ({headline(row)})")
+                m, top = stages.timed("evaluate", evaluate)
+                if i == 0 and c == 0:
+                    tops[name] = top
+                for k in keys:
+                    per_seed[name][k].append(float(m.get(k, float("nan"))))
+                click.echo(
+                    f"  {name:9s} HR@10 {m['hr@10']:.3f}  tail HR@10 "
+                    f"{m['longtail_hr@10']:.3f}  AUC {m['auc']:.3f}  AUC(random) "
+                    f"{m['auc_random_exposure']:.3f}"
+                )
+            replicates.append([seed, c])
+            if "representation_bias" not in skipped:
+                try:
+                    bias_rows.append(
+                        stages.timed(
+                            "bias", lambda c=c: representation_rows(layout, world, cfg, seed, c)
+                        )
+                    )
+                except InputError as e:  # e.g. no tail item with vectors on this world
+                    skipped["representation_bias"] = str(e)
+                    click.echo(f"  skipped representation_bias: {e}")
+            if ab is not None:
+                row = stages.timed("abtest", lambda c=c: ab.run_seed(layout, seed, c, vectors))
+                ab_per_seed.append(row)
+                line = "  A/B CTR " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
+                if "lift_vs_S2" in row.get("S1+S2+D", {}):
+                    line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
+                click.echo(line)
+            if estimates is not None:
+                row = stages.timed("ope", lambda c=c: estimates.run_seed(layout, seed, c))
+                ope_per_seed.append(row)
+                click.echo(f"  OPE CTR ({headline(row)})")
 
     timings = stages.timings
     timings["total"] = time.perf_counter() - t_start
@@ -177,6 +203,9 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         "seeds": cfg.seeds,
         "world_seed": cfg.seed,
         "training_seeds": [cfg.seed + i for i in range(cfg.seeds)],
+        "ctr_seeds": cfg.ctr_seeds,
+        # what each entry of a per_seed list is: [encoder seed, CTR seed index]
+        "replicates": replicates,
         "methods": {m: {k: aggregate(per_seed[m][k]) for k in METRICS} for m in METHODS},
         # analysis beside the metrics: what the random-exposure AUC is made of
         "random_exposure_by_category": {
@@ -202,10 +231,12 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         results["ope_info"] = estimates.info()
         if "ab_test" in results:
             results["ope_validation"] = validation(results["ope"], results["ab_test"])
+    results["representation_bias"] = aggregate_bias(bias_rows)
+    results["comparisons"] = comparisons(results)
     from visctr.pipeline.abtest import provenance
 
     # what the A/B test and OPE read, so that a later 'visctr abtest' sees a change
-    results["provenance"] = provenance(layout, world, results["training_seeds"])
+    results["provenance"] = provenance(layout, world, results["training_seeds"], cfg.ctr_seeds)
     write_json(results, layout.results)
     write_report(layout, results, world, tops, curves, cfg, descriptions(cfg))
     click.echo(format_table(results))

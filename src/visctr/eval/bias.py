@@ -1,0 +1,237 @@
+"""Representational exposure bias: how much an embedding space is shaped by exposure.
+
+The S1 self-supervised embeddings never saw an impression, so their geometry is the
+unbiased reference. A space trained on the click log can drift from it where the log is
+thin: tail items get fewer gradient updates, or get pulled toward popular items.
+
+- ``neighbour_overlap``: per item, the share of its k nearest neighbours (cosine, self
+  excluded) that the space and the reference agree on. 1.0 is the same neighbourhood;
+  an unrelated space gives about ``k / (n - 1)``.
+- ``representation_bias``: an encoder's summary. A space biased by exposure agrees with
+  the reference less for tail items than for head items (``overlap_tail <
+  overlap_head``), and its agreement rises with the item's training impressions
+  (``overlap_vs_impressions``, a Spearman correlation with ``log1p(impressions)``,
+  positive).
+- ``exposure_probe_auc``: held-out ROC AUC of a logistic-regression probe that predicts
+  head vs tail from the unit vector alone. Near 0.5 means the space does not encode
+  "headness"; well above 0.5 means popularity can be read off the vector.
+
+All functions are pure (arrays in, numbers out); NaN marks an undefined value, as in
+:mod:`visctr.eval.metrics`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from visctr.errors import InputError
+from visctr.eval.metrics import _average_ranks, auc
+from visctr.eval.retrieval import _faiss_gpus, normalize
+
+__all__ = ["exposure_probe_auc", "neighbour_overlap", "representation_bias", "spearman"]
+
+_BATCH = 4096  # queries per FAISS search: bounds the [batch, k + 1] results and FAISS's work
+
+
+def _check_spaces(space: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(space), np.asarray(reference)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(
+            f"space and reference must be 2-D [items, dim], got shapes {a.shape} and {b.shape}"
+        )
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"space and reference differ in items: {a.shape[0]} vs {b.shape[0]} rows; "
+            "align both to the same catalog rows"
+        )
+    return a, b
+
+
+def _neighbours(index, vecs: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The k nearest other rows of each query row ``[len(queries), k]``: search k + 1 and
+    drop the query itself, or the last hit when ties or duplicates pushed it out."""
+    _, idx = index.search(vecs[queries], k + 1)
+    is_self = idx == queries[:, None]
+    drop = np.where(is_self.any(1), is_self.argmax(1), k)
+    keep = np.arange(k + 1)[None, :] != drop[:, None]
+    return idx[keep].reshape(len(queries), k)
+
+
+def neighbour_overlap(
+    space: np.ndarray, reference: np.ndarray, k: int = 20, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Per query row (``rows``, default all), the share of its k nearest other items that
+    ``space`` and ``reference`` agree on, by cosine similarity over all rows. ``k`` is
+    clipped to ``n - 1``; the two arrays may differ in width."""
+    import faiss
+
+    a, b = _check_spaces(space, reference)
+    n = a.shape[0]
+    if n < 2:
+        raise ValueError(f"neighbour overlap needs at least 2 items, got {n}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(int(k), n - 1)
+    queries = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    if queries.ndim != 1:
+        raise ValueError(f"rows must be 1-D item row numbers, got shape {queries.shape}")
+    if len(queries) and (queries.min() < 0 or queries.max() >= n):
+        raise ValueError(f"rows must lie in [0, {n}), got {queries.min()}..{queries.max()}")
+    spaces = []
+    for x in (a, b):
+        vecs = np.ascontiguousarray(normalize(x))
+        index = faiss.IndexFlatIP(vecs.shape[1])
+        if _faiss_gpus(faiss):  # as in retrieval.search: the same exact search on the GPU
+            index = faiss.index_cpu_to_all_gpus(index)
+        index.add(vecs)
+        spaces.append((index, vecs))
+    out = np.empty(len(queries), dtype=np.float64)
+    for start in range(0, len(queries), _BATCH):
+        q = queries[start : start + _BATCH]
+        both = np.concatenate([_neighbours(index, vecs, q, k) for index, vecs in spaces], 1)
+        both.sort(1)  # each side's k rows are distinct: a repeat is a shared neighbour
+        out[start : start + len(q)] = (both[:, 1:] == both[:, :-1]).sum(1) / k
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x), dtype=np.float64)
+    r[order] = _average_ranks(x[order])
+    return r
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation, ties given their average rank. NaN when either side is
+    constant or there are fewer than 2 values."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"x and y must be 1-D of the same length, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("x and y must be finite (no NaN or inf)")
+    if len(a) < 2 or (a == a[0]).all() or (b == b[0]).all():
+        return float("nan")
+    ra, rb = _ranks(a), _ranks(b)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def _stratified_split(
+    labels: np.ndarray, test_share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train rows, test rows)``: each class shuffled and ``test_share`` of it held out."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for cls in (False, True):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = int(round(test_share * len(members)))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.concatenate(train), np.concatenate(test)
+
+
+def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iters: int = 100):
+    """Weights and intercept of an L2-penalised logistic regression, full-batch L-BFGS from
+    zero: deterministic, no random initialisation."""
+    import torch
+
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float64))
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=iters, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt)
+        loss = loss + 0.5 * l2 * (w @ w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().numpy(), float(b.detach())
+
+
+def exposure_probe_auc(
+    vectors: np.ndarray,
+    is_head: np.ndarray,
+    seed: int = 0,
+    test_share: float = 0.3,
+    l2: float = 1e-3,
+) -> float:
+    """Held-out ROC AUC of a logistic probe predicting ``is_head`` from the unit vectors, on
+    a stratified split drawn from ``seed``. NaN when a class has fewer than 2 train items
+    or no test item."""
+    v = np.asarray(vectors)
+    y = np.asarray(is_head, dtype=bool)
+    if v.ndim != 2 or y.shape != (v.shape[0],):
+        raise ValueError(
+            f"vectors must be [items, dim] and is_head [items], got {v.shape} and {y.shape}"
+        )
+    if not 0.0 < test_share < 1.0:
+        raise ValueError(f"test_share must lie in (0, 1), got {test_share}")
+    if not np.isfinite(v).all():
+        raise ValueError("vectors must be finite (no NaN or inf)")
+    train, test = _stratified_split(y, test_share, seed)
+    n_train_head = int(y[train].sum())
+    n_test_head = int(y[test].sum())
+    if min(n_train_head, len(train) - n_train_head) < 2:
+        return float("nan")
+    if min(n_test_head, len(test) - n_test_head) < 1:
+        return float("nan")
+    x = normalize(v).astype(np.float64)
+    mean, std = x[train].mean(0), x[train].std(0)
+    x = (x - mean) / np.where(std > 0, std, 1.0)
+    w, b = _fit_logistic(x[train], y[train], l2)
+    return auc(y[test].astype(np.float64), x[test] @ w + b)
+
+
+def representation_bias(
+    space: np.ndarray,
+    reference: np.ndarray,
+    impressions: np.ndarray,
+    is_head: np.ndarray,
+    usable: np.ndarray | None = None,
+    k: int = 20,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """One encoder's exposure-bias summary against the S1 ``reference``, over the
+    ``usable`` rows (default all; neighbours are searched among them only).
+
+    Keys: ``overlap_head``, ``overlap_tail`` (mean neighbour overlap), ``overlap_vs_impressions``
+    (Spearman of overlap with ``log1p(impressions)``), ``exposure_probe_auc``, ``k`` (as used,
+    clipped to the usable items - 1), ``n_head``, ``n_tail``."""
+    a, b = _check_spaces(space, reference)
+    n = a.shape[0]
+    imp = np.asarray(impressions)
+    head = np.asarray(is_head, dtype=bool)
+    mask = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    for name, arr in (("impressions", imp), ("is_head", head), ("usable", mask)):
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must have one value per item ({n}), got shape {arr.shape}")
+    if (imp < 0).any():
+        raise ValueError("impressions must be counts >= 0")
+    n_head = int((head & mask).sum())
+    n_tail = int((~head & mask).sum())
+    if n_head == 0 or n_tail == 0:
+        missing = "head" if n_head == 0 else "tail"
+        raise InputError(
+            f"representation bias needs usable head and tail items, found no usable {missing} "
+            f"items ({n_head} head, {n_tail} tail of {n} items): check is_head and the usable "
+            "mask (items with both embeddings)"
+        )
+    # one usable head and one usable tail item are the 2 items that neighbours need
+    k = min(int(k), n_head + n_tail - 1)
+    overlap = neighbour_overlap(a[mask], b[mask], k)
+    head_u = head[mask]
+    return {
+        "overlap_head": float(overlap[head_u].mean()),
+        "overlap_tail": float(overlap[~head_u].mean()),
+        "overlap_vs_impressions": spearman(overlap, np.log1p(imp[mask].astype(np.float64))),
+        "exposure_probe_auc": exposure_probe_auc(a[mask], head_u, seed),
+        "k": k,
+        "n_head": n_head,
+        "n_tail": n_tail,
+    }
