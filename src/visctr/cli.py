@@ -12,8 +12,8 @@ def main(debug: bool) -> None:
     """visctr: visual encoding and debiasing for CTR prediction in visual search.
 
     Steps: simulate (or import) -> classify | pretrain -> finetune -> embed -> train-ctr -> evaluate.
-    `visctr run` does all of them for the six methods (ResNet-C, S1, S2, S1+S2, S1+S2+D,
-    S1+S2+IPS) and writes a report; `visctr config show` prints the configuration it uses.
+    `visctr run` does all of them for the seven methods (ResNet-C, S1, S2, S1+S2,
+    S1+S2+H, S1+S2+D, S1+S2+IPS) and writes a report; `visctr config show` prints the configuration it uses.
     """
 
 
