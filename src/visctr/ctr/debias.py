@@ -289,11 +289,6 @@ class S3Debias(DebiasHead):
                 parts["relational_loss"] = rel
         return total, parts
 
-    def triplet_term(self, d: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """:meth:`aux_term` without the relational anchor's rows (kept for callers that
-        have the DebiasNet outputs only)."""
-        return self.aux_term(d)
-
     def aux_loss(
         self, item_vectors: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
