@@ -179,3 +179,60 @@ def test_the_capacity_control_has_the_head_and_no_debiasing_term():
     assert list(h_net.state_dict()) == list(d_net.state_dict())
     h_net.set_visual_tables(items, queries)
     assert h_net.aux_loss(synthetic_batch(fmap), torch.Generator()) == (None, {})
+
+
+def _gated_items(net) -> torch.Tensor:
+    """Each item row's gated vector as the CTR network computes it (one query row)."""
+    from visctr.ctr.debias import S3Debias
+
+    rows = torch.arange(N_ITEMS)
+    plan = S3Debias.plan(1, rows)
+    _, gi, _ = net.debias.apply_plan(
+        net.query_vectors[:1], net.item_vectors, plan, net.item_buckets
+    )
+    return gi
+
+
+def test_the_exposure_aware_gate_reads_exposure(tmp_path):
+    from visctr.ctr.debias import DebiasTransform, export_debias
+
+    net, fmap, items = _s3_net(DebiasConfig(enabled=True, weight=0.0, gate_exposure=True))
+    assert net.debias.n_buckets == CTRConfig().pop_buckets
+    assert "debias.exposure.weight" in net.state_dict()
+    assert (
+        "debias.exposure.weight"
+        not in build_ctr_net(
+            CTRConfig(debias=DebiasConfig(enabled=True, weight=0.0)), fmap, synthetic_tables()[2]
+        ).state_dict()
+    )
+    b = synthetic_batch(fmap)
+    start = net(b)
+    with torch.no_grad():  # zero-initialised: it starts as the plain gate
+        same = net.item_buckets.clone()
+        net.item_buckets.copy_(torch.roll(same, 1))
+        torch.testing.assert_close(net(b), start)
+        net.item_buckets.copy_(same)
+        torch.nn.init.normal_(net.debias.exposure.weight, std=2.0)
+        trained = net(b)
+        net.item_buckets.copy_(torch.roll(same, 1))  # other buckets: other logits
+        moved = net(b)
+        net.item_buckets.copy_(same)
+    assert float((trained - moved).abs().max()) > 1e-3
+    # serving: debias.pt carries each item's bucket and maps items as the network does
+    path = tmp_path / "debias.pt"
+    ids = np.asarray(fmap.item_ids, dtype=np.int64)
+    export_debias(net.debias, DebiasConfig(), items.shape[1], path, ids,
+                  np.asarray(fmap.item_pop_bucket))  # fmt: skip
+    t = DebiasTransform(path)
+    assert t.exposure_aware
+    with torch.no_grad():
+        want = _gated_items(net).numpy()
+    np.testing.assert_allclose(t.items(items, ids), want, atol=1e-6)
+    assert np.abs(t.items(items, ids[::-1].copy()) - want).max() > 1e-3  # by id, not by row
+    with pytest.raises(Exception, match="gate reads exposure"):
+        t(items)  # which rows are items is not guessed
+    assert np.abs(t.queries(items) - want).max() > 1e-3  # queries have a row of their own
+    unseen = t.items(items[:3], np.array([10**9, 10**9 + 1, 10**9 + 2]))
+    never = DebiasTransform(path)
+    never.table.buckets[:] = 0
+    np.testing.assert_allclose(unseen, never.items(items[:3], ids[:3]), atol=1e-6)

@@ -432,3 +432,21 @@ def test_the_head_alone_needs_no_reference(tiny_world, tiny_embeddings, tmp_path
     with pytest.raises(InputError, match="reference"):  # the triplet term does need it
         cfg.debias = DebiasConfig(enabled=True)
         train_ctr(tiny_world, tiny_embeddings, tmp_path / "d", cfg, seed=0)
+
+
+def test_the_exposure_aware_gate_trains_and_serves_by_id(tiny_world, tiny_embeddings, tmp_path):
+    from visctr.ctr import debias_transform
+    from visctr.ctr.training import load_model
+
+    cfg = fast_cfg()
+    cfg.debias = DebiasConfig(enabled=True, weight=0.0, gate_exposure=True)
+    out = train_ctr(tiny_world, tiny_embeddings, tmp_path / "gx", cfg, seed=0)
+    net, _ = load_model(out, tiny_world, tiny_embeddings)
+    assert float(net.debias.exposure.weight.abs().max()) > 0  # the click loss trained it
+    t = debias_transform(out / "debias.pt")
+    ids = np.asarray(tiny_world.items["item_id"])
+    np.testing.assert_array_equal(t.table.lookup(ids), net.item_buckets.numpy())
+    with pytest.raises(InputError, match="gate reads exposure"):
+        apply_debias(out / "debias.pt", net.item_vectors.numpy())
+    m = evaluate_ctr(out, tiny_world, tiny_embeddings)
+    assert 0.0 <= m["auc"] <= 1.0

@@ -117,6 +117,42 @@ def test_export_with_debias_serves_and_indexes_the_same_transform(encoder_and_em
     np.testing.assert_allclose(index.reconstruct_n(0, len(v)), want, atol=1e-6)
 
 
+def test_export_with_an_exposure_aware_head_indexes_items_by_id(encoder_and_embeddings, tmp_path):
+    """An exposure-aware gate: the index holds each item through its own bucket (by id)
+    and ``debias.ts`` serves the query side (the query row)."""
+    import faiss
+
+    from visctr.ctr import debias_transform
+    from visctr.ctr.config import DebiasConfig
+    from visctr.ctr.debias import DebiasHead, export_debias
+    from visctr.embeddings import read_embeddings
+
+    enc_path, emb_dir, _ = encoder_and_embeddings
+    ids, v = read_embeddings(emb_dir / "items.parquet")
+    torch.manual_seed(0)
+    head = DebiasHead(16, 8, n_buckets=4)
+    torch.nn.init.normal_(head.net.fc2.weight)
+    torch.nn.init.normal_(head.exposure.weight, std=3.0)
+    buckets = np.arange(len(ids)) % 4
+    export_debias(head, DebiasConfig(hidden=8), 16, tmp_path / "debias.pt", ids, buckets)
+    out = export_artifacts(
+        enc_path, emb_dir, tmp_path / "x", IndexConfig(kind="flat"), tmp_path / "debias.pt"
+    )
+    t = debias_transform(tmp_path / "debias.pt")
+    want = t.items(v, ids)
+    with torch.no_grad():
+        by_row = torch.nn.functional.normalize(
+            head(torch.from_numpy(v), torch.from_numpy(buckets)), dim=-1
+        ).numpy()
+    np.testing.assert_allclose(want, by_row, atol=1e-6)
+    index = faiss.read_index(str(out / "index.faiss"))
+    np.testing.assert_allclose(index.reconstruct_n(0, len(v)), want, atol=1e-6)
+    with torch.no_grad():
+        served = _ts_load(out / "debias.ts")(torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(served, t.queries(v), atol=1e-5)
+    assert np.abs(served - want).max() > 1e-2  # queries are not mapped as items
+
+
 # ---- input types, ONNX, warnings ----------------------------------------------------------
 
 

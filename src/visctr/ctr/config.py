@@ -52,6 +52,11 @@ class DebiasConfig:
     # S1 relational anchor over the alignment batch: mean over pairs of
     # (cos(d_i, d_j) − cos(s1_i, s1_j))², so that alignment does not collapse semantics
     relational_weight: float = 0.0
+    # The gate also sees the item's popularity bucket of training impressions (ctr.pop_buckets,
+    # as the CTR model's pop_bucket field; queries get a row of their own), so it can lean
+    # on the debiased vector where the logs are thin. debias.pt then stores each item's
+    # bucket, and serving maps items by id (DebiasTransform.items).
+    gate_exposure: bool = False
     hidden: int = 128  # hidden width of the residual MLP
     # Which vector retrieval uses (exported by debias.pt / apply_debias): the gated fusion
     # g·v + (1−g)·d that the CTR model itself consumes, or the debiased vector d alone.

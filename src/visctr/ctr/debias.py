@@ -77,10 +77,14 @@ class Gate(nn.Module):
         super().__init__()
         self.proj = nn.Linear(2 * dim, dim)
 
-    def forward(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, v: torch.Tensor, d: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         dim = v.shape[-1]
         w = self.proj.weight
         z = torch.addmm(F.linear(d, w[:, dim:], self.proj.bias), v, w[:, :dim].t())
+        if bias is not None:  # the exposure-aware gate's per-row term
+            z = z + bias
         g = torch.sigmoid(z)
         return d + g * (v - d)  # = g·v + (1−g)·d
 
@@ -90,21 +94,47 @@ class DebiasHead(nn.Module):
 
     ``detach_debiased`` (a diagnostic, off): the gate sees ``d`` without its gradient, so
     the click loss no longer trains the DebiasNet (only the triplet term does).
+
+    ``n_buckets > 0`` (``debias.gate_exposure``): the gate also sees the row's popularity
+    bucket of training impressions (``ctr.pop_buckets`` of them, ``visctr.ctr.stats``),
+    as a learned per-dimension term ``E[bucket]`` added to its logits, zero-initialised so
+    it starts as the plain gate; the last row, ``n_buckets``, is a query image's (queries
+    have no impressions of their own). It can then lean on ``d`` where the logs are thin.
+    ``head(v, buckets)`` needs the buckets of the rows.
     """
 
     detach_debiased = False
 
-    def __init__(self, dim: int, hidden: int = 128):
+    def __init__(self, dim: int, hidden: int = 128, n_buckets: int = 0):
         super().__init__()
         self.net = DebiasNet(dim, hidden)
         self.gate = Gate(dim)
+        self.n_buckets = n_buckets
+        self.exposure = nn.Embedding(n_buckets + 1, dim) if n_buckets else None
+        if self.exposure is not None:
+            nn.init.zeros_(self.exposure.weight)
 
-    def fuse(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """The gated fusion of ``v`` and its debiased ``d = net(v)``."""
-        return self.gate(v, d.detach() if self.detach_debiased else d)
+    @property
+    def query_bucket(self) -> int:
+        """The exposure row of a query image (the last)."""
+        return self.n_buckets
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.fuse(v, self.net(v))
+    def fuse(
+        self, v: torch.Tensor, d: torch.Tensor, buckets: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """The gated fusion of ``v`` and its debiased ``d = net(v)``; ``buckets``: the rows'
+        exposure buckets (required with the exposure-aware gate, ignored without)."""
+        bias = None
+        if self.exposure is not None:
+            if buckets is None:
+                raise ValueError("the exposure-aware gate needs each row's exposure bucket")
+            # an int: one bucket for every row (a query batch), broadcast over the rows
+            w = self.exposure.weight
+            bias = w[buckets] if isinstance(buckets, int) else self.exposure(buckets)
+        return self.gate(v, d.detach() if self.detach_debiased else d, bias)
+
+    def forward(self, v: torch.Tensor, buckets: torch.Tensor | int | None = None) -> torch.Tensor:
+        return self.fuse(v, self.net(v), buckets)
 
 
 def triplet_loss(
@@ -188,8 +218,10 @@ class S3Debias(DebiasHead):
     ``align_batch`` tail rows (when an alignment term is on).
     """
 
-    def __init__(self, dim: int, cfg, data: DebiasData | Triplets | None = None):
-        super().__init__(dim, cfg.hidden)
+    def __init__(
+        self, dim: int, cfg, data: DebiasData | Triplets | None = None, n_buckets: int = 0
+    ):
+        super().__init__(dim, cfg.hidden, n_buckets)
         if isinstance(data, Triplets):
             data = DebiasData(triplets=data)
         self.data = data
@@ -321,7 +353,11 @@ class S3Debias(DebiasHead):
         return RowPlan(uniq, gated.nonzero().squeeze(1), at.index_select(0, inv[:b]), inv[b:])
 
     def apply_plan(
-        self, queries: torch.Tensor, item_vectors: torch.Tensor, plan: RowPlan
+        self,
+        queries: torch.Tensor,
+        item_vectors: torch.Tensor,
+        plan: RowPlan,
+        item_buckets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The S3 part of a CTR batch in one pass over distinct vectors, along ``plan``
         (made by :meth:`plan` from ``item_rows`` and ``extra_rows``).
@@ -334,15 +370,23 @@ class S3Debias(DebiasHead):
         (logged batches repeat head items: ~330 distinct items per 1,024 rows on the
         ``small`` world), and the triplet rows share the DebiasNet pass of the batch. The
         gate runs only where the CTR model reads it (queries and the batch's items).
+        ``item_buckets``: each item row's exposure bucket (the exposure-aware gate).
         """
         n_q = queries.shape[0]
         v = torch.cat([queries, item_vectors.index_select(0, plan.uniq)])
         d = self.net(v)
+        b = None
+        if self.exposure is not None:
+            if item_buckets is None:
+                raise ValueError("the exposure-aware gate needs the items' exposure buckets")
+            q_b = torch.full((n_q,), self.query_bucket, dtype=torch.long, device=v.device)
+            b = torch.cat([q_b, item_buckets.index_select(0, plan.uniq)])
         if plan.keep is None:
-            g = F.normalize(self.fuse(v, d), dim=-1)
+            g = F.normalize(self.fuse(v, d, b), dim=-1)
             return g[:n_q], g[n_q:].index_select(0, plan.item_at), None
         keep = plan.keep
-        g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep)), dim=-1)
+        b = None if b is None else b.index_select(0, keep)
+        g = F.normalize(self.fuse(v.index_select(0, keep), d.index_select(0, keep), b), dim=-1)
         gi = g[n_q:].index_select(0, plan.item_at)
         return g[:n_q], gi, d[n_q:].index_select(0, plan.extra_at)
 
@@ -536,24 +580,65 @@ def debias_data(
     return data
 
 
-def export_debias(head: DebiasHead, cfg, dim: int, path: Path) -> None:
-    """Write ``debias.pt``: weights + the config needed to rebuild and apply them."""
+def export_debias(
+    head: DebiasHead,
+    cfg,
+    dim: int,
+    path: Path,
+    item_ids: np.ndarray | None = None,
+    item_buckets: np.ndarray | None = None,
+) -> None:
+    """Write ``debias.pt``: weights + the config needed to rebuild and apply them. An
+    exposure-aware head (``n_buckets > 0``) also stores each training item's id and
+    exposure bucket (``item_ids``, ``item_buckets``), which serving looks items up by."""
     from visctr.io import save_torch
 
-    save_torch(
-        {
-            "format": DEBIAS_FORMAT,
-            "dim": dim,
-            "hidden": cfg.hidden,
-            "retrieval_vector": cfg.retrieval_vector,
-            "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
-        },
-        path,
-    )
+    blob = {
+        "format": DEBIAS_FORMAT,
+        "dim": dim,
+        "hidden": cfg.hidden,
+        "retrieval_vector": cfg.retrieval_vector,
+        "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+    }
+    if head.n_buckets:
+        if item_ids is None or item_buckets is None or len(item_ids) != len(item_buckets):
+            raise ValueError("an exposure-aware head is exported with its items' buckets")
+        blob["exposure_buckets"] = head.n_buckets
+        blob["item_ids"] = torch.as_tensor(np.asarray(item_ids, dtype=np.int64))
+        blob["item_buckets"] = torch.as_tensor(np.asarray(item_buckets, dtype=np.int64))
+    save_torch(blob, path)
+
+
+@dataclass
+class ExposureTable:
+    """The training items' exposure buckets of an exposure-aware ``debias.pt``, by item id
+    (an id it does not hold was never shown in training: bucket 0)."""
+
+    ids: np.ndarray  # int64, sorted
+    buckets: np.ndarray  # int64, aligned to ids
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu":
+            raise InputError(
+                f"exposure-aware debias head: item ids must be integers, got {ids.dtype}"
+            )
+        out = np.zeros(len(ids), dtype=np.int64)
+        if len(self.ids):
+            at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+            hit = self.ids[at] == ids
+            out[hit] = self.buckets[at[hit]]
+        return out
 
 
 def load_debias(path: Path) -> tuple[DebiasHead, str]:
     """The exported debias head and which vector retrieval uses (``gated``/``debiased``)."""
+    head, mode, _ = load_debias_full(path)
+    return head, mode
+
+
+def load_debias_full(path: Path) -> tuple[DebiasHead, str, ExposureTable | None]:
+    """:func:`load_debias` and the exposure table of an exposure-aware head (else ``None``)."""
     from visctr.io import check_state_dict, field, load_torch
 
     blob = load_torch(path)
@@ -562,30 +647,57 @@ def load_debias(path: Path) -> tuple[DebiasHead, str]:
     dim = field(blob, "dim", path, int, lo=1, hi=65_536)
     hidden = field(blob, "hidden", path, int, lo=1, hi=65_536)
     mode = field(blob, "retrieval_vector", path, str, choices=("gated", "debiased"))
+    n_buckets = 0
+    table = None
+    if "exposure_buckets" in blob:
+        n_buckets = field(blob, "exposure_buckets", path, int, lo=1, hi=1024)
+        ids, buckets = blob.get("item_ids"), blob.get("item_buckets")
+        ok = all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.dim() == 1
+            for t in (ids, buckets)
+        )
+        if not ok or ids.shape != buckets.shape:
+            raise InputError(f"{path}: item_ids / item_buckets must be two int64 vectors alike")
+        b = buckets.numpy()
+        if b.size and (b.min() < 0 or b.max() >= n_buckets):
+            raise InputError(f"{path}: item_buckets must lie in [0, {n_buckets})")
+        order = np.argsort(ids.numpy(), kind="stable")
+        table = ExposureTable(ids.numpy()[order], b[order])
     with torch.device("meta"):  # shapes only: nothing allocated before the weights fit
         check_state_dict(
-            field(blob, "state_dict", path, dict), DebiasHead(dim, hidden), path, "weights"
+            field(blob, "state_dict", path, dict),
+            DebiasHead(dim, hidden, n_buckets),
+            path,
+            "weights",
         )
-    head = DebiasHead(dim, hidden)
+    head = DebiasHead(dim, hidden, n_buckets)
     head.load_state_dict(blob["state_dict"])
     head.eval()
-    return head, mode
+    return head, mode, table
 
 
 class DebiasServing(nn.Module):
     """The vector retrieval uses, as one module: the gated fusion ``head(v)`` or the
-    debiased vector ``head.net(v)`` alone, L2-normalised (traceable for serving)."""
+    debiased vector ``head.net(v)`` alone, L2-normalised (traceable for serving).
 
-    def __init__(self, head: DebiasHead, mode: str) -> None:
+    An exposure-aware head's gate reads each row's exposure bucket: ``buckets`` (item
+    rows), else ``queries=True`` fixes the query row for every input (the traced query
+    side of an export)."""
+
+    def __init__(self, head: DebiasHead, mode: str, queries: bool = False) -> None:
         super().__init__()
         if mode not in ("gated", "debiased"):
             raise ValueError(f"mode must be 'gated' or 'debiased', got {mode!r}")
         self.head = head
         self.gated = mode == "gated"
+        self.bucket = head.query_bucket if queries and head.n_buckets else None
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        y = self.head(v) if self.gated else self.head.net(v)
-        return F.normalize(y, dim=-1)
+    def forward(self, v: torch.Tensor, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.gated:
+            return F.normalize(self.head.net(v), dim=-1)
+        if self.bucket is not None:
+            return F.normalize(self.head(v, self.bucket), dim=-1)
+        return F.normalize(self.head(v, buckets), dim=-1)
 
 
 class DebiasTransform:
@@ -595,17 +707,49 @@ class DebiasTransform:
     serving applies to the item vectors: L2-normalised float32 vectors, the gated fusion
     (default, what the CTR model uses) or the debiased vector alone, as chosen at training
     (``mode`` overrides). The file is read once.
+
+    ``items(vectors, ids)`` maps catalog items and ``queries(vectors)`` query images; a
+    head with the exposure-aware gate (``debias.gate_exposure``) needs to know which, as
+    its gate reads the item's exposure bucket (by id, from the file; an id it does not
+    hold was never shown: bucket 0) or the query row. Calling the transform itself,
+    ``transform(vectors)``, is for heads without it and is refused for one with it.
     """
 
     def __init__(self, path: Path, mode: str | None = None, batch_size: int = 65_536):
         self.path = Path(path)
-        head, saved_mode = load_debias(self.path)
+        head, saved_mode, self.table = load_debias_full(self.path)
         self.mode = mode or saved_mode
         self.module = DebiasServing(head, self.mode).eval()
+        self.query_module = DebiasServing(head, self.mode, queries=True).eval()
         self.dim = head.gate.proj.out_features
         self.batch_size = batch_size
 
+    @property
+    def exposure_aware(self) -> bool:
+        """Whether the gate reads exposure (``items`` and ``queries`` differ)."""
+        return self.table is not None
+
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        if self.exposure_aware:
+            raise InputError(
+                f"{self.path}: this debias head's gate reads exposure "
+                "(debias.gate_exposure): map items with .items(vectors, ids) and query "
+                "images with .queries(vectors)"
+            )
+        return self._map(self.module, vectors, None)
+
+    def items(self, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Catalog items' vectors ``[n, D]`` with their item ids ``[n]``."""
+        if len(ids) != len(vectors):
+            raise InputError(f"{self.path}: {len(vectors)} item vectors but {len(ids)} ids")
+        buckets = self.table.lookup(ids) if self.table is not None else None
+        return self._map(self.module, vectors, buckets)
+
+    def queries(self, vectors: np.ndarray) -> np.ndarray:
+        """Query images' vectors ``[n, D]``."""
+        return self._map(self.query_module, vectors, None)
+
+    def _map(self, module: nn.Module, vectors: np.ndarray, buckets) -> np.ndarray:
         v = np.asarray(vectors, dtype=np.float32)
         if v.ndim != 2 or v.shape[1] != self.dim:
             raise InputError(
@@ -616,7 +760,8 @@ class DebiasTransform:
         with torch.no_grad():
             for s in range(0, v.shape[0], bs):
                 x = torch.from_numpy(np.ascontiguousarray(v[s : s + bs]))
-                out[s : s + bs] = self.module(x).numpy()
+                b = None if buckets is None else torch.from_numpy(buckets[s : s + bs])
+                out[s : s + bs] = module(x, b).numpy()
         return out
 
 

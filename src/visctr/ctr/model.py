@@ -122,7 +122,14 @@ class CTRNet(nn.Module):
         self.register_buffer("user_affinity", torch.as_tensor(affinity, dtype=torch.float32))
         self.register_buffer("item_vectors", torch.zeros(0, dim), persistent=False)
         self.register_buffer("query_vectors", torch.zeros(0, dim), persistent=False)
-        self.debias = S3Debias(dim, cfg.debias, triplets) if cfg.debias.enabled else None
+        self.debias = None
+        buckets = None  # the exposure-aware gate's input: each item row's popularity bucket
+        if cfg.debias.enabled:
+            n_buckets = cfg.pop_buckets if cfg.debias.gate_exposure else 0
+            self.debias = S3Debias(dim, cfg.debias, triplets, n_buckets)
+            if n_buckets:
+                buckets = torch.as_tensor(fmap.item_pop_bucket, dtype=torch.long)
+        self.register_buffer("item_buckets", buckets, persistent=False)
         self.d_sparse = self.n_fields * cfg.field_dim
         self.d_cross = self.d_sparse + 2 + fmap.n_categories
         self.d_in = self.d_cross + 2 * dim
@@ -160,7 +167,7 @@ class CTRNet(nn.Module):
         if self.debias is not None:
             if plan is None:
                 plan = self.debias.plan(b, batch.item_row)
-            qv, iv, extra = self.debias.apply_plan(qv, self.item_vectors, plan)
+            qv, iv, extra = self.debias.apply_plan(qv, self.item_vectors, plan, self.item_buckets)
         else:
             iv = self.item_vectors.index_select(0, batch.item_row)
         cos = (qv * iv).sum(-1, keepdim=True)

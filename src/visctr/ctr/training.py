@@ -209,7 +209,14 @@ def train_ctr(
     fmap.save(out_dir / "feature_map.json")
     write_json(module.history, out_dir / "history.json")
     if cfg.debias.enabled and net.debias is not None:
-        export_debias(net.debias, cfg.debias, emb.dim, out_dir / "debias.pt")
+        export_debias(
+            net.debias,
+            cfg.debias,
+            emb.dim,
+            out_dir / "debias.pt",
+            np.asarray(fmap.item_ids, dtype=np.int64),
+            np.asarray(fmap.item_pop_bucket, dtype=np.int64),
+        )
     else:
         (out_dir / "debias.pt").unlink(missing_ok=True)
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)

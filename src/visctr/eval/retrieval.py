@@ -155,7 +155,10 @@ def evaluate_retrieval(
             "for a debias.pt pass visctr.ctr.debias_transform(path)"
         )
     queries, items, target_rows = retrieval_inputs(world, embeddings_dir, split)
-    if transform is not None:
+    if hasattr(transform, "items"):  # a DebiasTransform: items by id, queries apart
+        ids = np.asarray(world.items["item_id"])
+        items, queries = transform.items(items, ids), transform.queries(queries)
+    elif transform is not None:
         items, queries = transform(items), transform(queries)
     return evaluate_vectors(
         queries, target_rows, items, world.items["category"], world.items["is_head"]

@@ -127,7 +127,8 @@ def serve(
     r_items, r_queries = item_vectors, query_vectors
     if debias:  # retrieval through the debias network, as at serving
         transform = debias_transform(ctr_dir / "debias.pt")
-        r_items, r_queries = transform(item_vectors), transform(query_vectors)
+        ids = np.asarray(world.items["item_id"])  # item_vectors are aligned to item rows
+        r_items, r_queries = transform.items(item_vectors, ids), transform.queries(query_vectors)
     score = ab.ctr_scorer(ctr_dir, world, emb_dir, traffic, query_vectors)
     return ab.retrieve_and_rerank(r_queries, r_items, cfg.abtest.candidates, k, score)
 

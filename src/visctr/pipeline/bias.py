@@ -66,7 +66,8 @@ def representation_rows(
         v, has = _items(layout.embeddings(seed, m.encoder), world)
         path = layout.ctr(seed, m.slug, ctr_seed) / "debias.pt"
         for mode in ("gated", "debiased"):
-            spaces[f"{m.name} {mode}"] = debias_transform(path, mode)(v), has
+            ids = np.asarray(world.items["item_id"])
+            spaces[f"{m.name} {mode}"] = debias_transform(path, mode).items(v, ids), has
     out = {}
     for name, (v, has) in spaces.items():
         row = representation_bias(v, ref, counts, is_head, has & ref_has, k=k, seed=seed)

@@ -251,19 +251,20 @@ def export_artifacts(
         if debias_path is not None:
             from visctr.ctr import debias_transform
 
-            # one function for the served query side (traced) and the indexed item side
+            # one function for the served query side (traced) and the indexed item side;
+            # an exposure-aware gate reads the query row there and each item's bucket here
             transform = debias_transform(debias_path)
             v_example = torch.zeros(2, vectors.shape[1])
             with torch.no_grad(), _torchscript():
-                d_traced = torch.jit.trace(transform.module, v_example)
+                d_traced = torch.jit.trace(transform.query_module, v_example)
                 d_traced.save(str(tmp / "debias.ts"))
             files.append("debias.ts")
             if onnx:
                 _onnx_export(
-                    transform.module, v_example, tmp / "debias.onnx", ("vectors", "debiased")
+                    transform.query_module, v_example, tmp / "debias.onnx", ("vectors", "debiased")
                 )
                 files.append("debias.onnx")
-            vectors = transform(vectors)
+            vectors = transform.items(vectors, item_ids)
         index = build_index(vectors, index_cfg)
         faiss.write_index(index, str(tmp / "index.faiss"))
         np.save(tmp / "item_ids.npy", item_ids)
