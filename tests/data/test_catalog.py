@@ -357,3 +357,16 @@ def test_max_items_picks_the_items_before_decoding(tmp_path):
     (tmp_path / "img" / f"{skipped}.png").write_bytes(b"garbage")
     again = load_catalog(CatalogConfig(source=str(path), max_items=5), seed=3)
     assert np.array_equal(again.images, sub.images)
+
+
+def test_only_plain_decimal_text_is_an_integer_id(tmp_path):
+    """``019288`` and ``+5`` are not the integers 19288 and 5 (the same SKU as text in a
+    log would not match them); surrounding whitespace is not part of an id."""
+    path = _csv(tmp_path, "item_id,image_path,category\n019288,a.png,x\n7,b.png,x\n")
+    cat = load_catalog(CatalogConfig(source=str(path)))
+    assert cat.item_ids.tolist() == [0, 1] and cat.item_keys.tolist() == ["019288", "7"]
+    path = _csv(tmp_path, "item_id,image_path,category\n+5,a.png,x\nsku-1 ,b.png,x\n")
+    assert load_catalog(CatalogConfig(source=str(path))).item_keys.tolist() == ["+5", "sku-1"]
+    path = _csv(tmp_path, "item_id,image_path,category\n 7 ,a.png,x\n-3,b.png,x\n")
+    cat = load_catalog(CatalogConfig(source=str(path)))
+    assert cat.item_ids.tolist() == [7, -3] and cat.item_keys is None

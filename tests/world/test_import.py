@@ -374,3 +374,40 @@ def test_uint64_ids_beyond_int64_are_kept_as_text_not_wrapped(raw, tmp_path):
     assert res.exit_code == 0, res.output
     keys = pq.read_table(tmp_path / "w" / "users.parquet")["user_key"].to_pylist()
     assert sorted(keys) == sorted(str(v) for v in big.values())
+
+
+@pytest.mark.parametrize(
+    "pattern,key",
+    [(r"\1", "000001"), (r"sku-\1 ", "sku-000001")],
+    ids=["zero-padded", "trailing-space"],
+)
+def test_text_ids_match_themselves_across_files(raw, tmp_path, pattern, key):
+    """Zero-padded numeric SKUs (``000123``) and SKUs with a trailing space, the same in
+    every file, are one id each: text is never read as a number in one file and as text
+    in another (surrounding whitespace is not part of an id)."""
+    import csv
+    import re
+
+    shop = Path(raw["catalog"]).parent
+    edited = {}
+    for k in ("catalog", "impressions", "random", "retrieval"):
+        with open(raw[k], newline="") as f:
+            rows = list(csv.reader(f))
+        col = rows[0].index("item_id")
+        for r in rows[1:]:
+            r[col] = re.sub(r"sku-(\d{6})", pattern, r[col])
+        # image paths are relative to the file's folder: the copies stay beside them
+        path = shop / f"{k}-{len(pattern)}.csv"
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        edited[k] = path
+    try:
+        res = _full(raw, tmp_path / "w", **edited)
+    finally:
+        for path in edited.values():
+            path.unlink()
+    assert res.exit_code == 0, res.output
+    w = World.load(tmp_path / "w")
+    keys = w.items["item_key"]
+    assert keys.dtype.kind in "OUS" and key in set(keys.tolist())
+    assert w.items["train_impressions"].sum() > 0

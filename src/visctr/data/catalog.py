@@ -557,19 +557,22 @@ def read_manifest_table(path: Path):
 
 def manifest_ids(col, path: Path, column: str = "item_id") -> tuple[np.ndarray, np.ndarray | None]:
     """``(int64 ids, keys)`` from an id column. Integer ids (an integer column, or text that
-    is all integers) are the ids themselves and ``keys`` is None; any other text makes the
-    ids row numbers ``0..N-1`` and ``keys`` the strings as given. Floats (which would be
+    is all integers in their plain decimal form) are the ids themselves and ``keys`` is
+    None; any other text makes the ids row numbers ``0..N-1`` and ``keys`` the strings.
+    Surrounding whitespace is not part of an id (as in ``visctr import``'s other files),
+    and text that is not an integer's plain form (``019288``, ``+5``) stays text, so an id
+    matches itself in every file whatever each file's type. Floats (which would be
     truncated), empty strings and int64 overflow are errors."""
     import pyarrow as pa
 
     if pa.types.is_integer(col.type):
         values = col.to_pylist()
     elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        text = col.to_pylist()
+        text = [v.strip() for v in col.to_pylist()]
         for row, v in enumerate(text):
-            if not v.strip():
+            if not v:
                 raise InputError(f"{path}: row {row}: {column} is empty")
-        if not all(re.fullmatch(r"\s*[+-]?[0-9]+\s*", v) for v in text):
+        if not all(re.fullmatch(r"-?(0|[1-9][0-9]*)", v) for v in text):
             return np.arange(len(text), dtype=np.int64), np.asarray(text, dtype=object)
         values = [int(v) for v in text]
     else:
