@@ -157,3 +157,88 @@ def test_no_progress_bar_redraws_when_not_on_a_terminal(capsys):
     simulate_arrays(cfg, 0, synthetic_catalog())
     err = capsys.readouterr().err
     assert "\r" not in err and "logging policy" not in err
+
+
+class _ChunkGuard:
+    """An image store that fails any read of more than ``limit`` images at once (what a
+    memory-mapped 224-px catalog must never see: a read of the whole of it)."""
+
+    def __init__(self, images: np.ndarray, limit: int):
+        self.images, self.limit = images, limit
+        self.shape, self.dtype = images.shape, images.dtype
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, idx):
+        out = self.images[idx]
+        assert len(out) <= self.limit, f"{len(out)} images read at once (limit {self.limit})"
+        return out
+
+
+def test_the_simulator_reads_the_catalog_a_chunk_at_a_time():
+    cfg = tiny_sim_config()
+    cfg.chunk_size = 64
+    cat = synthetic_catalog()
+    want = simulate_arrays(cfg, 0, synthetic_catalog())
+    cat.images = _ChunkGuard(cat.images, 64)
+    got = simulate_arrays(cfg, 0, cat)
+    np.testing.assert_array_equal(got.query_images, want.query_images)
+    np.testing.assert_array_equal(got.appeal, want.appeal)
+    for split in want.impressions:
+        for col, v in want.impressions[split].items():
+            np.testing.assert_array_equal(got.impressions[split][col], v, err_msg=col)
+
+
+def test_pixel_and_thumbnail_features_do_not_depend_on_the_chunk():
+    from visctr.world.simulate import PIXEL_SIDE, pixel_vectors, thumbnails
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (50, 1, 28, 28), dtype=np.uint8)
+    big = rng.integers(0, 256, (20, 3, 96, 96), dtype=np.uint8)
+    rows = np.array([3, 1, 4, 1, 5, 9, 2, 6])
+    for images in (small, big):
+        for fn in (pixel_vectors, lambda x, r=None, chunk=4096: thumbnails(x, 8, r, chunk)):
+            whole = fn(images)
+            np.testing.assert_array_equal(fn(images, chunk=7).numpy(), whole.numpy())
+            np.testing.assert_array_equal(fn(images, rows, chunk=3).numpy(), whole[rows].numpy())
+    assert pixel_vectors(small).shape == (50, 28 * 28)  # full resolution up to the bound
+    assert pixel_vectors(big).shape == (20, 3 * PIXEL_SIDE * PIXEL_SIDE)  # area-averaged
+
+
+def test_simulate_writes_the_images_into_the_store_as_it_goes(tmp_path, monkeypatch):
+    """``simulate`` decodes the catalog into the world's memory-mapped store and writes the
+    query photos there as they are taken: the same world as the in-memory path."""
+    from PIL import Image
+
+    from visctr.data.catalog import CatalogConfig, load_catalog
+    from visctr.world import simulate as sim
+
+    cat = synthetic_catalog()
+    lines = ["item_id,image_path,category"]
+    for i, (img, c) in enumerate(zip(cat.images, cat.categories, strict=True)):
+        Image.fromarray(img[0]).save(tmp_path / f"{i}.png")
+        lines.append(f"{i},{i}.png,c{c}")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    cfg = tiny_sim_config()
+    cfg.catalog = CatalogConfig(source=str(tmp_path / "m.csv"))
+    seen = {}
+    real = sim.simulate_arrays
+
+    def spy(cfg, seed, catalog=None, query_images_out=None):
+        w = real(cfg, seed, catalog, query_images_out)
+        seen["items"], seen["queries"] = type(catalog.images), type(w.query_images)
+        return w
+
+    monkeypatch.setattr(sim, "simulate_arrays", spy)
+    sim.simulate(cfg, 0, tmp_path / "streamed")
+    assert seen == {"items": np.memmap, "queries": np.memmap}
+    monkeypatch.setattr(sim, "simulate_arrays", real)
+    write_world(simulate_arrays(cfg, 0, load_catalog(cfg.catalog)), cfg, 0, tmp_path / "mem")
+    a, b = World.load(tmp_path / "streamed"), World.load(tmp_path / "mem")
+    np.testing.assert_array_equal(a.item_images, b.item_images)
+    np.testing.assert_array_equal(a.query_images, b.query_images)
+    for split in ("train", "test", "random"):
+        ta, tb = a.read_impressions(split), b.read_impressions(split)
+        for col in tb:
+            np.testing.assert_array_equal(ta[col], tb[col], err_msg=f"{split}.{col}")

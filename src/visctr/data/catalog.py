@@ -103,13 +103,14 @@ def load_catalog(
         cat = _read_fashion_mnist(src, cfg.data_dir)
         if len(cat) == 0:
             raise InputError(f"{src}: catalog is empty")
+        cat = _subsample(cat, cfg, seed)  # per-image work below: the same either order
         cat.images = normalise_images(cat.images, cfg.image_size, cfg.channels)
         if images_out is not None:
             from visctr.io import load_npy, save_npy
 
             save_npy(cat.images, images_out)
             cat.images = load_npy(images_out)
-        return _subsample(cat, cfg, seed)
+        return cat
     path = Path(src)
     if not path.exists():
         raise InputError(

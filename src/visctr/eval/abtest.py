@@ -70,9 +70,12 @@ def simulate_traffic(world: World, n_queries: int, seed: int) -> Traffic:
         users, world.users_affinity, cats, np.asarray(world.items["popularity"]), rng
     ).astype(np.int64)
     ts = np.sort(cfg.days * DAY + rng.integers(0, DAY, size=n_queries)).astype(np.int64)
-    item_images = np.asarray(world.item_images[np.asarray(world.items["image_row"])])
+    image_rows = np.asarray(world.items["image_row"], dtype=np.int64)
     photo_seed = int(rng.integers(0, 2**31 - 1))
-    images = _photograph_all(item_images, targets, cfg, photo_seed, "A/B traffic photos")
+    # the store is read a chunk of targets at a time, never whole
+    images = _photograph_all(
+        world.item_images, image_rows[targets], cfg, photo_seed, "A/B traffic photos"
+    )
     return Traffic(users, targets, ts, images)
 
 
@@ -83,8 +86,7 @@ class ClickModel:
         self.cfg = world_config(world)
         self.traffic = traffic
         rows = np.asarray(world.items["image_row"])
-        self.item_images = np.asarray(world.item_images[rows])
-        self.pix = pixel_vectors(self.item_images)
+        self.pix = pixel_vectors(world.item_images, rows)  # read in chunks
         self.categories = np.asarray(world.items["category"], dtype=np.int64)
         appeal = np.asarray(world.items.get("appeal", np.zeros(len(rows))), dtype=np.float64)
         self.appeal = appeal_multiplier(appeal, self.cfg.appeal_strength)
@@ -144,7 +146,7 @@ def legacy_policy(world: World, traffic: Traffic, k: int) -> np.ndarray:
     cfg = world_config(world)
     cfg.logging.top_k = k
     rows = np.asarray(world.items["image_row"])
-    thumbs = thumbnails(np.asarray(world.item_images[rows]), cfg.logging.thumbnail)
+    thumbs = thumbnails(world.item_images, cfg.logging.thumbnail, rows)
     pop = np.asarray(world.items["popularity"], dtype=np.float64)
     log_pop = torch.from_numpy(np.log(pop / pop.max())).float()
     return _legacy_top_k(traffic.images, thumbs, log_pop, cfg)

@@ -184,19 +184,57 @@ def sample_targets(
     return order[pos]
 
 
-def thumbnails(images: np.ndarray, size: int) -> torch.Tensor:
-    """Centred, L2-normalised size×size grey thumbnails: the legacy visual feature."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().mean(1, keepdim=True)
-    x = torch.nn.functional.adaptive_avg_pool2d(x, size).flatten(1)
-    x = x - x.mean(1, keepdim=True)
-    return torch.nn.functional.normalize(x, dim=1)
+PIXEL_SIDE = 32  # the click model's likeness reads images at most this many pixels a side
+FEATURE_CHUNK = 4096  # images read (from a memory-mapped store) per step of a feature pass
 
 
-def pixel_vectors(images: np.ndarray) -> torch.Tensor:
-    """Centred, normalised full-resolution pixels: the click model's hidden likeness."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().flatten(1)
-    x = x - x.mean(1, keepdim=True)
-    return torch.nn.functional.normalize(x, dim=1)
+def _per_image(
+    images: np.ndarray, rows: np.ndarray | None, fn, width: int, chunk: int
+) -> torch.Tensor:
+    """``fn`` (float ``[b, C, H, W]`` -> ``[b, width]``) over ``images[rows]`` (all images
+    when ``rows`` is None), ``chunk`` images at a time: a memory-mapped store is never
+    read whole, and the result does not depend on ``chunk``."""
+    n = len(images) if rows is None else len(rows)
+    out = torch.empty(n, width)
+    for s in range(0, n, chunk):
+        part = images[s : s + chunk] if rows is None else images[rows[s : s + chunk]]
+        out[s : s + len(part)] = fn(torch.from_numpy(np.ascontiguousarray(part)).float())
+    return out
+
+
+def thumbnails(
+    images: np.ndarray, size: int, rows: np.ndarray | None = None, chunk: int = FEATURE_CHUNK
+) -> torch.Tensor:
+    """Centred, L2-normalised size×size grey thumbnails: the legacy visual feature
+    (of ``images[rows]`` when ``rows`` is given)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(x.mean(1, keepdim=True), size).flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    return _per_image(images, rows, fn, size * size, chunk)
+
+
+def pixel_vectors(
+    images: np.ndarray, rows: np.ndarray | None = None, chunk: int = FEATURE_CHUNK
+) -> torch.Tensor:
+    """Centred, normalised pixels: the click model's hidden likeness (of ``images[rows]``
+    when ``rows`` is given). Images of up to :data:`PIXEL_SIDE` pixels a side are read at
+    full resolution; larger ones (a 224-px photo catalog) area-averaged to that side
+    first, so the likeness table stays ``C·32·32`` floats an item whatever the photos."""
+    _, c, h, w = images.shape
+    big = h > PIXEL_SIDE or w > PIXEL_SIDE
+    width = c * PIXEL_SIDE * PIXEL_SIDE if big else c * h * w
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        if big:
+            x = torch.nn.functional.adaptive_avg_pool2d(x, PIXEL_SIDE)
+        x = x.flatten(1)
+        x = x - x.mean(1, keepdim=True)
+        return torch.nn.functional.normalize(x, dim=1)
+
+    return _per_image(images, rows, fn, width, chunk)
 
 
 def click_probability(
@@ -249,20 +287,43 @@ class WorldArrays:
 
 
 def _photograph_all(
-    images: np.ndarray, targets: np.ndarray, cfg: SimConfig, seed: int, desc: str
+    images: np.ndarray,
+    targets: np.ndarray,
+    cfg: SimConfig,
+    seed: int,
+    desc: str,
+    out_path: Path | None = None,
 ) -> np.ndarray:
+    """A photo of ``images[targets[i]]`` for every ``i``, ``cfg.chunk_size`` at a time;
+    with ``out_path`` they go to that ``.npy`` file chunk by chunk and come back
+    memory-mapped (memory flat in the number of photos)."""
+    from visctr.data.catalog import NpyWriter
+
     g = torch.Generator().manual_seed(seed)
-    out = np.empty((len(targets), *images.shape[1:]), dtype=np.uint8)
-    for s in tqdm(
-        range(0, len(targets), cfg.chunk_size),
-        desc=desc,
-        leave=False,
-        disable=True if len(targets) < 4 * cfg.chunk_size else None,  # None: a terminal only
-    ):
-        out[s : s + cfg.chunk_size] = photograph(
-            images[targets[s : s + cfg.chunk_size]], cfg.camera, g
-        )
-    return out
+    shape = (len(targets), *images.shape[1:])
+    writer = NpyWriter(out_path, shape) if out_path is not None else None
+    out = np.empty(shape, dtype=np.uint8) if writer is None else None
+    try:
+        for s in tqdm(
+            range(0, len(targets), cfg.chunk_size),
+            desc=desc,
+            leave=False,
+            disable=True if len(targets) < 4 * cfg.chunk_size else None,  # None: terminal only
+        ):
+            block = photograph(images[targets[s : s + cfg.chunk_size]], cfg.camera, g)
+            if writer is None:
+                out[s : s + len(block)] = block
+            else:
+                writer.write(block)
+    finally:
+        if writer is not None:
+            writer.f.close()
+    if writer is None:
+        return out
+    writer.close()
+    from visctr.io import load_npy
+
+    return load_npy(out_path)
 
 
 def _legacy_top_k(
@@ -313,8 +374,15 @@ def _impressions(
     }
 
 
-def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -> WorldArrays:
-    """Build the world in memory (see :func:`simulate` to write it)."""
+def simulate_arrays(
+    cfg: SimConfig,
+    seed: int,
+    catalog: Catalog | None = None,
+    query_images_out: Path | None = None,
+) -> WorldArrays:
+    """Build the world (see :func:`simulate` to write it). The catalog's images may be
+    memory-mapped (they are read in chunks); with ``query_images_out`` the query photos
+    are written to that ``.npy`` file as they are taken and come back memory-mapped."""
     t0 = time.perf_counter()
     cat = catalog if catalog is not None else load_catalog(cfg.catalog, seed=seed)
     n = len(cat)
@@ -348,10 +416,12 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
     v_targets = rng.integers(0, n, size=nv)
 
     all_targets = np.concatenate([targets, r_targets, v_targets])
-    qimages = _photograph_all(cat.images, all_targets, cfg, seed + 1, "query photos")
+    qimages = _photograph_all(
+        cat.images, all_targets, cfg, seed + 1, "query photos", query_images_out
+    )
 
     # Logging policy on logged queries.
-    thumbs = thumbnails(cat.images, cfg.logging.thumbnail)
+    thumbs = thumbnails(cat.images, cfg.logging.thumbnail, chunk=cfg.chunk_size)
     log_pop = torch.from_numpy(np.log(popularity / popularity.max())).float()
     shown = _legacy_top_k(qimages[:nq], thumbs, log_pop, cfg)
     k = shown.shape[1]
@@ -367,7 +437,7 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
         r_shown[dup] = rng.integers(0, n, size=(int(dup.sum()), k))
     r_positions = np.broadcast_to(np.arange(k), r_shown.shape)
 
-    pix = pixel_vectors(cat.images)
+    pix = pixel_vectors(cat.images, chunk=cfg.chunk_size)
     like = _likeness(shown, targets, pix, cfg.chunk_size)
     p = click_probability(
         shown, positions, targets, affinity[users], cat.categories, like, cfg.clicks, mult
@@ -428,10 +498,21 @@ def simulate_arrays(cfg: SimConfig, seed: int, catalog: Catalog | None = None) -
 
 def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
     """Write a world directory atomically (docs/world-format.md)."""
+    from visctr.io import atomic_dir
+
+    with atomic_dir(out, kind="world") as tmp:
+        return _write_world_into(tmp, w, cfg, seed, images_written=False)
+
+
+def _write_world_into(
+    tmp: Path, w: WorldArrays, cfg: SimConfig, seed: int, images_written: bool
+) -> dict:
+    """The world's files in the (temporary) directory ``tmp``; ``images_written``: its
+    ``images/items.npy`` and ``images/queries.npy`` are already there (:func:`simulate`)."""
     import pyarrow as pa
 
     from visctr.config import to_dict
-    from visctr.io import atomic_dir, save_npy, write_json, write_parquet
+    from visctr.io import save_npy, write_json, write_parquet
 
     cat = w.catalog
     n = len(cat)
@@ -449,90 +530,95 @@ def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
         if is_head.any() and tail.any()
         else 0.0
     )
-    with atomic_dir(out, kind="world") as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "impressions").mkdir()
+    (tmp / "images").mkdir(exist_ok=True)
+    (tmp / "impressions").mkdir()
+    if not images_written:
         save_npy(cat.images, tmp / "images" / "items.npy")
         save_npy(w.query_images, tmp / "images" / "queries.npy")
+    write_parquet(
+        pa.table(
+            {
+                "item_id": pa.array(cat.item_ids, pa.int64()),
+                "category": pa.array(cat.categories, pa.int32()),
+                "image_row": pa.array(np.arange(n), pa.int64()),
+                "popularity": pa.array(w.popularity, pa.float64()),
+                "appeal": pa.array(w.appeal, pa.float64()),
+                "train_impressions": pa.array(counts, pa.int64()),
+                "is_head": pa.array(is_head, pa.bool_()),
+                **(
+                    {"item_key": pa.array(cat.item_keys.tolist(), pa.string())}
+                    if cat.item_keys is not None
+                    else {}
+                ),
+            }
+        ),
+        tmp / "items.parquet",
+    )
+    write_parquet(
+        pa.table(
+            {
+                "user_id": pa.array(np.arange(len(w.affinity)), pa.int64()),
+                "affinity": pa.array(list(w.affinity), pa.list_(pa.float32())),
+            }
+        ),
+        tmp / "users.parquet",
+    )
+    q = w.queries
+    write_parquet(
+        pa.table(
+            {
+                "query_id": pa.array(q["query_id"], pa.int64()),
+                "user_id": pa.array(q["user_id"], pa.int64()),
+                "target_item_id": pa.array(q["target_item_id"], pa.int64()),
+                "timestamp": pa.array(q["timestamp"], pa.int64()),
+                "split": pa.array(q["split"].tolist(), pa.string()),
+                "image_row": pa.array(q["image_row"], pa.int64()),
+            }
+        ),
+        tmp / "queries.parquet",
+    )
+    types = {
+        "query_id": pa.int64(),
+        "user_id": pa.int64(),
+        "item_id": pa.int64(),
+        "position": pa.int32(),
+        "clicked": pa.int8(),
+        "timestamp": pa.int64(),
+    }
+    for split, cols in w.impressions.items():
         write_parquet(
-            pa.table(
-                {
-                    "item_id": pa.array(cat.item_ids, pa.int64()),
-                    "category": pa.array(cat.categories, pa.int32()),
-                    "image_row": pa.array(np.arange(n), pa.int64()),
-                    "popularity": pa.array(w.popularity, pa.float64()),
-                    "appeal": pa.array(w.appeal, pa.float64()),
-                    "train_impressions": pa.array(counts, pa.int64()),
-                    "is_head": pa.array(is_head, pa.bool_()),
-                    **(
-                        {"item_key": pa.array(cat.item_keys.tolist(), pa.string())}
-                        if cat.item_keys is not None
-                        else {}
-                    ),
-                }
-            ),
-            tmp / "items.parquet",
+            pa.table({c: pa.array(cols[c], t) for c, t in types.items()}),
+            tmp / "impressions" / f"{split}.parquet",
+            row_group_size=262_144,
         )
-        write_parquet(
-            pa.table(
-                {
-                    "user_id": pa.array(np.arange(len(w.affinity)), pa.int64()),
-                    "affinity": pa.array(list(w.affinity), pa.list_(pa.float32())),
-                }
-            ),
-            tmp / "users.parquet",
-        )
-        q = w.queries
-        write_parquet(
-            pa.table(
-                {
-                    "query_id": pa.array(q["query_id"], pa.int64()),
-                    "user_id": pa.array(q["user_id"], pa.int64()),
-                    "target_item_id": pa.array(q["target_item_id"], pa.int64()),
-                    "timestamp": pa.array(q["timestamp"], pa.int64()),
-                    "split": pa.array(q["split"].tolist(), pa.string()),
-                    "image_row": pa.array(q["image_row"], pa.int64()),
-                }
-            ),
-            tmp / "queries.parquet",
-        )
-        types = {
-            "query_id": pa.int64(),
-            "user_id": pa.int64(),
-            "item_id": pa.int64(),
-            "position": pa.int32(),
-            "clicked": pa.int8(),
-            "timestamp": pa.int64(),
-        }
-        for split, cols in w.impressions.items():
-            write_parquet(
-                pa.table({c: pa.array(cols[c], t) for c, t in types.items()}),
-                tmp / "impressions" / f"{split}.parquet",
-                row_group_size=262_144,
-            )
-        meta = {
-            "format": 1,
-            "source": "simulated",
-            "seed": seed,
-            "config": to_dict(cfg),
-            "category_names": list(cat.category_names),
-            "image_shape": list(cat.images.shape[1:]),
-            "catalog_source": cat.source,
-            "head_share": cfg.head_share,
-            "summary": summary,
-        }
-        write_json(meta, tmp / "world.json")
-        store_digest(tmp)  # hashed once, here: later runs check sizes and mtimes
+    meta = {
+        "format": 1,
+        "source": "simulated",
+        "seed": seed,
+        "config": to_dict(cfg),
+        "category_names": list(cat.category_names),
+        "image_shape": list(cat.images.shape[1:]),
+        "catalog_source": cat.source,
+        "head_share": cfg.head_share,
+        "summary": summary,
+    }
+    write_json(meta, tmp / "world.json")
+    store_digest(tmp)  # hashed once, here: later runs check sizes and mtimes
     return summary
 
 
 def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
     """Simulate a world and write it to ``out`` (atomically). Returns the summary."""
-    from visctr.io import check_out_dir
+    from visctr.io import atomic_dir, check_out_dir
 
     check_out_dir(out, "world")  # before the work, not only when renaming into place
-    w = simulate_arrays(cfg, seed)
-    return write_world(w, cfg, seed, Path(out))
+    with atomic_dir(Path(out), kind="world") as tmp:
+        # the images go straight into the world's store and are read back memory-mapped:
+        # memory never holds the catalog's or the queries' photos whole
+        (tmp / "images").mkdir()
+        cat = load_catalog(cfg.catalog, seed=seed, images_out=tmp / "images" / "items.npy")
+        w = simulate_arrays(cfg, seed, cat, tmp / "images" / "queries.npy")
+        return _write_world_into(tmp, w, cfg, seed, images_written=True)
 
 
 def format_summary(s: dict) -> str:
