@@ -9,14 +9,19 @@ into a uint8 array sent back to the parent and dropped. Both read the same files
 rows so that generating the files does not dominate) and alternate for ``--rounds``.
 
 Peak RSS: ``load_catalog`` of a manifest of N rows into the world's image store, in a
-fresh process per size; the parent's peak and the largest worker's.
+fresh process per size; the parent's peak and the largest worker's. ``--simulate`` adds
+the peak of ``visctr simulate`` on the same manifests (a world of 2,000 logged queries
+over the N photos: the catalog decoded into the store, appeal, thumbnails, the click
+model's likeness and the query photos, all read a chunk at a time from the store).
 
     python benchmarks/catalog_decode.py [--images 4000] [--sizes 10000 40000] [--workers 2]
+        [--simulate] [--no-throughput]
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -105,6 +110,24 @@ print(json.dumps({"images": n, "peak_mb": me, "worker_peak_mb": kids, "seconds":
 """
 
 
+SIMULATE = """
+import json, resource, sys, time
+from pathlib import Path
+from visctr.data.catalog import CatalogConfig
+from visctr.world.simulate import SimConfig, simulate
+manifest, out = Path(sys.argv[1]), Path(sys.argv[2])
+cfg = SimConfig(n_users=200, n_queries=2000, n_random_queries=500, n_retrieval_queries=200)
+cfg.catalog = CatalogConfig(source=str(manifest), image_size=224, channels=3)
+t = time.perf_counter()
+summary = simulate(cfg, 0, out)
+seconds = time.perf_counter() - t
+me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"images": summary["items"], "peak_mb": me, "worker_peak_mb": kids,
+                  "seconds": seconds}))
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=4000, help="images per throughput round")
@@ -113,24 +136,27 @@ def main() -> None:
     ap.add_argument("--source-px", type=int, default=800)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--simulate", action="store_true", help="also visctr simulate's peak")
+    ap.add_argument("--no-throughput", action="store_true", help="peak memory only")
     args = ap.parse_args()
     from visctr.data.catalog import DECODE_CHUNK
 
     tmp = Path(tempfile.mkdtemp(prefix="visctr-decode-bench-"))
     photos = build_photos(tmp / "img", args.source_px)
     paths = [photos[i % DISTINCT] for i in range(args.images)]
-    rates: dict[str, list[float]] = {"visctr": [], "bare": []}
-    for _ in range(args.rounds):
-        rates["bare"].append(bare(paths, args.size, args.workers, DECODE_CHUNK))
-        rates["visctr"].append(visctr(paths, args.size, args.workers, tmp / "store.npy"))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    print(
-        f"{args.images:,} JPEGs of {args.source_px}px -> {args.size}px RGB, "
-        f"{args.workers} worker processes, median of {args.rounds}"
-    )
-    for k, v in med.items():
-        print(f"  {k:7s} {v:8.0f} images/s")
-    print(f"visctr / bare {med['visctr'] / med['bare']:.2f}x")
+    if not args.no_throughput:
+        rates: dict[str, list[float]] = {"visctr": [], "bare": []}
+        for _ in range(args.rounds):
+            rates["bare"].append(bare(paths, args.size, args.workers, DECODE_CHUNK))
+            rates["visctr"].append(visctr(paths, args.size, args.workers, tmp / "store.npy"))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        print(
+            f"{args.images:,} JPEGs of {args.source_px}px -> {args.size}px RGB, "
+            f"{args.workers} worker processes, median of {args.rounds}"
+        )
+        for k, v in med.items():
+            print(f"  {k:7s} {v:8.0f} images/s")
+        print(f"visctr / bare {med['visctr'] / med['bare']:.2f}x")
 
     results = []
     for n in args.sizes:
@@ -147,6 +173,19 @@ def main() -> None:
         )
         results.append(r)
     print_peak_ratio(results, "images", "images")
+    if not args.simulate:
+        return
+    results = []
+    for n in args.sizes:
+        out = tmp / f"world_{n}"
+        r = run_child(SIMULATE, [str(tmp / f"manifest_{n}.csv"), str(out)], f"simulate {n}")
+        print(
+            f"simulate {n:>7,} photos: peak RSS {r['peak_mb']:.0f} MB, largest decode "
+            f"worker {r['worker_peak_mb']:.0f} MB, {r['seconds']:.0f}s"
+        )
+        shutil.rmtree(out)
+        results.append(r)
+    print_peak_ratio(results, "images", "photos (visctr simulate)")
 
 
 if __name__ == "__main__":

@@ -126,3 +126,32 @@ def test_other_write_errors_pass_through_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", fail)
     with pytest.raises(RuntimeError, match="some other failure"):
         save_torch({}, tmp_path / "x.pt")
+
+
+def test_npy_rows_reads_what_numpy_reads(tmp_path):
+    from visctr.io import NpyRows
+
+    a = np.arange(7 * 2 * 3 * 3, dtype=np.uint8).reshape(7, 2, 3, 3)
+    np.save(tmp_path / "a.npy", a)
+    r = NpyRows(tmp_path / "a.npy")
+    assert len(r) == 7 and r.shape == a.shape and r.dtype == a.dtype
+    np.testing.assert_array_equal(r[2], a[2])
+    np.testing.assert_array_equal(r[-1], a[-1])
+    np.testing.assert_array_equal(r[1:5], a[1:5])
+    np.testing.assert_array_equal(r[::3], a[::3])
+    np.testing.assert_array_equal(r[5:2], a[5:2])
+    np.testing.assert_array_equal(r[np.array([6, 0, 6, 3])], a[[6, 0, 6, 3]])
+    np.testing.assert_array_equal(np.asarray(r), a)
+    r[0][:] = 0  # a copy: the store is never written through
+    np.testing.assert_array_equal(r[0], a[0])
+    with pytest.raises(IndexError):
+        r[7]
+    with pytest.raises(IndexError):
+        r[np.array([1, 9])]
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[:-20])
+    with pytest.raises(InputError, match="truncated"):
+        NpyRows(tmp_path / "t.npy")[6]
+    (tmp_path / "x.npy").write_bytes(b"not an array")
+    with pytest.raises(InputError, match="x.npy: not a readable .npy"):
+        NpyRows(tmp_path / "x.npy")

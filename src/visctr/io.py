@@ -381,6 +381,80 @@ def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({_short(e)})") from None
 
 
+class NpyRows:
+    """The rows of a C-order ``.npy`` store, read from the file on demand (``pread``):
+    ``rows[i]``, ``rows[a:b]`` and ``rows[index_array]`` give in-memory arrays. Nothing is
+    mapped, so a pass over a store larger than RAM leaves no pages resident in the
+    process (the pages a memory map touches count toward its RSS until reclaimed)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, fortran, dtype = read(f)
+                self.offset = f.tell()
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"{self.path}: not a readable .npy array ({_short(e)})") from None
+        if fortran or dtype.hasobject or not shape:
+            raise InputError(f"{self.path}: expected a C-order array of rows")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _read(self, start: int, n: int) -> np.ndarray:
+        want = n * self.row_bytes
+        buf = os.pread(self._fd, want, self.offset + start * self.row_bytes)
+        if len(buf) != want:
+            raise InputError(f"{self.path}: truncated store (rows {start}..{start + n})")
+        return np.frombuffer(buf, dtype=self.dtype).reshape(n, *self.shape[1:])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        n = self.shape[0]
+        if isinstance(idx, (int, np.integer)):
+            i = int(idx) + (n if idx < 0 else 0)
+            if not 0 <= i < n:
+                raise IndexError(f"row {idx} out of range for {n} rows")
+            return self._read(i, 1)[0].copy()
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(n)
+            if step == 1:
+                return self._read(start, max(stop - start, 0)).copy()
+            idx = np.arange(start, stop, step)
+        rows = np.asarray(idx)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise TypeError("NpyRows takes an int, a slice or a 1-d integer array")
+        rows = np.where(rows < 0, rows + n, rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"row index out of range for {n} rows")
+        out = np.empty((rows.size, *self.shape[1:]), dtype=self.dtype)
+        for k, r in enumerate(rows.tolist()):
+            out[k] = self._read(r, 1)[0]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
+
 _UNSAFE_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 

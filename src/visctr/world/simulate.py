@@ -117,6 +117,17 @@ def zipf_popularity(
     return pop / pop.sum()
 
 
+PIXEL_BUDGET = 2**22  # pixel values per chunk of a per-image pass (16 MB as float32)
+
+
+def image_chunk(images: np.ndarray, chunk: int) -> int:
+    """``chunk`` images, fewer for large ones: at most :data:`PIXEL_BUDGET` pixel values a
+    chunk (28-px catalogs keep ``chunk``; a 224-px RGB one reads ~28 photos at a time,
+    so the float copies and the camera's intermediates stay in the hundreds of MB)."""
+    per = int(np.prod(images.shape[1:]))
+    return max(1, min(int(chunk), PIXEL_BUDGET // max(per, 1)))
+
+
 def appeal_scores(images: np.ndarray, seed: int, chunk: int = 4096) -> np.ndarray:
     """Hidden per-item appeal: a fixed random projection of an edge-orientation histogram
     (8 orientations × 4×4 cells of Sobel gradient energy), standardised over the catalog.
@@ -131,6 +142,7 @@ def appeal_scores(images: np.ndarray, seed: int, chunk: int = 4096) -> np.ndarra
     kernels = torch.stack([sobel, sobel.T]).unsqueeze(1)  # [2, 1, 3, 3]
     centres = torch.arange(8) * (np.pi / 8)
     feats = []
+    chunk = image_chunk(images, chunk)  # per image: the result does not depend on it
     for s in range(0, len(images), chunk):
         x = torch.from_numpy(np.ascontiguousarray(images[s : s + chunk])).float()
         x = x.mean(1, keepdim=True) / 255.0
@@ -196,6 +208,7 @@ def _per_image(
     read whole, and the result does not depend on ``chunk``."""
     n = len(images) if rows is None else len(rows)
     out = torch.empty(n, width)
+    chunk = image_chunk(images, chunk)
     for s in range(0, n, chunk):
         part = images[s : s + chunk] if rows is None else images[rows[s : s + chunk]]
         out[s : s + len(part)] = fn(torch.from_numpy(np.ascontiguousarray(part)).float())
@@ -295,22 +308,23 @@ def _photograph_all(
     out_path: Path | None = None,
 ) -> np.ndarray:
     """A photo of ``images[targets[i]]`` for every ``i``, ``cfg.chunk_size`` at a time;
-    with ``out_path`` they go to that ``.npy`` file chunk by chunk and come back
-    memory-mapped (memory flat in the number of photos)."""
+    with ``out_path`` they go to that ``.npy`` file chunk by chunk and come back as a
+    ``visctr.io.NpyRows`` store (memory flat in the number of photos)."""
     from visctr.data.catalog import NpyWriter
 
     g = torch.Generator().manual_seed(seed)
     shape = (len(targets), *images.shape[1:])
+    chunk = image_chunk(images, cfg.chunk_size)  # = chunk_size for 28-px worlds
     writer = NpyWriter(out_path, shape) if out_path is not None else None
     out = np.empty(shape, dtype=np.uint8) if writer is None else None
     try:
         for s in tqdm(
-            range(0, len(targets), cfg.chunk_size),
+            range(0, len(targets), chunk),
             desc=desc,
             leave=False,
-            disable=True if len(targets) < 4 * cfg.chunk_size else None,  # None: terminal only
+            disable=True if len(targets) < 4 * chunk else None,  # None: a terminal only
         ):
-            block = photograph(images[targets[s : s + cfg.chunk_size]], cfg.camera, g)
+            block = photograph(images[targets[s : s + chunk]], cfg.camera, g)
             if writer is None:
                 out[s : s + len(block)] = block
             else:
@@ -321,9 +335,9 @@ def _photograph_all(
     if writer is None:
         return out
     writer.close()
-    from visctr.io import load_npy
+    from visctr.io import NpyRows
 
-    return load_npy(out_path)
+    return NpyRows(out_path)  # read back a chunk at a time, never mapped whole
 
 
 def _legacy_top_k(
@@ -333,6 +347,7 @@ def _legacy_top_k(
     out = np.empty((len(query_images), k), dtype=np.int64)
     # keep the score block at <= 2^24 floats (64 MB) whatever the catalog size
     chunk = max(64, min(cfg.chunk_size, 2**24 // item_thumbs.shape[0]))
+    chunk = min(chunk, image_chunk(query_images, chunk))  # large photos: fewer at a time
     for s in tqdm(
         range(0, len(query_images), chunk),
         desc="logging policy",
@@ -380,9 +395,10 @@ def simulate_arrays(
     catalog: Catalog | None = None,
     query_images_out: Path | None = None,
 ) -> WorldArrays:
-    """Build the world (see :func:`simulate` to write it). The catalog's images may be
-    memory-mapped (they are read in chunks); with ``query_images_out`` the query photos
-    are written to that ``.npy`` file as they are taken and come back memory-mapped."""
+    """Build the world (see :func:`simulate` to write it). The catalog's images may be a
+    store on disk (``visctr.io.NpyRows`` or a memory map: they are read in chunks); with
+    ``query_images_out`` the query photos are written to that ``.npy`` file as they are
+    taken and come back as such a store."""
     t0 = time.perf_counter()
     cat = catalog if catalog is not None else load_catalog(cfg.catalog, seed=seed)
     n = len(cat)
@@ -616,7 +632,10 @@ def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
         # the images go straight into the world's store and are read back memory-mapped:
         # memory never holds the catalog's or the queries' photos whole
         (tmp / "images").mkdir()
+        from visctr.io import NpyRows
+
         cat = load_catalog(cfg.catalog, seed=seed, images_out=tmp / "images" / "items.npy")
+        cat.images = NpyRows(tmp / "images" / "items.npy")  # read in chunks, not mapped
         w = simulate_arrays(cfg, seed, cat, tmp / "images" / "queries.npy")
         return _write_world_into(tmp, w, cfg, seed, images_written=True)
 
