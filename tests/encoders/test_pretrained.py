@@ -4,6 +4,7 @@ exactly as embedded, and a file that does not fit refused in one line naming it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 
@@ -287,3 +288,51 @@ def test_the_photo_config_resolves():
     assert res.exit_code == 0, res.output
     assert res.output.count("backbone: torchvision:resnet50") == 3
     assert "image_size: 224" in res.output and "weights: IMAGENET1K_V2" in res.output
+
+
+def test_a_timm_vit_exports_and_searches_what_it_embeds(tmp_path):
+    """A timm ViT from a safetensors file: its vectors, ``encoder.ts`` and ``encoder.onnx``
+    of the export agree (max |d| <= 1e-5) and ``visctr search`` finds an item by its own
+    photo."""
+    timm = pytest.importorskip("timm")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    from visctr.embeddings import write_embeddings
+    from visctr.encoders.checkpoint import encoder_spec, save_encoder
+    from visctr.encoders.export import embed_images
+    from visctr.serve.export import IndexConfig, export_artifacts, search_image
+
+    torch.manual_seed(3)
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    cfg = _cfg(weights, "timm:vit_tiny_patch16_224", 16)
+    enc = build_encoder(cfg, 3, 32).eval()
+    save_encoder(tmp_path / "encoder.pt", enc, encoder_spec(enc, cfg, 3, 32))
+    enc = load_encoder(tmp_path / "encoder.pt").eval()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    images[:, :, 8:24, 8:24] = rng.integers(0, 256, (40, 3, 1, 1))  # a coloured square each
+    with torch.no_grad():
+        vectors = np.concatenate(
+            list(embed_images(enc, images, np.arange(40), 16, torch.device("cpu")))
+        )
+    ids = np.arange(100, 140, dtype=np.int64)
+    write_embeddings(ids, vectors, tmp_path / "emb" / "items.parquet")
+    out = export_artifacts(
+        tmp_path / "encoder.pt", tmp_path / "emb", tmp_path / "x", IndexConfig(kind="flat"),
+        onnx=importlib.util.find_spec("onnxscript") is not None,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ts = torch.jit.load(str(out / "encoder.ts"))
+    with torch.no_grad():
+        served = ts(torch.from_numpy(images)).numpy()
+    assert np.abs(served - vectors).max() <= 1e-5
+    png = tmp_path / "q.png"
+    Image.fromarray(images[7].transpose(1, 2, 0)).save(png)
+    assert search_image(out, png, k=1)[0][0] == 107
+    if (out / "encoder.onnx").is_file():
+        ort = pytest.importorskip("onnxruntime")
+        sess = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"images": images.astype(np.float32) / 255.0})[0]
+        assert np.abs(got - vectors).max() <= 1e-5
