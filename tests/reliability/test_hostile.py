@@ -594,6 +594,20 @@ def _debias_blob(**change) -> dict:
     return blob
 
 
+def _exposure_blob(**change) -> dict:
+    from visctr.ctr.debias import DebiasHead
+
+    blob = _debias_blob(state_dict=DebiasHead(16, 8, n_buckets=4).state_dict())
+    blob.update(exposure_buckets=4, item_ids=torch.tensor([1, 2, 3]),
+                item_buckets=torch.tensor([0, 1, 3]))  # fmt: skip
+    for k, v in change.items():
+        if v is KeyError:
+            del blob[k]
+        else:
+            blob[k] = v
+    return blob
+
+
 def _bad_weights():
     sd = build_encoder(TINY_ENCODER, 1, 28).state_dict()
     sd["projection.weight"] = torch.zeros(3, 3)
@@ -629,6 +643,34 @@ BAD_FILES = {
     "debias-dim-true": ("debias", lambda: _debias_blob(dim=True), "dim"),
     "debias-no-weights": ("debias", lambda: _debias_blob(state_dict=KeyError), "state_dict"),
     "debias-unknown-mode": ("debias", lambda: _debias_blob(retrieval_vector="x"), "retrieval"),
+    # an exposure-aware head (debias.gate_exposure): its item table is checked too
+    "debias-exposure-no-table": (
+        "debias",
+        lambda: _exposure_blob(item_ids=KeyError),
+        "item_ids / item_buckets",
+    ),
+    "debias-exposure-float-ids": (
+        "debias",
+        lambda: _exposure_blob(item_ids=torch.zeros(3)),
+        "item_ids / item_buckets",
+    ),
+    "debias-exposure-bucket-out-of-range": (
+        "debias",
+        lambda: _exposure_blob(item_buckets=torch.tensor([0, 1, 9])),
+        r"\[0, 4\)",
+    ),
+    "debias-exposure-buckets-1e9": (
+        "debias",
+        lambda: _exposure_blob(exposure_buckets=10**9),
+        "exposure_buckets",
+    ),
+    "debias-exposure-weights-of-a-plain-head": (
+        "debias",
+        lambda: _exposure_blob(
+            state_dict=__import__("visctr.ctr.debias").ctr.debias.DebiasHead(16, 8).state_dict()
+        ),
+        "missing tensor 'exposure.weight'",
+    ),  # fmt: skip
     "debias-weights-for-another-width": (
         "debias",
         lambda: _debias_blob(dim=32),
