@@ -127,3 +127,28 @@ def test_lift_gini_and_exposure_against_brute_force():
         "coverage": 0.75,
         "gini": pytest.approx(ab.gini([2, 1, 1, 0])),
     }
+
+
+def test_traffic_photos_are_taken_on_demand_as_in_one_pass(world):
+    """``TrafficPhotos`` keeps camera states, not photos: any slice or index array gives
+    the photos one pass over every target would (the traffic's size costs no memory for
+    its photos)."""
+    from visctr.world.simulate import _photograph_all
+
+    cfg = ab.world_config(world)
+    cfg.chunk_size = 16  # several chunks, unaligned reads across their edges
+    rows = np.asarray(world.items["image_row"])
+    targets = np.random.default_rng(0).integers(0, len(rows), 100)
+    want = _photograph_all(np.asarray(world.item_images), rows[targets], cfg, 7, "x")
+    photos = ab.TrafficPhotos(world.item_images, rows[targets], cfg, 7)
+    assert len(photos) == 100 and photos.shape == want.shape and len(photos.states) == 7
+    np.testing.assert_array_equal(photos[:], want)
+    np.testing.assert_array_equal(photos[10:37], want[10:37])
+    np.testing.assert_array_equal(photos[95:200], want[95:])
+    np.testing.assert_array_equal(photos[::9], want[::9])
+    pick = np.array([99, 3, 50, 3, 17])
+    np.testing.assert_array_equal(photos[pick], want[pick])
+    np.testing.assert_array_equal(np.asarray(photos), want)
+    assert photos._cache[1].shape[0] <= 16  # one chunk held, never the traffic
+    with pytest.raises(IndexError):
+        photos[np.array([100])]

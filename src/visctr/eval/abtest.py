@@ -26,7 +26,6 @@ from visctr.world.simulate import (
     DAY,
     SimConfig,
     _legacy_top_k,
-    _photograph_all,
     appeal_multiplier,
     click_probability,
     pixel_vectors,
@@ -38,14 +37,83 @@ from visctr.world.store import World
 TRAFFIC_STREAM = 0xAB7E57  # a random stream apart from everything the simulator draws
 
 
+class TrafficPhotos:
+    """The traffic's query photos, taken on demand: ``photos[a:b]`` (or an index array)
+    is the same uint8 ``[n, C, H, W]`` as photographing every target in one pass, but
+    only the camera's random state at each chunk start is kept (one pass at
+    construction), never the photos. Reads in order re-take each chunk about once
+    (the last chunk is cached), so the traffic's size costs no memory for its photos."""
+
+    def __init__(self, item_images, image_rows: np.ndarray, cfg: SimConfig, seed: int) -> None:
+        from visctr.world.camera import photograph
+        from visctr.world.simulate import image_chunk
+
+        self.item_images, self.image_rows, self.cfg = item_images, image_rows, cfg
+        self.chunk = image_chunk(item_images, cfg.chunk_size)
+        self.shape = (len(image_rows), *item_images.shape[1:])
+        self.dtype = np.dtype(np.uint8)
+        g = torch.Generator().manual_seed(seed)
+        self.states = []
+        self._cache: tuple[int, np.ndarray] | None = None
+        for s in range(0, len(image_rows), self.chunk):
+            self.states.append(g.get_state())
+            photograph(item_images[image_rows[s : s + self.chunk]], cfg.camera, g)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _take(self, i: int) -> np.ndarray:
+        from visctr.world.camera import photograph
+
+        if self._cache is None or self._cache[0] != i:
+            g = torch.Generator()
+            g.set_state(self.states[i])
+            rows = self.image_rows[i * self.chunk : (i + 1) * self.chunk]
+            self._cache = i, photograph(self.item_images[rows], self.cfg.camera, g)
+        return self._cache[1]
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(stop - start, 0), *self.shape[1:]), dtype=np.uint8)
+        pos = start
+        while pos < stop:
+            i = pos // self.chunk
+            block = self._take(i)
+            lo = pos - i * self.chunk
+            n = min(stop - pos, len(block) - lo)
+            out[pos - start : pos - start + n] = block[lo : lo + n]
+            pos += n
+        return out
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step == 1:
+                return self._range(start, stop)
+            idx = np.arange(start, stop, step)
+        rows = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"photo index out of range for {len(self)} photos")
+        if rows.size and np.all(np.diff(rows) == 1):  # a contiguous run: one pass
+            return self._range(int(rows[0]), int(rows[-1]) + 1)
+        out = np.empty((rows.size, *self.shape[1:]), dtype=np.uint8)
+        for k in np.argsort(rows, kind="stable"):  # in order: each chunk taken once
+            out[k] = self._range(int(rows[k]), int(rows[k]) + 1)[0]
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
 @dataclass
 class Traffic:
-    """Fresh queries: ``targets`` are item rows (hidden), ``images`` the query photos."""
+    """Fresh queries: ``targets`` are item rows (hidden), ``images`` the query photos
+    (an array, or :class:`TrafficPhotos` taken on demand)."""
 
     users: np.ndarray  # int64 [Q] user ids (= affinity rows)
     targets: np.ndarray  # int64 [Q] item rows
     timestamps: np.ndarray  # int64 [Q], after the world's last logged day
-    images: np.ndarray  # uint8 [Q, C, H, W]
+    images: np.ndarray | TrafficPhotos  # uint8 [Q, C, H, W]
 
     def __len__(self) -> int:
         return int(self.users.size)
@@ -72,10 +140,8 @@ def simulate_traffic(world: World, n_queries: int, seed: int) -> Traffic:
     ts = np.sort(cfg.days * DAY + rng.integers(0, DAY, size=n_queries)).astype(np.int64)
     image_rows = np.asarray(world.items["image_row"], dtype=np.int64)
     photo_seed = int(rng.integers(0, 2**31 - 1))
-    # the store is read a chunk of targets at a time, never whole
-    images = _photograph_all(
-        world.item_images, image_rows[targets], cfg, photo_seed, "A/B traffic photos"
-    )
+    # taken on demand a chunk at a time from the store: never held whole
+    images = TrafficPhotos(world.item_images, image_rows[targets], cfg, photo_seed)
     return Traffic(users, targets, ts, images)
 
 

@@ -48,7 +48,10 @@ STAGE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-MAX_AB_QUERIES = 1_000_000  # A/B traffic per run: its photos are held in memory
+# A/B traffic per run. Its photos are taken on demand (eval.abtest.TrafficPhotos), but each
+# policy's shown items, each encoder's query vectors and the per-query clicks the paired
+# bootstrap resamples are held: about 1 KB a query for the seven methods
+MAX_AB_QUERIES = 1_000_000
 
 
 @dataclass
@@ -63,8 +66,8 @@ class ABTestConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.queries <= MAX_AB_QUERIES:
             raise ValueError(
-                f"queries must be in 0..{MAX_AB_QUERIES:,} (the traffic's photos are held in "
-                f"memory; for more, run several traffic seeds), got {self.queries}"
+                f"queries must be in 0..{MAX_AB_QUERIES:,} (each policy's per-query figures "
+                f"are held in memory; for more, run several traffic seeds), got {self.queries}"
             )
         if not 1 <= self.candidates <= 10_000:
             raise ValueError(f"candidates must be in 1..10000, got {self.candidates}")
