@@ -595,17 +595,16 @@ def _debias_blob(**change) -> dict:
 
 
 def _exposure_blob(**change) -> dict:
+    """An exposure-aware head's debias.pt (``debias.gate_exposure``), then ``change``."""
     from visctr.ctr.debias import DebiasHead
 
-    blob = _debias_blob(state_dict=DebiasHead(16, 8, n_buckets=4).state_dict())
-    blob.update(exposure_buckets=4, item_ids=torch.tensor([1, 2, 3]),
-                item_buckets=torch.tensor([0, 1, 3]))  # fmt: skip
-    for k, v in change.items():
-        if v is KeyError:
-            del blob[k]
-        else:
-            blob[k] = v
-    return blob
+    base = {
+        "state_dict": DebiasHead(16, 8, n_buckets=4).state_dict(),
+        "exposure_buckets": 4,
+        "item_ids": torch.tensor([1, 2, 3]),
+        "item_buckets": torch.tensor([0, 1, 3]),
+    }
+    return _debias_blob(**{**base, **change})
 
 
 def _bad_weights():
