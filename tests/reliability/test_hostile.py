@@ -604,7 +604,8 @@ def _exposure_blob(**change) -> dict:
         "item_ids": torch.tensor([1, 2, 3]),
         "item_buckets": torch.tensor([0, 1, 3]),
     }
-    return _debias_blob(**{**base, **change})
+    merged = {**base, **change}
+    return _debias_blob(**{k: v for k, v in merged.items() if v is not KeyError})
 
 
 def _bad_weights():
