@@ -414,6 +414,26 @@ class NpyWriter:
             raise ValueError(f"{self.path}: {self.rows} of {self.shape[0]} rows written")
 
 
+def _bounded_imap(pool, fn, tasks: list, window: int):
+    """``pool.imap(fn, tasks)`` with at most ``window`` chunks in flight: ``imap`` queues
+    every finished result in the parent, so when the parent writes more slowly than the
+    workers decode (a busy machine, a slow disk) the decoded chunks pile up in memory."""
+    from collections import deque
+
+    pending: deque = deque()
+    it = iter(tasks)
+    for task in it:
+        pending.append(pool.apply_async(fn, (task,)))
+        if len(pending) >= window:
+            break
+    while pending:
+        block = pending.popleft().get()
+        for task in it:
+            pending.append(pool.apply_async(fn, (task,)))
+            break
+        yield block
+
+
 def read_images(
     paths: list[Path],
     cfg: CatalogConfig,
@@ -455,7 +475,7 @@ def read_images(
             # spawn: the workers need PIL and numpy only, not a copy of a process that may
             # hold torch's threads
             pool = multiprocessing.get_context("spawn").Pool(n_workers)
-            blocks = pool.imap(_read_chunk, tasks)
+            blocks = _bounded_imap(pool, _read_chunk, tasks, 2 * n_workers)
         else:
             blocks = map(_read_chunk, tasks)
         row = 0
