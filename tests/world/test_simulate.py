@@ -230,11 +230,16 @@ def test_simulate_writes_the_images_into_the_store_as_it_goes(tmp_path, monkeypa
         seen["items"], seen["queries"] = type(catalog.images), type(w.query_images)
         return w
 
+    def load_spy(*a, **k):
+        seen["workers"] = k.get("workers")
+        return load_catalog(*a, **k)
+
     monkeypatch.setattr(sim, "simulate_arrays", spy)
-    sim.simulate(cfg, 0, tmp_path / "streamed")
+    monkeypatch.setattr(sim, "load_catalog", load_spy)
+    sim.simulate(cfg, 0, tmp_path / "streamed", workers=2)
     from visctr.io import NpyRows
 
-    assert seen == {"items": NpyRows, "queries": NpyRows}
+    assert seen == {"items": NpyRows, "queries": NpyRows, "workers": 2}
     monkeypatch.setattr(sim, "simulate_arrays", real)
     write_world(simulate_arrays(cfg, 0, load_catalog(cfg.catalog)), cfg, 0, tmp_path / "mem")
     a, b = World.load(tmp_path / "streamed"), World.load(tmp_path / "mem")
@@ -244,3 +249,38 @@ def test_simulate_writes_the_images_into_the_store_as_it_goes(tmp_path, monkeypa
         ta, tb = a.read_impressions(split), b.read_impressions(split)
         for col in tb:
             np.testing.assert_array_equal(ta[col], tb[col], err_msg=f"{split}.{col}")
+
+
+def test_simulate_and_run_hand_workers_to_the_decoder(tmp_path, monkeypatch):
+    """``--workers N`` of ``visctr simulate`` and ``visctr run`` reaches ``simulate``
+    (the world does not depend on it); 0 is a usage error, and ``run --world`` with
+    ``--workers`` is refused in one line."""
+    from click.testing import CliRunner
+
+    import visctr.world.simulate as sim
+    from visctr.cli import main
+    from visctr.errors import InputError
+
+    seen = []
+
+    def fake(cfg, seed, out, workers=None):
+        seen.append(workers)
+        raise InputError("stopped by the test")
+
+    monkeypatch.setattr(sim, "simulate", fake)
+    cli = CliRunner()
+    r = cli.invoke(
+        main, ["simulate", "--preset", "tiny", "--workers", "3", "--out", str(tmp_path / "w")]
+    )
+    assert "stopped by the test" in r.output and seen == [3]
+    r = cli.invoke(
+        main, ["run", "--preset", "tiny", "--workers", "2", "--out", str(tmp_path / "r")]
+    )
+    assert "stopped by the test" in r.output and seen == [3, 2]
+    r = cli.invoke(main, ["simulate", "--workers", "0", "--out", str(tmp_path / "w0")])
+    assert r.exit_code == 2 and "--workers" in r.output and seen == [3, 2]
+    r = cli.invoke(
+        main, ["run", "--world", str(tmp_path), "--workers", "2", "--out", str(tmp_path / "r2")]
+    )
+    assert r.exit_code != 0 and "cannot be combined with" in r.output and "--workers" in r.output
+    assert seen == [3, 2] and not (tmp_path / "r2").exists()

@@ -16,6 +16,7 @@ from visctr.cli_common import (
     path_input,
     trainer_options,
 )
+from visctr.world.cli import WORKERS
 
 # shared by visctr run and visctr config show, which resolves what run would
 # visctr.pipeline.ope.ESTIMATOR_NAMES, spelled out so that --help imports no numpy
@@ -73,6 +74,7 @@ RUN_CONFIG = click.option(
     default=None,
     help="An existing world (visctr import or simulate) instead of simulating one.",
 )
+@WORKERS
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
 @RUN_CONFIG
 @click.option("--restart", is_flag=True, help="Recompute every stage (ignore completed ones).")
@@ -86,6 +88,7 @@ def run(
     catalog,
     data_dir,
     world_dir,
+    workers,
     out,
     config_path,
     restart,
@@ -99,9 +102,10 @@ def run(
     from visctr.pipeline.config import resolve_run_config
     from visctr.pipeline.run import run_pipeline
 
-    if world_dir is not None and (catalog is not None or data_dir is not None):
+    if world_dir is not None and (catalog, data_dir, workers) != (None, None, None):
         raise InputError(
-            "--world reads an existing world: it cannot be combined with --catalog/--data-dir"
+            "--world reads an existing world: it cannot be combined with "
+            "--catalog/--data-dir/--workers"
         )
     check_out(out, "run", path_input(catalog), data_dir, config_path, world_dir)
     cfg = resolve_run_config(
@@ -121,7 +125,7 @@ def run(
     before = set(os.listdir(out)) if Path(out).is_dir() else None
     claim_out_dir(out, "run")
     try:
-        run_pipeline(cfg, out, restart=restart, world_dir=world_dir)
+        run_pipeline(cfg, out, restart=restart, world_dir=world_dir, workers=workers)
     except Exception:  # an error, not a signal: SIGTERM/Ctrl-C keep their checkpoints
         _remove_if_nothing_done(Path(out), before)
         raise

@@ -29,7 +29,13 @@ WORLD_OUTPUTS = ("data/*.parquet", "data/impressions/*.parquet", "data/images/*.
 EMBEDDING_OUTPUTS = ("items.parquet", "queries.parquet")
 
 
-def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | None = None) -> dict:
+def run_pipeline(
+    cfg: Any,
+    out: Path,
+    restart: bool = False,
+    world_dir: Path | None = None,
+    workers: int | None = None,
+) -> dict:
     """Run everything for ``cfg.seeds`` training seeds; returns the results dict.
 
     ``world_dir``: an existing world (``visctr import`` or ``simulate``) instead of
@@ -62,7 +68,7 @@ def run_pipeline(cfg: Any, out: Path, restart: bool = False, world_dir: Path | N
         world_digest = stages.run(
             layout.world_stage,
             world_key(cfg),
-            lambda d: simulate(cfg.world, cfg.seed, layout.world),
+            lambda d: simulate(cfg.world, cfg.seed, layout.world, workers=workers),
             "world",
             WORLD_OUTPUTS,
         )

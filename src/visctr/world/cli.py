@@ -8,6 +8,14 @@ import click
 
 from visctr.cli_common import SEED, check_out, handle_errors, path_input
 
+WORKERS = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes decoding the photos (default: every core; catalogs under 2,000 images "
+    "are decoded in-process).",
+)
+
 
 @click.command()
 @click.option(
@@ -32,6 +40,7 @@ from visctr.cli_common import SEED, check_out, handle_errors, path_input
     default=None,
     help="YAML run config; its 'world' section sets any simulator knob.",
 )
+@WORKERS
 @handle_errors
 def simulate(
     preset: str,
@@ -40,6 +49,7 @@ def simulate(
     seed: int,
     out: Path,
     config_path: Path | None,
+    workers: int | None,
 ) -> None:
     """Build the visual-search world: catalog, users, query photos, biased logs, eval sets."""
     from visctr.world.presets import resolve_world_config
@@ -48,7 +58,7 @@ def simulate(
 
     check_out(out, "world", path_input(catalog), data_dir, config_path)
     cfg = resolve_world_config(preset, config_path, catalog=catalog, data_dir=data_dir)
-    summary = run_sim(cfg, seed, out)
+    summary = run_sim(cfg, seed, out, workers=workers)
     click.echo(format_summary(summary))
     click.echo(f"world written to {out} in {summary['seconds']:.1f}s")
 
@@ -116,13 +126,7 @@ def _timestamp(value: str | None) -> int | None:
     help="Pixels a side of the stored photos (8..1024).",
 )
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Processes decoding the photos (default: every core; catalogs under 2,000 images "
-    "are decoded in-process).",
-)
+@WORKERS
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
 @handle_errors
 def import_(

@@ -623,8 +623,11 @@ def _write_world_into(
     return summary
 
 
-def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
-    """Simulate a world and write it to ``out`` (atomically). Returns the summary."""
+def simulate(cfg: SimConfig, seed: int, out: str | Path, workers: int | None = None) -> dict:
+    """Simulate a world and write it to ``out`` (atomically). Returns the summary.
+
+    ``workers``: processes decoding an image-folder or manifest catalog (``None``: every
+    core); the world does not depend on it."""
     from visctr.io import atomic_dir, check_out_dir
 
     check_out_dir(out, "world")  # before the work, not only when renaming into place
@@ -634,7 +637,9 @@ def simulate(cfg: SimConfig, seed: int, out: str | Path) -> dict:
         (tmp / "images").mkdir()
         from visctr.io import NpyRows
 
-        cat = load_catalog(cfg.catalog, seed=seed, images_out=tmp / "images" / "items.npy")
+        cat = load_catalog(
+            cfg.catalog, seed=seed, images_out=tmp / "images" / "items.npy", workers=workers
+        )
         cat.images = NpyRows(tmp / "images" / "items.npy")  # read in chunks, not mapped
         w = simulate_arrays(cfg, seed, cat, tmp / "images" / "queries.npy")
         return _write_world_into(tmp, w, cfg, seed, images_written=True)
