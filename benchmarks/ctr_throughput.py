@@ -35,7 +35,11 @@ The machine may be shared, so contenders run interleaved in short rounds and eac
 its best round (the least disturbed); the ratios use those.
 
     python benchmarks/ctr_throughput.py [--batch 1024] [--threads 2] [--dim 64] [--rounds 5]
-        [--items skewed|uniform]
+        [--items skewed|uniform] [--device cpu|cuda]
+
+``--device cuda`` (``scripts/gpu_check.sh``) runs visctr's contenders, ``bare`` and
+``bare+D`` on the GPU with their batches already there, Lightning on ``accelerator="gpu"``
+and DeepFM on ``cuda:0``; every timing waits for the GPU before reading the clock.
 """
 
 from __future__ import annotations
@@ -107,18 +111,41 @@ def make_data(n: int, batch: int, dim: int, seed: int = 0, items: str = "skewed"
     return fmap, raw, y, batches, dense, items, queries, aff
 
 
+DEVICE = torch.device("cpu")  # set once by main() from --device
+
+
+def sync() -> None:
+    """Wait for queued GPU work before a clock read (nothing on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def to_device(x):
+    """A tensor, a Batch or a tuple/list of them on ``DEVICE``."""
+    if isinstance(x, Batch):
+        return Batch(x.packed.to(DEVICE), x.labels.to(DEVICE))
+    if isinstance(x, torch.Tensor):
+        return x.to(DEVICE)
+    if isinstance(x, tuple | list):
+        return type(x)(to_device(v) for v in x)
+    return x
+
+
 def timed_steps(step, batches, warmup: int = 3) -> float:
     for b in batches[:warmup]:
         step(b)
+    sync()
     t0 = time.perf_counter()
     for b in batches:
         step(b)
+    sync()
     return sum(len(b[-1]) for b in batches) / (time.perf_counter() - t0)
 
 
 def visctr_contender(fmap, cfg, items, queries, aff, triplets=None, compile=False):
     net = build_ctr_net(cfg, fmap, aff, triplets)
     net.set_visual_tables(items, queries)
+    net.to(DEVICE)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)  # as CTRModule
     gen = torch.Generator().manual_seed(0)
     # as CTRModule: the row plan eagerly, the rest of the pass compiled with ctr.compile
@@ -140,6 +167,8 @@ def bare_contender(fmap, cfg, d_dense):
     emb = nn.Embedding(fmap.total_vocab, cfg.field_dim)
     deep = mlp([fmap.n_fields * cfg.field_dim + d_dense, *cfg.mlp])
     out = nn.Linear(cfg.mlp[-1], 1)
+    for m in (emb, deep, out):
+        m.to(DEVICE)
     params = [*emb.parameters(), *deep.parameters(), *out.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)  # same optimiser as ours
 
@@ -170,6 +199,8 @@ def bare_debias_contender(fmap, cfg, items, queries, aff, triplets, batches, dcf
     d_rest = 2 + N_CAT  # cos, aff[cat], aff
     deep = mlp([d_sparse + d_rest + 2 * dim, *cfg.mlp])
     out = nn.Linear(cfg.mlp[-1], 1)
+    for m in (emb, head, deep, out):
+        m.to(DEVICE)
     params = [*emb.parameters(), *head.parameters(), *deep.parameters(), *out.parameters()]
     opt = torch.optim.Adam(params, lr=1e-3, fused=True)
     gen = torch.Generator().manual_seed(0)
@@ -186,6 +217,7 @@ def bare_debias_contender(fmap, cfg, items, queries, aff, triplets, batches, dcf
                          iv_all.index_select(0, plan.uniq[keep]),
                          iv_all.index_select(0, plan.uniq), keep, plan.item_at, plan.extra_at,
                          rest, b.labels))  # fmt: skip
+    prepared = [to_device(p) for p in prepared]
     s = float(np.sqrt(dim))
 
     def step(p):
@@ -219,7 +251,8 @@ def deepfm_contender(cfg, raw, dense, y, batch):
     sparse = [SparseFeat(name, v, embedding_dim=cfg.field_dim) for name, v in VOCABS]
     dense_cols = [DenseFeat(k, v.shape[1]) for k, v in dense.items()]
     cols = sparse + dense_cols
-    model = DeepFM(cols, cols, dnn_hidden_units=tuple(cfg.mlp), task="binary", device="cpu")
+    dev = "cuda:0" if DEVICE.type == "cuda" else "cpu"
+    model = DeepFM(cols, cols, dnn_hidden_units=tuple(cfg.mlp), task="binary", device=dev)
     model.compile("adam", "binary_crossentropy")
     x = {name: raw[name] for name, _ in VOCABS} | dense
 
@@ -227,6 +260,7 @@ def deepfm_contender(cfg, raw, dense, y, batch):
         sub = {k: v[:n_rows] for k, v in x.items()}
         t0 = time.perf_counter()
         model.fit(sub, y[:n_rows], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+        sync()
         return n_rows / (time.perf_counter() - t0)
 
     return run
@@ -238,7 +272,7 @@ def lightning_contender(fmap, cfg, items, queries, aff, batches):
     net = build_ctr_net(cfg, fmap, aff)
     net.set_visual_tables(items, queries)
     module = CTRModule(net, cfg, seed=0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=10_000, logger=False,
+    trainer = L.Trainer(accelerator="gpu" if DEVICE.type == "cuda" else "cpu", devices=1, max_epochs=10_000, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0,
                         log_every_n_steps=10_000)  # fmt: skip
@@ -268,7 +302,12 @@ def main() -> None:
         default="skewed",
         help="item popularity of the synthetic log (see the module docstring)",
     )
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA GPU here")
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n = args.batch * (args.steps + 3)
@@ -280,6 +319,8 @@ def main() -> None:
     dense_all = np.concatenate(list(dense.values()), axis=1).astype(np.float32)
     bare_batches = [(b.sparse, torch.from_numpy(dense_all[s : s + args.batch]), b.labels)
                     for b, s in zip(batches, range(0, n, args.batch), strict=False)]  # fmt: skip
+    bare_batches = to_device(bare_batches)
+    dev_batches = to_device(batches)  # visctr's raw steps read them there; Lightning moves its own
     net, ours = visctr_contender(fmap, cfg, items, queries, aff)
     assert net.d_in == fmap.n_fields * cfg.field_dim + d_dense, "bare must have the same shape"
     dcfg = CTRConfig(batch_size=args.batch, debias=DebiasConfig(enabled=True))
@@ -295,11 +336,11 @@ def main() -> None:
     deepfm = deepfm_contender(cfg, raw, dense, y, args.batch)
     _, ours_c = visctr_contender(fmap, cfg, items, queries, aff, compile=True)
     t0 = time.perf_counter()
-    for b in batches[:2]:
+    for b in dev_batches[:2]:
         ours_c(b)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for b in batches[:3]:  # the first step compiles (dynamic shapes: one graph for all)
+    for b in dev_batches[:3]:  # the first step compiles (dynamic shapes: one graph for all)
         ours_dc(b)
     compile_dc_s = time.perf_counter() - t0
     light = light_c = None
@@ -314,13 +355,13 @@ def main() -> None:
     if deepfm is not None:
         deepfm(args.batch * 4)  # warm-up
     for r in range(args.rounds):
-        rows["visctr"].append(timed_steps(ours, batches))
-        rows["visctr+C"].append(timed_steps(ours_c, batches))
+        rows["visctr"].append(timed_steps(ours, dev_batches))
+        rows["visctr+C"].append(timed_steps(ours_c, dev_batches))
         rows["bare"].append(timed_steps(bare, bare_batches))
         if deepfm is not None:
             rows["DeepFM"].append(deepfm(len(batches) * args.batch))
-        rows["visctr+D"].append(timed_steps(ours_d, batches))
-        rows["visctr+DC"].append(timed_steps(ours_dc, batches))
+        rows["visctr+D"].append(timed_steps(ours_d, dev_batches))
+        rows["visctr+DC"].append(timed_steps(ours_dc, dev_batches))
         rows["bare+D"].append(timed_steps(bare_d, bare_d_batches))
         if light is not None:
             rows["visctr+L"].append(light())
@@ -331,7 +372,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rows.items() if v}
     print(
         f"\nbatch {args.batch}, {args.threads} threads, visual dim {args.dim}, "
-        f"{len(batches)} steps x {args.rounds} rounds, {args.items} items; "
+        f"{len(batches)} steps x {args.rounds} rounds, {args.items} items, on "
+        f"{torch.cuda.get_device_name() if DEVICE.type == 'cuda' else 'the CPU'}; "
         "samples/s (best round | median)"
     )
     for k in best:

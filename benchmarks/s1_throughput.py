@@ -19,6 +19,10 @@ runs at its default (fp32) on the same (``channels_last``) encoder. The CPU's na
 bf16 support is printed: without AVX512-BF16/AMX, bf16 is emulated and slower.
 
     .venv/bin/python benchmarks/s1_throughput.py [--batch-size 256] [--threads 2]
+        [--device cpu|cuda]
+
+``--device cuda`` runs every contender on the GPU (``scripts/gpu_check.sh``); timings
+wait for the GPU (``torch.cuda.synchronize``) before each clock read.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ def catalog_images(n: int, size: int) -> np.ndarray:
         return rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8)
 
 
+def sync(args) -> None:
+    """Wait for queued GPU work before a clock read (nothing on a CPU)."""
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_encoder(args, nchw: bool = False):
     from visctr.encoders import EncoderConfig, build_encoder
 
@@ -62,9 +72,11 @@ def run_visctr(images: np.ndarray, args, precision: str = "32-true", nchw: bool 
 
         def on_train_batch_start(self, trainer, *a):
             if trainer.global_step == args.warmup:
+                sync(args)
                 self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, *a):
+            sync(args)
             self.t1 = time.perf_counter()
 
     n = len(images)
@@ -74,7 +86,8 @@ def run_visctr(images: np.ndarray, args, precision: str = "32-true", nchw: bool 
     method = S1Method(make_encoder(args, nchw), cfg, 0)
     timer = Timer()
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=args.device,
+        devices=1,
         max_steps=args.warmup + args.steps,
         logger=False,
         enable_checkpointing=False,
@@ -116,7 +129,7 @@ def run_lightly(images: np.ndarray, args, workers: int) -> float:
             "projection": SimSiamProjectionHead(d, 256, 256),
             "prediction": SimSiamPredictionHead(256, 64, 256),
         }
-    )
+    ).to(args.device)
     crit = NegativeCosineSimilarity()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loader = torch.utils.data.DataLoader(
@@ -136,8 +149,9 @@ def run_lightly(images: np.ndarray, args, workers: int) -> float:
     t0 = 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            sync(args)
             t0 = time.perf_counter()
-        x0, x1 = next(it)
+        x0, x1 = (x.to(args.device, non_blocking=True) for x in next(it))
         z = model["projection"](model["encoder"](torch.cat([x0, x1])))
         p = model["prediction"](z)
         b = len(x0)
@@ -145,23 +159,32 @@ def run_lightly(images: np.ndarray, args, workers: int) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync(args)
     return 2 * args.batch_size * args.steps / (time.perf_counter() - t0)
 
 
 def run_bare(args, bf16: bool = False, nchw: bool = False) -> float:
-    encoder = make_encoder(args, nchw)
+    encoder = make_encoder(args, nchw).to(args.device)
     opt = torch.optim.SGD(encoder.parameters(), lr=1e-3)
-    x = torch.rand(2 * args.batch_size, 1, args.image_size, args.image_size)
+    x = torch.rand(2 * args.batch_size, 1, args.image_size, args.image_size, device=args.device)
     t0 = 0.0
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
+            sync(args)
             t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=bf16):
             loss = encoder(x).float().square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+    sync(args)
     return 2 * args.batch_size * args.steps / (time.perf_counter() - t0)
+
+
+def device_name(args) -> str:
+    if args.device == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name()}"
+    return "the CPU"
 
 
 def main() -> None:
@@ -175,7 +198,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--items", type=int, default=6000)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA GPU here")
     torch.set_num_threads(args.threads)
     images = catalog_images(args.items, args.image_size)
     from visctr.precision import cpu_supports_bf16
@@ -201,7 +227,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in res.items()}
     print(
         f"\nS1 SimSiam training throughput, {args.backbone} {args.image_size}px, batch "
-        f"{args.batch_size} (x2 views), {args.threads} threads, median of {args.rounds} rounds"
+        f"{args.batch_size} (x2 views), {args.threads} threads, median of {args.rounds} rounds, "
+        f"on {device_name(args)}"
     )
     for k, v in med.items():
         print(f"  {k:22s} {v:8.0f} img/s")
@@ -212,10 +239,11 @@ def main() -> None:
     print(f"  visctr bf16 / fp32      {med['visctr bf16'] / med['visctr']:8.2f}x")
     print(f"  visctr / visctr NCHW    {med['visctr'] / med['visctr NCHW']:8.2f}x")
     print(f"  bare / bare NCHW        {med['bare fwd+bwd'] / med['bare NCHW']:8.2f}x")
-    print(
-        f"  native CPU bf16 (AVX512-BF16/AMX): {'yes' if cpu_supports_bf16() else 'no'}"
-        " (precision: auto trains in fp32 on any CPU; VISCTR_CPU_BF16=1 opts into bf16)"
-    )
+    if args.device == "cpu":
+        print(
+            f"  native CPU bf16 (AVX512-BF16/AMX): {'yes' if cpu_supports_bf16() else 'no'}"
+            " (precision: auto trains in fp32 on any CPU; VISCTR_CPU_BF16=1 opts into bf16)"
+        )
 
 
 if __name__ == "__main__":

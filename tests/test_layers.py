@@ -38,8 +38,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("serve", ("visctr.serve",)),
     ("pipeline", ("visctr.pipeline",)),
     # train-ctr prints the trained model's metrics (visctr.eval.ctr), so its verb module is
-    # CLI, not ctr (and the console script visctr._entry, above the CLI); the other verbs' cli.py modules stay in their package's layer
-    ("cli", ("visctr.cli", "visctr.ctr.cli", "visctr._entry")),
+    # CLI, not ctr (and the console script visctr._entry and python -m visctr, above the CLI); the other verbs' cli.py modules stay in their package's layer
+    ("cli", ("visctr.cli", "visctr.ctr.cli", "visctr._entry", "visctr.__main__")),
 ]
 
 
