@@ -202,10 +202,11 @@ def train_ctr(
         return out_dir
 
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    save_torch(
-        {"format": MODEL_FORMAT, "config": to_dict(cfg), "seed": seed, "state_dict": state},
-        out_dir / "model.pt",
-    )
+    blob = {"format": MODEL_FORMAT, "config": to_dict(cfg), "seed": seed, "state_dict": state}
+    made_by = _embeddings_encoder(Path(embeddings))
+    if made_by is not None:  # the encoder whose vectors the model learned to read
+        blob["embeddings_encoder"] = made_by
+    save_torch(blob, out_dir / "model.pt")
     fmap.save(out_dir / "feature_map.json")
     write_json(module.history, out_dir / "history.json")
     if cfg.debias.enabled and net.debias is not None:
@@ -243,8 +244,15 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
             "run 'visctr train-ctr' first"
         )
     fmap = FeatureMap.load(model_dir / "feature_map.json")
-    cfg, state = _load_weights(model_dir / "model.pt", fmap)
+    cfg, state, trained_on = _load_weights(model_dir / "model.pt", fmap)
     emb = load_embeddings(Path(embeddings), world)
+    given = _embeddings_encoder(Path(embeddings))
+    if trained_on is not None and given is not None and given != trained_on:
+        raise InputError(
+            f"{Path(embeddings) / 'items.parquet'} was made by another encoder (digest "
+            f"{given[:12]}) than the embeddings {model_dir / 'model.pt'} was trained on "
+            f"({trained_on[:12]}): pass the embeddings it was trained with, or retrain it"
+        )
     packer = BatchPacker(fmap, emb, fixed_position=0)
     net = build_ctr_net(cfg, fmap, state["user_affinity"])
     net.load_state_dict(state)
@@ -253,10 +261,21 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
     return net, packer
 
 
-def _load_weights(path: Path, fmap: FeatureMap) -> tuple[CTRConfig, dict[str, torch.Tensor]]:
+def _embeddings_encoder(embeddings: Path) -> str | None:
+    """The digest of the encoder file that made an embeddings folder (``None`` for files
+    that do not record it: another tool's, or visctr's from before it did)."""
+    from visctr.embeddings import read_embeddings_meta
+
+    return read_embeddings_meta(embeddings / "items.parquet").get("encoder_digest")
+
+
+def _load_weights(
+    path: Path, fmap: FeatureMap
+) -> tuple[CTRConfig, dict[str, torch.Tensor], str | None]:
     """The config and weights of a ``model.pt`` after checking them against the feature
     map: the format, a valid config, exactly the network's tensors with its shapes, float
-    and finite. Nothing is allocated for a network before its weights are known to fit."""
+    and finite. Nothing is allocated for a network before its weights are known to fit.
+    Third: the digest of the encoder whose embeddings it was trained on, if recorded."""
     from visctr.errors import VisctrError
     from visctr.io import check_state_dict, field
 
@@ -267,10 +286,14 @@ def _load_weights(path: Path, fmap: FeatureMap) -> tuple[CTRConfig, dict[str, to
             f"{str(blob.get('format'))[:20] if isinstance(blob, dict) else type(blob).__name__}); "
             "retrain it with this version"
         )
-    extra = sorted(set(blob) - {"format", "config", "seed", "state_dict"}, key=str)
+    known = {"format", "config", "seed", "state_dict", "embeddings_encoder"}
+    extra = sorted(set(blob) - known, key=str)
     if extra:
         raise InputError(f"{path}: unexpected field {str(extra[0])[:40]!r} in a CTR model")
     field(blob, "seed", path, int)
+    trained_on = blob.get("embeddings_encoder")
+    if trained_on is not None:
+        trained_on = field(blob, "embeddings_encoder", path, str)
     try:
         cfg = from_dict(CTRConfig, field(blob, "config", path, dict), where=f"{path}: config")
         factory = arch_factory(cfg.arch)
@@ -284,7 +307,7 @@ def _load_weights(path: Path, fmap: FeatureMap) -> tuple[CTRConfig, dict[str, to
     for k, v in state.items():
         if not v.is_floating_point() or not bool(torch.isfinite(v).all()):
             raise InputError(f"{path}: weights: tensor {k!r} is not finite floating point")
-    return cfg, state
+    return cfg, state, trained_on
 
 
 def predict_ctr(
