@@ -10,6 +10,10 @@ case a parameter.
 6. Every failure of the CLI is one line: bad files in a world, bad options, bad YAML,
    file-system errors, and unexpected exceptions; KeyboardInterrupt is not hidden.
 7. Config parsing is bounded (alias bombs, deep nesting, huge values, huge files).
+8. Artifacts that do not belong together, numbers that cannot be right and ids of the
+   wrong type are refused in one line naming the files: embeddings of another encoder or
+   width, inf/NaN config numbers, NaN popularity in a world, float or text ids in an
+   embeddings file, image sizes, traffic sizes and worker counts out of bounds.
 
 In-process (``CliRunner``) except where a signal needs its own process.
 """
@@ -731,6 +735,12 @@ def _corrupt_world(tmp: Path, src: Path, what: str) -> Path:
             t.schema.get_field_index("clicked"), "clicked", t["clicked"].cast(pa.string())
         )
         pq.write_table(t, w / "impressions" / "train.parquet")
+    elif what == "items-nan-popularity":
+        t = pq.read_table(w / "items.parquet")
+        pop = t["popularity"].to_numpy().copy()
+        pop[3] = np.nan
+        t = t.set_column(t.schema.get_field_index("popularity"), "popularity", pa.array(pop))
+        pq.write_table(t, w / "items.parquet")
     return w
 
 
@@ -747,6 +757,7 @@ WORLD_CASES = {
     "images-too-few": "image_row",
     "impressions-garbage": "train.parquet: unreadable Parquet",
     "impressions-wrong-type": "'clicked' has type string",
+    "items-nan-popularity": "row 3: popularity nan is not a finite number > 0",
 }
 
 
@@ -776,6 +787,10 @@ def _yaml(tmp: Path, what: str) -> Path:
         p.write_text("pretrain: {}\ntrainer:\n  accelerator: banana\n")
     elif what == "bad-devices":
         p.write_text("pretrain: {}\ntrainer:\n  devices: 0\n")
+    elif what == "lr-overflows-to-inf":
+        p.write_text("pretrain:\n  lr: 1.0e+400\n")
+    elif what == "lr-nan":
+        p.write_text("pretrain:\n  lr: .nan\n")
     return p
 
 
@@ -788,6 +803,8 @@ YAML_CASES = {
     "tab-indent": "invalid YAML",
     "bad-accelerator": "accelerator must be one of",
     "bad-devices": "devices must be",
+    "lr-overflows-to-inf": "expected a finite number, got inf",
+    "lr-nan": "expected a finite number, got nan",
 }
 
 
@@ -816,6 +833,10 @@ OPTION_CASES = {
     "top-k-zero": (["search", "--top-k", "0"], "--top-k"),
     "top-k-huge": (["search", "--top-k", str(10**12)], "--top-k"),
     "nlist": (["export", "--nlist", "-5"], "--nlist"),
+    "image-size-huge": (["import", "--image-size", "100000"], "--image-size"),
+    "workers-zero": (["simulate", "--workers", "0"], "--workers"),
+    "run-workers-zero": (["run", "--workers", "0"], "--workers"),
+    "traffic-over-the-bound": (["abtest", "--queries", str(10**8)], "--queries"),
 }
 
 
@@ -830,6 +851,8 @@ def test_bad_option_is_a_usage_error(case, assets, tmp_path):
         "embed": ["--world", assets["world"], "--encoder", assets["encoder"], "--out", tmp_path / "o"],
         "search": ["--export", tmp_path, "--image", assets["encoder"]],
         "export": ["--encoder", assets["encoder"], "--embeddings", assets["emb"], "--out", tmp_path / "o"],
+        "import": ["--out", tmp_path / "o"],
+        "abtest": ["--run", tmp_path],
     }[verb]  # fmt: skip
     res = cli(*args, *common)
     assert_usage_error(res, option)
@@ -959,3 +982,94 @@ def test_load_torch_does_not_depend_on_the_environment(env, tmp_path, monkeypatc
     torch.save({"w": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_torch(tmp_path / "ok.pt")["w"], torch.ones(2))
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # restored after the load
+
+
+# ---- 8. artifacts that do not belong together; ids of the wrong type -------------------------
+
+
+def _other_encoder(tmp: Path, embed_dim: int, seed: int) -> Path:
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=embed_dim)
+    enc = build_encoder(cfg, 1, 28).eval()
+    path = tmp / f"enc-{embed_dim}-{seed}" / "encoder.pt"
+    path.parent.mkdir()
+    save_encoder(path, enc, encoder_spec(enc, cfg, 1, 28))
+    return path
+
+
+def _ids_as(emb: Path, tmp: Path, cast) -> Path:
+    """A copy of an embeddings folder whose items file has its ids cast by ``cast``."""
+    out = tmp / "emb-ids"
+    shutil.copytree(emb, out)
+    t = pq.read_table(out / "items.parquet")
+    i = t.schema.get_field_index("item_id")
+    t = t.set_column(i, "item_id", cast(t["item_id"]))
+    pq.write_table(t, out / "items.parquet")
+    return out
+
+
+MISMATCHES = {
+    # (the verb's arguments from (assets, tmp), words of the one line, files it names)
+    "export-embeddings-of-another-encoder": (
+        lambda a, t: ["export", "--encoder", _other_encoder(t, 16, 1), "--embeddings", a["emb"]],
+        "was made by another encoder than",
+        ("items.parquet", "encoder.pt"),
+    ),
+    "export-embeddings-of-another-width": (
+        lambda a, t: ["export", "--encoder", _other_encoder(t, 32, 0), "--embeddings", a["emb"]],
+        "has 16-d vectors but",
+        ("items.parquet", "encoder.pt"),
+    ),
+    "train-ctr-float-item-ids": (
+        lambda a, t: ["train-ctr", "--world", a["world"],
+                      "--embeddings", _ids_as(a["emb"], t, lambda c: c.cast(pa.float64()))],
+        "column 'item_id' has type double, expected int64",
+        ("items.parquet",),
+    ),
+    "train-ctr-text-item-ids": (
+        lambda a, t: ["train-ctr", "--world", a["world"],
+                      "--embeddings", _ids_as(a["emb"], t, lambda c: c.cast(pa.string()))],
+        "column 'item_id' has type string, expected int64",
+        ("items.parquet",),
+    ),
+    "train-ctr-uint64-item-ids": (
+        lambda a, t: ["train-ctr", "--world", a["world"],
+                      "--embeddings", _ids_as(a["emb"], t, lambda c: c.cast(pa.uint64()))],
+        "column 'item_id' has type uint64, expected int64",
+        ("items.parquet",),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_artifacts_that_do_not_belong_together_are_one_line(case, assets, tmp_path):
+    """Each is one line naming the files and nothing is written (an export of another
+    encoder's embeddings used to serve vectors its encoder does not make, and
+    ``visctr search`` then failed with an internal AssertionError)."""
+    make_args, match, names = MISMATCHES[case]
+    res = cli(*make_args(assets, tmp_path), "--out", tmp_path / "o")
+    assert_one_line(res, match)
+    for name in names:
+        assert name in res.stderr, (name, res.stderr)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_ctr_model_refuses_embeddings_of_another_encoder(assets, tmp_path):
+    """A CTR model records the encoder whose embeddings it learned to read; evaluated with
+    another encoder's embeddings of the same width (which it used to score silently),
+    it is one line naming both files; with its own, it evaluates."""
+    cfg = tmp_path / "ctr.yaml"
+    cfg.write_text("max_epochs: 1\n")
+    model = tmp_path / "ctr"
+    res = cli("train-ctr", "--world", assets["world"], "--embeddings", assets["emb"],
+              "--config", cfg, "--out", model, "--accelerator", "cpu")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    other = tmp_path / "emb-other"
+    embed(_other_encoder(tmp_path, 16, 1), World.load(assets["world"]), other, device="cpu")
+    args = ["evaluate", "--world", assets["world"], "--ctr-model", model]
+    res = cli(*args, "--embeddings", other, "--out", tmp_path / "m.json")
+    assert_one_line(res, "was made by another encoder")
+    assert str(other / "items.parquet") in res.stderr and str(model / "model.pt") in res.stderr
+    assert not (tmp_path / "m.json").exists()
+    res = cli(*args, "--embeddings", assets["emb"], "--out", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
