@@ -336,3 +336,35 @@ def test_a_timm_vit_exports_and_searches_what_it_embeds(tmp_path):
         sess = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"images": images.astype(np.float32) / 255.0})[0]
         assert np.abs(got - vectors).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_pretrain_keeps_a_timm_vits_weights(tiny_world_dir, tmp_path):
+    """A timm ViT from a safetensors file through a 1-epoch ``visctr pretrain`` at lr ~ 0
+    (the grey 28 px tiny world, repeated to RGB): every backbone tensor comes out as it
+    went in, so the file's weights are what training starts from."""
+    timm = pytest.importorskip("timm")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+
+    torch.manual_seed(5)
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=28, num_classes=0)
+    weights = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(weights))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        PRETRAIN.format(weights=weights).replace(
+            "torchvision:resnet18", "timm:vit_tiny_patch16_224"
+        )
+    )
+    res = CliRunner().invoke(
+        main,
+        ["pretrain", "--world", str(tiny_world_dir), "--config", str(cfg), "--out", str(tmp_path / "s1")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    enc = load_encoder(tmp_path / "s1" / "encoder.pt")
+    assert torch.load(tmp_path / "s1" / "encoder.pt", weights_only=True)["config"]["backbone"] == (
+        "timm:vit_tiny_patch16_224"
+    )
+    got = enc.backbone.state_dict()
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0, msg=k)
