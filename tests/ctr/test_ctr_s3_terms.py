@@ -100,6 +100,44 @@ def test_disagreement_mining_keeps_only_triplets_within_the_margin():
     assert set(zip(ta.tolist(), tp.tolist(), tn.tolist(), strict=True)) <= pool
 
 
+def test_mirror_mining_adds_tail_anchored_triplets_within_the_margin():
+    """``mirror``: the pool also holds triplets with a tail anchor, a head positive among
+    its S1 neighbours and a head negative outside them, each within the margin."""
+    ref, counts = _miner_world(2)
+    kw = dict(enabled=True, negatives="disagreement", k_neighbours=5, k_far=10,
+              neighbourhood=30, margin=0.2)  # fmt: skip
+    torch.manual_seed(0)
+    net = DebiasNet(ref.shape[1], 16)
+    with torch.no_grad():
+        torch.nn.init.normal_(net.fc2.weight, std=0.1)
+    vectors = torch.from_numpy(ref)
+    plain = debias_data(ref, np.ones(len(ref), bool), counts, DebiasConfig(**kw)).miner
+    miner = debias_data(ref, np.ones(len(ref), bool), counts, DebiasConfig(**kw, mirror=True)).miner
+    plain.mine(net, vectors)
+    miner.mine(net, vectors)
+    a, p, n = miner.pool
+    heads, tails = set(miner.anchors.tolist()), set(miner.tails.tolist())
+    mirrored = np.isin(a, miner.tails)
+    assert mirrored.any() and (~mirrored).any()  # both directions are in the pool
+    assert set(p[mirrored].tolist()) <= heads and set(n[mirrored].tolist()) <= heads
+    assert set(p[~mirrored].tolist()) <= tails
+    # the head-anchored part is exactly the plain miner's pool
+    assert all(np.array_equal(x[~mirrored], y) for x, y in zip(miner.pool, plain.pool, strict=True))
+    with torch.no_grad():
+        d = net(vectors)
+    at, pt, nt = (torch.from_numpy(x) for x in (a, p, n))
+    assert bool((((d[nt] - d[pt]) * d[at]).sum(-1) + 0.2 > 0).all())
+    unit = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    head_rows = miner.mirror.tails
+    for ai, pi, ni in list(zip(a[mirrored], p[mirrored], n[mirrored], strict=True))[:50]:
+        order = head_rows[np.argsort(-(unit[head_rows] @ unit[ai]), kind="stable")]
+        assert pi in order[:5] and ni not in order[: miner.mirror.n_nb]
+    kept = len(a) / (len(plain.candidates[0]) + len(miner.mirror.candidates[0]))
+    assert miner.active_share == pytest.approx(kept)
+    with pytest.raises(ValueError, match="mirror needs"):
+        DebiasConfig(enabled=True, mirror=True)
+
+
 def test_disagreement_mining_with_a_space_that_agrees_teaches_nothing():
     ref, counts = _miner_world(1)
     cfg = DebiasConfig(enabled=True, negatives="disagreement", k_neighbours=5, k_far=10,

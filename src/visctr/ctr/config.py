@@ -42,6 +42,10 @@ class DebiasConfig:
     triplets_per_step: int = 256
     remine_every: int = 100  # training steps between two minings (negatives: disagreement)
     stop_anchor_grad: bool = False  # the anchor's d without gradient: tail moves toward head
+    # negatives: disagreement only: also mine the mirror direction (a tail anchor, a head
+    # positive among its S1 neighbours, a head negative outside them); the pool holds the
+    # kept triplets of both directions
+    mirror: bool = False
     # Head/tail alignment of the debiased vectors (ESAM's CORAL, CD²AN's MMD): each step a
     # batch of `align_batch` head items and one of tail items drawn from the whole catalog
     # (never-shown items included); `align_weight` multiplies the term. The head side is
@@ -79,6 +83,8 @@ class DebiasConfig:
             raise ValueError(
                 "debias.weight, margin, align_weight and relational_weight must be >= 0"
             )
+        if self.mirror and self.negatives != "disagreement":
+            raise ValueError("debias.mirror needs debias.negatives: disagreement")
         if self.remine_every < 1 or self.align_batch < 2:
             raise ValueError("debias.remine_every must be >= 1 and debias.align_batch >= 2")
 

@@ -478,11 +478,24 @@ class DisagreementMiner:
     triplets whose hinge ``cos(a, n) − cos(a, p) + margin`` is positive (violated or
     within the margin), so each one has a gradient when mined. ``active_share``: the
     share of candidate triplets kept at the last mining.
+
+    ``cfg.mirror``: a second miner with the roles swapped (tail anchors, head positives
+    and negatives) mines beside it; the pool is both directions' kept triplets.
     """
 
-    def __init__(self, reference: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg):
+    def __init__(
+        self,
+        reference: np.ndarray,
+        anchors: np.ndarray,
+        tails: np.ndarray,
+        cfg,
+        mirror: bool | None = None,
+    ):
         import faiss
 
+        mirror = cfg.mirror if mirror is None else mirror
+        # the mirror direction: the same mining with anchors and candidates swapped
+        self.mirror = DisagreementMiner(reference, tails, anchors, cfg, False) if mirror else None
         self.anchors, self.tails = anchors.astype(np.int64), tails.astype(np.int64)
         self.margin = cfg.margin
         self.k_far = min(cfg.k_far, tails.size)
@@ -498,6 +511,7 @@ class DisagreementMiner:
         self.near = near
         self.pool: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.candidates: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.kept: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.active_share = float("nan")
 
     def mine(self, net: nn.Module, item_vectors: torch.Tensor) -> None:
@@ -529,10 +543,20 @@ class DisagreementMiner:
         p = np.repeat(pos, self.k_far)
         n = neg.reshape(-1)
         keep = hinge.reshape(-1) > 0
-        self.active_share = float(keep.mean())
-        self.candidates = (self.anchors[a], self.tails[p], self.tails[n])
-        if keep.any():
-            self.pool = (self.anchors[a[keep]], self.tails[p[keep]], self.tails[n[keep]])
+        candidates = (self.anchors[a], self.tails[p], self.tails[n])
+        kept = (self.anchors[a[keep]], self.tails[p[keep]], self.tails[n[keep]])
+        if self.mirror is not None:
+            self.mirror.mine(net, item_vectors)
+            m_cand, m_keep = self.mirror.candidates, self.mirror.kept
+            n_kept = len(kept[0]) + len(m_keep[0])
+            self.active_share = n_kept / (len(candidates[0]) + len(m_cand[0]))
+            candidates = tuple(np.concatenate(x) for x in zip(candidates, m_cand, strict=True))
+            kept = tuple(np.concatenate(x) for x in zip(kept, m_keep, strict=True))
+        else:
+            self.active_share = float(keep.mean())
+        self.candidates, self.kept = candidates, kept
+        if len(kept[0]):
+            self.pool = kept
         else:  # nothing to teach: the candidates, whose hinge is 0 (no gradient), keep
             self.pool = self.candidates  # the step's layout until a mining finds some
 
