@@ -647,6 +647,11 @@ BAD_FILES = {
     "debias-dim-true": ("debias", lambda: _debias_blob(dim=True), "dim"),
     "debias-no-weights": ("debias", lambda: _debias_blob(state_dict=KeyError), "state_dict"),
     "debias-unknown-mode": ("debias", lambda: _debias_blob(retrieval_vector="x"), "retrieval"),
+    "debias-embeddings-encoder-a-number": (
+        "debias",
+        lambda: _debias_blob(embeddings_encoder=5),
+        "embeddings_encoder",
+    ),
     # an exposure-aware head (debias.gate_exposure): its item table is checked too
     "debias-exposure-no-table": (
         "debias",
@@ -1055,21 +1060,34 @@ def test_artifacts_that_do_not_belong_together_are_one_line(case, assets, tmp_pa
 
 
 def test_a_ctr_model_refuses_embeddings_of_another_encoder(assets, tmp_path):
-    """A CTR model records the encoder whose embeddings it learned to read; evaluated with
-    another encoder's embeddings of the same width (which it used to score silently),
-    it is one line naming both files; with its own, it evaluates."""
+    """An S3 CTR model and its debias.pt record the encoder whose embeddings they learned
+    to read; given another encoder's embeddings of the same width (which they used to
+    score and map silently), each is one line naming both files; with their own, they
+    evaluate."""
     cfg = tmp_path / "ctr.yaml"
     cfg.write_text("max_epochs: 1\n")
     model = tmp_path / "ctr"
-    res = cli("train-ctr", "--world", assets["world"], "--embeddings", assets["emb"],
-              "--config", cfg, "--out", model, "--accelerator", "cpu")  # fmt: skip
+    res = cli("train-ctr", "--world", assets["world"], "--embeddings", assets["emb"], "--debias",
+              "--reference", assets["emb"], "--config", cfg, "--out", model,
+              "--accelerator", "cpu")  # fmt: skip
     assert res.exit_code == 0, res.output
     other = tmp_path / "emb-other"
-    embed(_other_encoder(tmp_path, 16, 1), World.load(assets["world"]), other, device="cpu")
-    args = ["evaluate", "--world", assets["world"], "--ctr-model", model]
-    res = cli(*args, "--embeddings", other, "--out", tmp_path / "m.json")
+    other_encoder = _other_encoder(tmp_path, 16, 1)
+    embed(other_encoder, World.load(assets["world"]), other, device="cpu")
+    # an export of the other encoder with its own embeddings, but this model's debias.pt
+    res = cli("export", "--encoder", other_encoder, "--embeddings", other,
+              "--debias", model / "debias.pt", "--out", tmp_path / "x")  # fmt: skip
     assert_one_line(res, "was made by another encoder")
-    assert str(other / "items.parquet") in res.stderr and str(model / "model.pt") in res.stderr
-    assert not (tmp_path / "m.json").exists()
-    res = cli(*args, "--embeddings", assets["emb"], "--out", tmp_path / "m.json")
-    assert res.exit_code == 0, res.output
+    assert str(model / "debias.pt") in res.stderr and not (tmp_path / "x").exists()
+    for given, named in (
+        (["--ctr-model", model], model / "model.pt"),
+        (["--debias", model / "debias.pt"], model / "debias.pt"),
+    ):
+        args = ["evaluate", "--world", assets["world"], *given]
+        res = cli(*args, "--embeddings", other, "--out", tmp_path / "m.json")
+        assert_one_line(res, "was made by another encoder")
+        assert str(other / "items.parquet") in res.stderr and str(named) in res.stderr
+        assert not (tmp_path / "m.json").exists()
+        res = cli(*args, "--embeddings", assets["emb"], "--out", tmp_path / "m.json")
+        assert res.exit_code == 0, res.output
+        (tmp_path / "m.json").unlink()

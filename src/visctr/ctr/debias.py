@@ -611,10 +611,13 @@ def export_debias(
     path: Path,
     item_ids: np.ndarray | None = None,
     item_buckets: np.ndarray | None = None,
+    embeddings_encoder: str | None = None,
 ) -> None:
     """Write ``debias.pt``: weights + the config needed to rebuild and apply them. An
     exposure-aware head (``n_buckets > 0``) also stores each training item's id and
-    exposure bucket (``item_ids``, ``item_buckets``), which serving looks items up by."""
+    exposure bucket (``item_ids``, ``item_buckets``), which serving looks items up by.
+    ``embeddings_encoder``: the digest of the encoder whose embeddings it was trained on
+    (read back as :attr:`DebiasTransform.embeddings_encoder`)."""
     from visctr.io import save_torch
 
     blob = {
@@ -624,6 +627,8 @@ def export_debias(
         "retrieval_vector": cfg.retrieval_vector,
         "state_dict": {k: v.detach().cpu() for k, v in head.state_dict().items()},
     }
+    if embeddings_encoder is not None:
+        blob["embeddings_encoder"] = embeddings_encoder
     if head.n_buckets:
         if item_ids is None or item_buckets is None or len(item_ids) != len(item_buckets):
             raise ValueError("an exposure-aware head is exported with its items' buckets")
@@ -657,12 +662,14 @@ class ExposureTable:
 
 def load_debias(path: Path) -> tuple[DebiasHead, str]:
     """The exported debias head and which vector retrieval uses (``gated``/``debiased``)."""
-    head, mode, _ = load_debias_full(path)
+    head, mode, _, _ = load_debias_full(path)
     return head, mode
 
 
-def load_debias_full(path: Path) -> tuple[DebiasHead, str, ExposureTable | None]:
-    """:func:`load_debias` and the exposure table of an exposure-aware head (else ``None``)."""
+def load_debias_full(path: Path) -> tuple[DebiasHead, str, ExposureTable | None, str | None]:
+    """:func:`load_debias`, the exposure table of an exposure-aware head (else ``None``)
+    and the digest of the encoder whose embeddings it was trained on (``None`` if the file
+    does not record it)."""
     from visctr.io import check_state_dict, field, load_torch
 
     blob = load_torch(path)
@@ -671,6 +678,9 @@ def load_debias_full(path: Path) -> tuple[DebiasHead, str, ExposureTable | None]
     dim = field(blob, "dim", path, int, lo=1, hi=65_536)
     hidden = field(blob, "hidden", path, int, lo=1, hi=65_536)
     mode = field(blob, "retrieval_vector", path, str, choices=("gated", "debiased"))
+    made_by = None
+    if "embeddings_encoder" in blob:
+        made_by = field(blob, "embeddings_encoder", path, str, check=lambda v: 0 < len(v) <= 128)
     n_buckets = 0
     table = None
     if "exposure_buckets" in blob:
@@ -697,7 +707,7 @@ def load_debias_full(path: Path) -> tuple[DebiasHead, str, ExposureTable | None]
     head = DebiasHead(dim, hidden, n_buckets)
     head.load_state_dict(blob["state_dict"])
     head.eval()
-    return head, mode, table
+    return head, mode, table, made_by
 
 
 class DebiasServing(nn.Module):
@@ -741,12 +751,28 @@ class DebiasTransform:
 
     def __init__(self, path: Path, mode: str | None = None, batch_size: int = 65_536):
         self.path = Path(path)
-        head, saved_mode, self.table = load_debias_full(self.path)
+        head, saved_mode, self.table, self.embeddings_encoder = load_debias_full(self.path)
         self.mode = mode or saved_mode
         self.module = DebiasServing(head, self.mode).eval()
         self.query_module = DebiasServing(head, self.mode, queries=True).eval()
         self.dim = head.gate.proj.out_features
         self.batch_size = batch_size
+
+    def check_embeddings(self, embeddings: Path) -> None:
+        """Refuse, in one line naming both files, an embeddings folder made by another
+        encoder than the one whose embeddings this head was trained on (where both
+        record it): its vectors are not what the head learned to map."""
+        from visctr.embeddings import read_embeddings_meta
+
+        items = Path(embeddings) / "items.parquet"
+        given = read_embeddings_meta(items).get("encoder_digest")
+        trained_on = self.embeddings_encoder
+        if trained_on is not None and given is not None and given != trained_on:
+            raise InputError(
+                f"{items} was made by another encoder (digest {given[:12]}) than the "
+                f"embeddings {self.path} was trained on ({trained_on[:12]}): pass the "
+                "embeddings it was trained with"
+            )
 
     @property
     def exposure_aware(self) -> bool:

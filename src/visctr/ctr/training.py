@@ -217,6 +217,7 @@ def train_ctr(
             out_dir / "debias.pt",
             np.asarray(fmap.item_ids, dtype=np.int64),
             np.asarray(fmap.item_pop_bucket, dtype=np.int64),
+            made_by,
         )
     else:
         (out_dir / "debias.pt").unlink(missing_ok=True)

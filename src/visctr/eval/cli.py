@@ -50,6 +50,7 @@ def evaluate(
         from visctr.ctr import debias_transform
 
         transform = debias_transform(debias)
+        transform.check_embeddings(embeddings)
     metrics, _ = evaluate_retrieval(world, embeddings, transform)
     if ctr_model is not None:
         from visctr.eval.ctr import evaluate_ctr

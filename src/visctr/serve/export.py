@@ -254,6 +254,7 @@ def export_artifacts(
             # one function for the served query side (traced) and the indexed item side;
             # an exposure-aware gate reads the query row there and each item's bucket here
             transform = debias_transform(debias_path)
+            transform.check_embeddings(embeddings_dir)
             v_example = torch.zeros(2, vectors.shape[1])
             with torch.no_grad(), _torchscript():
                 d_traced = torch.jit.trace(transform.query_module, v_example)
