@@ -121,6 +121,25 @@ def read_embeddings_meta(path: str | Path) -> dict[str, str]:
     return out
 
 
+def made_by(embeddings_dir: str | Path) -> str | None:
+    """The digest of the encoder file that made an embeddings folder's vectors (``None``
+    for files that do not record it: another tool's, or visctr's from before it did)."""
+    return read_embeddings_meta(Path(embeddings_dir) / "items.parquet").get("encoder_digest")
+
+
+def check_trained_on(embeddings_dir: str | Path, trained_on: str | None, model: Path) -> None:
+    """Refuse, in one line naming both files, embeddings made by another encoder than the
+    one whose embeddings ``model`` (a CTR model or a debias head) was trained on, where
+    both record it: their vectors are not what the model learned to read."""
+    given = made_by(embeddings_dir) if trained_on is not None else None
+    if given is not None and given != trained_on:
+        raise InputError(
+            f"{Path(embeddings_dir) / 'items.parquet'} was made by another encoder (digest "
+            f"{given[:12]}) than the embeddings {model} was trained on ({trained_on[:12]}): "
+            "pass the embeddings it was trained with, or retrain it"
+        )
+
+
 def read_embeddings(path: str | Path, id_column: str = "item_id") -> tuple[np.ndarray, np.ndarray]:
     """Return ``(ids int64 [N], vectors float32 [N, D])``: unique ids, finite vectors of one
     width, writable C-contiguous memory. Errors name the file and the field."""

@@ -759,20 +759,11 @@ class DebiasTransform:
         self.batch_size = batch_size
 
     def check_embeddings(self, embeddings: Path) -> None:
-        """Refuse, in one line naming both files, an embeddings folder made by another
-        encoder than the one whose embeddings this head was trained on (where both
-        record it): its vectors are not what the head learned to map."""
-        from visctr.embeddings import read_embeddings_meta
+        """Refuse an embeddings folder made by another encoder than the one whose
+        embeddings this head was trained on (``visctr.embeddings.check_trained_on``)."""
+        from visctr.embeddings import check_trained_on
 
-        items = Path(embeddings) / "items.parquet"
-        given = read_embeddings_meta(items).get("encoder_digest")
-        trained_on = self.embeddings_encoder
-        if trained_on is not None and given is not None and given != trained_on:
-            raise InputError(
-                f"{items} was made by another encoder (digest {given[:12]}) than the "
-                f"embeddings {self.path} was trained on ({trained_on[:12]}): pass the "
-                "embeddings it was trained with"
-            )
+        check_trained_on(embeddings, self.embeddings_encoder, self.path)
 
     @property
     def exposure_aware(self) -> bool:

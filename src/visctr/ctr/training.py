@@ -33,6 +33,7 @@ from visctr.ctr.stats import compute_train_stats
 from visctr.ctr.stream import Grouped, ImpressionStream
 from visctr.ctr.trainer import CTRModule
 from visctr.ctr.visual import load_embeddings
+from visctr.embeddings import check_trained_on, made_by
 from visctr.errors import ConfigError, InputError
 from visctr.io import claim_out_dir, load_torch, save_torch, write_json
 from visctr.stagedir import StageDir, content_digest, finished
@@ -203,9 +204,9 @@ def train_ctr(
 
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     blob = {"format": MODEL_FORMAT, "config": to_dict(cfg), "seed": seed, "state_dict": state}
-    made_by = _embeddings_encoder(Path(embeddings))
-    if made_by is not None:  # the encoder whose vectors the model learned to read
-        blob["embeddings_encoder"] = made_by
+    encoder_digest = made_by(embeddings)
+    if encoder_digest is not None:  # the encoder whose vectors the model learned to read
+        blob["embeddings_encoder"] = encoder_digest
     save_torch(blob, out_dir / "model.pt")
     fmap.save(out_dir / "feature_map.json")
     write_json(module.history, out_dir / "history.json")
@@ -217,7 +218,7 @@ def train_ctr(
             out_dir / "debias.pt",
             np.asarray(fmap.item_ids, dtype=np.int64),
             np.asarray(fmap.item_pop_bucket, dtype=np.int64),
-            made_by,
+            encoder_digest,
         )
     else:
         (out_dir / "debias.pt").unlink(missing_ok=True)
@@ -247,27 +248,13 @@ def load_model(model_dir: Path, world: World, embeddings: Path) -> tuple[CTRNet,
     fmap = FeatureMap.load(model_dir / "feature_map.json")
     cfg, state, trained_on = _load_weights(model_dir / "model.pt", fmap)
     emb = load_embeddings(Path(embeddings), world)
-    given = _embeddings_encoder(Path(embeddings))
-    if trained_on is not None and given is not None and given != trained_on:
-        raise InputError(
-            f"{Path(embeddings) / 'items.parquet'} was made by another encoder (digest "
-            f"{given[:12]}) than the embeddings {model_dir / 'model.pt'} was trained on "
-            f"({trained_on[:12]}): pass the embeddings it was trained with, or retrain it"
-        )
+    check_trained_on(embeddings, trained_on, model_dir / "model.pt")
     packer = BatchPacker(fmap, emb, fixed_position=0)
     net = build_ctr_net(cfg, fmap, state["user_affinity"])
     net.load_state_dict(state)
     net.set_visual_tables(emb.item_vectors, emb.query_vectors)
     net.eval()
     return net, packer
-
-
-def _embeddings_encoder(embeddings: Path) -> str | None:
-    """The digest of the encoder file that made an embeddings folder (``None`` for files
-    that do not record it: another tool's, or visctr's from before it did)."""
-    from visctr.embeddings import read_embeddings_meta
-
-    return read_embeddings_meta(embeddings / "items.parquet").get("encoder_digest")
 
 
 def _load_weights(
