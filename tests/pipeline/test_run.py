@@ -283,7 +283,8 @@ def test_abtest_says_which_inputs_changed_since_the_run(tiny_run, tmp_path):
     """results.json records the digests of the world, every CTR model and embeddings
     folder; a CTR model replaced afterwards is named by `visctr abtest` (which recomputes),
     recorded in abtest.json, and the OPE validation no longer takes the run's stale A/B
-    figures as the truth but the fresh ones."""
+    figures as the truth but the fresh ones. A model trained on another encoder's
+    embeddings swapped in is refused, naming both files."""
     import shutil
 
     out, _ = tiny_run
@@ -296,19 +297,27 @@ def test_abtest_says_which_inputs_changed_since_the_run(tiny_run, tmp_path):
     res = CliRunner().invoke(main, ["abtest", "--run", str(run)])
     assert res.exit_code == 0 and "changed since" not in res.output, res.output
     ctr = run / "seed_0" / "ctr"
-    shutil.copyfile(ctr / "s2" / "model.pt", ctr / "s1" / "model.pt")  # a model swapped in
     (run / "abtest.json").unlink()
+    # a model trained on another encoder's embeddings swapped in: refused, naming both
+    shutil.copyfile(ctr / "s1" / "model.pt", tmp_path / "s1-model.pt")
+    shutil.copyfile(ctr / "s2" / "model.pt", ctr / "s1" / "model.pt")
+    res = CliRunner().invoke(main, ["abtest", "--run", str(run)])
+    assert res.exit_code == 2 and "was made by another encoder" in res.output, res.output
+    assert str(ctr / "s1" / "model.pt") in res.output
+    shutil.copyfile(tmp_path / "s1-model.pt", ctr / "s1" / "model.pt")
+    # a model of the same embeddings swapped in (S1+S2's plain model as S1+S2+IPS's)
+    shutil.copyfile(ctr / "s1_s2" / "model.pt", ctr / "s1_s2_ips" / "model.pt")
     res = CliRunner().invoke(main, ["abtest", "--run", str(run), "--estimator", "dm"])
     assert res.exit_code == 0, res.output
-    assert "note: seed_0/s1 CTR model changed since results.json was written" in res.output
+    assert "note: seed_0/s1_s2_ips CTR model changed since results.json was written" in res.output
     assert "results.json's A/B test ran on other inputs: not used as the truth" in res.output
     assert "ope_validation" not in json.loads((run / "ope.json").read_text())
     res = CliRunner().invoke(main, ["abtest", "--run", str(run)])
     assert res.exit_code == 0, res.output
-    assert "note: seed_0/s1 CTR model changed since results.json was written" in res.output
+    assert "note: seed_0/s1_s2_ips CTR model changed since results.json was written" in res.output
     ab = json.loads((run / "abtest.json").read_text())
-    assert ab["inputs_changed_since_run"] == ["seed_0/s1 CTR model"]
-    assert ab["provenance"]["models"]["seed_0/s1"] != prov["models"]["seed_0/s1"]
+    assert ab["inputs_changed_since_run"] == ["seed_0/s1_s2_ips CTR model"]
+    assert ab["provenance"]["models"]["seed_0/s1_s2_ips"] != prov["models"]["seed_0/s1_s2_ips"]
     res = CliRunner().invoke(main, ["abtest", "--run", str(run), "--estimator", "dm"])
     assert res.exit_code == 0, res.output
     v = json.loads((run / "ope.json").read_text())["ope_validation"]
