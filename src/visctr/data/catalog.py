@@ -419,18 +419,13 @@ def _bounded_imap(pool, fn, tasks: list, window: int):
     every finished result in the parent, so when the parent writes more slowly than the
     workers decode (a busy machine, a slow disk) the decoded chunks pile up in memory."""
     from collections import deque
+    from itertools import islice
 
-    pending: deque = deque()
     it = iter(tasks)
-    for task in it:
-        pending.append(pool.apply_async(fn, (task,)))
-        if len(pending) >= window:
-            break
+    pending = deque(pool.apply_async(fn, (t,)) for t in islice(it, window))
     while pending:
         block = pending.popleft().get()
-        for task in it:
-            pending.append(pool.apply_async(fn, (task,)))
-            break
+        pending.extend(pool.apply_async(fn, (t,)) for t in islice(it, 1))  # the next, if any
         yield block
 
 
