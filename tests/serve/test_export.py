@@ -16,19 +16,6 @@ from visctr.cli import main
 from visctr.encoders import EncoderConfig, build_encoder, embed, load_encoder
 from visctr.encoders.checkpoint import encoder_spec, save_encoder
 from visctr.serve.export import IndexConfig, build_index, export_artifacts, search_image
-from visctr.world import World
-
-
-@pytest.fixture(scope="module")
-def encoder_and_embeddings(tiny_world_dir, tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("enc")
-    cfg = EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16)
-    enc = build_encoder(cfg, 1, 28).eval()
-    save_encoder(d / "encoder.pt", enc, encoder_spec(enc, cfg, 1, 28))
-    world = World.load(tiny_world_dir)
-    embed(d / "encoder.pt", world, d / "emb", device="cpu")
-    return d / "encoder.pt", d / "emb", world
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])

@@ -25,6 +25,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -318,7 +319,9 @@ def decode_limit(size: int) -> int:
     return max(MAX_DECODE_PIXELS, 64 * size * size)
 
 
-def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
+def read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
+    """The photo at ``path`` as a ``[channels, size, size]`` uint8 array (:func:`image_array`);
+    the one decoder of every photo visctr reads: catalog, query photos, search, the API."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -335,16 +338,7 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
                     f"for {size}x{size} images; downscale it first"
                 )
             im.load()
-            if im.mode not in EIGHT_BIT_MODES:
-                # 16-bit / 32-bit / float pixels would be clipped to 0..255 silently
-                raise InputError(
-                    f"{where}: image {path} has mode {im.mode!r} (more than 8 bits per "
-                    "channel); convert the catalog to 8-bit images"
-                )
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            return image_array(im, size, channels, f"{where}: image {path}")
     except (
         UnidentifiedImageError,
         OSError,
@@ -353,11 +347,24 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
         Image.DecompressionBombError,
     ) as e:
         raise InputError(f"{where}: corrupt or unreadable image {path} ({e})") from None
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
-    return arr
+
+
+def image_array(im: Any, size: int, channels: int, where: str) -> np.ndarray:
+    """A decoded PIL image as ``[channels, size, size]`` uint8: 8-bit modes only (16-bit
+    and float pixels would be clipped silently), converted to grey or RGB, resized
+    bilinearly."""
+    from PIL import Image
+
+    if im.mode not in EIGHT_BIT_MODES:
+        raise InputError(
+            f"{where} has mode {im.mode!r} (more than 8 bits per channel); convert it to an "
+            "8-bit image"
+        )
+    im = im.convert("L" if channels == 1 else "RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
 DECODE_CHUNK = 256  # images per task of the decoding pool
@@ -381,7 +388,7 @@ def _read_chunk(task: tuple[list[Path], list[str], int, int]) -> np.ndarray:
     paths, wheres, size, channels = task
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     for i, (p, w) in enumerate(zip(paths, wheres, strict=True)):
-        out[i] = _read_image(p, size, channels, w)
+        out[i] = read_image(p, size, channels, w)
     return out
 
 

@@ -183,6 +183,10 @@ class Encoder(nn.Module):
     with a fixed ``mean``/``std`` so the exported encoder needs no preprocessing code.
     ``forward`` returns the unnormalised embedding, :meth:`encode` the L2-normalised one.
 
+    ``image_size`` / ``in_channels``: the photos it was trained on (side in pixels,
+    1 or 3 channels), recorded in ``encoder.pt``; :func:`visctr.embed` resizes a user's
+    photos to them. ``None`` on an encoder built by hand until they are set.
+
     ``memory_format``: how the backbone's weights and its input batches are laid out.
     ``channels_last`` (NHWC, the default) is the layout oneDNN's CPU convolutions and
     cuDNN run fastest: on a 2-core CPU the default ConvNet's bare forward is about 1.4x
@@ -200,6 +204,8 @@ class Encoder(nn.Module):
         memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         super().__init__()
+        self.image_size: int | None = None
+        self.in_channels: int | None = None
         if not hasattr(backbone, "out_dim"):
             raise ValueError("backbone must have an integer attribute 'out_dim'")
         self.backbone = backbone

@@ -34,7 +34,9 @@ def build_encoder(cfg: EncoderConfig, in_channels: int, image_size: int) -> Enco
         raise InputError(f"encoder config: {e}") from None
     if cfg.weights is not None:
         load_backbone_weights(backbone, cfg.weights, cfg.backbone)
-    return Encoder(backbone, cfg.embed_dim)
+    enc = Encoder(backbone, cfg.embed_dim)
+    enc.in_channels, enc.image_size = int(in_channels), int(image_size)
+    return enc
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -263,4 +265,5 @@ def encoder_from_file(
         enc.load_state_dict(obj["state_dict"])
     except RuntimeError as e:
         raise InputError(f"{path}: weights do not fit the encoder ({e})") from None
+    enc.in_channels, enc.image_size = int(spec["in_channels"]), int(spec["image_size"])
     return enc

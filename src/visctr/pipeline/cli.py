@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import click
@@ -13,7 +11,6 @@ from visctr.cli_common import (
     SEED,
     check_out,
     handle_errors,
-    path_input,
     trainer_options,
 )
 from visctr.world.cli import WORKERS
@@ -97,56 +94,22 @@ def run(
     """Build (or read) the world, train every method, evaluate, write results.json + report.md.
 
     With --world, the preset sets only the training budget; the world is read as it is."""
-    from visctr.errors import InputError
-    from visctr.io import claim_out_dir
-    from visctr.pipeline.config import resolve_run_config
-    from visctr.pipeline.run import run_pipeline
+    from visctr.pipeline.run import run as run_api
 
-    if world_dir is not None and (catalog, data_dir, workers) != (None, None, None):
-        raise InputError(
-            "--world reads an existing world: it cannot be combined with "
-            "--catalog/--data-dir/--workers"
-        )
-    check_out(out, "run", path_input(catalog), data_dir, config_path, world_dir)
-    cfg = resolve_run_config(
+    run_api(
         preset,
-        config_path,
+        config=config_path,
+        out=out,
         seeds=seeds,
         seed=seed,
         ctr_seeds=ctr_seeds,
+        world=world_dir,
         catalog=catalog,
         data_dir=data_dir,
-        trainer_overrides=trainer_overrides,
+        workers=workers,
+        restart=restart,
+        trainer=trainer_overrides,
     )
-    if world_dir is not None:
-        from visctr.world import World
-
-        World.load(world_dir)  # a bad world fails here, before the run directory is claimed
-    before = set(os.listdir(out)) if Path(out).is_dir() else None
-    claim_out_dir(out, "run")
-    try:
-        run_pipeline(cfg, out, restart=restart, world_dir=world_dir, workers=workers)
-    except Exception:  # an error, not a signal: SIGTERM/Ctrl-C keep their checkpoints
-        _remove_if_nothing_done(Path(out), before)
-        raise
-
-
-def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
-    """After a failed run: when no stage finished and no checkpoint was written, remove what
-    this run created (the whole directory if it made it), so a failure leaves no output."""
-    from visctr.stagedir import any_progress
-
-    if any_progress(out):
-        return  # something to resume from: keep it all
-    if before is None:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for name in set(os.listdir(out)) - before:
-        path = out / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
 
 
 @click.command("abtest")

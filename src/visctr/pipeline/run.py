@@ -29,6 +29,106 @@ WORLD_OUTPUTS = ("data/*.parquet", "data/impressions/*.parquet", "data/images/*.
 EMBEDDING_OUTPUTS = ("items.parquet", "queries.parquet")
 
 
+def run(
+    preset: str = "small",
+    *,
+    out: str | Path,
+    config: str | Path | None = None,
+    seeds: int = 1,
+    seed: int = 0,
+    ctr_seeds: int = 1,
+    world: str | Path | None = None,
+    catalog: str | None = None,
+    data_dir: str | None = None,
+    workers: int | None = None,
+    restart: bool = False,
+    trainer: dict | None = None,
+) -> dict:
+    """Everything ``visctr run`` does: the world, the seven methods, evaluation, the A/B
+    test, ``results.json`` and ``report.md`` in ``out``.
+
+    Args:
+        preset: ``tiny``, ``small`` or ``full``: the world's size and the training budget
+            (with ``world``, the budget only).
+        out: the run directory: new, empty, or an earlier run's (its finished stages are
+            reused when their config is the same).
+        config: a YAML file with sections ``world``, ``s1``, ``s2``, ``classify``, ``ctr``,
+            ``trainer``, ``abtest``, ``ope`` (as ``visctr config show`` prints).
+        seeds / seed / ctr_seeds: training seeds, the world seed, CTR models per encoder.
+        world: an existing world directory (``visctr simulate`` or ``visctr import``).
+        catalog / data_dir: the catalog to simulate over (default Fashion-MNIST).
+        workers: processes decoding a folder or manifest catalog.
+        restart: recompute every stage.
+        trainer: overrides of the ``trainer`` section (``accelerator``, ``devices``, ...).
+
+    Returns:
+        The results dict, as written to ``out/results.json``.
+
+    Example:
+        >>> import visctr
+        >>> res = visctr.run("tiny", out="runs/tiny")                     # doctest: +SKIP
+        >>> res["methods"]["S1+S2+D"]["hr@10"]["mean"]                     # doctest: +SKIP
+    """
+    import os
+
+    from visctr.cli_common import check_out, path_input
+    from visctr.errors import InputError
+    from visctr.io import claim_out_dir
+    from visctr.pipeline.config import resolve_run_config
+
+    out = Path(out)
+    config = Path(config) if config is not None else None
+    world = Path(world) if world is not None else None
+    if world is not None and (catalog, data_dir, workers) != (None, None, None):
+        raise InputError(
+            "--world reads an existing world: it cannot be combined with "
+            "--catalog/--data-dir/--workers"
+        )
+    check_out(out, "run", path_input(catalog), data_dir, config, world)
+    cfg = resolve_run_config(
+        preset,
+        config,
+        seeds=seeds,
+        seed=seed,
+        ctr_seeds=ctr_seeds,
+        catalog=catalog,
+        data_dir=data_dir,
+        trainer_overrides=trainer,
+    )
+    if world is not None:
+        from visctr.world import World
+
+        World.load(world)  # a bad world fails here, before the run directory is claimed
+    before = set(os.listdir(out)) if out.is_dir() else None
+    claim_out_dir(out, "run")
+    try:
+        return run_pipeline(cfg, out, restart=restart, world_dir=world, workers=workers)
+    except Exception:  # an error, not a signal: SIGTERM/Ctrl-C keep their checkpoints
+        _remove_if_nothing_done(out, before)
+        raise
+
+
+def _remove_if_nothing_done(out: Path, before: set[str] | None) -> None:
+    """After a failed run: when no stage finished and no checkpoint was written, remove what
+    this run created (the whole directory if it made it), so a failure leaves no output."""
+    import os
+    import shutil
+
+    from visctr.stagedir import any_progress
+
+    if any_progress(out):
+        return  # something to resume from: keep it all
+    if before is None:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in set(os.listdir(out)) - before:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def run_pipeline(
     cfg: Any,
     out: Path,

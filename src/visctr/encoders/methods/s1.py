@@ -26,6 +26,33 @@ def two_view_embeddings(
 
 
 class S1Method(EncoderMethod):
+    """S1 as a LightningModule: trains ``encoder`` on any DataLoader of images.
+
+    Args:
+        encoder: the :class:`~visctr.encoders.backbones.Encoder` to train (in place).
+        cfg: :class:`~visctr.encoders.config.S1Config`: the objective (``objective.method``
+            simsiam | infonce | byol), augmentations, optimiser and schedule.
+        seed: fixes every augmentation draw (by seed and global step).
+        probe: an optional online kNN probe, logged per epoch in ``history``.
+
+    A batch is a dict ``{"image": images}``: uint8 ``[B, C, H, W]`` (or float in [0, 1]);
+    two augmented views of each image are the positive pair. The trained weights are in
+    ``method.encoder``; ``method.history`` holds one row per epoch.
+
+    Example:
+        >>> import lightning as L, torch, visctr
+        >>> from visctr.encoders.checkpoint import build_encoder
+        >>> enc = build_encoder(visctr.EncoderConfig(width=8), in_channels=1, image_size=28)
+        >>> images = torch.randint(0, 255, (64, 1, 28, 28), dtype=torch.uint8)
+        >>> loader = torch.utils.data.DataLoader([{"image": x} for x in images], batch_size=32)
+        >>> cfg = visctr.S1Config(epochs=1)  # SimSiam; objective.method: infonce as in run
+        >>> L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False,
+        ...           enable_progress_bar=False, enable_model_summary=False
+        ...           ).fit(visctr.S1Method(enc, cfg, seed=0), loader)
+        >>> len(visctr.S1Method.__mro__) > 0 and enc.training
+        True
+    """
+
     def __init__(
         self, encoder: Encoder, cfg: S1Config, seed: int, probe: KnnProbe | None = None
     ) -> None:

@@ -34,6 +34,27 @@ def _fmt(spec: dict[str, Any]) -> str:
 
 
 class S2Method(EncoderMethod):
+    """S2 as a LightningModule: click-contrastive fine-tuning, plus ``lambda_s1`` × the S1
+    objective on catalog images.
+
+    Args:
+        encoder: the encoder to train, usually an S1 one (:func:`visctr.load_encoder`).
+        cfg: :class:`~visctr.encoders.config.S2Config`.
+        seed: fixes every random draw (by seed and global step).
+        clicked_pairs: every clicked ``(query_id, item_id)`` of the log, int64 ``[N, 2]``:
+            an item clicked for the query is never used as its negative.
+        pool: the class-aware pool of extra negatives
+            (:class:`~visctr.encoders.data.NegativePool`), or ``None`` for in-batch
+            negatives only.
+        probe: an optional online kNN probe.
+
+    A batch is ``{"click": clicks, "catalog": {"image": images}}`` (``"catalog"`` only when
+    ``cfg.lambda_s1 > 0``; with ``lambda_s1: 0`` the click dict alone may be the batch).
+    ``clicks`` holds ``query_image`` and ``item_image`` (uint8 ``[B, C, H, W]``),
+    ``query_id`` and ``item_id`` (int64 ``[B]``) and, with a pool, the item's
+    ``category`` (int64 ``[B]``): one clicked (query photo, item photo) pair per row.
+    """
+
     def __init__(
         self,
         encoder: Encoder,

@@ -1,0 +1,161 @@
+"""The Python front door: ``import visctr`` is cheap and names every public piece;
+``visctr.embed`` on a user's photos gives the vectors of ``visctr embed`` and of the exported
+TorchScript encoder; the README's Python section and the docstring examples run."""
+
+from __future__ import annotations
+
+import doctest
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import visctr
+from visctr.embeddings import read_embeddings
+from visctr.errors import InputError
+from visctr.serve.export import IndexConfig, _jit_load, export_artifacts, search_image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_visctr_loads_no_torch():
+    code = "import sys, visctr; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_every_exported_name_resolves():
+    for name in visctr.__all__:
+        assert getattr(visctr, name) is not None, name
+    assert visctr.S1Method.__module__ == "visctr.encoders.methods.s1"
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        visctr.nope  # noqa: B018
+
+
+@pytest.fixture(scope="module")
+def exported(encoder_and_embeddings, tmp_path_factory):
+    enc_path, emb_dir, world = encoder_and_embeddings
+    out = tmp_path_factory.mktemp("api") / "export"
+    return export_artifacts(enc_path, emb_dir, out, IndexConfig(kind="flat"))
+
+
+def test_embed_photos_equals_visctr_embed_and_the_exported_encoder(
+    encoder_and_embeddings, exported, tmp_path
+):
+    """The same catalog photos given as PNG files, PIL images, numpy arrays and uint8 or
+    float tensors embed to the vectors ``visctr embed`` wrote for them, and to what the
+    exported ``encoder.ts`` gives, to 1e-5."""
+    enc_path, emb_dir, world = encoder_and_embeddings
+    ids, written = read_embeddings(emb_dir / "items.parquet")
+    rows = np.arange(6)
+    pixels = np.asarray(world.item_images[world.items["image_row"][rows]])  # [6, 1, 28, 28]
+    pngs = []
+    for i, img in enumerate(pixels):
+        pngs.append(tmp_path / f"p{i}.png")
+        Image.fromarray(img[0]).save(pngs[-1])
+    enc = visctr.load_encoder(enc_path)
+    assert (enc.image_size, enc.in_channels) == (28, 1)
+    with torch.no_grad():
+        served = _jit_load(exported / "encoder.ts")(torch.from_numpy(pixels))
+    inputs = {
+        "paths": [str(p) for p in pngs],
+        "pil": [Image.open(p) for p in pngs],
+        "numpy HW": [img[0] for img in pixels],
+        "numpy HWC": [img.transpose(1, 2, 0) for img in pixels],
+        "tensor uint8": [torch.from_numpy(img) for img in pixels],
+        "tensor float": [torch.from_numpy(img).float() / 255 for img in pixels],
+    }
+    for kind, photos in inputs.items():
+        got = visctr.embed(enc_path if kind == "paths" else enc, photos, batch_size=4)
+        assert got.shape == (6, enc.embed_dim) and got.dtype == np.float32, kind
+        assert float(np.abs(got - written[rows]).max()) <= 1e-5, kind
+        assert float(np.abs(got - served.numpy()).max()) <= 1e-5, kind
+    one = visctr.embed(enc, pngs[0])  # a single photo: one row
+    assert one.shape == (1, enc.embed_dim)
+
+
+def test_embed_resizes_and_converts_as_search_does(encoder_and_embeddings, exported, tmp_path):
+    """A large RGB photo is converted and resized by the same decoder as ``visctr search``:
+    the API's vector finds the same item with the same score."""
+    enc_path, emb_dir, world = encoder_and_embeddings
+    ids, written = read_embeddings(emb_dir / "items.parquet")
+    img = np.asarray(world.item_images[world.items["image_row"][3], 0])
+    big = Image.fromarray(img).resize((90, 70)).convert("RGB")
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=95)
+    vec = visctr.embed(enc_path, [path])[0]
+    scores = written @ vec
+    best = int(np.argmax(scores))
+    hit = search_image(exported, path, k=1)[0]
+    assert hit[0] == int(ids[best]) and abs(hit[1] - float(scores[best])) < 1e-4
+
+
+def test_embed_refuses_what_it_cannot_read(encoder_and_embeddings, tmp_path):
+    enc_path, _, _ = encoder_and_embeddings
+    enc = visctr.load_encoder(enc_path)
+    with pytest.raises(InputError, match="image file not found"):
+        visctr.embed(enc, [tmp_path / "missing.jpg"])
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match="bad.jpg"):
+        visctr.embed(enc, [tmp_path / "bad.jpg"])
+    with pytest.raises(InputError, match=r"images\[0\]: a tensor photo is uint8"):
+        visctr.embed(enc, [torch.rand(1, 40, 40)])
+    with pytest.raises(InputError, match=r"images\[1\]: an array photo is uint8"):
+        visctr.embed(enc, [np.zeros((28, 28), np.uint8), np.zeros((28, 28), np.float64)])
+    with pytest.raises(InputError, match=r"images\[0\]: expected a file path"):
+        visctr.embed(enc, [12])
+    bare = visctr.Encoder(enc.backbone)  # built by hand: no recorded geometry
+    with pytest.raises(InputError, match="does not record the photos"):
+        visctr.embed(bare, [np.zeros((28, 28), np.uint8)])
+    assert visctr.embed(enc, []).shape == (0, enc.embed_dim)
+
+
+def _readme_python() -> str:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README.md has no ```python block"
+    return "\n".join(blocks)
+
+
+def test_readme_python_section_runs(tiny_world_dir, tmp_path, monkeypatch):
+    """The README's Python section, executed as written, on a tiny world (its paths are
+    made to exist: a world, and photos)."""
+    code = _readme_python()
+    assert len(code.splitlines()) <= 20
+    monkeypatch.chdir(tmp_path)
+    world = visctr.World.load(tiny_world_dir)
+    (tmp_path / "worlds").mkdir()
+    (tmp_path / "worlds" / "shop").symlink_to(tiny_world_dir)
+    for name in re.findall(r'"([\w/-]+\.(?:jpg|png))"', code):
+        Image.fromarray(np.asarray(world.item_images[0, 0])).save(tmp_path / name)
+    from visctr.encoders.config import EncoderConfig, S1ObjectiveConfig
+    from visctr.train import TrainerConfig
+
+    # the README trains with the default budget; here one small epoch of a small network
+    objective = S1ObjectiveConfig(proj_dim=32, pred_dim=16)
+    tiny = dict(encoder=EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16), epochs=1,
+                batch_size=64, probe_items=50, trainer=TrainerConfig(accelerator="cpu",
+                progress_bar=False))  # fmt: skip
+    s1_kw = {**tiny, "objective": objective}
+    s2_kw = {**tiny, "s1": objective, "s1_batch_size": 32, "extra_negatives": 32}
+    real_s1, real_s2 = visctr.S1Config, visctr.S2Config
+    monkeypatch.setattr(visctr, "S1Config", lambda **kw: real_s1(**{**s1_kw, **kw}))
+    monkeypatch.setattr(visctr, "S2Config", lambda **kw: real_s2(**{**s2_kw, **kw}))
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    vectors = namespace["vectors"]
+    assert vectors.ndim == 2 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["visctr.encoders.methods.s1"])
+def test_docstring_examples_run(module):
+    import importlib
+
+    mod = importlib.import_module(module)
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert res.attempted > 0 and res.failed == 0
