@@ -4,6 +4,7 @@ TorchScript encoder; the README's Python section and the docstring examples run.
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import re
 import subprocess
@@ -122,34 +123,36 @@ def _readme_python() -> str:
     return "\n".join(blocks)
 
 
-def test_readme_python_section_runs(tiny_world_dir, tmp_path, monkeypatch):
-    """The README's Python section, executed as written, on a tiny world (its paths are
-    made to exist: a world, and photos)."""
+def test_readme_python_section_runs(tiny_run, tmp_path, monkeypatch, capsys):
+    """The README's Python section, executed as written, on the tiny run's world. Its stage
+    directories are copies of the tiny run's and its configs are the run's, so the stages
+    are found up to date (visctr's stage cache) instead of trained again; its photos are
+    catalog photos written as files."""
+    import shutil
+
+    from visctr.pipeline.config import resolve_run_config
+
     code = _readme_python()
     assert len(code.splitlines()) <= 20
+    run, _ = tiny_run
     monkeypatch.chdir(tmp_path)
-    world = visctr.World.load(tiny_world_dir)
     (tmp_path / "worlds").mkdir()
-    (tmp_path / "worlds" / "shop").symlink_to(tiny_world_dir)
-    for name in re.findall(r'"([\w/-]+\.(?:jpg|png))"', code):
-        Image.fromarray(np.asarray(world.item_images[0, 0])).save(tmp_path / name)
-    from visctr.encoders.config import EncoderConfig, S1ObjectiveConfig
-    from visctr.train import TrainerConfig
-
-    # the README trains with the default budget; here one small epoch of a small network
-    objective = S1ObjectiveConfig(proj_dim=32, pred_dim=16)
-    tiny = dict(encoder=EncoderConfig(width=8, stages=2, blocks=1, embed_dim=16), epochs=1,
-                batch_size=64, probe_items=50, trainer=TrainerConfig(accelerator="cpu",
-                progress_bar=False))  # fmt: skip
-    s1_kw = {**tiny, "objective": objective}
-    s2_kw = {**tiny, "s1": objective, "s1_batch_size": 32, "extra_negatives": 32}
-    real_s1, real_s2 = visctr.S1Config, visctr.S2Config
-    monkeypatch.setattr(visctr, "S1Config", lambda **kw: real_s1(**{**s1_kw, **kw}))
-    monkeypatch.setattr(visctr, "S2Config", lambda **kw: real_s2(**{**s2_kw, **kw}))
+    (tmp_path / "worlds" / "shop").symlink_to(run / "world" / "data")
+    shutil.copytree(run / "seed_0" / "encoders" / "s1", tmp_path / "out" / "s1")
+    shutil.copytree(run / "seed_0" / "encoders" / "s1_s2", tmp_path / "out" / "s2")
+    world = visctr.World.load(run / "world" / "data")
+    names = re.findall(r'"([\w/-]+\.(?:jpg|png))"', code)
+    for i, name in enumerate(names):
+        Image.fromarray(np.asarray(world.item_images[i, 0])).save(tmp_path / name)
+    cfg = resolve_run_config("tiny")
+    monkeypatch.setattr(visctr, "S1Config", lambda **kw: dataclasses.replace(cfg.s1, **kw))
+    monkeypatch.setattr(visctr, "S2Config", lambda **kw: dataclasses.replace(cfg.s2, **kw))
     namespace: dict = {"__name__": "readme"}
     exec(compile(code, "README.md", "exec"), namespace)
+    assert capsys.readouterr().out.count("up to date") == 2  # nothing was trained again
     vectors = namespace["vectors"]
-    assert vectors.ndim == 2 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert vectors.shape == (len(names), namespace["encoder"].embed_dim)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
 
 @pytest.mark.parametrize("module", ["visctr.encoders.methods.s1"])
