@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "visctr.io",
             "visctr.ids",
             "visctr.config",
+            "visctr.presets",
             "visctr.stagedir",
             "visctr.train",
             "visctr.precision",

@@ -44,6 +44,7 @@ def test_cli_pretrain_finetune_embed(tiny_world_dir, tmp_path):
         ],
     )
     assert res.exit_code == 0, res.output
+    assert "[pretrain] S1 objective: infonce (preset small)" in res.output
     enc = tmp_path / "s1" / "encoder.pt"
     res = r.invoke(
         finetune,
@@ -143,3 +144,30 @@ def test_cli_config_sections(tiny_world_dir, tmp_path):
         ["--world", str(tiny_world_dir), "--out", str(tmp_path / "o"), "--config", str(none)],
     )
     assert res.exit_code == 2 and "'finetune' or 's2'" in res.output
+
+
+def test_stage_verbs_resolve_the_stage_config_of_run(tmp_path):
+    """``visctr pretrain|finetune|classify`` alone train what ``visctr run`` trains with the
+    same preset, with and without a config file (a partial run config with a trainer)."""
+    from visctr.encoders.cli import _load_cfg
+    from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
+    from visctr.pipeline.config import resolve_run_config
+    from visctr.presets import PRESET_NAMES
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "s1: {epochs: 2, objective: {temperature: 0.3}}\ns2: {lambda_s1: 0.25}\n"
+        "classify: {batch_size: 32}\ntrainer: {accelerator: cpu, progress_bar: false}\n"
+    )
+    verbs = (("pretrain", S1Config, "s1"), ("finetune", S2Config, "s2"),
+             ("classify", ClassifyConfig, "classify"))  # fmt: skip
+    for preset in PRESET_NAMES:
+        for path in (None, cfg):
+            run = resolve_run_config(preset, path)
+            for verb, cls, section in verbs:
+                assert _load_cfg(cls, verb, path, None, {}, preset) == getattr(run, section), (
+                    preset,
+                    path,
+                    verb,
+                )
+    assert resolve_run_config("small").s1.objective.method == "infonce"  # not the default

@@ -1,9 +1,12 @@
 """CLI verbs of the encoder stages: ``pretrain``, ``finetune``, ``classify``, ``embed``.
 
-``--config FILE.yaml`` reads the section named after the verb (``pretrain:``,
-``finetune:``, ``classify:``), or the same stage's section of a ``visctr run`` config
-(``s1:``, ``s2:``), strictly into the stage's config: unknown keys are errors. A top-level
-``trainer:`` mapping applies too; ``--epochs`` and the accelerator flags override both.
+A stage's config is resolved as ``visctr run`` resolves it: the defaults, then the stage's
+section of ``--preset`` (:mod:`visctr.presets`; ``small`` by default, as for ``run``), then
+``--config FILE.yaml``'s section named after the verb (``pretrain:``, ``finetune:``,
+``classify:``) or the same stage's section of a ``visctr run`` config (``s1:``, ``s2:``),
+read strictly (unknown keys are errors), with a top-level ``trainer:`` mapping; then
+``--epochs`` and the accelerator flags. So ``visctr pretrain`` alone trains the S1 that
+``visctr run`` trains.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from visctr.cli_common import (
 )
 from visctr.config import from_dict, merge, read_yaml
 from visctr.errors import ConfigError
+from visctr.presets import DEFAULT_PRESET, PRESET_NAMES, preset_section
 
 # A verb reads its own section, or the one of the same stage in a `visctr run` config.
 SECTIONS = {
@@ -30,6 +34,8 @@ SECTIONS = {
     "finetune": ("finetune", "s2"),
     "classify": ("classify",),
 }
+# The section of the run config (and of the presets) that a verb's stage is.
+RUN_SECTION = {"pretrain": "s1", "finetune": "s2", "classify": "classify"}
 
 
 def _load_cfg(
@@ -38,9 +44,11 @@ def _load_cfg(
     config: Path | None,
     epochs: int | None,
     trainer_overrides: dict[str, Any],
+    preset: str = DEFAULT_PRESET,
 ) -> Any:
-    """Stage config = defaults < the file's section < its top-level ``trainer`` < flags."""
-    data: dict[str, Any] = {}
+    """Stage config = defaults < the preset's section < the file's section < its top-level
+    ``trainer`` < flags: what ``visctr run --preset PRESET --config FILE`` trains."""
+    data: dict[str, Any] = preset_section(preset, RUN_SECTION[verb])
     where = f"{verb} config"
     if config is not None:
         raw = read_yaml(config)
@@ -53,17 +61,18 @@ def _load_cfg(
         if len(found) > 1:
             raise ConfigError(f"{config}: both {found[0]!r} and {found[1]!r} sections; keep one")
         where = f"{config}:{found[0]}"
-        data = raw[found[0]] or {}
-        if not isinstance(data, dict):
+        section = raw[found[0]] or {}
+        if not isinstance(section, dict):
             raise ConfigError(f"{where}: must be a mapping")
         if raw.get("trainer"):
-            data = merge(data, {"trainer": raw["trainer"]})
+            section = merge(section, {"trainer": raw["trainer"]})
+        from_dict(cls, section, where=where)  # report file errors against the file
+        data = merge(data, section)
     over: dict[str, Any] = {}
     if epochs is not None:
         over["epochs"] = epochs
     if trainer_overrides:
         over["trainer"] = trainer_overrides
-    from_dict(cls, data, where=where)  # report file errors against the file
     cfg = from_dict(cls, merge(data, over), where=f"{where} + command line")
     from visctr.train import check_logger
 
@@ -85,9 +94,30 @@ def _world(path: Path):
     return World.load(path)
 
 
+def _say_objective(verb: str, cfg: Any, preset: str) -> None:
+    """Name the S1 objective a verb trains with (the library default differs from the
+    presets': SimSiam against InfoNCE), on stderr, once."""
+    from visctr.train import is_global_zero
+
+    objective = getattr(cfg, "objective", None) or (
+        cfg.s1 if getattr(cfg, "lambda_s1", 0) > 0 else None
+    )
+    if objective is not None and is_global_zero():
+        term = "S1 objective" if verb == "pretrain" else "λ·L_S1 objective"
+        click.echo(f"[{verb}] {term}: {objective.method} (preset {preset})", err=True)
+
+
 def _stage_options(fn):
     fn = click.option(
         "--epochs", type=POSITIVE, default=None, help="Override the config's epochs."
+    )(fn)
+    fn = click.option(
+        "--preset",
+        type=click.Choice(PRESET_NAMES),
+        default=DEFAULT_PRESET,
+        show_default=True,
+        help="The stage budget and S1 objective of 'visctr run --preset' (the config "
+        "file and flags override it).",
     )(fn)
     fn = click.option(
         "--config",
@@ -127,13 +157,16 @@ def _catalog_verb(verb: str, cfg_name: str, stage_name: str, doc: str) -> click.
         seed: int,
         config: Path | None,
         epochs: int | None,
+        preset: str,
         trainer_overrides: dict[str, Any],
     ) -> None:
         from visctr.encoders import config as configs
         from visctr.encoders import stages
 
         check_out(out, "encoder", world, config)
-        cfg = _load_cfg(getattr(configs, cfg_name), verb, config, epochs, trainer_overrides)
+        cls = getattr(configs, cfg_name)
+        cfg = _load_cfg(cls, verb, config, epochs, trainer_overrides, preset)
+        _say_objective(verb, cfg, preset)
         _echo(getattr(stages, stage_name)(_world(world), cfg, out, seed))
 
     return command
@@ -144,7 +177,8 @@ pretrain = _catalog_verb(
     "S1Config",
     "pretrain",
     "S1: self-supervised pre-training on every catalog image. The config's objective.method "
-    "picks the S1 objective (default simsiam; an unknown name lists the registered ones).",
+    "picks the S1 objective (every preset: infonce, as in 'visctr run'; the library default "
+    "without a preset is simsiam; an unknown name lists the registered ones).",
 )
 classify = _catalog_verb(
     "classify", "ClassifyConfig", "classify", "ResNet-C: the category-supervised baseline encoder."
@@ -167,6 +201,7 @@ def finetune(
     seed: int,
     config: Path | None,
     epochs: int | None,
+    preset: str,
     init: Path | None,
     trainer_overrides: dict[str, Any],
 ) -> None:
@@ -175,7 +210,8 @@ def finetune(
     from visctr.encoders.stages import finetune as run
 
     check_out(out, "encoder", world, config, init)
-    cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides)
+    cfg = _load_cfg(S2Config, "finetune", config, epochs, trainer_overrides, preset)
+    _say_objective("finetune", cfg, preset)
     _echo(run(_world(world), cfg, out, seed, init=init))
 
 

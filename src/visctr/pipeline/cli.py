@@ -13,6 +13,7 @@ from visctr.cli_common import (
     handle_errors,
     trainer_options,
 )
+from visctr.presets import DEFAULT_PRESET, PRESET_NAMES
 from visctr.world.cli import WORKERS
 
 # shared by visctr run and visctr config show, which resolves what run would
@@ -20,8 +21,8 @@ from visctr.world.cli import WORKERS
 OPE_ESTIMATORS = ("ips", "snips", "pi", "dm", "dr", "dr_pi", "dm_log", "dr_log", "dr_pi_log")
 PRESET = click.option(
     "--preset",
-    type=click.Choice(["tiny", "small", "full"]),
-    default="small",
+    type=click.Choice(PRESET_NAMES),
+    default=DEFAULT_PRESET,
     show_default=True,
     help="World size and training budget.",
 )

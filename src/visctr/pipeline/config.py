@@ -16,37 +16,10 @@ from visctr.config import RUN_SECTIONS, from_dict, merge, read_yaml
 from visctr.ctr.config import CTRConfig
 from visctr.encoders.config import ClassifyConfig, S1Config, S2Config
 from visctr.errors import ConfigError
+from visctr.presets import check_preset, preset_section
 from visctr.train import TrainerConfig, check_logger
-from visctr.world.presets import PRESETS as WORLD_PRESETS
 from visctr.world.presets import resolve_world_config
 from visctr.world.simulate import SimConfig
-
-# Stage budgets per preset (sizes of the world come from visctr.world.presets.PRESETS).
-# Every preset runs S1 (and the λ·L_S1 term of S2) with InfoNCE rather than the library
-# default SimSiam, which had barely started within the CPU budget of `small`; the measured
-# figures behind this choice are in the README ("Tuning"), not here, so they cannot go stale.
-_S1_INFONCE = {"s1": {"objective": {"method": "infonce"}}, "s2": {"s1": {"method": "infonce"}}}
-STAGE_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": merge(
-        _S1_INFONCE,
-        {  # seconds per stage: for tests and smoke runs, not for conclusions
-            "s1": {"epochs": 1, "batch_size": 128, "probe_items": 200},
-            "s2": {"epochs": 1, "batch_size": 128, "probe_items": 200},
-            "classify": {"epochs": 1, "batch_size": 128, "probe_items": 200},
-            "ctr": {"max_epochs": 1},
-            "abtest": {"queries": 500},
-            "ope": {"bootstrap": 200},
-        },
-    ),
-    "small": _S1_INFONCE,
-    # S2's λ·L_S1 loader cycles the catalog beside the click pairs ("max_size_cycle": an
-    # epoch is the longer of the two). On `small` the catalog at s1_batch_size 64 is 94
-    # steps against 60 of clicks; on `full` it would be 938 against 271, so S1+S2 would
-    # see its clicks 3.5 times per epoch where S2 sees them once, and take 3x as long.
-    # 128 keeps `small`'s proportion (469 catalog steps: 1.7 per click step).
-    "full": merge(_S1_INFONCE, {"s2": {"s1_batch_size": 128}}),
-}
-
 
 # A/B traffic per run. Its photos are taken on demand (eval.abtest.TrafficPhotos), but each
 # policy's shown items, each encoder's query vectors and the per-query clicks the paired
@@ -144,8 +117,7 @@ def resolve_run_config(
     trainer_overrides: dict | None = None,
 ):
     """Resolve the full run config (defaults < preset < YAML < flags)."""
-    if preset not in WORLD_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (tiny, small, full)")
+    check_preset(preset)
     raw = read_yaml(config_path) if config_path is not None else {}
     known = set(RUN_SECTIONS)
     unknown = sorted(set(raw) - known)
@@ -153,10 +125,10 @@ def resolve_run_config(
         raise ConfigError(
             f"{config_path}: unknown section {unknown[0]!r} (known: {', '.join(sorted(known))})"
         )
-    world = resolve_world_config(preset, config_path, catalog, data_dir)
+    world = resolve_world_config(preset, config_path, catalog, data_dir, raw=raw)
     data: dict[str, Any] = {}
     for name in ("s1", "s2", "classify", "ctr"):
-        section = merge(STAGE_PRESETS[preset].get(name, {}), raw.get(name) or {})
+        section = merge(preset_section(preset, name), raw.get(name) or {})
         data[name] = section
     trainer = merge(raw.get("trainer") or {}, trainer_overrides or {})
     tcfg = from_dict(TrainerConfig, trainer, "trainer")  # validate keys/types early
@@ -175,7 +147,7 @@ def resolve_run_config(
     if "examples" in raw:
         data["examples"] = raw["examples"]
     for name in ("abtest", "ope"):
-        data[name] = merge(STAGE_PRESETS[preset].get(name, {}), raw.get(name) or {})
+        data[name] = merge(preset_section(preset, name), raw.get(name) or {})
     cfg = from_dict(RunConfig, data, "config")
     cfg.world = world
     if seeds < 1:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from visctr.cli_common import SEED, check_out, handle_errors, path_input
+from visctr.presets import DEFAULT_PRESET, PRESET_NAMES
 
 WORKERS = click.option(
     "--workers",
@@ -20,8 +21,8 @@ WORKERS = click.option(
 @click.command()
 @click.option(
     "--preset",
-    type=click.Choice(["tiny", "small", "full"]),
-    default="small",
+    type=click.Choice(PRESET_NAMES),
+    default=DEFAULT_PRESET,
     show_default=True,
     help="World size: tiny (~600 items, tests), small (~6k), full.",
 )

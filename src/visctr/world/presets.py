@@ -1,4 +1,5 @@
-"""World sizes per preset, and the resolved world config (defaults < preset < YAML < flags)."""
+"""The resolved world config: defaults < the preset's world size (:mod:`visctr.presets`) <
+the YAML ``world`` section < flags."""
 
 from __future__ import annotations
 
@@ -6,32 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from visctr.config import from_dict, merge, read_yaml, to_dict
-from visctr.errors import ConfigError
+from visctr.presets import preset_section
 from visctr.world.simulate import SimConfig
-
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        "catalog": {"max_items": 600},
-        "n_users": 100,
-        "n_queries": 2_000,
-        "n_random_queries": 400,
-        "n_retrieval_queries": 400,
-    },
-    "small": {
-        "catalog": {"max_items": 6_000},
-        "n_users": 1_000,
-        "n_queries": 30_000,
-        "n_random_queries": 20_000,
-        "n_retrieval_queries": 2_000,
-    },
-    "full": {
-        "catalog": {"max_items": None},
-        "n_users": 10_000,
-        "n_queries": 140_000,
-        "n_random_queries": 50_000,
-        "n_retrieval_queries": 10_000,
-    },
-}
 
 
 def resolve_world_config(
@@ -39,14 +16,17 @@ def resolve_world_config(
     config_path: Path | None = None,
     catalog: str | None = None,
     data_dir: str | None = None,
+    *,
+    raw: dict | None = None,
 ) -> SimConfig:
-    """Preset sizes, then the YAML ``world`` section, then command-line flags."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} ({', '.join(PRESETS)})")
-    data: dict[str, Any] = to_dict(SimConfig())
-    data = merge(data, PRESETS[preset])
+    """Preset sizes, then the YAML ``world`` section, then command-line flags.
+
+    ``raw``: the YAML file's content when the caller has read it already (it is then not
+    read again)."""
+    data: dict[str, Any] = merge(to_dict(SimConfig()), preset_section(preset, "world"))
     if config_path is not None:
-        raw = read_yaml(config_path)
+        if raw is None:
+            raw = read_yaml(config_path)
         data = merge(data, raw.get("world") or {})
     if catalog is not None:
         data["catalog"]["source"] = catalog
