@@ -318,9 +318,58 @@ def decode_limit(size: int) -> int:
     return max(MAX_DECODE_PIXELS, 64 * size * size)
 
 
-def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
+EXIF_ORIENTATION = 0x0112  # the tag phones write instead of rotating the pixels
+
+
+def _upright(im):
+    """``im`` turned as its EXIF orientation tag says (a phone stores a portrait photo as
+    landscape pixels plus a tag); the image itself when it has no tag or tag 1."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: the pixels as stored
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _on_white(im):
+    """An image with transparency composited on white (a cut-out product photo on a
+    transparent background is a product on white, not on black)."""
+    from PIL import Image
+
+    has_alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+    if not has_alpha:
+        return im
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba)
+
+
+def decode_image(path: str | os.PathLike, size: int, channels: int, where: str | None = None):
+    """uint8 ``[channels, size, size]`` of one photo file, as visctr reads every photo
+    (catalog, query and retrieval photos, ``visctr search``): turned upright by its EXIF
+    orientation, transparency on white, converted to ``L`` (1 channel) or ``RGB`` (3),
+    resized to ``size`` x ``size``.
+
+    Args:
+        path: the image file (any format Pillow reads, 8 bits per channel).
+        size: pixels a side of the result.
+        channels: 1 or 3.
+        where: what to name in errors (file and row the path came from); default the path.
+
+    Raises:
+        InputError: missing, corrupt, too large or more than 8 bits per channel.
+
+    >>> decode_image("photo.jpg", 28, 1).shape  # doctest: +SKIP
+    (1, 28, 28)
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
+    where = str(path) if where is None else where
     if not path.is_file():
         raise InputError(f"{where}: image file not found: {path}")
     try:
@@ -341,6 +390,7 @@ def _read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
                     f"{where}: image {path} has mode {im.mode!r} (more than 8 bits per "
                     "channel); convert the catalog to 8-bit images"
                 )
+            im = _on_white(_upright(im))
             im = im.convert("L" if channels == 1 else "RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
@@ -381,7 +431,7 @@ def _read_chunk(task: tuple[list[Path], list[str], int, int]) -> np.ndarray:
     paths, wheres, size, channels = task
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     for i, (p, w) in enumerate(zip(paths, wheres, strict=True)):
-        out[i] = _read_image(p, size, channels, w)
+        out[i] = decode_image(p, size, channels, w)
     return out
 
 

@@ -334,7 +334,7 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
     is the user's own (``item_keys.json``) when the export has one."""
     import faiss
 
-    from visctr.data.catalog import _read_image
+    from visctr.data.catalog import decode_image
 
     export_dir = Path(export_dir)
     meta_path = export_dir / "export.json"
@@ -354,7 +354,7 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
     for name in ("encoder.ts", "index.faiss", "item_ids.npy", *(["debias.ts"] if debias else [])):
         if not (export_dir / name).is_file():
             raise InputError(f"{export_dir / name}: missing; rerun 'visctr export'")
-    img = _read_image(Path(image), size, channels, str(image))
+    img = decode_image(Path(image), size, channels)
     encoder = _jit_load(export_dir / "encoder.ts")
     with torch.no_grad():
         q = encoder(torch.from_numpy(img[None].copy()))
