@@ -1091,3 +1091,67 @@ def test_a_ctr_model_refuses_embeddings_of_another_encoder(assets, tmp_path):
         res = cli(*args, "--embeddings", assets["emb"], "--out", tmp_path / "m.json")
         assert res.exit_code == 0, res.output
         (tmp_path / "m.json").unlink()
+
+
+def _anonymous(emb: Path, tmp: Path) -> Path:
+    """Embeddings as another tool writes them: the same ids and width, random vectors, no
+    ``visctr.*`` schema metadata."""
+    out = tmp / "emb-anon"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("items.parquet", "queries.parquet"):
+        t = pq.read_table(emb / name)
+        vec = rng.standard_normal((t.num_rows, 16)).astype(np.float32)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), 16)
+        t = t.set_column(t.schema.get_field_index("vector"), "vector", col)
+        pq.write_table(t.replace_schema_metadata(None), out / name)
+    return out
+
+
+UNKNOWN_ORIGIN = {
+    "export": lambda a, e, t: ["export", "--encoder", a["encoder"], "--embeddings", e,
+                               "--out", t / "x"],
+    "evaluate": lambda a, e, t: ["evaluate", "--world", a["world"], "--embeddings", e],
+    "train-ctr": lambda a, e, t: ["train-ctr", "--world", a["world"], "--embeddings", e,
+                                  "--config", _write(t / "c.yaml", "max_epochs: 1\n"),
+                                  "--accelerator", "cpu", "--out", t / "ctr"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", list(UNKNOWN_ORIGIN))
+def test_embeddings_of_unknown_origin_get_one_warning(verb, assets, tmp_path):
+    """Embeddings another tool wrote (no visctr provenance, random vectors of the right
+    width) cannot be checked against the encoder: the verb runs and says so in one line
+    naming the file; visctr's own embeddings get no such line."""
+    anon = _anonymous(assets["emb"], tmp_path)
+    res = cli(*UNKNOWN_ORIGIN[verb](assets, anon, tmp_path))
+    assert res.exit_code == 0, res.output
+    warns = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warns) == 1, res.stderr
+    assert str(anon / "items.parquet") in warns[0] and "no visctr provenance" in warns[0]
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
+    shutil.rmtree(tmp_path / "ctr", ignore_errors=True)
+    res = cli(*UNKNOWN_ORIGIN[verb](assets, assets["emb"], tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr, res.stderr
+
+
+def test_search_with_an_index_of_another_width_names_both_files(assets, tmp_path):
+    """An index.faiss of another width than the encoder's vectors (it used to fail as
+    ``internal error (AssertionError:)``): one line naming both files and both widths."""
+    import faiss
+    from PIL import Image
+
+    res = cli("export", "--encoder", assets["encoder"], "--embeddings", assets["emb"],
+              "--out", tmp_path / "x")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    index = faiss.IndexFlatIP(32)
+    n = len(np.load(tmp_path / "x" / "item_ids.npy"))  # the same items, 32-d vectors
+    index.add(np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32))
+    faiss.write_index(index, str(tmp_path / "x" / "index.faiss"))
+    Image.new("L", (28, 28), 90).save(tmp_path / "q.png")
+    res = cli("search", "--export", tmp_path / "x", "--image", tmp_path / "q.png")
+    assert_one_line(res, "holds 32-d vectors but")
+    for name in ("index.faiss", "encoder.ts", "16-d"):
+        assert name in res.stderr, res.stderr

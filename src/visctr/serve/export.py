@@ -380,6 +380,12 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
             raise InputError(f"{path}: unreadable ({e}); rerun 'visctr export'") from None
         if not isinstance(names, list) or len(names) != len(ids):
             raise InputError(f"{path}: expected a list of {len(ids)} ids; rerun 'visctr export'")
+    if index.d != q.shape[1]:
+        raise InputError(
+            f"{export_dir / 'index.faiss'} holds {index.d}-d vectors but "
+            f"{export_dir / ('debias.ts' if debias else 'encoder.ts')} makes {q.shape[1]}-d ones: "
+            "they are not from one export; rerun 'visctr export'"
+        )
     scores, idx = index.search(q.numpy().astype(np.float32), k)
     return [(names[i], float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
 

@@ -112,7 +112,15 @@ def _csv_header(path: Path) -> list[str]:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    return [c.strip() for c in next(csv.reader([text.lstrip("\ufeff").rstrip("\r\n")]), [])]
+    text = text.lstrip("\ufeff").rstrip("\r\n")
+    names = [c.strip() for c in next(csv.reader([text]), [])]
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if len(names) == 1 and sep in text:  # Excel's CSV in many locales, or a TSV
+            raise InputError(
+                f"{path}: row 0: the header {text[:80]!r} is separated by {name}, not commas; "
+                "save the file as comma-separated CSV"
+            )
+    return names
 
 
 def _arrow_error(path: Path, e: Exception) -> InputError:
