@@ -609,7 +609,9 @@ def read_manifest_table(path: Path):
         return pacsv.read_csv(
             path,
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=True,
+                null_values=[""],  # only an empty cell is missing: "NA" may be a SKU
             ),
         )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:

@@ -147,7 +147,9 @@ def stream_batches(path: Path, required, optional=(), batch_rows: int = 65_536) 
                 path,
                 read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=True,
+                    null_values=[""],  # only an empty cell is missing: "NA" may be a SKU
                 ),
             )
             for batch in reader:
