@@ -530,7 +530,7 @@ def test_check_is_a_dry_run_that_writes_nothing(raw, tmp_path):
     out = res.output
     for line in (
         "catalog: 300 items, 5 categories",
-        "queries: 950 queries, times read as ISO-8601, 2026-01-01T",
+        "queries: 950 queries, 40 users, 120 labelled retrieval photos; times read as ISO-8601",
         "impressions: 8,000 rows, 800 queries, 300 items; times from the queries file",
         "random: 1,500 rows, 150 queries",
         "  CTR by position: 0:0.412 1:0.125",

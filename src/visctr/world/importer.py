@@ -12,8 +12,11 @@ Inputs (CSV or Parquet; CSV is read as text, so ``01`` and ``1`` stay apart):
   the item it shows)
 
 Ids may be strings or integers; they are kept as given (``item_key``, ``query_key``,
-``user_key``) next to dense internal int64 ids (row numbers). Timestamps are integer
-seconds or ISO-8601 (a time without a zone is UTC). Logged queries are split into train
+``user_key``) next to dense internal int64 ids (row numbers). Timestamps are ISO-8601 (a
+time without a zone is UTC) or epoch integers in s/ms/us/ns (the unit read from their
+magnitude, or given), within 1990..2100. Duplicate impression rows are refused (exact
+copies dropped with ``dedupe``). Photos are decoded by
+:func:`visctr.data.catalog.decode_image` (upright by EXIF, transparency on white). Logged queries are split into train
 and test by time. The logs are streamed in record batches: memory holds the catalog and
 the query table, never a whole log. Every error names the file, the row and the column,
 and leaves no output (the world directory appears whole or not at all).
@@ -974,6 +977,8 @@ def _check_report(logs, q_clock, n_q, n_items, cat, retrieval, random, summary, 
         "items": n_items,
         "categories": cat.n_categories,
         "queries": n_q,
+        "users": summary["users"],
+        "retrieval": summary["queries"]["retrieval"],
         "query_times": q_clock.describe(),
         "query_range": [_date(q_clock.low), _date(q_clock.high)],
         "split_time": _date(summary["split_time"]),
@@ -998,7 +1003,9 @@ def format_check(c: dict) -> str:
     """One screen: what ``visctr import --check`` found."""
     lines = [
         f"catalog: {c['items']:,} items, {c['categories']} categories",
-        f"queries: {c['queries']:,} queries, times read as {c['query_times']}, "
+        f"queries: {c['queries']:,} queries, {c['users']:,} users"
+        + (f", {c['retrieval']:,} labelled retrieval photos" if c["retrieval"] else "")
+        + f"; times read as {c['query_times']}, "
         f"{c['query_range'][0]} .. {c['query_range'][1]}; split at {c['split_time']}",
     ]
     for label, f in c["files"].items():
