@@ -565,3 +565,55 @@ def test_check_is_a_dry_run_that_writes_nothing(raw, tmp_path):
         ],
     )
     assert res.exit_code == 2 and "--out" in res.output  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_duplicate_check_matches_a_brute_force_count(tmp_path, seed):
+    """The duplicate check spills keys by query partition and checks each alone; its
+    counts, first pairs and dropped rows equal a plain dictionary walk over the rows."""
+    from visctr.world.importer import _LogStats
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    q = rng.integers(0, 150, n)  # few queries, few items: every kind of duplicate occurs
+    i = rng.integers(0, 40, n)
+    pos = rng.integers(0, 12, n)
+    clk = rng.integers(0, 2, n)
+    st = _LogStats(Path("log.csv"), 40, 150, tmp_path / "spill")
+    for s in range(0, n, 700):  # batches
+        sl = slice(s, s + 700)
+        st.add(np.arange(n)[sl], q[sl], i[sl], pos[sl], clk[sl])
+    drop, counts, problems = st.duplicates(lambda k: f"q{k}", dedupe=True)
+    assert not (tmp_path / "spill").exists()
+    seen, dropped, rest = {}, [], []
+    for r in range(n):
+        key = (q[r], i[r], pos[r], clk[r])
+        if key in seen:
+            dropped.append(r)
+        else:
+            seen[key] = r
+            rest.append(r)
+    assert counts["exact"] == len(dropped) and drop.tolist() == dropped
+    for kind, other in (("item", i), ("position", pos)):
+        first, dups = {}, []
+        for r in rest:
+            key = (q[r], other[r])
+            if key in first:
+                dups.append((r, first[key]))
+            else:
+                first[key] = r
+        assert counts[kind] == len(dups), kind
+        b, a = min(dups)
+        words = {"item": "item_id twice", "position": "one position"}[kind]
+        line = next(p for p in problems if words in p)
+        assert f"first: rows {a} and {b}, query_id 'q{q[b]}'" in line, (line, a, b)
+    _, _, refused = _LogStats.duplicates(_restock(st, q, i, pos, clk, tmp_path), str, False)
+    assert f"first: rows {seen[tuple(x[dropped[0]] for x in (q, i, pos, clk))]} and " in refused[0]
+
+
+def _restock(st, q, i, pos, clk, tmp_path):
+    from visctr.world.importer import _LogStats
+
+    again = _LogStats(st.path, 40, 150, tmp_path / "spill2")
+    again.add(np.arange(len(q)), q, i, pos, clk)
+    return again

@@ -497,79 +497,119 @@ def _propensities(col, path: Path, row0: int) -> np.ndarray:
 POSITIONS_SHOWN = 10  # CTR by position: 0..9, then one bucket for 10 and beyond
 
 
+KEY_DTYPE = np.dtype([("row", "<i8"), ("q", "<i8"), ("i", "<i8"), ("pos", "<i4"), ("clk", "i1")])
+SPILL_BUCKETS = 64  # duplicate-check partitions (by query): memory holds one at a time
+
+
 class _LogStats:
     """What one impression log holds, gathered while it streams: rows, clicks by position,
     items shown, queries served, and the keys that find duplicate rows.
 
-    The duplicate check keeps ~21 bytes per row in memory (query, item, position, click):
-    about 2 GB per 100 million rows."""
+    Every kind of duplicate shares its query, so the keys (29 bytes a row) are spilled to
+    ``spill`` partitioned by query, and each partition is checked alone: memory holds one
+    partition (~1/64 of the log), the disk holds the keys until the check is done."""
 
-    def __init__(self, path: Path, n_items: int, n_queries: int):
+    def __init__(self, path: Path, n_items: int, n_queries: int, spill: Path | None):
         self.path = path
         self.rows = 0
         self.shown = np.zeros(n_items, dtype=bool)
         self.served = np.zeros(n_queries, dtype=bool)
         self.by_pos = np.zeros((2, POSITIONS_SHOWN + 1))  # impressions, clicks by position
-        self._keys: list[tuple[np.ndarray, ...]] = []
         self.propensity = False
+        self.spill = spill
+        if spill is not None:
+            spill.mkdir()
 
-    def add(self, q, i, pos, clicked) -> None:
+    def add(self, rows, q, i, pos, clicked) -> None:
         self.rows += len(q)
         self.shown[i] = True
         self.served[q] = True
         capped = np.minimum(pos, POSITIONS_SHOWN)
         self.by_pos[0] += np.bincount(capped, minlength=POSITIONS_SHOWN + 1)
         self.by_pos[1] += np.bincount(capped, weights=clicked, minlength=POSITIONS_SHOWN + 1)
-        self._keys.append((q, i, pos.astype(np.int32), clicked.astype(np.int8)))
+        if self.spill is None:
+            return
+        keys = np.empty(len(q), dtype=KEY_DTYPE)
+        keys["row"], keys["q"], keys["i"], keys["pos"], keys["clk"] = rows, q, i, pos, clicked
+        bucket = q % SPILL_BUCKETS
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(SPILL_BUCKETS + 1))
+        for k in range(SPILL_BUCKETS):
+            part = keys[order[bounds[k] : bounds[k + 1]]]
+            if len(part):
+                with open(self.spill / f"{k}.bin", "ab") as f:
+                    f.write(part.tobytes())
 
     def duplicates(self, keys_of, dedupe: bool) -> tuple[np.ndarray | None, dict, list[str]]:
-        """``(rows to keep or None for all, counts, problems)``: exact duplicate rows (same
+        """``(sorted rows to drop or None, counts, problems)``: exact duplicate rows (same
         query, item, position and click) are dropped with ``dedupe`` and a problem without
         it; beyond those, the same item twice for one query, or two items at one position
-        of one query, are problems. ``keys_of(q)`` names a query in messages."""
-        if self._keys:
-            q, i, pos, clk = (np.concatenate(c) for c in zip(*self._keys, strict=True))
-        else:
-            q = i = pos = clk = np.zeros(0, np.int64)
-        path, counts, problems = self.path, {}, []
-
-        def first_pair(dup_rows: np.ndarray, *cols) -> tuple[int, int]:
-            b = int(dup_rows.min())
-            same = np.logical_and.reduce([c == c[b] for c in cols])
-            return int(np.flatnonzero(same)[0]), b
-
-        order = np.lexsort((clk, pos, i, q))  # stable: the first of equal rows comes first
-        exact = np.logical_and.reduce([c[order][1:] == c[order][:-1] for c in (q, i, pos, clk)])
-        drop = order[1:][exact]
-        counts["exact"] = len(drop)
-        unique = np.ones(len(q), dtype=bool)
-        unique[drop] = False
-        if len(drop) and not dedupe:
-            a, b = first_pair(drop, q, i, pos, clk)
+        of one query, are problems. ``keys_of(q)`` names a query in messages. Removes the
+        spilled keys."""
+        counts = {"exact": 0, "item": 0, "position": 0}
+        first: dict[str, tuple[int, int, int]] = {}  # kind -> (row b, its first copy a, q)
+        drops = []
+        for k in range(SPILL_BUCKETS):
+            f = self.spill / f"{k}.bin"
+            if not f.is_file():
+                continue
+            keys = np.fromfile(f, dtype=KEY_DTYPE)
+            f.unlink()
+            for kind, n, pair, dropped in _bucket_duplicates(keys):
+                counts[kind] += n
+                if pair is not None and (kind not in first or pair[0] < first[kind][0]):
+                    first[kind] = pair
+                if dropped is not None:
+                    drops.append(dropped)
+        self.spill.rmdir()
+        path, problems = self.path, []
+        if counts["exact"] and not dedupe:
+            b, a, _ = first["exact"]
             problems.append(
-                f"{path}: {len(drop):,} exact duplicate impression rows (same query_id, item_id, "
-                f"position and clicked; first: rows {a} and {b}); a log joined twice? drop "
-                "them with --dedupe"
+                f"{path}: {counts['exact']:,} exact duplicate impression rows (same query_id, "
+                f"item_id, position and clicked; first: rows {a} and {b}); a log joined twice? "
+                "drop them with --dedupe"
             )
-        rows = np.flatnonzero(unique)
-        for name, other, what in (
-            ("item", i, "the same item_id twice for one query"),
-            ("position", pos, "two items at one position of one query"),
+        for kind, what in (
+            ("item", "the same item_id twice for one query"),
+            ("position", "two items at one position of one query"),
         ):
-            o = rows[np.lexsort((other[rows], q[rows]))]
-            same = (q[o][1:] == q[o][:-1]) & (other[o][1:] == other[o][:-1])
-            dup = o[1:][same]
-            counts[name] = len(dup)
-            if len(dup):
-                qs, xs = q[unique], other[unique]
-                b = int(dup.min())
-                a = int(rows[np.flatnonzero((qs == q[b]) & (xs == other[b]))[0]])
+            if counts[kind]:
+                b, a, q = first[kind]
                 problems.append(
-                    f"{path}: {len(dup):,} rows with {what} (first: rows {a} and {b}, query_id "
-                    f"{keys_of(q[b])!r}); give each result page its own query_id, or keep one "
-                    "row per item and position"
+                    f"{path}: {counts[kind]:,} rows with {what} (first: rows {a} and {b}, "
+                    f"query_id {keys_of(q)!r}); give each result page its own query_id, or "
+                    "keep one row per item and position"
                 )
-        return (unique if dedupe and len(drop) else None), counts, problems
+        drop = np.sort(np.concatenate(drops)) if drops and dedupe else None
+        return drop, counts, problems
+
+
+def _bucket_duplicates(keys: np.ndarray):
+    """``(kind, count, (row, its first copy, query) of the earliest, rows dropped)`` for
+    each kind of duplicate among ``keys`` (rows of one query partition)."""
+    row, q, i, pos, clk = (keys[c] for c in ("row", "q", "i", "pos", "clk"))
+    order = np.lexsort((row, clk, pos, i, q))  # equal keys: the earliest row first
+    exact = np.logical_and.reduce([c[order][1:] == c[order][:-1] for c in (q, i, pos, clk)])
+    drop_at = order[1:][exact]
+    unique = np.ones(len(keys), dtype=bool)
+    unique[drop_at] = False
+
+    def earliest(dup_at: np.ndarray, cols, among: np.ndarray):
+        if not len(dup_at):
+            return None
+        b = int(dup_at[np.argmin(row[dup_at])])
+        same = among[np.logical_and.reduce([c[among] == c[b] for c in cols])]
+        return int(row[b]), int(row[same].min()), int(q[b])
+
+    idx = np.arange(len(keys))
+    yield "exact", len(drop_at), earliest(drop_at, (q, i, pos, clk), idx), row[drop_at]
+    rest = idx[unique]
+    for kind, other in (("item", i), ("position", pos)):
+        o = rest[np.lexsort((row[rest], other[rest], q[rest]))]
+        same = (q[o][1:] == q[o][:-1]) & (other[o][1:] == other[o][:-1])
+        dup_at = o[1:][same]
+        yield kind, len(dup_at), earliest(dup_at, (q, other), rest), None
 
 
 def _stream_log(
@@ -584,10 +624,10 @@ def _stream_log(
     on_rows=None,
     clock: TimestampReader | None = None,
     stats: _LogStats | None = None,
-    keep: np.ndarray | None = None,
+    drop: np.ndarray | None = None,
 ) -> int:
-    """Validate and route one impression log, batch by batch (only the rows of ``keep``,
-    when given). Returns its row count."""
+    """Validate and route one impression log, batch by batch (without the rows of ``drop``,
+    sorted, when given). Returns its row count."""
     n = 0
     clock = clock or TimestampReader(path, unit=cfg.timestamp_unit)
     for row0, batch in stream_batches(path, IMPRESSION_INPUT, IMPRESSION_OPTIONAL, cfg.batch_rows):
@@ -618,12 +658,15 @@ def _stream_log(
         if PROPENSITY in names:
             cols[PROPENSITY] = _propensities(batch.column(PROPENSITY), path, row0)
         n += batch.num_rows
-        if keep is not None:
-            m = keep[row0 : row0 + batch.num_rows]
+        rows = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
+        if drop is not None:
+            lo, hi = np.searchsorted(drop, [row0, row0 + batch.num_rows])
+            m = np.ones(batch.num_rows, dtype=bool)
+            m[drop[lo:hi] - row0] = False
             cols = {c: v[m] for c, v in cols.items()}
-            splits = splits[m]
+            splits, rows = splits[m], rows[m]
         if stats is not None:
-            stats.add(cols["query_id"], cols["item_id"], cols["position"], cols["clicked"])
+            stats.add(rows, cols["query_id"], cols["item_id"], cols["position"], cols["clicked"])
             stats.propensity = PROPENSITY in names
         for name, w in writers.items():
             m = splits == name
@@ -737,26 +780,27 @@ def import_world(
             """Stream one log into its split files; once more without exact duplicates when
             ``--dedupe`` finds some. Duplicates are refused (or, with check, gathered)."""
 
-            def once(keep):
+            def once(drop):
                 reset()
                 ws = {s: _LogWriter(tmp / "impressions" / f"{s}.parquet") for s in names}
                 clock = TimestampReader(path, unit=cfg.timestamp_unit)
-                st = _LogStats(path, n_items, n_q)
+                spill = tmp / f".duplicate-keys-{label}" if drop is None else None
+                st = _LogStats(path, n_items, n_q, spill)
                 _stream_log(
                     path, split_fn, ws, query_index, item_index, q_users, q_ts, cfg, on_rows,
-                    clock, st, keep,
+                    clock, st, drop,
                 )  # fmt: skip
                 for wr in ws.values():
                     wr.close()
                 return ws, clock, st
 
             ws, clock, st = once(None)
-            keep, counts, found = st.duplicates(lambda q: q_keys[q], cfg.dedupe)
+            drop, counts, found = st.duplicates(lambda q: q_keys[q], cfg.dedupe)
             if found and not check:
                 raise InputError(found[0])
             problems.extend(found)
-            if keep is not None:
-                ws, clock, st = once(keep)
+            if drop is not None:
+                ws, clock, st = once(drop)
                 echo(f"{path}: dropped {counts['exact']:,} exact duplicate rows (--dedupe)")
             _say_times(echo, clock)
             logs[label] = {"stats": st, "clock": clock, "duplicates": counts}
