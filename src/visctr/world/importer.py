@@ -264,13 +264,14 @@ class TimestampReader:
         self.path, self.column, self.given = Path(path), column, unit
         self.unit: str | None = None if unit == "auto" else unit  # of the integers
         self.iso = False  # some times were ISO-8601 text or Arrow timestamps
+        self.ints = False  # some times were epoch integers
         self.low, self.high = None, None  # the time range read, epoch seconds
 
     def describe(self) -> str:
         """What was read, for the one line that says so: e.g. ``epoch milliseconds (from
         their magnitude)``."""
         parts = []
-        if self.unit is not None:
+        if self.ints:
             how = "given" if self.given != "auto" else "from their magnitude"
             parts.append(f"epoch {UNIT_NAMES[self.unit]} ({how})")
         if self.iso:
@@ -279,7 +280,7 @@ class TimestampReader:
 
     def record(self) -> str | None:
         """The unit for ``world.json``: ``s|ms|us|ns``, ``iso``, or both as ``ms+iso``."""
-        out = [u for u in (self.unit, "iso" if self.iso else None) if u]
+        out = [u for u in (self.unit if self.ints else None, "iso" if self.iso else None) if u]
         return "+".join(out) or None
 
     def __call__(self, col, row0: int = 0) -> np.ndarray:
@@ -323,6 +324,7 @@ class TimestampReader:
                 f"{path}: column {column!r} must be integer seconds or ISO-8601 text, got {t}"
             )
         self.iso = self.iso or not is_int.all()
+        self.ints = self.ints or bool(is_int.any())
         out = raw.copy()
         if is_int.any():
             ints = raw[is_int]
