@@ -57,7 +57,9 @@ def build_shop(root: Path, n_rows: int, seed: int = 0) -> dict[str, Path]:
             rows = np.arange(start, start + n)
             w.write_table(pa.table({
                 "query_id": pa.array(qkeys[(rows // per_query) % N_QUERIES], pa.string()),
-                "item_id": pa.array(ikeys[rng.integers(0, N_ITEMS, n)], pa.string()),
+                # distinct items within a query (duplicates are refused at import)
+                "item_id": pa.array(ikeys[(rows // per_query * 7919 + rows % per_query)
+                                          % N_ITEMS], pa.string()),
                 "position": pa.array(rows % per_query, pa.int32()),
                 "clicked": pa.array(rng.random(n) < 0.05, pa.int8())}))  # fmt: skip
     return {k: root / f"{k}.csv" for k in ("catalog", "queries", "impressions")}

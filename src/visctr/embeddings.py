@@ -127,6 +127,23 @@ def made_by(embeddings_dir: str | Path) -> str | None:
     return read_embeddings_meta(Path(embeddings_dir) / "items.parquet").get("encoder_digest")
 
 
+def unknown_origin(embeddings_dir: str | Path, against: str) -> str | None:
+    """One warning line when an embeddings folder's vectors do not record the encoder that
+    made them (another tool's file, or visctr's from before it recorded it), so they cannot
+    be checked against ``against`` (what the verb would check them with); ``None`` when
+    they do."""
+    path = Path(embeddings_dir) / "items.parquet"
+    meta = read_embeddings_meta(path)
+    if meta.get("encoder_digest"):
+        return None
+    what = (
+        "has no visctr provenance metadata (written by another tool?)"
+        if not meta
+        else "does not record the encoder that made it"
+    )
+    return f"warning: {path} {what}: its vectors cannot be checked against {against}"
+
+
 def check_trained_on(embeddings_dir: str | Path, trained_on: str | None, model: Path) -> None:
     """Refuse, in one line naming both files, embeddings made by another encoder than the
     one whose embeddings ``model`` (a CTR model or a debias head) was trained on, where

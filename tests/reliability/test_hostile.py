@@ -13,7 +13,11 @@ case a parameter.
 8. Artifacts that do not belong together, numbers that cannot be right and ids of the
    wrong type are refused in one line naming the files: embeddings of another encoder or
    width, inf/NaN config numbers, NaN popularity in a world, float or text ids in an
-   embeddings file, image sizes, traffic sizes and worker counts out of bounds.
+   embeddings file, image sizes, traffic sizes and worker counts out of bounds; an index
+   of another width at search. Embeddings of unknown origin get one warning line.
+9. Real-world file shapes (a shop's export as Excel, pandas and phones write it): each
+   either imports correctly or fails in one line naming the file, row and column, with a
+   non-zero exit and nothing written.
 
 In-process (``CliRunner``) except where a signal needs its own process.
 """
@@ -1091,3 +1095,315 @@ def test_a_ctr_model_refuses_embeddings_of_another_encoder(assets, tmp_path):
         res = cli(*args, "--embeddings", assets["emb"], "--out", tmp_path / "m.json")
         assert res.exit_code == 0, res.output
         (tmp_path / "m.json").unlink()
+
+
+def _anonymous(emb: Path, tmp: Path) -> Path:
+    """Embeddings as another tool writes them: the same ids and width, random vectors, no
+    ``visctr.*`` schema metadata."""
+    out = tmp / "emb-anon"
+    out.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("items.parquet", "queries.parquet"):
+        t = pq.read_table(emb / name)
+        vec = rng.standard_normal((t.num_rows, 16)).astype(np.float32)
+        vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+        col = pa.FixedSizeListArray.from_arrays(pa.array(vec.ravel()), 16)
+        t = t.set_column(t.schema.get_field_index("vector"), "vector", col)
+        pq.write_table(t.replace_schema_metadata(None), out / name)
+    return out
+
+
+UNKNOWN_ORIGIN = {
+    "export": lambda a, e, t: ["export", "--encoder", a["encoder"], "--embeddings", e,
+                               "--out", t / "x"],
+    "evaluate": lambda a, e, t: ["evaluate", "--world", a["world"], "--embeddings", e],
+    "train-ctr": lambda a, e, t: ["train-ctr", "--world", a["world"], "--embeddings", e,
+                                  "--config", _write(t / "c.yaml", "max_epochs: 1\n"),
+                                  "--accelerator", "cpu", "--out", t / "ctr"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("verb", list(UNKNOWN_ORIGIN))
+def test_embeddings_of_unknown_origin_get_one_warning(verb, assets, tmp_path):
+    """Embeddings another tool wrote (no visctr provenance, random vectors of the right
+    width) cannot be checked against the encoder: the verb runs and says so in one line
+    naming the file; visctr's own embeddings get no such line."""
+    anon = _anonymous(assets["emb"], tmp_path)
+    res = cli(*UNKNOWN_ORIGIN[verb](assets, anon, tmp_path))
+    assert res.exit_code == 0, res.output
+    warns = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: ")]
+    assert len(warns) == 1, res.stderr
+    assert str(anon / "items.parquet") in warns[0] and "no visctr provenance" in warns[0]
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
+    shutil.rmtree(tmp_path / "ctr", ignore_errors=True)
+    res = cli(*UNKNOWN_ORIGIN[verb](assets, assets["emb"], tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "warning" not in res.stderr, res.stderr
+
+
+def test_search_with_an_index_of_another_width_names_both_files(assets, tmp_path):
+    """An index.faiss of another width than the encoder's vectors (it used to fail as
+    ``internal error (AssertionError:)``): one line naming both files and both widths."""
+    import faiss
+    from PIL import Image
+
+    res = cli("export", "--encoder", assets["encoder"], "--embeddings", assets["emb"],
+              "--out", tmp_path / "x")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    index = faiss.IndexFlatIP(32)
+    n = len(np.load(tmp_path / "x" / "item_ids.npy"))  # the same items, 32-d vectors
+    index.add(np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32))
+    faiss.write_index(index, str(tmp_path / "x" / "index.faiss"))
+    Image.new("L", (28, 28), 90).save(tmp_path / "q.png")
+    res = cli("search", "--export", tmp_path / "x", "--image", tmp_path / "q.png")
+    assert_one_line(res, "holds 32-d vectors but")
+    for name in ("index.faiss", "encoder.ts", "16-d"):
+        assert name in res.stderr, res.stderr
+
+
+# ---- 9. real-world file shapes ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shop(tiny_world_dir, tmp_path_factory) -> dict:
+    """The tiny world as a shop's raw files, and the world they import to (the reference
+    every reshaped copy must reproduce)."""
+    from ..world.raw_files import write_raw
+
+    d = tmp_path_factory.mktemp("shop")
+    raw = write_raw(tiny_world_dir, d / "shop")
+    res = _import_shop(raw, d / "reference")
+    assert res.exit_code == 0, res.output
+    return {**raw, "reference": d / "reference"}
+
+
+def _import_shop(raw: dict, out: Path, *extra, **files) -> object:
+    given = {k: files.get(k, raw[k]) for k in ("catalog", "queries", "impressions", "random")}
+    args = [a for k, v in given.items() for a in (f"--{k}", v)]
+    return cli("import", *args, "--split-time", raw["split_time"], *extra, "--out", out)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def _beside(raw: dict, name: str, lines: list[str], newline="\n", bom="") -> Path:
+    """A reshaped copy of a file, beside the originals (image paths are relative to it)."""
+    p = Path(raw["catalog"]).parent / name
+    p.write_bytes((bom + newline.join(lines) + newline).encode("utf-8"))
+    return p
+
+
+def _cell(lines: list[str], row: int, col: int, value: str) -> list[str]:
+    import csv
+    import io
+
+    cells = next(csv.reader([lines[row + 1]]))
+    cells[col] = value
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(cells)
+    return [*lines[: row + 1], buf.getvalue(), *lines[row + 2 :]]
+
+
+def _photo(raw: dict, item_row: int, make) -> Path:
+    """The catalog with item ``item_row``'s photo replaced by ``make(original, path)``."""
+    from PIL import Image
+
+    lines = _lines(raw["catalog"])
+    cells = lines[item_row + 1].split(",")
+    shop_dir = Path(raw["catalog"]).parent
+    original = Image.open(shop_dir / cells[1]).convert("L")
+    rel = f"reshaped/{item_row}-{make.__name__}"
+    path = make(original, shop_dir / rel)
+    cells[1] = str(path.relative_to(shop_dir))
+    return _beside(raw, "catalog-reshaped.csv", [*lines[: item_row + 1], ",".join(cells),
+                                                 *lines[item_row + 2 :]])  # fmt: skip
+
+
+def _transparent(original, path):
+    """A cut-out product: the photo's dark background made transparent, as RGBA PNG."""
+    from PIL import Image
+
+    path = path.with_suffix(".png")
+    path.parent.mkdir(exist_ok=True)
+    rgba = Image.merge("RGBA", [original] * 3 + [original.point(lambda v: 255 if v else 0)])
+    rgba.save(path)
+    return path
+
+
+def _one_pixel(original, path):
+    from PIL import Image
+
+    path = path.with_suffix(".png")
+    path.parent.mkdir(exist_ok=True)
+    Image.new("L", (1, 1), 77).save(path)
+    return path
+
+
+def _icc_srgb(original, path):
+    """An RGB JPEG carrying an sRGB ICC profile (as cameras and editors write them)."""
+    from PIL import ImageCms
+
+    path = path.with_suffix(".jpg")
+    path.parent.mkdir(exist_ok=True)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    original.convert("RGB").save(path, quality=98, icc_profile=icc)
+    return path
+
+
+def _phone(original, path):
+    """A phone photo: stored turned a quarter, with EXIF orientation 6."""
+    from PIL import Image
+
+    path = path.with_suffix(".jpg")
+    path.parent.mkdir(exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    original.transpose(Image.Transpose.ROTATE_90).save(path, quality=98, exif=exif.tobytes())
+    return path
+
+
+def _item_image(w: World, row: int) -> np.ndarray:
+    return np.asarray(w.item_images[w.items["image_row"][row]], dtype=np.int16)
+
+
+def _same_logs(w: World, ref: World) -> None:
+    for split in ("train", "test", "random"):
+        x, y = ref.read_impressions(split), w.read_impressions(split)
+        assert all(np.array_equal(x[c], y[c]) for c in x), split
+    assert np.array_equal(ref.queries["timestamp"], w.queries["timestamp"])
+
+
+def _epoch_ms(lines: list[str]) -> list[str]:
+    from datetime import datetime
+
+    out = [lines[0]]
+    for ln in lines[1:]:
+        c = ln.split(",")
+        c[3] = str(int(datetime.fromisoformat(c[3].replace("Z", "+00:00")).timestamp()) * 1000)
+        out.append(",".join(c))
+    return out
+
+
+# each case: files (from the raw files) and extra options -> ("ok", check(world, reference))
+# or ("error", words of the one line: file, row and column)
+SHAPES = {
+    "excel-bom-crlf": (
+        lambda r: {k: _beside(r, f"{k}-excel.csv", _lines(r[k]), "\r\n", "\ufeff")
+                   for k in ("catalog", "queries", "impressions", "random")},
+        ("ok", lambda w, ref: _same_logs(w, ref)),
+    ),
+    "quoted-commas-in-category-names": (
+        lambda r: {"catalog": _beside(r, "catalog-commas.csv", [_lines(r["catalog"])[0]] + [
+            ln.replace(",0-c0", ',"0-c0, tops, basic"') for ln in _lines(r["catalog"])[1:]])},
+        ("ok", lambda w, ref: (_same_logs(w, ref), "0-c0, tops, basic" in w.category_names)),
+    ),
+    "blank-trailing-lines": (
+        lambda r: {"impressions": _beside(r, "imp-blank.csv", [*_lines(r["impressions"]), "", ""])},
+        ("ok", _same_logs),
+    ),
+    "epoch-milliseconds": (
+        lambda r: {"queries": _beside(r, "queries-ms.csv", _epoch_ms(_lines(r["queries"])))},
+        ("ok", _same_logs),
+    ),
+    "mixed-id-types-in-one-column": (  # some SKUs numeric, others not, in every file
+        lambda r: {k: _beside(r, f"{k}-mixed.csv", [ln.replace("sku-000007,", "7,")
+                                                    for ln in _lines(r[k])])
+                   for k in ("catalog", "impressions", "random")},
+        ("ok", lambda w, ref: (_same_logs(w, ref), "7" in w.items["item_key"].tolist())),
+    ),
+    "null-like-ids": (  # a SKU "NA" and a query "null" are ids, not missing cells
+        lambda r: {k: _beside(r, f"{k}-na.csv", [ln.replace("sku-000008,", "NA,").replace(
+            "q-000005,", "null,") for ln in _lines(r[k])])
+                   for k in ("catalog", "queries", "impressions", "random")},
+        ("ok", lambda w, ref: (_same_logs(w, ref), "NA" in w.items["item_key"].tolist())),
+    ),
+    "transparent-png-on-white": (
+        lambda r: {"catalog": _photo(r, 3, _transparent)},
+        # the product keeps its pixels; the transparent background is white, not black
+        ("ok", lambda w, ref: (
+            np.array_equal(_item_image(w, 3)[_item_image(ref, 3) > 0],
+                           _item_image(ref, 3)[_item_image(ref, 3) > 0]),
+            (_item_image(w, 3)[_item_image(ref, 3) == 0] == 255).all() or pytest.fail("black"),
+        )),
+    ),
+    "one-pixel-photo": (
+        lambda r: {"catalog": _photo(r, 4, _one_pixel)},
+        ("ok", lambda w, ref: (_item_image(w, 4) == 77).all() or pytest.fail("not uniform")),
+    ),
+    "icc-profile-srgb": (
+        lambda r: {"catalog": _photo(r, 5, _icc_srgb)},
+        ("ok", lambda w, ref: np.abs(_item_image(w, 5) - _item_image(ref, 5)).mean() < 3
+         or pytest.fail("ICC-tagged photo decoded differently")),
+    ),
+    "phone-photo-exif-orientation": (
+        lambda r: {"catalog": _photo(r, 6, _phone)},
+        ("ok", lambda w, ref: np.abs(_item_image(w, 6) - _item_image(ref, 6)).mean() < 3
+         or pytest.fail("sideways")),
+    ),
+    "log-joined-twice": (
+        lambda r: {"impressions": _beside(r, "imp-twice.csv", [*_lines(r["impressions"]),
+                                                               *_lines(r["impressions"])[1:]])},
+        ("error", "imp-twice.csv: 8,000 exact duplicate impression rows (same query_id, item_id, "
+                  "position and clicked; first: rows 0 and 8000)"),
+    ),
+    "thousands-separator": (
+        lambda r: {"impressions": _beside(r, "imp-thousands.csv",
+                                          _cell(_lines(r["impressions"]), 5, 2, "1,000"))},
+        ("error", "imp-thousands.csv: row 5: position '1,000' is not an integer"),
+    ),
+    "nan-in-optional-column": (
+        lambda r: {"impressions": _beside(r, "imp-nan.csv", _cell(
+            [_lines(r["impressions"])[0] + ",propensity"]
+            + [ln + ",0.5" for ln in _lines(r["impressions"])[1:]], 9, 4, "NaN"))},
+        ("error", "imp-nan.csv: row 9: propensity nan is not in (0, 1]"),
+    ),
+    "empty-cell-in-optional-column": (
+        lambda r: {"impressions": _beside(r, "imp-empty.csv", _cell(
+            [_lines(r["impressions"])[0] + ",timestamp"]
+            + [ln + ",2026-01-02T00:00:00Z" for ln in _lines(r["impressions"])[1:]], 11, 4, ""))},
+        ("error", "imp-empty.csv: row 11: column 'timestamp' is empty"),
+    ),
+    "excel-scientific-notation-id": (
+        lambda r: {"impressions": _beside(r, "imp-sci.csv",
+                                          _cell(_lines(r["impressions"]), 3, 1, "1.23457E+11"))},
+        ("error", "imp-sci.csv: row 3: item_id '1.23457E+11' is not in the catalog"),
+    ),
+    "excel-local-date": (
+        lambda r: {"queries": _beside(r, "queries-date.csv",
+                                      _cell(_lines(r["queries"]), 2, 3, "1/14/2026 10:00"))},
+        ("error", "queries-date.csv: row 2: timestamp '1/14/2026 10:00' is neither"),
+    ),
+    "semicolon-separated": (
+        lambda r: {"impressions": _beside(r, "imp-semi.csv",
+                                          [ln.replace(",", ";") for ln in _lines(r["impressions"])])},
+        ("error", "imp-semi.csv: row 0: the header 'query_id;item_id;position;clicked' is "
+                  "separated by semicolons"),
+    ),
+    "seconds-read-as-milliseconds": (  # a wrong --timestamp-unit lands outside 1990..2100
+        lambda r: {"queries": _beside(r, "queries-s.csv", [
+            ln if i == 0 else ",".join([*ln.split(",")[:3], str(int(ln.split(",")[3]) // 1000)])
+            for i, ln in enumerate(_epoch_ms(_lines(r["queries"])))]), "--timestamp-unit": "ms"},
+        ("error", "queries-s.csv: row 0: timestamp "),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+def test_real_world_file_shapes_import_right_or_fail_in_one_line(case, shop, tmp_path):
+    make, (outcome, expect) = SHAPES[case]
+    files = make(shop)
+    extra = [a for k in list(files) if k.startswith("--") for a in (k, files.pop(k))]
+    try:
+        res = _import_shop(shop, tmp_path / "w", *extra, **files)
+    finally:
+        for p in files.values():
+            p.unlink()
+        shutil.rmtree(Path(shop["catalog"]).parent / "reshaped", ignore_errors=True)
+    if outcome == "ok":
+        assert res.exit_code == 0, res.output
+        expect(World.load(tmp_path / "w"), World.load(shop["reference"]))
+    else:
+        assert_one_line(res, expect)
+        assert not (tmp_path / "w").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]

@@ -452,3 +452,24 @@ def test_export_refuses_embeddings_of_another_encoder(encoder_and_embeddings, tm
         line = res.output.strip()
         assert says in line and str(encoder) in line and "items.parquet" in line
         assert "\n" not in line and not out.exists()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_search_reads_a_phone_photo_upright(
+    encoder_and_embeddings, flat_export, orientation, tmp_path
+):
+    """A photo stored turned or mirrored with an EXIF orientation tag (as phones store
+    them) finds what the upright photo finds, with the same scores."""
+    T = Image.Transpose
+    store = [None, T.FLIP_LEFT_RIGHT, T.ROTATE_180, T.FLIP_TOP_BOTTOM, T.TRANSPOSE, T.ROTATE_90]
+    store += [T.TRANSVERSE, T.ROTATE_270]  # what a camera does under tags 1..8
+    _, _, world = encoder_and_embeddings
+    im = Image.fromarray(np.asarray(world.item_images[7, 0]))
+    im.save(tmp_path / "upright.png")
+    stored = im if orientation == 1 else im.transpose(store[orientation - 1])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "phone.png", exif=exif.tobytes())  # lossless: exact scores
+    assert search_image(flat_export, tmp_path / "phone.png", k=5) == search_image(
+        flat_export, tmp_path / "upright.png", k=5
+    )

@@ -115,6 +115,35 @@ def _with_propensity(lines: list[str]) -> list[str]:
     return [lines[0] + ",propensity", *(ln + ",0.25" for ln in lines[1:])]
 
 
+def _epoch(iso_text: str, unit: str = "s") -> str:
+    from datetime import datetime
+
+    scale = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    return str(int(datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()) * scale)
+
+
+def _times_as(lines: list[str], unit: str) -> list[str]:
+    """The queries file with its ISO times as epoch integers in ``unit``."""
+    out = [lines[0]]
+    for ln in lines[1:]:
+        cells = ln.split(",")
+        cells[3] = _epoch(cells[3], unit)
+        out.append(",".join(cells))
+    return out
+
+
+def _shown_again(lines: list[str], row: int, position: str | None = None, other=False):
+    """Row ``row`` of an impression log once more at the end: as it is, at another
+    position, or (``other``) another item at the same position of the same query."""
+    cells = lines[row + 1].split(",")
+    if position is not None:
+        cells[2] = position
+    if other:
+        shown = {ln.split(",")[1] for ln in lines[1:] if ln.split(",")[0] == cells[0]}
+        cells[1] = next(f"sku-{i:06d}" for i in range(10**6) if f"sku-{i:06d}" not in shown)
+    return [*lines, ",".join(cells)]
+
+
 @pytest.mark.parametrize(
     "which,edit,match",
     [
@@ -152,19 +181,44 @@ def _with_propensity(lines: list[str]) -> list[str]:
          "impressions.csv: row 2: propensity inf is not in (0, 1]"),
         ("impressions", lambda ls: _set(_with_propensity(ls), 3, 4, "high"),
          "impressions.csv: row 3: propensity 'high' is not a number"),
+        # times: outside 1990..2100 once read, or of two magnitudes in one file
+        ("queries", lambda ls: _set(ls, 4, 3, "1969-07-20T20:17:00Z"),
+         "queries.csv: row 4: timestamp '1969-07-20T20:17:00Z' is 1969-07-20T20:17:00Z (read "
+         "as ISO-8601), outside 1990..2100"),
+        ("queries", lambda ls: _set(ls, 4, 3, "86400"),
+         "queries.csv: row 4: timestamp '86400' is 1970-01-02T00:00:00Z (read as epoch seconds "
+         "from its magnitude), outside 1990..2100"),
+        ("queries", lambda ls: _set(_times_as(ls, "s"), 6, 3, _epoch("2026-01-02T00:00:00Z", "ms")),
+         "queries.csv: row 6: timestamp 1767312000000 looks like epoch milliseconds where the "
+         "rows before are seconds"),
+        # duplicates: a row twice, an item twice for one query, two items at one position
+        ("impressions", lambda ls: _shown_again(ls, 4),
+         "impressions.csv: 1 exact duplicate impression rows (same query_id, item_id, position "
+         "and clicked; first: rows 4 and 8000); a log joined twice? drop them with --dedupe"),
+        ("impressions", lambda ls: _shown_again(ls, 4, position="60"),
+         "impressions.csv: 1 rows with the same item_id twice for one query (first: rows 4 and "
+         "8000, query_id 'q-000000')"),
+        ("impressions", lambda ls: _shown_again(ls, 4, other=True),
+         "impressions.csv: 1 rows with two items at one position of one query (first: rows 4 "
+         "and 8000, query_id 'q-000000')"),
+        ("random", lambda ls: _shown_again(ls, 2),
+         "random.csv: 1 exact duplicate impression rows"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_naming_file_row_and_column(raw, tmp_path, which, edit, match):
+    """... and ``--check`` (the dry run) stops on the same line, after its screen."""
     src = Path(raw[which])
     bad = _rewrite(src, src.parent / f"bad_{src.name}", edit)  # beside it: same image paths
     try:
         res = _full(raw, tmp_path / "w", **{which: bad})
+        dry = _full(raw, tmp_path / "w", "--check", **{which: bad})
     finally:
         bad.unlink()
-    assert res.exit_code != 0
-    last = res.output.strip().splitlines()[-1]  # progress lines, then the one error line
-    assert match in last, res.output
-    assert "Traceback" not in res.output and res.output.count(match) == 1
+    for r in (res, dry):
+        assert r.exit_code == 2
+        last = r.output.strip().splitlines()[-1]  # progress lines, then the one error line
+        assert match in last, r.output
+        assert "Traceback" not in r.output and r.output.count(match) == 1
     assert not (tmp_path / "w").exists()  # no half-written world
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.")]  # no temp left
 
@@ -417,3 +471,155 @@ def test_text_ids_match_themselves_across_files(raw, tmp_path, pattern, key):
     keys = w.items["item_key"]
     assert keys.dtype.kind in "OUS" and key in set(keys.tolist())
     assert w.items["train_impressions"].sum() > 0
+
+
+@pytest.mark.parametrize("unit", ["ms", "us", "ns"])
+def test_epoch_integers_of_any_unit_give_the_same_world(raw, tmp_path, unit):
+    """Times in epoch ms/us/ns are read by their magnitude (one line says so) and give the
+    world that ISO times give; ``--timestamp-unit`` says the same; the unit is recorded."""
+    src = Path(raw["queries"])
+    q = _rewrite(src, src.parent / f"queries_{unit}.csv", lambda ls: _times_as(ls, unit))
+    try:
+        auto = _import(raw, tmp_path / "auto", queries=q)
+        given = _import(raw, tmp_path / "given", "--timestamp-unit", unit, queries=q)
+        wrong = _import(raw, tmp_path / "wrong", "--timestamp-unit", "s", queries=q)
+    finally:
+        q.unlink()
+    assert _import(raw, tmp_path / "iso").exit_code == 0
+    assert auto.exit_code == 0 and given.exit_code == 0, auto.output + given.output
+    name = {"ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}[unit]
+    assert f"timestamps read as epoch {name} (from their magnitude)" in auto.output
+    assert f"timestamps read as epoch {name} (given)" in given.output
+    iso = World.load(tmp_path / "iso")
+    for d in ("auto", "given"):
+        w = World.load(tmp_path / d)
+        assert np.array_equal(w.queries["timestamp"], iso.queries["timestamp"])
+        assert np.array_equal(w.queries["split"], iso.queries["split"])
+        assert w.meta["import"]["timestamp_units"]["queries"] == unit
+    assert iso.meta["import"]["timestamp_units"]["queries"] == "iso"
+    assert wrong.exit_code == 2 and "(read as epoch seconds), outside 1990..2100" in wrong.output
+    assert not (tmp_path / "wrong").exists()
+
+
+def test_a_log_joined_twice_is_refused_or_deduplicated(raw, tmp_path):
+    """Every impression row twice: refused with the count; with ``--dedupe``, dropped with
+    one line, and the world is the one the log once gives (nothing counted twice)."""
+    src = Path(raw["impressions"])
+    twice = _rewrite(src, src.parent / "twice.csv", lambda ls: [*ls, *ls[1:]])
+    try:
+        refused = _full(raw, tmp_path / "r", impressions=twice)
+        dedupe = _full(raw, tmp_path / "d", "--dedupe", impressions=twice)
+    finally:
+        twice.unlink()
+    assert refused.exit_code == 2 and "8,000 exact duplicate impression rows" in refused.output
+    assert not (tmp_path / "r").exists()
+    assert dedupe.exit_code == 0, dedupe.output
+    assert "twice.csv: dropped 8,000 exact duplicate rows (--dedupe)" in dedupe.output
+    assert _full(raw, tmp_path / "once").exit_code == 0
+    a, b = World.load(tmp_path / "once"), World.load(tmp_path / "d")
+    for split in ("train", "test", "random"):
+        x, y = a.read_impressions(split), b.read_impressions(split)
+        assert all(np.array_equal(x[c], y[c]) for c in x), split
+    assert np.array_equal(a.items["train_impressions"], b.items["train_impressions"])
+    assert b.meta["import"]["exact_duplicates_dropped"] == {"random": 0, "impressions": 8000}
+
+
+def test_check_is_a_dry_run_that_writes_nothing(raw, tmp_path):
+    """``--check`` reads every file, prints one screen and writes nothing: not ``--out``,
+    nothing beside the inputs, no temporary folder left."""
+    shop = Path(raw["catalog"]).parent
+    before = sorted(str(p) for p in shop.rglob("*"))
+    res = _full(raw, tmp_path / "w", "--check")
+    assert res.exit_code == 0, res.output
+    assert not tmp_path.joinpath("w").exists() and not list(tmp_path.iterdir())
+    assert sorted(str(p) for p in shop.rglob("*")) == before
+    out = res.output
+    for line in (
+        "catalog: 300 items, 5 categories",
+        "queries: 950 queries, 40 users, 120 labelled retrieval photos; times read as ISO-8601",
+        "impressions: 8,000 rows, 800 queries, 300 items; times from the queries file",
+        "random: 1,500 rows, 150 queries",
+        "  CTR by position: 0:0.412 1:0.125",
+        "  duplicates: 0 exact rows, 0 items shown twice for one query, 0 positions used twice",
+        "queries without impressions: 0",
+        "can measure: random-exposure AUC yes; OPE with estimated propensities (no propensity "
+        "column); retrieval with labelled photos",
+        "no problems found",
+    ):
+        assert line in out, (line, out)
+    assert len(out.splitlines()) <= 24  # one screen
+    # without --out, and without the optional files: it says what the world cannot measure
+    res = CliRunner().invoke(main, [
+        "import", "--catalog", str(raw["catalog"]), "--queries", str(raw["queries"]),
+        "--impressions", str(raw["impressions"]), "--check",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "random-exposure AUC no" in res.output and "queries without impressions: 150" in (
+        res.output
+    )
+    assert "retrieval with test clicks as targets" in res.output
+    res = CliRunner().invoke(
+        main,
+        [
+            "import",
+            "--catalog",
+            str(raw["catalog"]),
+            "--queries",
+            str(raw["queries"]),
+            "--impressions",
+            str(raw["impressions"]),
+        ],
+    )
+    assert res.exit_code == 2 and "--out" in res.output  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_duplicate_check_matches_a_brute_force_count(tmp_path, seed):
+    """The duplicate check spills keys by query partition and checks each alone; its
+    counts, first pairs and dropped rows equal a plain dictionary walk over the rows."""
+    from visctr.world.importer import _LogStats
+
+    rng = np.random.default_rng(seed)
+    n = 3000
+    q = rng.integers(0, 150, n)  # few queries, few items: every kind of duplicate occurs
+    i = rng.integers(0, 40, n)
+    pos = rng.integers(0, 12, n)
+    clk = rng.integers(0, 2, n)
+    st = _LogStats(Path("log.csv"), 40, 150, tmp_path / "spill")
+    for s in range(0, n, 700):  # batches
+        sl = slice(s, s + 700)
+        st.add(np.arange(n)[sl], q[sl], i[sl], pos[sl], clk[sl])
+    drop, counts, problems = st.duplicates(lambda k: f"q{k}", dedupe=True)
+    assert not (tmp_path / "spill").exists()
+    seen, dropped, rest = {}, [], []
+    for r in range(n):
+        key = (q[r], i[r], pos[r], clk[r])
+        if key in seen:
+            dropped.append(r)
+        else:
+            seen[key] = r
+            rest.append(r)
+    assert counts["exact"] == len(dropped) and drop.tolist() == dropped
+    for kind, other in (("item", i), ("position", pos)):
+        first, dups = {}, []
+        for r in rest:
+            key = (q[r], other[r])
+            if key in first:
+                dups.append((r, first[key]))
+            else:
+                first[key] = r
+        assert counts[kind] == len(dups), kind
+        b, a = min(dups)
+        words = {"item": "item_id twice", "position": "one position"}[kind]
+        line = next(p for p in problems if words in p)
+        assert f"first: rows {a} and {b}, query_id 'q{q[b]}'" in line, (line, a, b)
+    _, _, refused = _LogStats.duplicates(_restock(st, q, i, pos, clk, tmp_path), str, False)
+    assert f"first: rows {seen[tuple(x[dropped[0]] for x in (q, i, pos, clk))]} and " in refused[0]
+
+
+def _restock(st, q, i, pos, clk, tmp_path):
+    from visctr.world.importer import _LogStats
+
+    again = _LogStats(st.path, 40, 150, tmp_path / "spill2")
+    again.add(np.arange(len(q)), q, i, pos, clk)
+    return again

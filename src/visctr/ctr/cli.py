@@ -91,6 +91,11 @@ def train_ctr_cmd(
     check_logger(cfg.trainer.logger)  # before anything is written
     world = World.load(world_dir)
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
+    from visctr.embeddings import unknown_origin
+
+    warning = unknown_origin(embeddings, "later ones (the model will not know its encoder)")
+    if warning and is_global_zero():
+        click.echo(warning, err=True)
     if not is_global_zero():
         return  # under DDP, rank 0 writes the model and evaluates it
     from visctr.stagedir import finished

@@ -1,5 +1,5 @@
 """Catalogs: where item images and categories come from."""
 
-from visctr.data.catalog import Catalog, CatalogConfig, load_catalog
+from visctr.data.catalog import Catalog, CatalogConfig, decode_image, load_catalog
 
-__all__ = ["Catalog", "CatalogConfig", "load_catalog"]
+__all__ = ["Catalog", "CatalogConfig", "decode_image", "load_catalog"]

@@ -319,11 +319,58 @@ def decode_limit(size: int) -> int:
     return max(MAX_DECODE_PIXELS, 64 * size * size)
 
 
-def read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
-    """The photo at ``path`` as a ``[channels, size, size]`` uint8 array (:func:`image_array`);
-    the one decoder of every photo visctr reads: catalog, query photos, search, the API."""
+EXIF_ORIENTATION = 0x0112  # the tag phones write instead of rotating the pixels
+
+
+def _upright(im):
+    """``im`` turned as its EXIF orientation tag says (a phone stores a portrait photo as
+    landscape pixels plus a tag); the image itself when it has no tag or tag 1."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: the pixels as stored
+        return im
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(im)
+    return im
+
+
+def _on_white(im):
+    """An image with transparency composited on white (a cut-out product photo on a
+    transparent background is a product on white, not on black)."""
+    from PIL import Image
+
+    has_alpha = im.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in im.info
+    if not has_alpha:
+        return im
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba)
+
+
+def decode_image(path: str | os.PathLike, size: int, channels: int, where: str | None = None):
+    """uint8 ``[channels, size, size]`` of one photo file, as visctr reads every photo
+    (catalog, query and retrieval photos, ``visctr search``): turned upright by its EXIF
+    orientation, transparency on white, converted to ``L`` (1 channel) or ``RGB`` (3),
+    resized to ``size`` x ``size``.
+
+    Args:
+        path: the image file (any format Pillow reads, 8 bits per channel).
+        size: pixels a side of the result.
+        channels: 1 or 3.
+        where: what to name in errors (file and row the path came from); default the path.
+
+    Raises:
+        InputError: missing, corrupt, too large or more than 8 bits per channel.
+
+    >>> decode_image("photo.jpg", 28, 1).shape  # doctest: +SKIP
+    (1, 28, 28)
+    """
     from PIL import Image, UnidentifiedImageError
 
+    path = Path(path)
+    where = str(path) if where is None else where
     if not path.is_file():
         raise InputError(f"{where}: image file not found: {path}")
     try:
@@ -349,10 +396,11 @@ def read_image(path: Path, size: int, channels: int, where: str) -> np.ndarray:
         raise InputError(f"{where}: corrupt or unreadable image {path} ({e})") from None
 
 
-def image_array(im: Any, size: int, channels: int, where: str) -> np.ndarray:
-    """A decoded PIL image as ``[channels, size, size]`` uint8: 8-bit modes only (16-bit
-    and float pixels would be clipped silently), converted to grey or RGB, resized
-    bilinearly."""
+def image_array(im: Any, size: int, channels: int, where: str = "image") -> np.ndarray:
+    """uint8 ``[channels, size, size]`` of a decoded PIL image, as :func:`decode_image` makes
+    every photo: 8-bit modes only (16-bit and float pixels would be clipped silently), turned
+    upright by its EXIF orientation, transparency on white, converted to ``L`` or ``RGB``,
+    resized bilinearly. ``visctr.embed`` passes a user's PIL images and arrays through it."""
     from PIL import Image
 
     if im.mode not in EIGHT_BIT_MODES:
@@ -360,6 +408,7 @@ def image_array(im: Any, size: int, channels: int, where: str) -> np.ndarray:
             f"{where} has mode {im.mode!r} (more than 8 bits per channel); convert it to an "
             "8-bit image"
         )
+    im = _on_white(_upright(im))
     im = im.convert("L" if channels == 1 else "RGB")
     if im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)
@@ -388,7 +437,7 @@ def _read_chunk(task: tuple[list[Path], list[str], int, int]) -> np.ndarray:
     paths, wheres, size, channels = task
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     for i, (p, w) in enumerate(zip(paths, wheres, strict=True)):
-        out[i] = read_image(p, size, channels, w)
+        out[i] = decode_image(p, size, channels, w)
     return out
 
 
@@ -566,7 +615,9 @@ def read_manifest_table(path: Path):
         return pacsv.read_csv(
             path,
             convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                column_types=dict.fromkeys(names, pa.string()),
+                strings_can_be_null=True,
+                null_values=[""],  # only an empty cell is missing: "NA" may be a SKU
             ),
         )
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:

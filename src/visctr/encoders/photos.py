@@ -3,7 +3,8 @@
 The encoder knows its own preprocessing (as timm's models do): the side and channels it
 was trained on are recorded in ``encoder.pt``, and the normalisation is inside the
 encoder. A photo is decoded, converted and resized exactly as the catalog decoder does it
-(:func:`visctr.data.catalog.read_image`), so a catalog photo embedded here gives the vector
+(:func:`visctr.data.decode_image`: upright by EXIF orientation,
+transparency on white), so a catalog photo embedded here gives the vector
 ``visctr embed`` wrote for it.
 """
 
@@ -37,10 +38,10 @@ def _as_array(photo: Photo, channels: int, size: int, where: str) -> np.ndarray:
     """One photo as a ``[channels, size, size]`` uint8 (or float in [0, 1]) array."""
     from PIL import Image
 
-    from visctr.data.catalog import image_array, read_image
+    from visctr.data.catalog import decode_image, image_array
 
     if isinstance(photo, str | Path):
-        return read_image(Path(photo), size, channels, where)
+        return decode_image(Path(photo), size, channels, where)
     if isinstance(photo, Image.Image):
         return image_array(photo, size, channels, where)
     if isinstance(photo, torch.Tensor):

@@ -52,6 +52,15 @@ def evaluate(
         transform = debias_transform(debias)
         transform.check_embeddings(embeddings)
     metrics, _ = evaluate_retrieval(world, embeddings, transform)
+    from visctr.embeddings import unknown_origin
+
+    warning = unknown_origin(
+        embeddings,
+        " or ".join(str(p) for p in (ctr_model, debias) if p is not None)
+        or "the encoder that should have made them",
+    )
+    if warning:
+        click.echo(warning, err=True)
     if ctr_model is not None:
         from visctr.eval.ctr import evaluate_ctr
 

@@ -78,7 +78,12 @@ def export(
     if encoder is None:
         raise click.UsageError("--format serving needs --encoder (the encoder.pt to serve)")
     check_out(out, "export", encoder, embeddings, debias)
+    from visctr.embeddings import unknown_origin
+
     export_artifacts(encoder, embeddings, out, IndexConfig(kind=kind, nlist=nlist), debias, onnx)
+    warning = unknown_origin(embeddings, f"{encoder}; they were exported as they are")
+    if warning:
+        click.echo(warning, err=True)
     files = json.loads((out / "export.json").read_text())["files"]
     click.echo(f"exported {', '.join(files)}, index.faiss ({kind}) to {out}")
 

@@ -334,7 +334,7 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
     is the user's own (``item_keys.json``) when the export has one."""
     import faiss
 
-    from visctr.data.catalog import read_image
+    from visctr.data.catalog import decode_image
 
     export_dir = Path(export_dir)
     meta_path = export_dir / "export.json"
@@ -354,7 +354,7 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
     for name in ("encoder.ts", "index.faiss", "item_ids.npy", *(["debias.ts"] if debias else [])):
         if not (export_dir / name).is_file():
             raise InputError(f"{export_dir / name}: missing; rerun 'visctr export'")
-    img = read_image(Path(image), size, channels, str(image))
+    img = decode_image(Path(image), size, channels)
     encoder = _jit_load(export_dir / "encoder.ts")
     with torch.no_grad():
         q = encoder(torch.from_numpy(img[None].copy()))
@@ -380,6 +380,12 @@ def search_image(export_dir: Path, image: Path, k: int = 10) -> list[tuple[int |
             raise InputError(f"{path}: unreadable ({e}); rerun 'visctr export'") from None
         if not isinstance(names, list) or len(names) != len(ids):
             raise InputError(f"{path}: expected a list of {len(ids)} ids; rerun 'visctr export'")
+    if index.d != q.shape[1]:
+        raise InputError(
+            f"{export_dir / 'index.faiss'} holds {index.d}-d vectors but "
+            f"{export_dir / ('debias.ts' if debias else 'encoder.ts')} makes {q.shape[1]}-d ones: "
+            "they are not from one export; rerun 'visctr export'"
+        )
     scores, idx = index.search(q.numpy().astype(np.float32), k)
     return [(names[i], float(sc)) for i, sc in zip(idx[0], scores[0], strict=True) if i >= 0]
 

@@ -64,15 +64,15 @@ def simulate(
     click.echo(f"world written to {out} in {summary['seconds']:.1f}s")
 
 
-def _timestamp(value: str | None) -> int | None:
-    """``--split-time``: integer seconds or ISO-8601 (no zone = UTC)."""
+def _timestamp(value: str | None, unit: str = "auto") -> int | None:
+    """``--split-time``: epoch integers (unit as for the files) or ISO-8601 (no zone = UTC)."""
     if value is None:
         return None
     import pyarrow as pa
 
     from visctr.world.importer import parse_timestamps
 
-    return int(parse_timestamps(pa.array([value]), Path("--split-time"), "value")[0])
+    return int(parse_timestamps(pa.array([value]), Path("--split-time"), "value", unit=unit)[0])
 
 
 @click.command("import")
@@ -127,8 +127,27 @@ def _timestamp(value: str | None) -> int | None:
     help="Pixels a side of the stored photos (8..1024).",
 )
 @click.option("--channels", type=click.Choice(["1", "3"]), default="1", show_default=True)
+@click.option(
+    "--timestamp-unit",
+    type=click.Choice(["auto", "s", "ms", "us", "ns"]),
+    default="auto",
+    show_default=True,
+    help="Unit of integer timestamps; auto reads it from their magnitude.",
+)
+@click.option(
+    "--dedupe",
+    is_flag=True,
+    help="Drop exact duplicate impression rows (same query, item, position, click) instead "
+    "of refusing them.",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Dry run: read and validate every file as the import does, print what was found, "
+    "write nothing (--out is not needed).",
+)
 @WORKERS
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="World directory.")
 @handle_errors
 def import_(
     catalog: Path,
@@ -140,26 +159,42 @@ def import_(
     split_time: str | None,
     image_size: int,
     channels: str,
+    timestamp_unit: str,
+    dedupe: bool,
+    check: bool,
     workers: int | None,
-    out: Path,
+    out: Path | None,
 ) -> None:
     """Build a world from a shop's own catalog, queries and impression logs. Photos are
     decoded in chunks by a pool of processes straight into the world's image store, so
     memory stays flat in the number of photos."""
-    from visctr.world.importer import ImportConfig, import_world
+    from visctr.errors import InputError
+    from visctr.world.importer import ImportConfig, format_check, import_world
     from visctr.world.simulate import format_summary
 
     inputs = [catalog, queries, impressions, random_log, retrieval]
-    check_out(out, "world", *inputs)
+    if not check:
+        if out is None:
+            raise click.UsageError("Missing option '--out' (or give --check for a dry run).")
+        check_out(out, "world", *inputs)
     cfg = ImportConfig(
         image_size=image_size,
         channels=int(channels),
         train_share=train_share,
-        split_time=_timestamp(split_time),
+        split_time=_timestamp(split_time, timestamp_unit),
         workers=workers,
+        timestamp_unit=timestamp_unit,
+        dedupe=dedupe,
     )
     summary = import_world(
-        catalog, queries, impressions, out, random_log, retrieval, cfg, echo=click.echo
-    )
+        catalog, queries, impressions, out, random_log, retrieval, cfg, echo=click.echo,
+        check=check,
+    )  # fmt: skip
+    if check:
+        report = summary["check"]
+        click.echo(format_check(report))
+        if report["problems"]:
+            raise InputError(report["problems"][0])
+        return
     click.echo(format_summary(summary))
     click.echo(f"world written to {out} in {summary['seconds']:.1f}s")

@@ -12,8 +12,11 @@ Inputs (CSV or Parquet; CSV is read as text, so ``01`` and ``1`` stay apart):
   the item it shows)
 
 Ids may be strings or integers; they are kept as given (``item_key``, ``query_key``,
-``user_key``) next to dense internal int64 ids (row numbers). Timestamps are integer
-seconds or ISO-8601 (a time without a zone is UTC). Logged queries are split into train
+``user_key``) next to dense internal int64 ids (row numbers). Timestamps are ISO-8601 (a
+time without a zone is UTC) or epoch integers in s/ms/us/ns (the unit read from their
+magnitude, or given), within 1990..2100. Duplicate impression rows are refused (exact
+copies dropped with ``dedupe``). Photos are decoded by
+:func:`visctr.data.catalog.decode_image` (upright by EXIF, transparency on white). Logged queries are split into train
 and test by time. The logs are streamed in record batches: memory holds the catalog and
 the query table, never a whole log. Every error names the file, the row and the column,
 and leaves no output (the world directory appears whole or not at all).
@@ -55,6 +58,8 @@ class ImportConfig:
     head_share: float = 0.2
     batch_rows: int = 65_536  # rows per record batch when streaming a log
     workers: int | None = None  # processes decoding images (None: every core)
+    timestamp_unit: str = "auto"  # of integer timestamps: auto (by magnitude), s, ms, us, ns
+    dedupe: bool = False  # drop exact duplicate impression rows (else they are refused)
     inputs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,6 +73,10 @@ class ImportConfig:
             raise InputError(f"image size must be in 8..{MAX_IMAGE_SIZE}, got {self.image_size}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"workers must be >= 1, got {self.workers}")
+        if self.timestamp_unit != "auto" and self.timestamp_unit not in TIMESTAMP_UNITS:
+            raise InputError(
+                f"timestamp unit must be auto, s, ms, us or ns, got {self.timestamp_unit!r}"
+            )
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -106,7 +115,15 @@ def _csv_header(path: Path) -> list[str]:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    return [c.strip() for c in next(csv.reader([text.lstrip("\ufeff").rstrip("\r\n")]), [])]
+    text = text.lstrip("\ufeff").rstrip("\r\n")
+    names = [c.strip() for c in next(csv.reader([text]), [])]
+    for sep, name in ((";", "semicolons"), ("\t", "tabs")):
+        if len(names) == 1 and sep in text:  # Excel's CSV in many locales, or a TSV
+            raise InputError(
+                f"{path}: row 0: the header {text[:80]!r} is separated by {name}, not commas; "
+                "save the file as comma-separated CSV"
+            )
+    return names
 
 
 def _arrow_error(path: Path, e: Exception) -> InputError:
@@ -133,7 +150,9 @@ def stream_batches(path: Path, required, optional=(), batch_rows: int = 65_536) 
                 path,
                 read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True
+                    column_types=dict.fromkeys(names, pa.string()),
+                    strings_can_be_null=True,
+                    null_values=[""],  # only an empty cell is missing: "NA" may be a SKU
                 ),
             )
             for batch in reader:
@@ -217,44 +236,139 @@ def _unique_keys(keys, path: Path, column: str) -> None:
         raise InputError(f"{path}: row {int(rows[1])}: duplicate {column} {value!r}")
 
 
-def parse_timestamps(col, path: Path, column: str = "timestamp", row0: int = 0) -> np.ndarray:
-    """int64 epoch seconds from integer seconds or ISO-8601 text (no zone = UTC)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+TIMESTAMP_UNITS = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+_UNIT_BOUNDS = (10**11, 10**14, 10**17)  # |value| below: s (< year 5138), ms, us; above: ns
+EARLIEST = int(datetime(1990, 1, 1, tzinfo=UTC).timestamp())
+LATEST = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
-    _no_nulls(col, path, column, row0)
-    t = col.type
-    if pa.types.is_integer(t):
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
-    if pa.types.is_timestamp(t):
-        if t.tz is None:
-            col = pc.assume_timezone(col, "UTC")
-        return np.asarray(pc.cast(col, pa.timestamp("s", tz="UTC")).cast(pa.int64()), np.int64)
-    if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
-        raise InputError(
-            f"{path}: column {column!r} must be integer seconds or ISO-8601 text, got {t}"
-        )
-    try:  # fast path: all integer seconds
-        return np.asarray(pc.cast(pc.utf8_trim_whitespace(col), pa.int64()), np.int64)
-    except pa.ArrowInvalid:
-        pass
-    out = np.empty(len(col), dtype=np.int64)
-    for i, v in enumerate(col.to_pylist()):
-        v = v.strip()
-        if _INT.fullmatch(v):
-            out[i] = int(v)
-            continue
-        try:
-            d = datetime.fromisoformat(v)
-        except ValueError:
+
+def _date(seconds: int) -> str:
+    try:
+        return str(np.datetime64(int(seconds), "s")) + "Z"
+    except (OverflowError, ValueError):
+        return "out of range"
+
+
+class TimestampReader:
+    """int64 epoch seconds from one file's timestamp column, batch by batch.
+
+    Integers are epoch seconds, milliseconds, microseconds or nanoseconds: ``unit="auto"``
+    reads the unit from their magnitude (one unit per file: a row of another magnitude is
+    an error), or ``unit`` says it. Text is integers or ISO-8601 (no zone = UTC). Every
+    time must fall in 1990..2100 once converted (a wrong unit lands outside it)."""
+
+    def __init__(self, path: Path, column: str = "timestamp", unit: str = "auto"):
+        if unit != "auto" and unit not in TIMESTAMP_UNITS:
+            raise InputError(f"timestamp unit must be auto, s, ms, us or ns, got {unit!r}")
+        self.path, self.column, self.given = Path(path), column, unit
+        self.unit: str | None = None if unit == "auto" else unit  # of the integers
+        self.iso = False  # some times were ISO-8601 text or Arrow timestamps
+        self.ints = False  # some times were epoch integers
+        self.low, self.high = None, None  # the time range read, epoch seconds
+
+    def describe(self) -> str:
+        """What was read, for the one line that says so: e.g. ``epoch milliseconds (from
+        their magnitude)``."""
+        parts = []
+        if self.ints:
+            how = "given" if self.given != "auto" else "from their magnitude"
+            parts.append(f"epoch {UNIT_NAMES[self.unit]} ({how})")
+        if self.iso:
+            parts.append("ISO-8601")
+        return " and ".join(parts) or "none"
+
+    def record(self) -> str | None:
+        """The unit for ``world.json``: ``s|ms|us|ns``, ``iso``, or both as ``ms+iso``."""
+        out = [u for u in (self.unit if self.ints else None, "iso" if self.iso else None) if u]
+        return "+".join(out) or None
+
+    def __call__(self, col, row0: int = 0) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        path, column = self.path, self.column
+        _no_nulls(col, path, column, row0)
+        t = col.type
+        is_int = np.ones(len(col), dtype=bool)
+        if pa.types.is_integer(t):
+            raw = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+        elif pa.types.is_timestamp(t):
+            if t.tz is None:
+                col = pc.assume_timezone(col, "UTC")
+            raw = np.asarray(pc.cast(col, pa.timestamp("s", tz="UTC")).cast(pa.int64()), np.int64)
+            is_int[:] = False
+        elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            try:  # fast path: all integers
+                raw = np.asarray(pc.cast(pc.utf8_trim_whitespace(col), pa.int64()), np.int64)
+            except pa.ArrowInvalid:
+                raw = np.empty(len(col), dtype=np.int64)
+                for i, v in enumerate(col.to_pylist()):
+                    v = v.strip()
+                    if _INT.fullmatch(v):
+                        raw[i] = int(v)
+                        continue
+                    try:
+                        d = datetime.fromisoformat(v)
+                    except ValueError:
+                        raise InputError(
+                            f"{path}: row {row0 + i}: {column} {v!r} is neither integer seconds "
+                            "nor ISO-8601 (e.g. 2026-01-31T12:00:00Z)"
+                        ) from None
+                    if d.tzinfo is None:
+                        d = d.replace(tzinfo=UTC)
+                    raw[i] = int(d.timestamp() // 1)
+                    is_int[i] = False
+        else:
             raise InputError(
-                f"{path}: row {row0 + i}: {column} {v!r} is neither integer seconds nor "
-                "ISO-8601 (e.g. 2026-01-31T12:00:00Z)"
-            ) from None
-        if d.tzinfo is None:
-            d = d.replace(tzinfo=UTC)
-        out[i] = int(d.timestamp() // 1)
-    return out
+                f"{path}: column {column!r} must be integer seconds or ISO-8601 text, got {t}"
+            )
+        self.iso = self.iso or not is_int.all()
+        self.ints = self.ints or bool(is_int.any())
+        out = raw.copy()
+        if is_int.any():
+            ints = raw[is_int]
+            rows = np.flatnonzero(is_int)
+            klass = np.searchsorted(_UNIT_BOUNDS, np.abs(ints), side="right")
+            if self.given == "auto":
+                units = list(TIMESTAMP_UNITS)
+                if self.unit is None:
+                    self.unit = units[int(klass[0])]
+                off = klass != units.index(self.unit)
+                if off.any():
+                    j = int(np.flatnonzero(off)[0])
+                    raise InputError(
+                        f"{path}: row {row0 + int(rows[j])}: {column} {int(ints[j])} looks like "
+                        f"epoch {UNIT_NAMES[units[int(klass[j])]]} where the rows before are "
+                        f"{UNIT_NAMES[self.unit]}; give every row one unit, or set "
+                        "--timestamp-unit"
+                    )
+            out[is_int] = ints // TIMESTAMP_UNITS[self.unit]
+        bad = (out < EARLIEST) | (out >= LATEST)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            value = col[j].as_py()
+            how = (
+                f"read as epoch {UNIT_NAMES[self.unit]}" + (
+                    " from its magnitude" if self.given == "auto" else "")
+                if is_int[j] else "read as ISO-8601"
+            )  # fmt: skip
+            raise InputError(
+                f"{path}: row {row0 + j}: {column} {value!r} is {_date(out[j])} ({how}), "
+                "outside 1990..2100; check the unit (--timestamp-unit s|ms|us|ns)"
+            )
+        lo, hi = int(out.min()), int(out.max())
+        self.low = lo if self.low is None else min(self.low, lo)
+        self.high = hi if self.high is None else max(self.high, hi)
+        return out
+
+
+def parse_timestamps(
+    col, path: Path, column: str = "timestamp", row0: int = 0, unit: str = "auto"
+) -> np.ndarray:
+    """int64 epoch seconds from integers (seconds, or ms/us/ns by magnitude or ``unit``) or
+    ISO-8601 text (no zone = UTC); see :class:`TimestampReader`."""
+    return TimestampReader(path, column, unit)(col, row0)
 
 
 def _ints(col, path: Path, column: str, row0: int, low: int, high: int) -> np.ndarray:
@@ -382,6 +496,124 @@ def _propensities(col, path: Path, row0: int) -> np.ndarray:
     return p
 
 
+POSITIONS_SHOWN = 10  # CTR by position: 0..9, then one bucket for 10 and beyond
+
+
+KEY_DTYPE = np.dtype([("row", "<i8"), ("q", "<i8"), ("i", "<i8"), ("pos", "<i4"), ("clk", "i1")])
+SPILL_BUCKETS = 64  # duplicate-check partitions (by query): memory holds one at a time
+
+
+class _LogStats:
+    """What one impression log holds, gathered while it streams: rows, clicks by position,
+    items shown, queries served, and the keys that find duplicate rows.
+
+    Every kind of duplicate shares its query, so the keys (29 bytes a row) are spilled to
+    ``spill`` partitioned by query, and each partition is checked alone: memory holds one
+    partition (~1/64 of the log), the disk holds the keys until the check is done."""
+
+    def __init__(self, path: Path, n_items: int, n_queries: int, spill: Path | None):
+        self.path = path
+        self.rows = 0
+        self.shown = np.zeros(n_items, dtype=bool)
+        self.served = np.zeros(n_queries, dtype=bool)
+        self.by_pos = np.zeros((2, POSITIONS_SHOWN + 1))  # impressions, clicks by position
+        self.propensity = False
+        self.spill = spill
+        if spill is not None:
+            spill.mkdir()
+
+    def add(self, rows, q, i, pos, clicked) -> None:
+        self.rows += len(q)
+        self.shown[i] = True
+        self.served[q] = True
+        capped = np.minimum(pos, POSITIONS_SHOWN)
+        self.by_pos[0] += np.bincount(capped, minlength=POSITIONS_SHOWN + 1)
+        self.by_pos[1] += np.bincount(capped, weights=clicked, minlength=POSITIONS_SHOWN + 1)
+        if self.spill is None:
+            return
+        keys = np.empty(len(q), dtype=KEY_DTYPE)
+        keys["row"], keys["q"], keys["i"], keys["pos"], keys["clk"] = rows, q, i, pos, clicked
+        bucket = q % SPILL_BUCKETS
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(SPILL_BUCKETS + 1))
+        for k in range(SPILL_BUCKETS):
+            part = keys[order[bounds[k] : bounds[k + 1]]]
+            if len(part):
+                with open(self.spill / f"{k}.bin", "ab") as f:
+                    f.write(part.tobytes())
+
+    def duplicates(self, keys_of, dedupe: bool) -> tuple[np.ndarray | None, dict, list[str]]:
+        """``(sorted rows to drop or None, counts, problems)``: exact duplicate rows (same
+        query, item, position and click) are dropped with ``dedupe`` and a problem without
+        it; beyond those, the same item twice for one query, or two items at one position
+        of one query, are problems. ``keys_of(q)`` names a query in messages. Removes the
+        spilled keys."""
+        counts = {"exact": 0, "item": 0, "position": 0}
+        first: dict[str, tuple[int, int, int]] = {}  # kind -> (row b, its first copy a, q)
+        drops = []
+        for k in range(SPILL_BUCKETS):
+            f = self.spill / f"{k}.bin"
+            if not f.is_file():
+                continue
+            keys = np.fromfile(f, dtype=KEY_DTYPE)
+            f.unlink()
+            for kind, n, pair, dropped in _bucket_duplicates(keys):
+                counts[kind] += n
+                if pair is not None and (kind not in first or pair[0] < first[kind][0]):
+                    first[kind] = pair
+                if dropped is not None:
+                    drops.append(dropped)
+        self.spill.rmdir()
+        path, problems = self.path, []
+        if counts["exact"] and not dedupe:
+            b, a, _ = first["exact"]
+            problems.append(
+                f"{path}: {counts['exact']:,} exact duplicate impression rows (same query_id, "
+                f"item_id, position and clicked; first: rows {a} and {b}); a log joined twice? "
+                "drop them with --dedupe"
+            )
+        for kind, what in (
+            ("item", "the same item_id twice for one query"),
+            ("position", "two items at one position of one query"),
+        ):
+            if counts[kind]:
+                b, a, q = first[kind]
+                problems.append(
+                    f"{path}: {counts[kind]:,} rows with {what} (first: rows {a} and {b}, "
+                    f"query_id {keys_of(q)!r}); give each result page its own query_id, or "
+                    "keep one row per item and position"
+                )
+        drop = np.sort(np.concatenate(drops)) if drops and dedupe else None
+        return drop, counts, problems
+
+
+def _bucket_duplicates(keys: np.ndarray):
+    """``(kind, count, (row, its first copy, query) of the earliest, rows dropped)`` for
+    each kind of duplicate among ``keys`` (rows of one query partition)."""
+    row, q, i, pos, clk = (keys[c] for c in ("row", "q", "i", "pos", "clk"))
+    order = np.lexsort((row, clk, pos, i, q))  # equal keys: the earliest row first
+    exact = np.logical_and.reduce([c[order][1:] == c[order][:-1] for c in (q, i, pos, clk)])
+    drop_at = order[1:][exact]
+    unique = np.ones(len(keys), dtype=bool)
+    unique[drop_at] = False
+
+    def earliest(dup_at: np.ndarray, cols, among: np.ndarray):
+        if not len(dup_at):
+            return None
+        b = int(dup_at[np.argmin(row[dup_at])])
+        same = among[np.logical_and.reduce([c[among] == c[b] for c in cols])]
+        return int(row[b]), int(row[same].min()), int(q[b])
+
+    idx = np.arange(len(keys))
+    yield "exact", len(drop_at), earliest(drop_at, (q, i, pos, clk), idx), row[drop_at]
+    rest = idx[unique]
+    for kind, other in (("item", i), ("position", pos)):
+        o = rest[np.lexsort((row[rest], other[rest], q[rest]))]
+        same = (q[o][1:] == q[o][:-1]) & (other[o][1:] == other[o][:-1])
+        dup_at = o[1:][same]
+        yield kind, len(dup_at), earliest(dup_at, (q, other), rest), None
+
+
 def _stream_log(
     path: Path,
     split_of_query,  # function: query rows -> split name per row (or raises)
@@ -392,9 +624,14 @@ def _stream_log(
     q_ts: np.ndarray,
     cfg: ImportConfig,
     on_rows=None,
+    clock: TimestampReader | None = None,
+    stats: _LogStats | None = None,
+    drop: np.ndarray | None = None,
 ) -> int:
-    """Validate and route one impression log, batch by batch. Returns its row count."""
+    """Validate and route one impression log, batch by batch (without the rows of ``drop``,
+    sorted, when given). Returns its row count."""
     n = 0
+    clock = clock or TimestampReader(path, unit=cfg.timestamp_unit)
     for row0, batch in stream_batches(path, IMPRESSION_INPUT, IMPRESSION_OPTIONAL, cfg.batch_rows):
         names = batch.schema.names
         q = _lookup(
@@ -408,7 +645,7 @@ def _stream_log(
         pos = _ints(batch.column("position"), path, "position", row0, 0, 2**31 - 1)
         clicked = _ints(batch.column("clicked"), path, "clicked", row0, 0, 1)
         if "timestamp" in names:
-            ts = parse_timestamps(batch.column("timestamp"), path, "timestamp", row0)
+            ts = clock(batch.column("timestamp"), row0)
         else:
             ts = q_ts[q]
         splits = split_of_query(q, row0)
@@ -422,13 +659,23 @@ def _stream_log(
         }
         if PROPENSITY in names:
             cols[PROPENSITY] = _propensities(batch.column(PROPENSITY), path, row0)
+        n += batch.num_rows
+        rows = np.arange(row0, row0 + batch.num_rows, dtype=np.int64)
+        if drop is not None:
+            lo, hi = np.searchsorted(drop, [row0, row0 + batch.num_rows])
+            m = np.ones(batch.num_rows, dtype=bool)
+            m[drop[lo:hi] - row0] = False
+            cols = {c: v[m] for c, v in cols.items()}
+            splits, rows = splits[m], rows[m]
+        if stats is not None:
+            stats.add(rows, cols["query_id"], cols["item_id"], cols["position"], cols["clicked"])
+            stats.propensity = PROPENSITY in names
         for name, w in writers.items():
             m = splits == name
             if m.any():
                 w.write({c: v[m] for c, v in cols.items()})
         if on_rows is not None:
             on_rows(cols, splits)
-        n += batch.num_rows
     return n
 
 
@@ -441,8 +688,17 @@ def import_world(
     retrieval: Path | None = None,
     cfg: ImportConfig | None = None,
     echo=print,
+    check: bool = False,
 ) -> dict:
-    """Build a world directory at ``out`` from a shop's files; returns its summary."""
+    """Build a world directory at ``out`` from a shop's files; returns its summary.
+
+    ``check``: a dry run. Every file is read and validated exactly as for the import (the
+    same code, so the same errors), the world is built in a temporary folder that is then
+    removed, and ``out`` is neither checked nor written (it may be ``None``). The summary
+    then holds a ``check`` section (see :func:`format_check`); duplicates are reported
+    there and raised after the screen is printed."""
+    import tempfile
+
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -451,12 +707,22 @@ def import_world(
 
     cfg = cfg or ImportConfig()
     t0 = time.perf_counter()
-    catalog, queries, impressions, out = Path(catalog), Path(queries), Path(impressions), Path(out)
-    check_out_dir(out, "world")
+    catalog, queries, impressions = Path(catalog), Path(queries), Path(impressions)
+    if not check:
+        out = Path(out)
+        check_out_dir(out, "world")
     if catalog.suffix.lower() not in (".csv", ".parquet"):
         raise InputError(f"{catalog}: the catalog must be a .csv or .parquet manifest")
     ccfg = CatalogConfig(source=str(catalog), image_size=cfg.image_size, channels=cfg.channels)
-    with atomic_dir(out, kind="world") as tmp:
+    where = (
+        tempfile.TemporaryDirectory(prefix="visctr-import-check-")
+        if check
+        else atomic_dir(out, kind="world")
+    )
+    problems: list[str] = []  # with check: what the import would refuse, said after the screen
+    logs: dict[str, dict] = {}  # per log: stats, clock, duplicate counts
+    with where as tmp:
+        tmp = Path(tmp)
         (tmp / "images").mkdir()
         echo(f"catalog: {catalog}")
         cat = load_catalog(ccfg, images_out=tmp / "images" / "items.npy", workers=cfg.workers)
@@ -473,7 +739,9 @@ def import_world(
         u_col = qt.column("user_id")
         u_keys = user_keys(u_col, queries, "user_id")
         uniq_users, q_users = _dense(u_keys)
-        q_ts = parse_timestamps(qt.column("timestamp"), queries, "timestamp")
+        q_clock = TimestampReader(queries, unit=cfg.timestamp_unit)
+        q_ts = q_clock(qt.column("timestamp"))
+        _say_times(echo, q_clock)
         q_paths, q_wheres = _image_paths(qt, queries)
         n_q = len(q_keys)
 
@@ -510,10 +778,41 @@ def import_world(
         (tmp / "impressions").mkdir()
         query_index = q_keys_s
 
+        def read_log(label: str, path: Path, split_fn, names, on_rows, reset) -> dict:
+            """Stream one log into its split files; once more without exact duplicates when
+            ``--dedupe`` finds some. Duplicates are refused (or, with check, gathered)."""
+
+            def once(drop):
+                reset()
+                ws = {s: _LogWriter(tmp / "impressions" / f"{s}.parquet") for s in names}
+                clock = TimestampReader(path, unit=cfg.timestamp_unit)
+                spill = tmp / f".duplicate-keys-{label}" if drop is None else None
+                st = _LogStats(path, n_items, n_q, spill)
+                _stream_log(
+                    path, split_fn, ws, query_index, item_index, q_users, q_ts, cfg, on_rows,
+                    clock, st, drop,
+                )  # fmt: skip
+                for wr in ws.values():
+                    wr.close()
+                return ws, clock, st
+
+            ws, clock, st = once(None)
+            drop, counts, found = st.duplicates(lambda q: q_keys[q], cfg.dedupe)
+            if found and not check:
+                raise InputError(found[0])
+            problems.extend(found)
+            if drop is not None:
+                ws, clock, st = once(drop)
+                echo(f"{path}: dropped {counts['exact']:,} exact duplicate rows (--dedupe)")
+            _say_times(echo, clock)
+            logs[label] = {"stats": st, "clock": clock, "duplicates": counts}
+            for s, wr in ws.items():
+                summary_logs[s] = {"rows": wr.rows, "clicks": wr.clicks}
+            return ws
+
         if random is not None:
             random = Path(random)
             echo(f"random-exposure log: {random}")
-            w = {"random": _LogWriter(tmp / "impressions" / "random.parquet")}
 
             def mark_random(q, row0):
                 is_random[q] = True
@@ -522,11 +821,10 @@ def import_world(
             def seen_random(cols, splits):
                 shown_random[cols["item_id"]] = True
 
-            _stream_log(
-                random, mark_random, w, query_index, item_index, q_users, q_ts, cfg, seen_random
-            )
-            w["random"].close()
-            summary_logs["random"] = {"rows": w["random"].rows, "clicks": w["random"].clicks}
+            def forget_random():
+                shown_random[:] = False
+
+            read_log("random", random, mark_random, ("random",), seen_random, forget_random)
             q_split[is_random] = "random"
 
         logged = ~is_random
@@ -541,7 +839,6 @@ def import_world(
         q_split[logged & (q_ts >= cutoff)] = "test"
 
         echo(f"impressions: {impressions}")
-        writers = {s: _LogWriter(tmp / "impressions" / f"{s}.parquet") for s in ("train", "test")}
 
         def logged_split(q, row0):
             bad = is_random[q]
@@ -557,13 +854,11 @@ def import_world(
             train = splits == "train"
             train_counts[:] += np.bincount(cols["item_id"][train], minlength=n_items)
 
-        _stream_log(
-            impressions, logged_split, writers, query_index, item_index, q_users, q_ts, cfg,
-            count_train,
-        )  # fmt: skip
-        for s, wr in writers.items():
-            wr.close()
-            summary_logs[s] = {"rows": wr.rows, "clicks": wr.clicks}
+        def forget_train():
+            train_counts[:] = 0
+
+        read_log("impressions", impressions, logged_split, ("train", "test"), count_train,
+                 forget_train)  # fmt: skip
         if summary_logs["train"]["rows"] == 0:
             raise InputError(
                 f"{impressions}: no impressions before the split time {cutoff} (the train "
@@ -664,12 +959,133 @@ def import_world(
                 "channels": cfg.channels,
                 "train_share": None if cfg.split_time is not None else cfg.train_share,
                 "split_time": cutoff,
+                "timestamp_unit": cfg.timestamp_unit,  # the option: auto, s, ms, us, ns
+                # what each file's timestamps were read as: s|ms|us|ns (integers), iso, both
+                "timestamp_units": {
+                    "queries": q_clock.record(),
+                    **{k: v["clock"].record() for k, v in logs.items()},
+                },
+                "dedupe": cfg.dedupe,
+                "exact_duplicates_dropped": {
+                    k: v["duplicates"]["exact"] if cfg.dedupe else 0 for k, v in logs.items()
+                },
             },
             "summary": summary,
         }
+        if check:
+            summary["check"] = _check_report(
+                logs, q_clock, n_q, n_items, cat, retrieval, random, summary, problems
+            )
+            return summary
         write_json(meta, tmp / "world.json")
         store_digest(tmp)  # hashed once, here: later runs check sizes and mtimes
     return summary
+
+
+def _say_times(echo, clock: TimestampReader) -> None:
+    """The one line that says how a file's timestamps were read, and their range."""
+    if clock.low is None:
+        return
+    echo(
+        f"{clock.path}: timestamps read as {clock.describe()}, "
+        f"{_date(clock.low)} .. {_date(clock.high)}"
+    )
+
+
+def _check_report(logs, q_clock, n_q, n_items, cat, retrieval, random, summary, problems) -> dict:
+    """What ``visctr import --check`` prints: per file, rows and distinct ids; times;
+    CTR by position; coverage; duplicates; what the world can measure."""
+    files = {}
+    served = np.zeros(n_q, dtype=bool)
+    shown = np.zeros(n_items, dtype=bool)
+    for label, v in logs.items():
+        st, clock = v["stats"], v["clock"]
+        served |= st.served
+        shown |= st.shown
+        imp, clk = st.by_pos
+        files[label] = {
+            "path": str(st.path),
+            "rows": st.rows,
+            "queries": int(st.served.sum()),
+            "items": int(st.shown.sum()),
+            "times": clock.describe() if clock.low is not None else "from the queries file",
+            "range": [_date(clock.low), _date(clock.high)] if clock.low is not None else None,
+            "ctr_by_position": [
+                (float(c / n) if n else None) for n, c in zip(imp, clk, strict=True)
+            ],
+            "impressions_by_position": [int(n) for n in imp],
+            "duplicates": v["duplicates"],
+            "propensity": st.propensity,
+        }
+    rnd = summary["clicks"].get("random")
+    return {
+        "files": files,
+        "items": n_items,
+        "categories": cat.n_categories,
+        "queries": n_q,
+        "users": summary["users"],
+        "retrieval": summary["queries"]["retrieval"],
+        "query_times": q_clock.describe(),
+        "query_range": [_date(q_clock.low), _date(q_clock.high)],
+        "split_time": _date(summary["split_time"]),
+        "never_shown_share": float((~shown).mean()),
+        "never_shown_share_train": summary["never_shown_share_train"],
+        "queries_without_impressions": int((~served).sum()),
+        "measurable": {
+            "random_exposure_auc": random is not None
+            and 0 < (rnd or 0) < summary["impressions"]["random"],
+            "ope": "logged propensities"
+            if logs["impressions"]["stats"].propensity
+            else "estimated propensities (no propensity column)",
+            "retrieval": "labelled photos"
+            if retrieval is not None
+            else "test clicks as targets (no --retrieval file)",
+        },
+        "problems": problems,
+    }
+
+
+def format_check(c: dict) -> str:
+    """One screen: what ``visctr import --check`` found."""
+    lines = [
+        f"catalog: {c['items']:,} items, {c['categories']} categories",
+        f"queries: {c['queries']:,} queries, {c['users']:,} users"
+        + (f", {c['retrieval']:,} labelled retrieval photos" if c["retrieval"] else "")
+        + f"; times read as {c['query_times']}, "
+        f"{c['query_range'][0]} .. {c['query_range'][1]}; split at {c['split_time']}",
+    ]
+    for label, f in c["files"].items():
+        d = f["duplicates"]
+        lines.append(
+            f"{label}: {f['rows']:,} rows, {f['queries']:,} queries, {f['items']:,} items; "
+            f"times {f['times']}"
+            + (f", {f['range'][0]} .. {f['range'][1]}" if f["range"] else "")
+            + ("; propensity column" if f["propensity"] else "")
+        )
+        ctr = [
+            f"{p if p < POSITIONS_SHOWN else f'{POSITIONS_SHOWN}+'}:{v:.3f}"
+            for p, v in enumerate(f["ctr_by_position"])
+            if v is not None
+        ]
+        lines.append(f"  CTR by position: {' '.join(ctr) or 'no rows'}")
+        lines.append(
+            f"  duplicates: {d['exact']:,} exact rows, {d['item']:,} items shown twice for one "
+            f"query, {d['position']:,} positions used twice for one query"
+        )
+    m = c["measurable"]
+    lines += [
+        f"catalog items never shown: {c['never_shown_share']:.1%} in any log, "
+        f"{c['never_shown_share_train']:.1%} in the train split",
+        f"queries without impressions: {c['queries_without_impressions']:,}",
+        "can measure: random-exposure AUC "
+        + ("yes" if m["random_exposure_auc"] else "no (no random-exposure log with clicks)")
+        + f"; OPE with {m['ope']}; retrieval with {m['retrieval']}",
+    ]
+    if c["problems"]:
+        lines.append(f"problems: {len(c['problems'])} (the import would stop at the first)")
+    else:
+        lines.append("no problems found: 'visctr import' with the same options will succeed")
+    return "\n".join(lines)
 
 
 def _dense(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
