@@ -1,4 +1,4 @@
-"""Imports run one way: ``data → world → losses → encoders → ctr → eval → serve → pipeline →
+"""Imports run one way: ``data → world → losses → encoders → s3 → ctr → eval → serve → pipeline →
 cli``, on top of a base of leaf modules (errors, io, config, ...). Every ``import`` of
 ``src/visctr`` counts, inside functions too; ``if TYPE_CHECKING:`` blocks do not."""
 
@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("world", ("visctr.world",)),
     ("losses", ("visctr.losses",)),
     ("encoders", ("visctr.encoders",)),
+    ("s3", ("visctr.s3",)),
     ("ctr", ("visctr.ctr",)),
     ("eval", ("visctr.eval",)),
     ("serve", ("visctr.serve",)),

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from visctr.ctr.batch import Batch
-from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import Triplets, triplet_loss
+from visctr.ctr.config import CTRConfig
 from visctr.ctr.feature_map import FeatureMap, FieldSpec
 from visctr.ctr.model import ARCHS, BlockLinear, CTRNet, build_ctr_net
 from visctr.errors import ConfigError
+from visctr.losses.triplet import triplet_loss
+from visctr.s3.config import DebiasConfig
+from visctr.s3.mining import Triplets
 
 
 def test_block_linear_is_one_linear_over_the_concatenation():

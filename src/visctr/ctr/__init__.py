@@ -1,4 +1,5 @@
-"""Ranking: the CTR model, the S3 debias network + gate, their training and inference.
+"""Ranking: the CTR model (with the S3 debias network + gate of ``visctr.s3``), its
+training and inference.
 
 Public API::
 
@@ -14,14 +15,16 @@ Evaluation lives one layer up, in ``visctr.eval`` (``visctr.eval.ctr.evaluate_ct
 Modules, one job each: ``feature_map`` (the frozen feature encoding), ``visual`` (the
 embeddings a model reads), ``logs`` (reading impression files), ``stats`` (training-log
 statistics), ``batch`` (the ``Batch`` layout and its packer), ``stream`` (streaming,
-shuffled, sharded batches), ``model`` (networks and the ``ARCHS`` registry), ``debias``
-(S3), ``trainer`` (the Lightning loop), ``training`` (train/predict entry points).
+shuffled, sharded batches), ``model`` (networks and the ``ARCHS`` registry), ``trainer``
+(the Lightning loop), ``training`` (train/predict entry points).
 """
 
-from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import DebiasTransform, apply_debias, debias_transform
+from visctr.ctr.config import CTRConfig
 from visctr.ctr.model import ARCHS, build_ctr_net
 from visctr.ctr.training import predict_ctr, train_ctr
+
+# S3 lives in visctr.s3 (below ctr); its public names stay reachable from here too
+from visctr.s3 import DebiasConfig, DebiasTransform, apply_debias, debias_transform
 
 __all__ = [
     "ARCHS",

@@ -47,9 +47,10 @@ from torch import nn
 
 from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import DebiasData, RowPlan, S3Debias, Triplets
 from visctr.ctr.feature_map import FeatureMap
 from visctr.errors import ConfigError
+from visctr.s3.mining import Triplets
+from visctr.s3.terms import DebiasData, RowPlan, S3Debias
 
 
 class CrossLayer(nn.Module):

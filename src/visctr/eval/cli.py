@@ -47,7 +47,7 @@ def evaluate(
     world = World.load(world_dir)
     transform = None
     if debias is not None:
-        from visctr.ctr import debias_transform
+        from visctr.s3.artifact import debias_transform
 
         transform = debias_transform(debias)
         transform.check_embeddings(embeddings)
