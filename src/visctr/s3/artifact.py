@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from visctr.errors import InputError
+from visctr.s3.config import DebiasConfig
 from visctr.s3.net import DebiasHead
 
 DEBIAS_FORMAT = 1
@@ -25,7 +26,7 @@ DEBIAS_FORMAT = 1
 
 def export_debias(
     head: DebiasHead,
-    cfg,
+    cfg: DebiasConfig,
     dim: int,
     path: Path,
     item_ids: np.ndarray | None = None,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from visctr.errors import InputError
+from visctr.s3.config import DebiasConfig
 from visctr.world.head_tail import head_mask
 
 
@@ -50,7 +51,12 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def _hard_negatives(
-    s1, ref: np.ndarray, method: np.ndarray, anchors: np.ndarray, tails: np.ndarray, cfg
+    s1,
+    ref: np.ndarray,
+    method: np.ndarray,
+    anchors: np.ndarray,
+    tails: np.ndarray,
+    cfg: DebiasConfig,
 ) -> np.ndarray:
     """Per anchor, ``k_far`` tail rows: nearest in ``method`` space, outside the S1 neighbourhood.
 
@@ -84,7 +90,7 @@ def mine_triplets(
     reference: np.ndarray,
     usable: np.ndarray,
     item_counts: np.ndarray,
-    cfg,
+    cfg: DebiasConfig,
     method: np.ndarray | None = None,
 ) -> Triplets:
     """Mine head→tail triplets with the S1 reference (exact FAISS search).
@@ -141,7 +147,7 @@ class DisagreementMiner:
         reference: np.ndarray,
         anchors: np.ndarray,
         tails: np.ndarray,
-        cfg,
+        cfg: DebiasConfig,
         mirror: bool | None = None,
     ):
         import faiss

@@ -25,6 +25,8 @@ from visctr.errors import InputError
 from visctr.losses.coral import coral
 from visctr.losses.mmd import mmd
 from visctr.losses.relational import relational
+from visctr.losses.triplet import triplet_hinge
+from visctr.s3.config import DebiasConfig
 from visctr.s3.mining import DisagreementMiner, Triplets, mine_triplets, unit_rows
 from visctr.s3.net import DebiasHead
 from visctr.world.head_tail import head_mask
@@ -65,43 +67,45 @@ class DebiasData:
 class S3Debias(DebiasHead):
     """The S3 part of a CTR network: the debias head, what trains it and its loss.
 
-    A ``DebiasHead`` (same weights, same state-dict keys, exported the same way) that
-    also owns S3's terms: ``λ·L_triplet`` on mined triplets and, when configured, the
-    head/tail alignment (``align_weight·L_align``) and the S1 relational anchor
-    (``relational_weight·L_relational``) on a batch of head and tail items. The CTR
-    trainer adds :meth:`aux_loss` (or what :meth:`aux_term` gives after ``prepare``) to
-    the click loss and needs to know nothing about them. ``data=None`` (a loaded model,
-    or the capacity control S1+S2+H): no loss.
+    A ``DebiasHead`` (same weights, same state-dict keys, exported the same way) that also
+    owns S3's terms under ``cfg`` (the run's ``ctr.debias``, read where each term is
+    taken): ``weight·L_triplet`` on mined triplets and, when configured, the head/tail
+    alignment (``align_weight·L_align``) and the S1 relational anchor
+    (``relational_weight·L_relational``) on a batch of head and tail items. ``data=None``
+    (a loaded model, or the capacity control S1+S2+H): no loss.
+
+    A CTR network asks for S3 in two calls per training step: :meth:`prepare` (eager: this
+    step's draws and the row plan, whose sizes depend on the data) and :meth:`apply`
+    (gathers and arithmetic only, so ``torch.compile`` takes it whole), which returns the
+    gated query and item vectors together with S3's weighted term and its parts. The CTR
+    trainer adds that term to the click loss and needs to know nothing about it.
 
     Each step's extra rows are, in order: anchors, positives and negatives of
-    ``per_step`` triplets (when the triplet term is on), then ``align_batch`` head and
-    ``align_batch`` tail rows (when an alignment term is on).
+    ``cfg.triplets_per_step`` triplets (when the triplet term is on), then
+    ``cfg.align_batch`` head and ``cfg.align_batch`` tail rows (when an alignment term is on).
     """
 
     def __init__(
-        self, dim: int, cfg, data: DebiasData | Triplets | None = None, n_buckets: int = 0
+        self,
+        dim: int,
+        cfg: DebiasConfig,
+        data: DebiasData | Triplets | None = None,
+        n_buckets: int = 0,
     ):
         super().__init__(dim, cfg.hidden, n_buckets)
         if isinstance(data, Triplets):
             data = DebiasData(triplets=data)
+        self.cfg = cfg
         self.data = data
         self.triplets = None if data is None else data.triplets
         self.miner = None if data is None else data.miner
-        self.weight = cfg.weight
-        self.margin = cfg.margin
-        self.per_step = cfg.triplets_per_step
-        self.stop_anchor_grad = cfg.stop_anchor_grad
-        self.remine_every = cfg.remine_every
-        self.align = cfg.align if cfg.align_weight > 0 else "none"
-        self.align_weight = cfg.align_weight
-        self.relational_weight = cfg.relational_weight
-        self.align_batch = cfg.align_batch
         has = data is not None
-        self.n_triplet_rows = 3 * self.per_step if has and (self.triplets or self.miner) else 0
-        self.n_align_rows = 0
-        if has and data.head is not None and (self.align != "none" or self.relational_weight):
-            self.n_align_rows = 2 * self.align_batch
-        if self.relational_weight and self.n_align_rows:
+        on = has and (self.triplets or self.miner)
+        self.n_triplet_rows = 3 * cfg.triplets_per_step if on else 0
+        self.n_align_rows = (
+            2 * cfg.align_batch if has and data.head is not None and cfg.aligns else 0
+        )
+        if cfg.relational_weight and self.n_align_rows:
             if data.reference is None:
                 raise ValueError("the relational anchor needs the S1 reference vectors")
             ref = torch.as_tensor(data.reference, dtype=torch.float32)
@@ -109,16 +113,54 @@ class S3Debias(DebiasHead):
         self.steps = 0  # training steps drawn so far (the miner re-mines on a schedule)
 
     @property
+    def align_loss(self):
+        """The alignment loss of ``cfg.align`` (``None``: off, or its weight is 0)."""
+        if self.cfg.align == "none" or self.cfg.align_weight <= 0:
+            return None
+        return coral if self.cfg.align == "coral" else mmd
+
+    @property
     def parts(self) -> tuple[str, ...]:
         """The names of the parts :meth:`aux_term` reports."""
         out: tuple[str, ...] = ()
         if self.n_triplet_rows:
             out += ("triplet_loss", "triplet_active")
-        if self.n_align_rows and self.align != "none":
+        if self.n_align_rows and self.align_loss is not None:
             out += ("align_loss",)
-        if self.n_align_rows and self.relational_weight:
+        if self.n_align_rows and self.cfg.relational_weight:
             out += ("relational_loss",)
         return out
+
+    def prepare(
+        self,
+        n_queries: int,
+        item_rows: torch.Tensor,
+        generator: torch.Generator,
+        item_vectors: torch.Tensor,
+    ) -> RowPlan:
+        """The data-dependent part of a training step, run eagerly: this step's extra rows
+        drawn with ``generator`` (:meth:`sample_rows`) and the row plan of the batch's
+        ``n_queries`` query rows, its ``item_rows`` and those (:meth:`plan`)."""
+        rows = self.sample_rows(generator, item_vectors)
+        extra = None if rows is None else rows.to(item_rows.device)
+        return self.plan(n_queries, item_rows, extra)
+
+    def apply(
+        self,
+        queries: torch.Tensor,
+        item_vectors: torch.Tensor,
+        plan: RowPlan,
+        item_buckets: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """S3 in a CTR batch along ``plan`` (:meth:`prepare`, or :meth:`plan` of the batch
+        alone): the normalised gated query vectors ``[B, D]``, the item rows' ``[B, D]``,
+        and S3's weighted term with its unweighted parts (:meth:`aux_term`; ``None, {}``
+        when the plan has no extra rows)."""
+        q, i, d = self.apply_plan(queries, item_vectors, plan, item_buckets)
+        if d is None:
+            return q, i, None, {}
+        rows = plan.uniq.index_select(0, plan.extra_at)  # the extra rows, in draw order
+        return q, i, *self.aux_term(d, rows)
 
     def sample_rows(
         self, generator: torch.Generator, item_vectors: torch.Tensor | None = None
@@ -126,18 +168,19 @@ class S3Debias(DebiasHead):
         """This step's extra item rows drawn with ``generator`` (see the class docstring);
         ``None`` without any S3 term. ``item_vectors``: the method's item vectors, which
         the disagreement miner maps through the current DebiasNet when it re-mines."""
+        cfg = self.cfg
         parts = []
         if self.n_triplet_rows:
             if self.miner is not None:
                 if item_vectors is None:
                     raise ValueError("negatives='disagreement' mines from the item vectors")
-                if self.steps % self.remine_every == 0:
+                if self.steps % cfg.remine_every == 0:
                     self.miner.mine(self.net, item_vectors)
-                parts.extend(self.miner.sample(self.per_step, generator))
+                parts.extend(self.miner.sample(cfg.triplets_per_step, generator))
             else:
-                parts.extend(self.triplets.sample(self.per_step, generator))
+                parts.extend(self.triplets.sample(cfg.triplets_per_step, generator))
         if self.n_align_rows:
-            m = self.align_batch
+            m = cfg.align_batch
             for rows in (self.data.head, self.data.tail):
                 pick = torch.randint(len(rows), (m,), generator=generator)
                 parts.append(torch.from_numpy(rows)[pick])
@@ -151,31 +194,35 @@ class S3Debias(DebiasHead):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(S3's weighted terms, their unweighted parts)`` from the DebiasNet outputs ``d``
         of the rows :meth:`sample_rows` gave (``rows``: those item rows, which the
-        relational anchor reads its S1 vectors by)."""
+        relational anchor reads its S1 vectors by).
+
+        ``cfg.weight·L_triplet + cfg.align_weight·L_align + cfg.relational_weight·L_rel``,
+        each term present when on; the losses are :mod:`visctr.losses`' pure functions."""
+        cfg = self.cfg
         total = d.new_zeros(())
         parts: dict[str, torch.Tensor] = {}
         k = self.n_triplet_rows // 3
         if k:
-            anchor = d[:k].detach() if self.stop_anchor_grad else d[:k]
-            hinge = F.relu(((d[2 * k : 3 * k] - d[k : 2 * k]) * anchor).sum(-1) + self.margin)
+            anchor = d[:k].detach() if cfg.stop_anchor_grad else d[:k]
+            hinge = triplet_hinge(anchor, d[k : 2 * k], d[2 * k : 3 * k], cfg.margin, unit=True)
             trip = hinge.mean()
-            total = total + self.weight * trip
+            total = total + cfg.weight * trip
             parts["triplet_loss"] = trip
             parts["triplet_active"] = (hinge > 0).float().mean().detach()
         if self.n_align_rows:
-            start, m = 3 * k, self.align_batch
+            start, m = 3 * k, cfg.align_batch
             head, tail = d[start : start + m], d[start + m : start + 2 * m]
-            if self.align != "none":
-                fn = coral if self.align == "coral" else mmd
-                term = fn(head.detach(), tail)  # the exposed side does not move
-                total = total + self.align_weight * term
+            align = self.align_loss
+            if align is not None:
+                term = align(head.detach(), tail)  # the exposed side does not move
+                total = total + cfg.align_weight * term
                 parts["align_loss"] = term
-            if self.relational_weight:
+            if cfg.relational_weight:
                 if rows is None:
                     raise ValueError("the relational anchor needs the extra rows")
                 s1 = self.reference_vectors.index_select(0, rows[start : start + 2 * m])
                 rel = relational(d[start : start + 2 * m], s1)
-                total = total + self.relational_weight * rel
+                total = total + cfg.relational_weight * rel
                 parts["relational_loss"] = rel
         return total, parts
 
@@ -183,8 +230,8 @@ class S3Debias(DebiasHead):
         self, item_vectors: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         """S3's terms on this step's sampled rows (:meth:`aux_term`), ``(None, {})``
-        without any. They are taken on the DebiasNet output of the rows of
-        ``item_vectors`` (the method's item vectors)."""
+        without any, for a network that does not use :meth:`apply`. They are taken on the
+        DebiasNet output of the rows of ``item_vectors`` (the method's item vectors)."""
         rows = self.sample_rows(generator, item_vectors)
         if rows is None:
             return None, {}
@@ -253,7 +300,7 @@ def debias_data(
     reference: np.ndarray | None,
     usable: np.ndarray,
     item_counts: np.ndarray,
-    cfg,
+    cfg: DebiasConfig,
     method: np.ndarray | None = None,
 ) -> DebiasData | None:
     """What trains the S3 head under ``cfg`` (``None``: the click loss alone).
