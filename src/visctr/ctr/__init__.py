@@ -13,10 +13,10 @@ Evaluation lives one layer up, in ``visctr.eval`` (``visctr.eval.ctr.evaluate_ct
 ``visctr.eval.retrieval.evaluate_retrieval``); ctr imports only ``visctr.eval.metrics``.
 
 Modules, one job each: ``feature_map`` (the frozen feature encoding), ``visual`` (the
-embeddings a model reads), ``logs`` (reading impression files), ``stats`` (training-log
-statistics), ``batch`` (the ``Batch`` layout and its packer), ``stream`` (streaming,
-shuffled, sharded batches), ``model`` (networks and the ``ARCHS`` registry), ``trainer``
-(the Lightning loop), ``training`` (train/predict entry points).
+embeddings a model reads), ``stats`` (training-log statistics), ``batch`` (the ``Batch``
+layout and its packer), ``stream`` (streaming, shuffled, sharded batches), ``model``
+(networks and the ``ARCHS`` registry), ``trainer`` (the Lightning loop), ``training``
+(train/predict entry points). Impression logs are read with ``visctr.world.logs``.
 """
 
 from visctr.ctr.config import CTRConfig
