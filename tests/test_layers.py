@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "visctr.train",
             "visctr.precision",
             "visctr.embeddings",
-            "visctr.eval.metrics",
+            "visctr.metrics",
             "visctr.cli_common",
         ),
     ),
@@ -171,7 +171,7 @@ def test_no_import_cycles():
 
 
 def test_metrics_is_a_pure_leaf():
-    assert import_graph()["visctr.eval.metrics"] == set()
+    assert import_graph()["visctr.metrics"] == set()
 
 
 def test_the_id_index_needs_only_the_errors():

@@ -135,7 +135,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(
 
 def test_random_exposure_by_category_matches_brute_force(plain_model, tiny_world, tiny_embeddings):
     from visctr.eval.ctr import random_exposure_by_category
-    from visctr.eval.metrics import auc
+    from visctr.metrics import auc
 
     pred = predict_ctr(plain_model, tiny_world, tiny_embeddings, "random")
     got = random_exposure_by_category(tiny_world, pred)

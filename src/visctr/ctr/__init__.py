@@ -10,7 +10,8 @@ Public API::
     apply_debias(debias_path, vectors) -> np.ndarray
 
 Evaluation lives one layer up, in ``visctr.eval`` (``visctr.eval.ctr.evaluate_ctr``,
-``visctr.eval.retrieval.evaluate_retrieval``); ctr imports only ``visctr.eval.metrics``.
+``visctr.eval.retrieval.evaluate_retrieval``); ctr imports nothing from it (its training
+loop scores validation with the metric functions of ``visctr.metrics``).
 
 Modules, one job each: ``feature_map`` (the frozen feature encoding), ``visual`` (the
 embeddings a model reads), ``stats`` (training-log statistics), ``batch`` (the ``Batch``
