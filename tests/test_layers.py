@@ -38,9 +38,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("eval", ("visctr.eval",)),
     ("serve", ("visctr.serve",)),
     ("pipeline", ("visctr.pipeline",)),
-    # train-ctr prints the trained model's metrics (visctr.eval.ctr), so its verb module is
-    # CLI, not ctr (and the console script visctr._entry and python -m visctr, above the CLI); the other verbs' cli.py modules stay in their package's layer
-    ("cli", ("visctr.cli", "visctr.ctr.cli", "visctr._entry", "visctr.__main__")),
+    # the command line (and the console script visctr._entry and python -m visctr, above it);
+    # each verb's cli.py module stays in its package's layer
+    ("cli", ("visctr.cli", "visctr._entry", "visctr.__main__")),
 ]
 
 

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from visctr.ctr import CTRConfig, predict_ctr, train_ctr
-from visctr.ctr.cli import train_ctr_cmd
 from visctr.embeddings import read_embeddings, write_embeddings
 from visctr.errors import ConfigError, InputError
+from visctr.eval.cli import train_ctr_cmd
 from visctr.eval.ctr import evaluate_ctr
 from visctr.s3.artifact import apply_debias
 from visctr.s3.config import DebiasConfig
