@@ -56,11 +56,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from visctr.ctr.batch import Batch
-from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import Triplets
+from visctr.ctr.config import CTRConfig
 from visctr.ctr.feature_map import FeatureMap, FieldSpec
 from visctr.ctr.model import build_ctr_net, mlp
 from visctr.ctr.trainer import CTRModule
+from visctr.s3.config import DebiasConfig
+from visctr.s3.mining import Triplets
 
 VOCABS = [("user", 2001), ("hour", 24), ("day", 7), ("position", 51), ("category", 10),
           ("pop_bucket", 16)]  # fmt: skip
@@ -190,7 +191,9 @@ def bare_debias_contender(fmap, cfg, items, queries, aff, triplets, batches, dcf
     out beforehand; the step does only the matmuls and elementwise work S3 must do.
 
     Returns ``(step, batches)``: its batches carry the pre-gathered inputs."""
-    from visctr.ctr.debias import DebiasHead, S3Debias, triplet_loss
+    from visctr.losses.triplet import triplet_loss
+    from visctr.s3.net import DebiasHead
+    from visctr.s3.terms import S3Debias
 
     dim = items.shape[1]
     d_sparse = fmap.n_fields * cfg.field_dim

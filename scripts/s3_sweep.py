@@ -36,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
-from visctr.ctr import CTRConfig, debias_transform, train_ctr
+from visctr.ctr import CTRConfig, train_ctr
 from visctr.eval.ctr import evaluate_ctr
 from visctr.eval.retrieval import evaluate_retrieval
 from visctr.pipeline.layout import RunLayout
 from visctr.pipeline.methods import METHODS
+from visctr.s3.artifact import debias_transform
 from visctr.world import World
 
 KEYS = ("auc_random_exposure", "auc_same_cat", "auc", "hr@10", "longtail_hr@10")
@@ -92,7 +93,7 @@ def main() -> None:
     ap.add_argument("--no-ab", action="store_true", help="skip the simulated A/B figures")
     args = ap.parse_args()
     if args.detach_debias:
-        from visctr.ctr.debias import DebiasHead
+        from visctr.s3.net import DebiasHead
 
         DebiasHead.detach_debiased = True
     from visctr.config import from_dict, merge, read_yaml, to_dict

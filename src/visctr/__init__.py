@@ -46,9 +46,9 @@ _EXPORTS: dict[str, str] = {
     # CTR and S3
     "train_ctr": "visctr.ctr.training",
     "CTRConfig": "visctr.ctr.config",
-    "DebiasConfig": "visctr.ctr.config",
-    "apply_debias": "visctr.ctr.debias",
-    "DebiasTransform": "visctr.ctr.debias",
+    "DebiasConfig": "visctr.s3.config",
+    "apply_debias": "visctr.s3.artifact",
+    "DebiasTransform": "visctr.s3.artifact",
     # the whole pipeline
     "run": "visctr.pipeline.run",
     "RunConfig": "visctr.pipeline.config",

@@ -24,7 +24,6 @@ def _register() -> None:
     main.add_command(import_)
     for mod in (
         "visctr.encoders.cli",
-        "visctr.ctr.cli",
         "visctr.eval.cli",
         "visctr.pipeline.cli",
         "visctr.serve.cli",

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from visctr.ctr.batch import Batch
-from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import Triplets, triplet_loss
+from visctr.ctr.config import CTRConfig
 from visctr.ctr.feature_map import FeatureMap, FieldSpec
 from visctr.ctr.model import ARCHS, BlockLinear, CTRNet, build_ctr_net
 from visctr.errors import ConfigError
+from visctr.losses.triplet import triplet_loss
+from visctr.s3.config import DebiasConfig
+from visctr.s3.mining import Triplets
 
 
 def test_block_linear_is_one_linear_over_the_concatenation():
@@ -261,11 +263,13 @@ def _per_row_reference(net: CTRNet, b: Batch, gen: torch.Generator):
     feats = torch.cat([(q * i).sum(-1, keepdim=True), aff.gather(1, b.category.unsqueeze(1)),
                        aff, q * s, i * s], dim=1)  # fmt: skip
     logits = net._logits(emb, feats)
-    k = head.per_step
+    k = head.cfg.triplets_per_step
     a, p, m = head.triplets.sample(k, gen)
     iv_all = net.item_vectors
-    trip = triplet_loss(head.net(iv_all[a]), head.net(iv_all[p]), head.net(iv_all[m]), head.margin)
-    return logits, head.weight * trip, trip
+    trip = triplet_loss(
+        head.net(iv_all[a]), head.net(iv_all[p]), head.net(iv_all[m]), head.cfg.margin
+    )
+    return logits, head.cfg.weight * trip, trip
 
 
 def _grads(net, loss):

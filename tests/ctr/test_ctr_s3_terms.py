@@ -1,65 +1,28 @@
-"""S3's terms beyond the triplet loss: CORAL, MMD, the relational anchor, disagreement
-mining, and the capacity control (the head trained by the click loss alone)."""
+"""S3's terms inside the CTR network: alignment and the relational anchor, disagreement
+mining, and the capacity control (the head trained by the click loss alone). The loss
+functions themselves are tested in ``tests/losses/test_s3_losses.py``."""
 
 from __future__ import annotations
-
-import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
 from tests.ctr.test_ctr_model import N_ITEMS, synthetic_batch, synthetic_fmap, synthetic_tables
 
-from visctr.ctr.align import coral, mmd, relational
-from visctr.ctr.config import CTRConfig, DebiasConfig
-from visctr.ctr.debias import DebiasNet, DisagreementMiner, debias_data
+from visctr.ctr.config import CTRConfig
 from visctr.ctr.model import build_ctr_net
+from visctr.losses.coral import coral
+from visctr.losses.mmd import mmd
+from visctr.losses.relational import relational
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS
+from visctr.s3.config import DebiasConfig
+from visctr.s3.mining import DisagreementMiner
+from visctr.s3.net import DebiasNet
+from visctr.s3.terms import debias_data
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True)
-
-
-def test_coral_matches_brute_force():
-    g = torch.Generator().manual_seed(0)
-    h, t = torch.randn(7, 4, generator=g), torch.randn(5, 4, generator=g)
-    want = 0.0
-    for j, k in itertools.product(range(4), range(4)):
-        ch = sum(h[r, j] * h[r, k] for r in range(7)) / 7
-        ct = sum(t[r, j] * t[r, k] for r in range(5)) / 5
-        want += float(ch - ct) ** 2
-    assert float(coral(h, t)) == pytest.approx(want / 16, rel=1e-5)
-    assert float(coral(h, h)) == pytest.approx(0.0, abs=1e-7)
-
-
-def test_mmd_matches_brute_force():
-    g = torch.Generator().manual_seed(1)
-    h, t = torch.randn(6, 3, generator=g), torch.randn(4, 3, generator=g) + 1.0
-    sig = (0.5, 1.0, 2.0)
-
-    def k(x, y):
-        d2 = float(((x - y) ** 2).sum())
-        return sum(math.exp(-d2 / (2 * s * s)) for s in sig)
-
-    def mean_k(a, b):
-        return sum(k(x, y) for x in a for y in b) / (len(a) * len(b))
-
-    want = mean_k(h, h) + mean_k(t, t) - 2 * mean_k(h, t)
-    assert float(mmd(h, t, sig)) == pytest.approx(want, rel=1e-5)
-    assert want > 0.05  # the shifted batch is measurably apart
-    assert float(mmd(h, h, sig)) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_relational_anchor_matches_brute_force():
-    g = torch.Generator().manual_seed(2)
-    d, s = torch.randn(5, 4, generator=g), torch.randn(5, 6, generator=g)
-    du, su = _unit(d), _unit(s)
-    pairs = [(i, j) for i in range(5) for j in range(i + 1, 5)]
-    want = sum(float(du[i] @ du[j] - su[i] @ su[j]) ** 2 for i, j in pairs) / len(pairs)
-    assert float(relational(d, s)) == pytest.approx(want, rel=1e-5)
-    assert float(relational(d, d * 3)) == pytest.approx(0.0, abs=1e-6)  # the same geometry
 
 
 def _miner_world(seed: int = 0, n: int = 400, dim: int = 8):
@@ -221,7 +184,7 @@ def test_the_capacity_control_has_the_head_and_no_debiasing_term():
 
 def _gated_items(net) -> torch.Tensor:
     """Each item row's gated vector as the CTR network computes it (one query row)."""
-    from visctr.ctr.debias import S3Debias
+    from visctr.s3.terms import S3Debias
 
     rows = torch.arange(N_ITEMS)
     plan = S3Debias.plan(1, rows)
@@ -232,7 +195,7 @@ def _gated_items(net) -> torch.Tensor:
 
 
 def test_the_exposure_aware_gate_reads_exposure(tmp_path):
-    from visctr.ctr.debias import DebiasTransform, export_debias
+    from visctr.s3.artifact import DebiasTransform, export_debias
 
     net, fmap, items = _s3_net(DebiasConfig(enabled=True, weight=0.0, gate_exposure=True))
     assert net.debias.n_buckets == CTRConfig().pop_buckets

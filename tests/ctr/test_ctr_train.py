@@ -14,11 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from visctr.ctr import CTRConfig, DebiasConfig, apply_debias, predict_ctr, train_ctr
-from visctr.ctr.cli import train_ctr_cmd
+from visctr.ctr import CTRConfig, predict_ctr, train_ctr
 from visctr.embeddings import read_embeddings, write_embeddings
 from visctr.errors import ConfigError, InputError
+from visctr.eval.cli import train_ctr_cmd
 from visctr.eval.ctr import evaluate_ctr
+from visctr.s3.artifact import apply_debias
+from visctr.s3.config import DebiasConfig
 from visctr.stagedir import finished
 from visctr.train import TrainerConfig
 from visctr.world import World
@@ -133,7 +135,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(
 
 def test_random_exposure_by_category_matches_brute_force(plain_model, tiny_world, tiny_embeddings):
     from visctr.eval.ctr import random_exposure_by_category
-    from visctr.eval.metrics import auc
+    from visctr.metrics import auc
 
     pred = predict_ctr(plain_model, tiny_world, tiny_embeddings, "random")
     got = random_exposure_by_category(tiny_world, pred)
@@ -435,8 +437,8 @@ def test_the_head_alone_needs_no_reference(tiny_world, tiny_embeddings, tmp_path
 
 
 def test_the_exposure_aware_gate_trains_and_serves_by_id(tiny_world, tiny_embeddings, tmp_path):
-    from visctr.ctr import debias_transform
     from visctr.ctr.training import load_model
+    from visctr.s3.artifact import debias_transform
 
     cfg = fast_cfg()
     cfg.debias = DebiasConfig(enabled=True, weight=0.0, gate_exposure=True)

@@ -6,8 +6,8 @@ import lightning as L
 import pytest
 import torch
 
-from visctr.ctr.debias import DebiasHead
 from visctr.ctr.trainer import CTRModule
+from visctr.s3.net import DebiasHead
 
 from .test_ctr_model import make_net, synthetic_batch, synthetic_triplets
 

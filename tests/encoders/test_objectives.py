@@ -15,6 +15,7 @@ from visctr.encoders.objectives import (
     head_spec,
     register,
 )
+from visctr.encoders.stages import finetune, pretrain
 from visctr.errors import ConfigError
 
 from .conftest import TINY_ENCODER
@@ -85,9 +86,25 @@ def test_registry_is_open():
         OBJECTIVES.pop("toy")
 
 
-def test_unknown_objective_names_the_field_and_the_choices():
-    with pytest.raises(ConfigError, match=r"s1\.objective: .*'nope'.*registered: .*infonce"):
-        from_dict(S1Config, {"objective": {"method": "nope"}}, "s1")
+def test_unknown_objective_names_the_field_and_the_choices(tmp_path):
+    """The name is checked where the objective is built (the registry's modules import the
+    config), and by a run before any work."""
+    from visctr.pipeline.config import resolve_run_config
+
+    cfg = from_dict(S1Config, {"objective": {"method": "nope"}}, "s1")
+    with pytest.raises(
+        ConfigError, match=r"s1\.objective\.method: .*'nope'.*registered: .*infonce"
+    ):
+        build_objective(cfg.objective, _encoder(), "s1.objective.method")
+    with pytest.raises(ConfigError, match=r"s1\.objective\.method: .*'nope'"):
+        pretrain(None, cfg, tmp_path / "s1", 0)  # before the world is read
+    with pytest.raises(ConfigError, match=r"s2\.s1\.method: .*'nope'.*registered: .*infonce"):
+        finetune(None, from_dict(S2Config, {"s1": {"method": "nope"}}), tmp_path / "s2", 0)
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("s2:\n  s1:\n    method: nope\n")
+    with pytest.raises(ConfigError, match=r"s2\.s1\.method: .*'nope'"):
+        resolve_run_config("tiny", yaml)
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         from_dict(S2Config, {"s1": {"temperature": 0}})
 

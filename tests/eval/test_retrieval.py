@@ -73,8 +73,9 @@ def test_metrics_on_perfect_ranking():
 @pytest.fixture(scope="module")
 def random_debias(tmp_path_factory) -> Path:
     """An exported debias head that is far from the identity."""
-    from visctr.ctr.config import DebiasConfig
-    from visctr.ctr.debias import DebiasHead, export_debias
+    from visctr.s3.artifact import export_debias
+    from visctr.s3.config import DebiasConfig
+    from visctr.s3.net import DebiasHead
 
     torch.manual_seed(0)
     head = DebiasHead(16, 32)
@@ -98,7 +99,7 @@ def test_evaluate_retrieval_matches_a_brute_force_search(tiny_world, tiny_embedd
 def test_retrieval_goes_through_the_debias_transform(tiny_world, tiny_embeddings, random_debias):
     """S1+S2+D's retrieval is the search over debiased query and item vectors: a different
     ranking than the raw vectors, the same as searching the mapped vectors directly."""
-    from visctr.ctr import debias_transform
+    from visctr.s3.artifact import debias_transform
 
     t = debias_transform(random_debias)
     m_raw, top_raw = evaluate_retrieval(tiny_world, tiny_embeddings)

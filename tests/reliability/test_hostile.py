@@ -544,7 +544,7 @@ def _ctr_resume(path: Path, tmp: Path, a: dict[str, Path]) -> None:
 LOADERS = {
     "load_torch": lambda p, t, a: load_torch(p),
     "encoder-file": lambda p, t, a: read_encoder_file(p),
-    "debias-file": lambda p, t, a: __import__("visctr.ctr.debias").ctr.debias.load_debias(p),
+    "debias-file": lambda p, t, a: __import__("visctr.s3.artifact").s3.artifact.load_debias(p),
     "lightning-resume": lambda p, t, a: _lightning_resume(p, t),
     "ctr-resume": lambda p, t, a: _ctr_resume(p, t, a),
 }
@@ -588,7 +588,7 @@ def _encoder_blob(**change) -> dict:
 
 
 def _debias_blob(**change) -> dict:
-    from visctr.ctr.debias import DebiasHead
+    from visctr.s3.net import DebiasHead
 
     blob = {
         "format": 1, "dim": 16, "hidden": 8, "retrieval_vector": "gated",
@@ -604,7 +604,7 @@ def _debias_blob(**change) -> dict:
 
 def _exposure_blob(**change) -> dict:
     """An exposure-aware head's debias.pt (``debias.gate_exposure``), then ``change``."""
-    from visctr.ctr.debias import DebiasHead
+    from visctr.s3.net import DebiasHead
 
     base = {
         "state_dict": DebiasHead(16, 8, n_buckets=4).state_dict(),
@@ -680,7 +680,7 @@ BAD_FILES = {
     "debias-exposure-weights-of-a-plain-head": (
         "debias",
         lambda: _exposure_blob(
-            state_dict=__import__("visctr.ctr.debias").ctr.debias.DebiasHead(16, 8).state_dict()
+            state_dict=__import__("visctr.s3.net").s3.net.DebiasHead(16, 8).state_dict()
         ),
         "missing tensor 'exposure.weight'",
     ),  # fmt: skip
@@ -694,8 +694,8 @@ BAD_FILES = {
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_loaded_dicts_are_checked_before_use(case, tmp_path):
-    from visctr.ctr.debias import load_debias
     from visctr.encoders import load_encoder
+    from visctr.s3.artifact import load_debias
 
     kind, make, match = BAD_FILES[case]
     path = tmp_path / "f.pt"

@@ -81,10 +81,10 @@ def test_export_with_debias_serves_and_indexes_the_same_transform(encoder_and_em
     the index holds the item vectors through it."""
     import faiss
 
-    from visctr.ctr import debias_transform
-    from visctr.ctr.config import DebiasConfig
-    from visctr.ctr.debias import DebiasHead, export_debias
     from visctr.embeddings import read_embeddings
+    from visctr.s3.artifact import debias_transform, export_debias
+    from visctr.s3.config import DebiasConfig
+    from visctr.s3.net import DebiasHead
 
     enc_path, emb_dir, _ = encoder_and_embeddings
     torch.manual_seed(0)
@@ -109,10 +109,10 @@ def test_export_with_an_exposure_aware_head_indexes_items_by_id(encoder_and_embe
     and ``debias.ts`` serves the query side (the query row)."""
     import faiss
 
-    from visctr.ctr import debias_transform
-    from visctr.ctr.config import DebiasConfig
-    from visctr.ctr.debias import DebiasHead, export_debias
     from visctr.embeddings import read_embeddings
+    from visctr.s3.artifact import debias_transform, export_debias
+    from visctr.s3.config import DebiasConfig
+    from visctr.s3.net import DebiasHead
 
     enc_path, emb_dir, _ = encoder_and_embeddings
     ids, v = read_embeddings(emb_dir / "items.parquet")
@@ -215,9 +215,9 @@ def test_onnx_runtime_reproduces_the_pytorch_embeddings(encoder_and_embeddings, 
     embeddings and debiased vectors (any batch size)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from visctr.ctr import debias_transform
-    from visctr.ctr.config import DebiasConfig
-    from visctr.ctr.debias import DebiasHead, export_debias
+    from visctr.s3.artifact import debias_transform, export_debias
+    from visctr.s3.config import DebiasConfig
+    from visctr.s3.net import DebiasHead
 
     enc_path, emb_dir, world = encoder_and_embeddings
     torch.manual_seed(0)

@@ -22,8 +22,8 @@ gradient removes about an eighth of the step's matmul work. With the debias head
 the visual block needs its gradient and gets it.
 
 A network owns its auxiliary loss: ``aux_loss(batch, generator)`` returns the term the
-trainer adds to the click loss (S3's ``λ·L_triplet`` here, through ``S3Debias``) and its
-parts for logging, so the trainer (``trainer.CTRModule``) knows nothing of S3.
+trainer adds to the click loss (S3's, which ``S3Debias`` computes from ``ctr.debias``) and
+its parts for logging, so the trainer (``trainer.CTRModule``) knows nothing of S3.
 
 An architecture is a config choice: ``ctr.arch`` names an entry of ``ARCHS``, a factory
 ``(fmap, cfg, affinity, triplets) -> network``; add one with ``ARCHS["name"] = Factory``.
@@ -47,9 +47,10 @@ from torch import nn
 
 from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import DebiasData, RowPlan, S3Debias, Triplets
 from visctr.ctr.feature_map import FeatureMap
 from visctr.errors import ConfigError
+from visctr.s3.mining import Triplets
+from visctr.s3.terms import DebiasData, RowPlan, S3Debias
 
 
 class CrossLayer(nn.Module):
@@ -149,61 +150,57 @@ class CTRNet(nn.Module):
 
     def inputs(
         self, batch: Batch, plan: RowPlan | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """The two input blocks of a batch: field embeddings ``e`` and the features ``f``,
-        and, with the S3 head and a ``plan`` that has triplet rows, their DebiasNet output.
+        and, with the S3 head and a ``plan`` that has extra rows, S3's term and its parts
+        (else ``None, {}``).
 
         ``f = [cos, affinity[cat], affinity, √D·q, √D·i]``. ``x = [e, f]`` feeds the MLP
         and its first ``d_cross`` columns the cross network: the visual vectors interact
         explicitly through ``cos`` (crossing 2·D more columns would cost more than the rest
-        of the step). With the S3 head, ``q`` and ``i`` are its normalised gated fusions,
-        computed once per distinct item (``S3Debias.apply_plan``) along the rows of
-        ``plan`` (``S3Debias.plan``; the batch's own when ``None``).
+        of the step). With the S3 head, ``q`` and ``i`` are its normalised gated fusions
+        and the term comes with them, in one call (``S3Debias.apply``) along the rows of
+        ``plan`` (``S3Debias.prepare``; the batch's own when ``None``).
         """
         b = batch.packed.shape[0]
         emb = self.embedding(batch.sparse).reshape(b, self.n_fields * self.field_dim)
         qv = self.query_vectors.index_select(0, batch.query_row)
-        extra = None
+        aux, parts = None, {}
         if self.debias is not None:
             if plan is None:
                 plan = self.debias.plan(b, batch.item_row)
-            qv, iv, extra = self.debias.apply_plan(qv, self.item_vectors, plan, self.item_buckets)
+            qv, iv, aux, parts = self.debias.apply(qv, self.item_vectors, plan, self.item_buckets)
         else:
             iv = self.item_vectors.index_select(0, batch.item_row)
         cos = (qv * iv).sum(-1, keepdim=True)
         aff = self.user_affinity.index_select(0, batch.user_row)
         aff_item = aff.gather(1, batch.category.unsqueeze(1))
         s = self.visual_scale
-        return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1), extra
+        return emb, torch.cat([cos, aff_item, aff, qv * s, iv * s], dim=1), aux, parts
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits ``[B]``."""
-        emb, feats, _ = self.inputs(batch)
+        emb, feats, _, _ = self.inputs(batch)
         return self._logits(emb, feats)
 
     def prepare(self, batch: Batch, generator: torch.Generator) -> RowPlan | None:
-        """The data-dependent part of a training step, run eagerly: S3's triplet draws from
-        ``generator`` and the row plan of the batch and the triplets (``None`` without the
-        S3 head). :meth:`forward_prepared` does the rest."""
+        """The data-dependent part of a training step, run eagerly: S3's draws from
+        ``generator`` and its row plan (``S3Debias.prepare``; ``None`` without the S3 head).
+        :meth:`forward_prepared` does the rest."""
         if self.debias is None:
             return None
-        rows = self.debias.sample_rows(generator, self.item_vectors)
-        extra = None if rows is None else rows.to(batch.item_row.device)
-        return self.debias.plan(batch.packed.shape[0], batch.item_row, extra)
+        n = batch.packed.shape[0]
+        return self.debias.prepare(n, batch.item_row, generator, self.item_vectors)
 
     def forward_prepared(
         self, batch: Batch, plan: RowPlan | None
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """``(logits, aux term, its parts)`` of a training batch given :meth:`prepare`'s
         plan: gathers and arithmetic only, so ``torch.compile`` takes it whole
-        (``ctr.compile``) with no graph break at ``torch.unique``. The triplet rows go
+        (``ctr.compile``) with no graph break at ``torch.unique``. The extra rows go
         through the debias head together with the batch's items."""
-        emb, feats, d = self.inputs(batch, plan)
-        logits = self._logits(emb, feats)
-        if d is None:
-            return logits, None, {}
-        rows = plan.uniq.index_select(0, plan.extra_at)  # the extra rows, in draw order
-        return logits, *self.debias.aux_term(d, rows)
+        emb, feats, aux, parts = self.inputs(batch, plan)
+        return self._logits(emb, feats), aux, parts
 
     def forward_with_aux(
         self, batch: Batch, generator: torch.Generator

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from visctr.ctr.feature_map import FeatureMap, FieldSpec
-from visctr.ctr.logs import LOG_COLUMNS, log_columns, open_log
 from visctr.ctr.visual import Embeddings, check_rows
 from visctr.errors import InputError
 from visctr.ids import IdIndex
+from visctr.world.logs import LOG_COLUMNS, log_columns, open_log
 from visctr.world.store import World
 
 

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from visctr.ctr.batch import Batch, BatchPacker
-from visctr.ctr.logs import LOG_COLUMNS, log_columns, open_log
+from visctr.world.logs import LOG_COLUMNS, log_columns, open_log
 
 Part = Literal["all", "fit", "val"]
 

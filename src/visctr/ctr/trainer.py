@@ -36,7 +36,7 @@ from visctr.ctr.batch import Batch
 from visctr.ctr.config import CTRConfig
 from visctr.ctr.model import CTRNet
 from visctr.errors import InputError
-from visctr.eval.metrics import auc, logloss
+from visctr.metrics import auc, logloss
 
 STATE_KEY = "visctr_resume"  # the checkpoint entry of the state below
 

@@ -26,7 +26,6 @@ import torch
 from visctr.config import config_hash, from_dict, to_dict
 from visctr.ctr.batch import BatchPacker
 from visctr.ctr.config import CTRConfig
-from visctr.ctr.debias import debias_data, export_debias
 from visctr.ctr.feature_map import FeatureMap
 from visctr.ctr.model import CTRNet, arch_factory, build_ctr_net
 from visctr.ctr.stats import compute_train_stats
@@ -36,6 +35,8 @@ from visctr.ctr.visual import load_embeddings
 from visctr.embeddings import check_trained_on, made_by
 from visctr.errors import ConfigError, InputError
 from visctr.io import claim_out_dir, load_torch, save_torch, write_json
+from visctr.s3.artifact import export_debias
+from visctr.s3.terms import debias_data
 from visctr.stagedir import StageDir, content_digest, finished
 from visctr.world.store import World
 

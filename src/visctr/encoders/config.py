@@ -85,13 +85,8 @@ class S1ObjectiveConfig:
     momentum: float = 0.99  # EMA of a target network per optimiser step (byol)
 
     def __post_init__(self) -> None:
-        from visctr.encoders.objectives import OBJECTIVES
-
-        if self.method not in OBJECTIVES:
-            raise ValueError(
-                f"method: unknown S1 objective {self.method!r} "
-                f"(registered: {', '.join(sorted(OBJECTIVES))})"
-            )
+        # ``method`` is checked where the objective is built (objectives.objective_class),
+        # as ctr.arch is: the registry's modules import this one
         if self.proj_dim < 1 or self.pred_dim < 1:
             raise ValueError(
                 f"proj_dim and pred_dim must be >= 1, got {self.proj_dim}, {self.pred_dim}"

@@ -36,6 +36,7 @@ from visctr.encoders.config import ClassifyConfig, EncoderConfig, S1Config, S2Co
 from visctr.encoders.data import CatalogImages, ClickPairs, NegativePool, make_loader
 from visctr.encoders.methods import EncoderMethod, ResNetCMethod, S1Method, S2Method
 from visctr.encoders.methods.base import EpochEnd
+from visctr.encoders.objectives import objective_class
 from visctr.encoders.probe import KnnProbe
 from visctr.errors import ConfigError, InputError
 from visctr.io import claim_out_dir, write_json, write_text
@@ -253,6 +254,7 @@ def pretrain(
     callbacks: list[Any] | None = None,
 ) -> Path:
     """S1: self-supervised pre-training on every catalog image; returns ``encoder.pt``."""
+    objective_class(cfg.objective.method, "s1.objective.method")  # fails before any work
     return _catalog_stage(
         "s1", world, cfg, out_dir, seed, encoder, callbacks,
         lambda enc, catalog: S1Method(enc, cfg, seed, _probe(catalog, cfg, seed)),
@@ -289,6 +291,7 @@ def finetune(
 ) -> Path:
     """S2: click-contrastive fine-tuning (+ ``lambda_s1`` × S1), from ``init`` (an S1
     ``encoder.pt``) or from scratch; returns ``encoder.pt``."""
+    objective_class(cfg.s1.method, "s2.s1.method")  # fails before any work
     out_dir = Path(out_dir)
     init_obj = None
     if init is not None:

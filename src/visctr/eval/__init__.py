@@ -1,5 +1,5 @@
-"""Evaluation: metric functions (``metrics``, a pure leaf that imports nothing of visctr),
-retrieval (``retrieval``) and CTR evaluation of trained models (``ctr``).
-
-Nothing is imported here, so ``visctr.eval.metrics`` stays importable from any layer.
+"""Evaluation: retrieval (``retrieval``), CTR evaluation of trained models (``ctr``),
+representation bias (``bias``), the simulated A/B test (``abtest``) and off-policy
+estimates (``ope``). The metric functions they share are :mod:`visctr.metrics`, in the
+base layer, which the CTR training loop also uses.
 """

@@ -17,7 +17,7 @@ thin: tail items get fewer gradient updates, or get pulled toward popular items.
   "headness"; well above 0.5 means popularity can be read off the vector.
 
 All functions are pure (arrays in, numbers out); NaN marks an undefined value, as in
-:mod:`visctr.eval.metrics`.
+:mod:`visctr.metrics`.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from visctr.errors import InputError
-from visctr.eval.metrics import _average_ranks, auc
 from visctr.eval.retrieval import _faiss_gpus, normalize
+from visctr.metrics import _average_ranks, auc
 
 __all__ = ["exposure_probe_auc", "neighbour_overlap", "representation_bias", "spearman"]
 

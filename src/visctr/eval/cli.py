@@ -1,12 +1,17 @@
-"""``visctr evaluate``: retrieval (and optionally CTR) metrics of one method."""
+"""``visctr evaluate``: retrieval (and optionally CTR) metrics of one method; ``visctr
+train-ctr``: train one CTR model and print its test metrics.
+
+train-ctr is here, one layer above ``visctr.ctr``, because it evaluates the model it trains
+(``visctr.eval.ctr``); the training itself is ``visctr.ctr.train_ctr``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
-from visctr.cli_common import check_out, handle_errors
+from visctr.cli_common import SEED, check_out, handle_errors, trainer_options
 
 
 @click.command("evaluate")
@@ -47,7 +52,7 @@ def evaluate(
     world = World.load(world_dir)
     transform = None
     if debias is not None:
-        from visctr.ctr import debias_transform
+        from visctr.s3.artifact import debias_transform
 
         transform = debias_transform(debias)
         transform.check_embeddings(embeddings)
@@ -76,4 +81,108 @@ def evaluate(
         click.echo(f"written to {out}")
 
 
-COMMANDS = [evaluate]
+@click.command("train-ctr")
+@click.option(
+    "--world",
+    "world_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="World directory written by 'visctr simulate'.",
+)
+@click.option(
+    "--embeddings",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Embeddings directory (items.parquet, queries.parquet) of one encoder.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="S1 embeddings directory: the unbiased reference (needed for --debias).",
+)
+@click.option(
+    "--debias/--no-debias",
+    default=None,
+    help="S3 debias network + gate (default: the config's debias.enabled).",
+)
+@click.option(
+    "--compile/--no-compile",
+    "compile_",
+    default=None,
+    help="torch.compile the training step (default: the config's compile, off); pays off "
+    "on logs of millions of rows, needs a C++ compiler on CPU.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output directory for model.pt, feature_map.json, history.json, ...",
+)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML file with CTRConfig keys, or a run config (visctr run --config, a run's "
+    "config.yaml, visctr config show): its ctr section is used (strict: unknown keys are "
+    "errors).",
+)
+@trainer_options
+@handle_errors
+def train_ctr_cmd(
+    world_dir: Path,
+    embeddings: Path,
+    reference: Path | None,
+    debias: bool | None,
+    compile_: bool | None,
+    out_dir: Path,
+    seed: int,
+    config_file: Path | None,
+    trainer_overrides: dict,
+) -> None:
+    """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
+    from visctr.config import from_dict, merge, read_yaml, stage_section
+    from visctr.ctr import CTRConfig, train_ctr
+    from visctr.eval.ctr import evaluate_ctr
+    from visctr.train import check_logger, is_global_zero
+    from visctr.world import World
+
+    check_out(out_dir, "ctr", world_dir, embeddings, reference, config_file)
+    data = stage_section(read_yaml(config_file), "ctr", config_file) if config_file else {}
+    if trainer_overrides:
+        data = merge(data, {"trainer": trainer_overrides})
+    if debias is not None:
+        data = merge(data, {"debias": {"enabled": debias}})
+    if compile_ is not None:
+        data = merge(data, {"compile": compile_})
+    cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
+    check_logger(cfg.trainer.logger)  # before anything is written
+    world = World.load(world_dir)
+    train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)
+    from visctr.embeddings import unknown_origin
+
+    warning = unknown_origin(embeddings, "later ones (the model will not know its encoder)")
+    if warning and is_global_zero():
+        click.echo(warning, err=True)
+    if not is_global_zero():
+        return  # under DDP, rank 0 writes the model and evaluates it
+    from visctr.stagedir import finished
+
+    record = finished(out_dir)
+    done = {**record["summary"], "seconds": record["seconds"]}
+    metrics = evaluate_ctr(out_dir, world, embeddings)
+    best = "n/a" if done["best_val_auc"] is None else f"{done['best_val_auc']:.4f}"
+    click.echo(
+        f"train-ctr: {out_dir} (debias={'on' if cfg.debias.enabled else 'off'}, "
+        f"seed={seed}, epochs={done['epochs']}, best val AUC={best}, "
+        f"{done['seconds']}s)"
+    )
+    click.echo(
+        "  ".join(f"{k}={v:.4f}" if math.isfinite(v) else f"{k}=nan" for k, v in metrics.items())
+    )
+
+
+COMMANDS = [train_ctr_cmd, evaluate]

@@ -1,5 +1,6 @@
 """CTR evaluation: a trained model's metrics on the logged test split and on the unbiased
-random-exposure set (DESIGN §4); the metric functions themselves are ``metrics``."""
+random-exposure set (DESIGN §4); the metric functions themselves are
+:mod:`visctr.metrics`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from visctr.ctr import predict_ctr
-from visctr.eval.metrics import auc, ctr_metrics
 from visctr.ids import IdIndex
+from visctr.metrics import auc, ctr_metrics
 from visctr.world.store import World
 
 __all__ = ["evaluate_ctr", "random_exposure_by_category"]
@@ -56,7 +57,7 @@ def evaluate_ctr(
     ``auc_random_exposure`` is NaN and the by-category figures are absent.
 
     ``auc_tail``: test impressions of tail items (``world.items['is_head'] == False``).
-    Single-class cases give NaN (see ``visctr.eval.metrics``). Scores are at position 0,
+    Single-class cases give NaN (see ``visctr.metrics``). Scores are at position 0,
     so ``logloss`` on logged data reflects top-slot CTR (it over-predicts lower slots);
     AUC and gAUC compare relevance and are unaffected by that calibration offset.
     """

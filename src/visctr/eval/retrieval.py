@@ -147,12 +147,12 @@ def evaluate_retrieval(
 
     ``transform`` maps query and item vectors before the search (one ``[n, D]`` array to
     another): S1+S2+D passes its debias network,
-    ``visctr.ctr.debias_transform(model_dir / "debias.pt")``, as it does at serving time.
+    ``visctr.s3.debias_transform(model_dir / "debias.pt")``, as it does at serving time.
     """
     if transform is not None and not callable(transform):
         raise TypeError(
             f"transform must be a function of the vectors, got {type(transform).__name__}; "
-            "for a debias.pt pass visctr.ctr.debias_transform(path)"
+            "for a debias.pt pass visctr.s3.debias_transform(path)"
         )
     queries, items, target_rows = retrieval_inputs(world, embeddings_dir, split)
     if hasattr(transform, "items"):  # a DebiasTransform: items by id, queries apart

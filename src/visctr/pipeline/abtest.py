@@ -117,7 +117,7 @@ def serve(
     model has one, as at serving), re-rank with its CTR model (``ctr_dir``, default the
     run's own model of ``method`` for CTR seed ``ctr_seed``; ``debias``: whether that
     model has a debias network)."""
-    from visctr.ctr import debias_transform
+    from visctr.s3.artifact import debias_transform
 
     emb_dir = layout.embeddings(seed, method.encoder)
     if ctr_dir is None:

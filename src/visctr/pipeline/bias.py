@@ -49,8 +49,8 @@ def representation_rows(
 ) -> dict[str, dict[str, float]]:
     """The representation-bias rows of encoder seed ``seed`` and CTR seed ``ctr_seed``: the
     encoders' (for the first CTR seed only: they do not depend on it) and the S3 heads'."""
-    from visctr.ctr import debias_transform
     from visctr.eval.bias import representation_bias
+    from visctr.s3.artifact import debias_transform
     from visctr.world.head_tail import head_mask
 
     counts = training_impressions(world)

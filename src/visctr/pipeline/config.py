@@ -150,6 +150,11 @@ def resolve_run_config(
         data[name] = merge(preset_section(preset, name), raw.get(name) or {})
     cfg = from_dict(RunConfig, data, "config")
     cfg.world = world
+    # the S1 objectives are checked where they are built; a run checks them before any work
+    from visctr.encoders.objectives import objective_class
+
+    objective_class(cfg.s1.objective.method, "s1.objective.method")
+    objective_class(cfg.s2.s1.method, "s2.s1.method")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if not 1 <= ctr_seeds <= MAX_CTR_SEEDS:

@@ -142,7 +142,7 @@ def run_pipeline(
     simulating one; it is read, never written, and keyed by its content. Metrics that
     need what the world lacks (a random-exposure log, the simulator's hidden truth) are
     skipped with one line each, and listed under ``skipped`` in ``results.json``."""
-    from visctr.ctr import debias_transform, train_ctr
+    from visctr.ctr import train_ctr
     from visctr.ctr import training as ctr_stage
     from visctr.encoders import embed
     from visctr.encoders import stages as encoder_stage
@@ -150,6 +150,7 @@ def run_pipeline(
     from visctr.eval.ctr import evaluate_ctr
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.pipeline.report import write_report
+    from visctr.s3.artifact import debias_transform
     from visctr.world import World
     from visctr.world.simulate import format_summary, simulate
 

@@ -249,7 +249,7 @@ def export_artifacts(
             _name_range_check(path)
             files.append("encoder.onnx")
         if debias_path is not None:
-            from visctr.ctr import debias_transform
+            from visctr.s3.artifact import debias_transform
 
             # one function for the served query side (traced) and the indexed item side;
             # an exposure-aware gate reads the query row there and each item's bucket here

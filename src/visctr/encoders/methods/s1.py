@@ -57,7 +57,7 @@ class S1Method(EncoderMethod):
         self, encoder: Encoder, cfg: S1Config, seed: int, probe: KnnProbe | None = None
     ) -> None:
         super().__init__(encoder, cfg, seed, probe)
-        self.objective = build_objective(cfg.objective, encoder)
+        self.objective = build_objective(cfg.objective, encoder, "s1.objective.method")
 
     def step_loss(self, batch: dict[str, Any]):
         views = two_view_embeddings(

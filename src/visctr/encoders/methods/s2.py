@@ -65,7 +65,9 @@ class S2Method(EncoderMethod):
         probe: KnnProbe | None = None,
     ) -> None:
         super().__init__(encoder, cfg, seed, probe)
-        self.objective = build_objective(cfg.s1, encoder) if cfg.lambda_s1 > 0 else None
+        self.objective = (
+            build_objective(cfg.s1, encoder, "s2.s1.method") if cfg.lambda_s1 > 0 else None
+        )
         keys = (
             clicked_pairs.long()
             if clicked_pairs.ndim == 1  # already pair keys (ClickPairs.clicked_keys)

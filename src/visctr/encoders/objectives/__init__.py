@@ -12,6 +12,7 @@ from visctr.encoders.objectives.base import (
     build_objective,
     head_spec,
     mlp,
+    objective_class,
     register,
 )
 
@@ -22,5 +23,6 @@ __all__ = [
     "build_objective",
     "head_spec",
     "mlp",
+    "objective_class",
     "register",
 ]

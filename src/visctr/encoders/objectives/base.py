@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from visctr.config import to_dict
+from visctr.errors import ConfigError
 
 if TYPE_CHECKING:
     from visctr.encoders.config import S1ObjectiveConfig
@@ -73,9 +74,23 @@ def register(name: str) -> Callable[[type[S1Objective]], type[S1Objective]]:
     return add
 
 
-def build_objective(cfg: S1ObjectiveConfig, encoder: nn.Module) -> S1Objective:
-    """The objective ``cfg.method`` for ``encoder`` (weights from the current torch RNG)."""
-    return OBJECTIVES[cfg.method](cfg, encoder.embed_dim, encoder)
+def objective_class(name: str, where: str = "method") -> type[S1Objective]:
+    """The registered objective ``name``; a ``ConfigError`` naming the field ``where`` and
+    the registered ones otherwise."""
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ConfigError(
+            f"{where}: unknown S1 objective {name!r} (registered: {', '.join(sorted(OBJECTIVES))})"
+        ) from None
+
+
+def build_objective(
+    cfg: S1ObjectiveConfig, encoder: nn.Module, where: str = "method"
+) -> S1Objective:
+    """The objective ``cfg.method`` for ``encoder`` (weights from the current torch RNG);
+    ``where``: the config field that names it, for the error on an unknown name."""
+    return objective_class(cfg.method, where)(cfg, encoder.embed_dim, encoder)
 
 
 def head_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visctr.eval.metrics import auc, ctr_metrics, gauc, group_aucs, logloss
+from visctr.metrics import auc, ctr_metrics, gauc, group_aucs, logloss
 
 
 def brute_auc(labels, scores) -> float:
