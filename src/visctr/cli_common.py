@@ -187,6 +187,54 @@ def _check_logger(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+PATH = click.Path(path_type=Path)
+
+
+def path_option(*decls: str, required: bool = False, help: str | None = None):
+    """A file or directory option (a :class:`~pathlib.Path`; ``None`` when not given), the
+    one way every verb declares one. ``decls``: the option's names, as for click.option
+    (``"--world", "world_dir"`` names its parameter ``world_dir``)."""
+    return click.option(*decls, type=PATH, required=required, default=None, help=help)
+
+
+def world_option(name: str = "world", help: str = "World directory written by 'visctr simulate'."):
+    """``--world``: the world a verb reads (required)."""
+    return path_option("--world", name, required=True, help=help)
+
+
+def out_option(help: str | None = None, required: bool = True):
+    """``--out``: where a verb writes (checked by :func:`check_out` before anything runs)."""
+    return path_option("--out", "out", required=required, help=help)
+
+
+def config_option(help: str, name: str = "config"):
+    """``--config FILE.yaml``."""
+    return path_option("--config", name, help=help)
+
+
+def preset_option(help: str):
+    """``--preset``: a name of the one preset table (:mod:`visctr.presets`), default
+    ``small``."""
+    from visctr.presets import DEFAULT_PRESET, PRESET_NAMES
+
+    return click.option(
+        "--preset",
+        type=click.Choice(PRESET_NAMES),
+        default=DEFAULT_PRESET,
+        show_default=True,
+        help=help,
+    )
+
+
+WORKERS = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes decoding the photos (default: every core; catalogs under 2,000 images "
+    "are decoded in-process).",
+)
+
+
 def trainer_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--accelerator --devices --num-nodes --strategy --precision --logger`` →
     ``trainer_overrides``."""

@@ -22,11 +22,13 @@ from visctr.cli_common import (
     check_device,
     check_out,
     handle_errors,
+    path_option,
+    preset_option,
     trainer_options,
 )
 from visctr.config import from_dict, merge, read_yaml
 from visctr.errors import ConfigError
-from visctr.presets import DEFAULT_PRESET, PRESET_NAMES, preset_section
+from visctr.presets import DEFAULT_PRESET, preset_section
 
 # A verb reads its own section, or the one of the same stage in a `visctr run` config.
 SECTIONS = {
@@ -111,35 +113,24 @@ def _stage_options(fn):
     fn = click.option(
         "--epochs", type=POSITIVE, default=None, help="Override the config's epochs."
     )(fn)
-    fn = click.option(
-        "--preset",
-        type=click.Choice(PRESET_NAMES),
-        default=DEFAULT_PRESET,
-        show_default=True,
-        help="The stage budget and S1 objective of 'visctr run --preset' (the config "
-        "file and flags override it).",
+    fn = preset_option(
+        "The stage budget and S1 objective of 'visctr run --preset' (the config "
+        "file and flags override it)."
     )(fn)
-    fn = click.option(
+    fn = path_option(
         "--config",
         "config",
-        type=click.Path(path_type=Path),
-        default=None,
         help="YAML file: its section named after this verb (or s1/s2 as in a 'visctr run' config) is the stage config.",
     )(fn)
     fn = click.option("--seed", type=SEED, default=0, show_default=True)(fn)
-    fn = click.option(
+    fn = path_option(
         "--out",
         "out",
-        type=click.Path(path_type=Path),
         required=True,
         help="Output directory (encoder.pt, history.json, checkpoints/).",
     )(fn)
-    fn = click.option(
-        "--world",
-        "world",
-        type=click.Path(path_type=Path),
-        required=True,
-        help="World directory written by 'visctr simulate'.",
+    fn = path_option(
+        "--world", "world", required=True, help="World directory written by 'visctr simulate'."
     )(fn)
     return fn
 
@@ -187,12 +178,7 @@ classify = _catalog_verb(
 
 @click.command()
 @_stage_options
-@click.option(
-    "--init",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="S1 encoder.pt to start from (default: random init).",
-)
+@path_option("--init", help="S1 encoder.pt to start from (default: random init).")
 @trainer_options
 @handle_errors
 def finetune(
@@ -216,26 +202,17 @@ def finetune(
 
 
 @click.command()
-@click.option(
-    "--world",
-    "world",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="World directory written by 'visctr simulate'.",
+@path_option(
+    "--world", "world", required=True, help="World directory written by 'visctr simulate'."
 )
-@click.option(
+@path_option(
     "--encoder",
     "encoder",
-    type=click.Path(path_type=Path),
     required=True,
     help="encoder.pt written by pretrain, finetune or classify.",
 )
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Output directory for items.parquet and queries.parquet.",
+@path_option(
+    "--out", "out", required=True, help="Output directory for items.parquet and queries.parquet."
 )
 @click.option("--batch-size", type=POSITIVE, default=1024, show_default=True)
 @click.option(

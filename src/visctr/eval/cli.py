@@ -11,33 +11,25 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import SEED, check_out, handle_errors, trainer_options
+from visctr.cli_common import SEED, check_out, handle_errors, path_option, trainer_options
 
 
 @click.command("evaluate")
-@click.option("--world", "world_dir", type=click.Path(path_type=Path), required=True)
-@click.option(
+@path_option("--world", "world_dir", required=True)
+@path_option(
     "--embeddings",
-    type=click.Path(path_type=Path),
     required=True,
     help="Folder with items.parquet and queries.parquet (from `visctr embed`).",
 )
-@click.option(
+@path_option(
     "--ctr-model",
-    type=click.Path(path_type=Path),
-    default=None,
     help="A `visctr train-ctr` output folder: adds AUC, logloss, gAUC, "
     "random-exposure AUC and tail AUC.",
 )
-@click.option(
-    "--debias",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="A debias.pt: map query and item vectors through it before retrieval.",
+@path_option(
+    "--debias", help="A debias.pt: map query and item vectors through it before retrieval."
 )
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Write the metrics as JSON here."
-)
+@path_option("--out", help="Write the metrics as JSON here.")
 @handle_errors
 def evaluate(
     world_dir: Path, embeddings: Path, ctr_model: Path | None, debias: Path | None, out: Path | None
@@ -82,24 +74,16 @@ def evaluate(
 
 
 @click.command("train-ctr")
-@click.option(
-    "--world",
-    "world_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="World directory written by 'visctr simulate'.",
+@path_option(
+    "--world", "world_dir", required=True, help="World directory written by 'visctr simulate'."
 )
-@click.option(
+@path_option(
     "--embeddings",
     required=True,
-    type=click.Path(path_type=Path),
     help="Embeddings directory (items.parquet, queries.parquet) of one encoder.",
 )
-@click.option(
-    "--reference",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="S1 embeddings directory: the unbiased reference (needed for --debias).",
+@path_option(
+    "--reference", help="S1 embeddings directory: the unbiased reference (needed for --debias)."
 )
 @click.option(
     "--debias/--no-debias",
@@ -113,19 +97,16 @@ def evaluate(
     help="torch.compile the training step (default: the config's compile, off); pays off "
     "on logs of millions of rows, needs a C++ compiler on CPU.",
 )
-@click.option(
+@path_option(
     "--out",
     "out_dir",
     required=True,
-    type=click.Path(path_type=Path),
     help="Output directory for model.pt, feature_map.json, history.json, ...",
 )
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option(
+@path_option(
     "--config",
     "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
     help="YAML file with CTRConfig keys, or a run config (visctr run --config, a run's "
     "config.yaml, visctr config show): its ctr section is used (strict: unknown keys are "
     "errors).",

@@ -9,28 +9,21 @@ import click
 from visctr.cli_common import (
     POSITIVE,
     SEED,
+    WORKERS,
     check_out,
     handle_errors,
+    path_option,
+    preset_option,
     trainer_options,
 )
-from visctr.presets import DEFAULT_PRESET, PRESET_NAMES
-from visctr.world.cli import WORKERS
 
 # shared by visctr run and visctr config show, which resolves what run would
 # visctr.pipeline.ope.ESTIMATOR_NAMES, spelled out so that --help imports no numpy
 OPE_ESTIMATORS = ("ips", "snips", "pi", "dm", "dr", "dr_pi", "dm_log", "dr_log", "dr_pi_log")
-PRESET = click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    default=DEFAULT_PRESET,
-    show_default=True,
-    help="World size and training budget.",
-)
-RUN_CONFIG = click.option(
+PRESET = preset_option("World size and training budget.")
+RUN_CONFIG = path_option(
     "--config",
     "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
     help="YAML with sections world, s1, s2, classify, ctr, trainer, abtest, ope.",
 )
 
@@ -65,15 +58,13 @@ RUN_CONFIG = click.option(
     help="fashion-mnist:train|test (default), an image folder, or a manifest.",
 )
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST idx files.")
-@click.option(
+@path_option(
     "--world",
     "world_dir",
-    type=click.Path(path_type=Path),
-    default=None,
     help="An existing world (visctr import or simulate) instead of simulating one.",
 )
 @WORKERS
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
+@path_option("--out", required=True, help="Run directory.")
 @RUN_CONFIG
 @click.option("--restart", is_flag=True, help="Recompute every stage (ignore completed ones).")
 @trainer_options
@@ -114,20 +105,8 @@ def run(
 
 
 @click.command("abtest")
-@click.option(
-    "--run",
-    "run_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A finished visctr run directory.",
-)
-@click.option(
-    "--world",
-    "world_dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="World directory (default: the run's own world/data).",
-)
+@path_option("--run", "run_dir", required=True, help="A finished visctr run directory.")
+@path_option("--world", "world_dir", help="World directory (default: the run's own world/data).")
 @click.option(
     "--queries",
     type=click.IntRange(min=1, max=1_000_000),  # pipeline.config.MAX_AB_QUERIES

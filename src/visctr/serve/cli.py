@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
+from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors, path_option
 
 
 @click.command("export")
@@ -19,23 +19,14 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
     help="serving: encoder + index for search; fuxictr: the embeddings as FuxiCTR "
     "pretrained_emb files (key, value), no encoder needed.",
 )
-@click.option(
-    "--encoder",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="encoder.pt from pretrain/finetune/classify (--format serving).",
-)
-@click.option(
+@path_option("--encoder", help="encoder.pt from pretrain/finetune/classify (--format serving).")
+@path_option(
     "--embeddings",
-    type=click.Path(path_type=Path),
     required=True,
     help="That encoder's `visctr embed` folder (items.parquet is indexed).",
 )
-@click.option(
-    "--debias",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="debias.pt from `train-ctr --debias`: exported and applied to vectors.",
+@path_option(
+    "--debias", help="debias.pt from `train-ctr --debias`: exported and applied to vectors."
 )
 @click.option(
     "--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default="hnsw", show_default=True
@@ -47,7 +38,7 @@ from visctr.cli_common import NON_NEGATIVE, check_out, handle_errors
     help="Also write encoder.onnx (float32 images in [0, 1]) and debias.onnx; needs the "
     "onnx extra.",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@path_option("--out", required=True)
 @handle_errors
 def export(
     fmt: str,
@@ -89,14 +80,8 @@ def export(
 
 
 @click.command("search")
-@click.option(
-    "--export",
-    "export_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A `visctr export` folder.",
-)
-@click.option("--image", type=click.Path(path_type=Path), required=True, help="Query photo.")
+@path_option("--export", "export_dir", required=True, help="A `visctr export` folder.")
+@path_option("--image", required=True, help="Query photo.")
 @click.option("--top-k", type=click.IntRange(1, 10_000), default=10, show_default=True)
 @handle_errors
 def search(export_dir: Path, image: Path, top_k: int) -> None:

@@ -6,26 +6,19 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import SEED, check_out, handle_errors, path_input
-from visctr.presets import DEFAULT_PRESET, PRESET_NAMES
-
-WORKERS = click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Processes decoding the photos (default: every core; catalogs under 2,000 images "
-    "are decoded in-process).",
+from visctr.cli_common import (
+    SEED,
+    WORKERS,
+    check_out,
+    handle_errors,
+    path_input,
+    path_option,
+    preset_option,
 )
 
 
 @click.command()
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    default=DEFAULT_PRESET,
-    show_default=True,
-    help="World size: tiny (~600 items, tests), small (~6k), full.",
-)
+@preset_option("World size: tiny (~600 items, tests), small (~6k), full.")
 @click.option(
     "--catalog",
     default=None,
@@ -33,13 +26,9 @@ WORKERS = click.option(
 )
 @click.option("--data-dir", default=None, help="Folder with the Fashion-MNIST idx files.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="World directory.")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="YAML run config; its 'world' section sets any simulator knob.",
+@path_option("--out", required=True, help="World directory.")
+@path_option(
+    "--config", "config_path", help="YAML run config; its 'world' section sets any simulator knob."
 )
 @WORKERS
 @handle_errors
@@ -76,37 +65,25 @@ def _timestamp(value: str | None, unit: str = "auto") -> int | None:
 
 
 @click.command("import")
-@click.option(
-    "--catalog",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Manifest (.csv/.parquet): item_id, image_path, category.",
+@path_option(
+    "--catalog", required=True, help="Manifest (.csv/.parquet): item_id, image_path, category."
 )
-@click.option(
+@path_option(
     "--queries",
-    type=click.Path(path_type=Path),
     required=True,
     help="Queries (.csv/.parquet): query_id, image_path, user_id, timestamp.",
 )
-@click.option(
+@path_option(
     "--impressions",
-    type=click.Path(path_type=Path),
     required=True,
     help="Impression log: query_id, item_id, position, clicked [, timestamp] [, propensity].",
 )
-@click.option(
+@path_option(
     "--random",
     "random_log",
-    type=click.Path(path_type=Path),
-    default=None,
     help="Random-exposure log (same schema), if the shop runs a random bucket.",
 )
-@click.option(
-    "--retrieval",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Labelled retrieval photos: query_id, image_path, item_id.",
-)
+@path_option("--retrieval", help="Labelled retrieval photos: query_id, image_path, item_id.")
 @click.option(
     "--train-share",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
@@ -147,7 +124,7 @@ def _timestamp(value: str | None, unit: str = "auto") -> int | None:
     "write nothing (--out is not needed).",
 )
 @WORKERS
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="World directory.")
+@path_option("--out", help="World directory.")
 @handle_errors
 def import_(
     catalog: Path,
