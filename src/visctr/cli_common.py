@@ -197,21 +197,6 @@ def path_option(*decls: str, required: bool = False, help: str | None = None):
     return click.option(*decls, type=PATH, required=required, default=None, help=help)
 
 
-def world_option(name: str = "world", help: str = "World directory written by 'visctr simulate'."):
-    """``--world``: the world a verb reads (required)."""
-    return path_option("--world", name, required=True, help=help)
-
-
-def out_option(help: str | None = None, required: bool = True):
-    """``--out``: where a verb writes (checked by :func:`check_out` before anything runs)."""
-    return path_option("--out", "out", required=required, help=help)
-
-
-def config_option(help: str, name: str = "config"):
-    """``--config FILE.yaml``."""
-    return path_option("--config", name, help=help)
-
-
 def preset_option(help: str):
     """``--preset``: a name of the one preset table (:mod:`visctr.presets`), default
     ``small``."""
