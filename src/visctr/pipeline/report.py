@@ -229,10 +229,10 @@ def _comparisons_section(results: dict) -> list[str]:
         "## Paired comparisons",
         "",
         f"Differences a − b paired by replicate (encoder seed × CTR seed; {results['seeds']} "
-        f"× {results.get('ctr_seeds', 1)} = up to {n}), with a t interval (95%). The CTR "
-        "seeds of one encoder seed share its encoder, so the pairs are not independent: the "
-        "interval is narrower than one over encoder seeds alone would be. Fewer than two "
-        "pairs: no interval.",
+        f"× {results.get('ctr_seeds', 1)}). The CTR seeds of one encoder seed share its "
+        "encoder, so they are averaged first, and the 95% t interval runs over the "
+        f"encoder-seed means (n = encoder seeds, up to {n}). Fewer than two encoder seeds: "
+        "no interval.",
         "",
         format_comparisons(rows),
         "",
