@@ -41,6 +41,25 @@ def test_results_json_schema(tiny_run):
             v = by_cat[m][k]["per_seed"][0]
             assert v is None or 0 <= v <= 1, (m, k, v)  # None: a subset with one class
         assert 0 < by_cat[m]["random_same_category_share"]["per_seed"][0] < 1
+    sb = r["selection_bias"]  # every space but S1's, against S1 on the retrieval queries
+    assert set(sb) == {"ResNet-C", "S2", "S1+S2", "S1+S2+H", "S1+S2+D"}
+    for name, e in sb.items():
+        d = e["delta"]["per_seed"][0]
+        lo, hi = e["ci95_per_seed"][0]
+        assert lo <= d <= hi and e["n_queries"] == 400, (name, e)
+        gap = e["head_hr"]["per_seed"][0] - e["tail_hr"]["per_seed"][0]
+        ref = e["head_hr_ref"]["per_seed"][0] - e["tail_hr_ref"]["per_seed"][0]
+        assert d == pytest.approx(gap - ref)
+        # the same head/tail HR@10 as the methods' table (the same queries and ranks)
+        assert e["head_hr"]["per_seed"] == pytest.approx(
+            r["methods"][name]["head_hr@10"]["per_seed"]
+        )
+        assert e["tail_hr_ref"]["per_seed"] == pytest.approx(
+            r["methods"]["S1"]["longtail_hr@10"]["per_seed"]
+        )
+        assert e["representation_bias"] in r["representation_bias"]
+    assert "### Selection-bias gap" in (out / "report.md").read_text()
+    assert (out / "plots" / "selection_bias.png").stat().st_size > 1000
 
 
 def test_ab_test_section(tiny_run):
@@ -336,8 +355,9 @@ def test_ctr_seeds_pair_every_method_and_reuse_the_encoders(tiny_run, tmp_path):
     assert ("S1+S2+D", "S1+S2+H", "auc_random_exposure") in rows
     assert ("S1+S2+D", "S2", "ab_tail_exposure_share") in rows
     for c in rows.values():
-        assert c["n"] == 2 and len(c["per_seed"]) == 2
-        assert c["ci95"] is None or c["ci95"][0] <= c["mean_diff"] <= c["ci95"][1]
+        # one encoder seed: the two CTR seeds are averaged, and one mean gives no interval
+        assert c["n"] == 1 and c["n_replicates"] == 2 and len(c["per_seed"]) == 2
+        assert c["ci95"] is None and c["interval"] == "t over encoder-seed means"
     bias = r["representation_bias"]
     assert {e.name for e in encoder_order()} | {"S1+S2+D gated", "S1+S2+D debiased"} <= set(bias)
     assert len(bias["S1+S2+D debiased"]["overlap_tail"]["per_seed"]) == 2

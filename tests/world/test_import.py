@@ -329,6 +329,8 @@ def test_round_trip_run_matches_the_simulated_world(tiny_run, tmp_path):
     b = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(b["methods"]) == set(a["methods"])
     assert b["methods"] == a["methods"]  # exactly: the same floats, every metric
+    # the selection-bias gap from the imported --retrieval labels: the same hits, the same Δ
+    assert b["selection_bias"] and b["selection_bias"] == a["selection_bias"]
     compared = 0
     for m, metrics in a["methods"].items():
         for k, v in metrics.items():

@@ -15,6 +15,10 @@ thin: tail items get fewer gradient updates, or get pulled toward popular items.
 - ``exposure_probe_auc``: held-out ROC AUC of a logistic-regression probe that predicts
   head vs tail from the unit vector alone. Near 0.5 means the space does not encode
   "headness"; well above 0.5 means popularity can be read off the vector.
+- ``selection_bias_gap``: the selection-bias gap Δ of an encoder on the uniform retrieval
+  queries, (encoder's head − tail HR@10) − (S1's head − tail HR@10), with a paired
+  bootstrap CI over queries. S1's own gap is subtracted because "head" is what the
+  legacy policy shows, and that already tilts HR without any click.
 
 All functions are pure (arrays in, numbers out); NaN marks an undefined value, as in
 :mod:`visctr.metrics`.
@@ -28,7 +32,13 @@ from visctr.errors import InputError
 from visctr.eval.retrieval import _faiss_gpus, normalize
 from visctr.metrics import _average_ranks, auc
 
-__all__ = ["exposure_probe_auc", "neighbour_overlap", "representation_bias", "spearman"]
+__all__ = [
+    "exposure_probe_auc",
+    "neighbour_overlap",
+    "representation_bias",
+    "selection_bias_gap",
+    "spearman",
+]
 
 _BATCH = 4096  # queries per FAISS search: bounds the [batch, k + 1] results and FAISS's work
 
@@ -235,3 +245,108 @@ def representation_bias(
         "n_head": n_head,
         "n_tail": n_tail,
     }
+
+
+def _head_tail_gap(hits: np.ndarray, head: np.ndarray) -> tuple[float, float]:
+    return float(hits[head].mean()), float(hits[~head].mean())
+
+
+def selection_bias_gap(
+    hits: np.ndarray,
+    hits_ref: np.ndarray,
+    target_is_head: np.ndarray,
+    top_head_share: np.ndarray | None = None,
+    top_head_share_ref: np.ndarray | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int | list[float]]:
+    """The selection-bias gap Δ of an encoder against the reference (S1) on the same
+    retrieval queries, with a paired bootstrap CI over queries.
+
+    Args:
+        hits / hits_ref: per query, whether the target is in the top 10 (encoder / S1).
+        target_is_head: per query, whether its target is a head item.
+        top_head_share / top_head_share_ref: optional, per query, the share of the top 10
+            that is head items; gives ``tail_top10_head_share`` (mean over tail-target
+            queries) for both and their difference.
+        n_boot: bootstrap resamples; each draws ``len(hits)`` queries with replacement
+            (``numpy.random.default_rng(seed).integers``, one call per resample), the same
+            queries for the encoder and S1. Resamples without a head or a tail query are
+            left out.
+        level: the CI's coverage (percentile interval).
+
+    Returns:
+        ``delta`` (gap − gap_ref), ``ci95`` ([lo, hi]), ``gap``, ``gap_ref``, ``head_hr``,
+        ``tail_hr``, ``head_hr_ref``, ``tail_hr_ref``, ``n_head``, ``n_tail``, ``n_boot``,
+        and with the head shares ``tail_top10_head_share(_ref)`` and
+        ``tail_top10_head_share_diff``.
+
+    Raises:
+        InputError: no head-target or no tail-target query.
+
+    Example:
+        >>> r = selection_bias_gap([1, 1, 0, 0], [1, 0, 0, 0], [True, True, False, False])
+        >>> r["gap"], r["gap_ref"], r["delta"]
+        (1.0, 0.5, 0.5)
+    """
+    h = np.asarray(hits, dtype=np.float64)
+    r = np.asarray(hits_ref, dtype=np.float64)
+    head = np.asarray(target_is_head, dtype=bool)
+    if h.ndim != 1 or h.shape != r.shape or h.shape != head.shape:
+        raise ValueError(
+            "hits, hits_ref and target_is_head must be 1-D, one value per retrieval query, "
+            f"got shapes {h.shape}, {r.shape} and {head.shape}"
+        )
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    n_head, n_tail = int(head.sum()), int((~head).sum())
+    if n_head == 0 or n_tail == 0:
+        missing = "head" if n_head == 0 else "tail"
+        raise InputError(
+            f"the selection-bias gap needs head- and tail-target retrieval queries, found no "
+            f"{missing} target among {len(head)} queries"
+        )
+    head_hr, tail_hr = _head_tail_gap(h, head)
+    head_ref, tail_ref = _head_tail_gap(r, head)
+    gap, gap_ref = head_hr - tail_hr, head_ref - tail_ref
+    # paired: Δ is a statistic of the per-query difference d = hit − hit_ref
+    d = h - r
+    dh, dt, hf = d * head, d * ~head, head.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    n = len(d)
+    boots = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        w = np.bincount(rng.integers(0, n, size=n), minlength=n).astype(np.float64)
+        wh = w @ hf
+        wt = n - wh
+        boots[b] = (w @ dh) / wh - (w @ dt) / wt if wh > 0 and wt > 0 else np.nan
+    boots = boots[np.isfinite(boots)]
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha]) if len(boots) else (np.nan, np.nan)
+    out: dict[str, float | int | list[float]] = {
+        "delta": gap - gap_ref,
+        "ci95": [float(lo), float(hi)],
+        "gap": gap,
+        "gap_ref": gap_ref,
+        "head_hr": head_hr,
+        "tail_hr": tail_hr,
+        "head_hr_ref": head_ref,
+        "tail_hr_ref": tail_ref,
+        "n_head": n_head,
+        "n_tail": n_tail,
+        "n_boot": int(len(boots)),
+    }
+    if top_head_share is not None and top_head_share_ref is not None:
+        s = np.asarray(top_head_share, dtype=np.float64)
+        s_ref = np.asarray(top_head_share_ref, dtype=np.float64)
+        if s.shape != h.shape or s_ref.shape != h.shape:
+            raise ValueError(
+                f"top_head_share and top_head_share_ref must have one value per query "
+                f"({n}), got shapes {s.shape} and {s_ref.shape}"
+            )
+        share, share_ref = float(s[~head].mean()), float(s_ref[~head].mean())
+        out["tail_top10_head_share"] = share
+        out["tail_top10_head_share_ref"] = share_ref
+        out["tail_top10_head_share_diff"] = share - share_ref
+    return out

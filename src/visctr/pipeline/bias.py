@@ -8,6 +8,12 @@ for head vs tail); per CTR seed, the same for each S3-style method's vectors: th
 fusion retrieval uses (``<method> gated``) and the DebiasNet output alone
 (``<method> debiased``). Head items: S3's own rule, the top ``ctr.debias.head_share`` of
 items by training-split impressions (``visctr.world.head_tail``).
+
+``results.json["selection_bias"]``: the selection-bias gap Δ of each space against S1 on
+the uniform retrieval queries (``visctr.eval.bias.selection_bias_gap``): per encoder
+(ResNet-C, S2, S1+S2; one per encoder seed) and per S3-style method's retrieval space
+(S1+S2+H, S1+S2+D; one per encoder seed × CTR seed). Head/tail: the world's
+``items.is_head``, as ``head_hr@10``/``longtail_hr@10`` use.
 """
 
 from __future__ import annotations
@@ -84,4 +90,103 @@ def aggregate_bias(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
     return {n: {f: aggregate([r[n][f] for r in rows if n in r]) for f in FIELDS} for n in names}
 
 
-__all__ = ["aggregate_bias", "representation_rows", "training_impressions"]
+REFERENCE_METHOD = "S1"  # the method that retrieves with the reference's embeddings
+SELECTION_FIELDS = (
+    "delta",
+    "gap",
+    "gap_ref",
+    "head_hr",
+    "tail_hr",
+    "head_hr_ref",
+    "tail_hr_ref",
+    "tail_top10_head_share_diff",
+)
+
+
+def selection_spaces(cfg: Any, ctr_seed: int) -> dict[str, str]:
+    """The retrieval spaces whose gap is measured, ``{method name: representation_bias
+    key}``: for the first CTR seed each encoder but S1's (named by the first method that
+    uses it), and for every CTR seed each S3-style method (it retrieves through its head)."""
+    out = {}
+    if ctr_seed == 0:
+        for r in encoder_order():
+            users = [n for n, m in METHODS.items() if m.encoder == r.name]
+            if r.name != REFERENCE and users:
+                out[users[0]] = r.name
+    for name, m in METHODS.items():
+        if CTR_VARIANTS[m.ctr](cfg.ctr).debias.enabled:
+            out[name] = f"{name} gated"
+    return out
+
+
+def target_rows(world) -> np.ndarray:
+    """Each labelled retrieval query's target item row, in ``retrieval_targets`` order (the
+    order of ``evaluate_retrieval``'s ranked rows)."""
+    from visctr.eval.retrieval import retrieval_targets
+    from visctr.ids import IdIndex
+
+    _, targets = retrieval_targets(world)
+    return IdIndex(world.items["item_id"]).rows(targets, strict=True, what="target_item_id")
+
+
+def selection_rows(
+    world, tops: dict[str, np.ndarray], spaces: dict[str, str], seed: int, n_boot: int = 2000
+) -> dict[str, dict[str, Any]]:
+    """Δ of each space in ``spaces`` against S1 from the ranked item rows ``tops`` (method
+    name -> ``[Q, >=10]``, the retrieval queries in ``retrieval_targets`` order); the
+    bootstrap is seeded with ``seed``. Raises ``InputError`` without head or tail targets."""
+    from visctr.eval.bias import selection_bias_gap
+
+    rows = target_rows(world)
+    is_head = np.asarray(world.items["is_head"], dtype=bool)
+
+    def per_query(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top10 = top[:, :10]
+        return (top10 == rows[:, None]).any(1), is_head[top10].mean(1)
+
+    ref_hits, ref_share = per_query(tops[REFERENCE_METHOD])
+    out = {}
+    for name, bias_key in spaces.items():
+        hits, share = per_query(tops[name])
+        r = selection_bias_gap(
+            hits, ref_hits, is_head[rows], share, ref_share, n_boot=n_boot, seed=seed
+        )
+        out[name] = {**r, "n_queries": len(rows), "representation_bias": bias_key}
+    return out
+
+
+def aggregate_selection(
+    rows: list[dict[str, dict[str, Any]]], encoder_seeds: list[int]
+) -> dict[str, dict[str, Any]]:
+    """Per space: each of ``SELECTION_FIELDS`` as ``{mean, std, per_seed}`` over its
+    replicates, Δ also with ``per_encoder_seed`` (CTR seeds averaged) and ``ci95``, a t
+    interval over those means; the per-replicate bootstrap CIs as ``ci95_per_seed``.
+    ``encoder_seeds``: the encoder seed of each entry of ``rows``."""
+    from visctr.pipeline.results import INTERVAL, group_means, t_interval
+
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r if n not in names]
+    out = {}
+    for n in names:
+        mine = [(r[n], s) for r, s in zip(rows, encoder_seeds, strict=True) if n in r]
+        entry: dict[str, Any] = {
+            f: aggregate([r.get(f, np.nan) for r, _ in mine]) for f in SELECTION_FIELDS
+        }
+        means, _ = group_means([r["delta"] for r, _ in mine], [s for _, s in mine])
+        entry["delta"].update(per_encoder_seed=means, ci95=t_interval(means), interval=INTERVAL)
+        entry["ci95_per_seed"] = [r["ci95"] for r, _ in mine]
+        entry["n_queries"] = mine[0][0]["n_queries"]
+        entry["representation_bias"] = mine[0][0]["representation_bias"]
+        out[n] = entry
+    return out
+
+
+__all__ = [
+    "aggregate_bias",
+    "aggregate_selection",
+    "representation_rows",
+    "selection_rows",
+    "selection_spaces",
+    "training_impressions",
+]

@@ -196,6 +196,78 @@ def _bias_section(results: dict) -> list[str]:
     ]
 
 
+def _selection_bias_section(results: dict) -> list[str]:
+    """The selection-bias gap Δ per space against S1, with the overlap@20 of
+    ``representation_bias`` beside it (the same rows, not recomputed)."""
+    rows = results.get("selection_bias")
+    if not rows:
+        return []
+    rep = results.get("representation_bias") or {}
+
+    def ci(e: dict) -> str:
+        lo, hi = e["delta"].get("ci95") or (None, None)
+        if lo is None:  # one encoder seed: the query bootstrap's interval of that seed
+            cis = [c for c in e["ci95_per_seed"] if c and c[0] is not None]
+            if len(cis) != 1:
+                return "—"
+            (lo, hi), what = cis[0], " (bootstrap over queries)"
+        else:
+            what = " (t over encoder seeds)"
+        return f"[{lo:+.3f}, {hi:+.3f}]{what}"
+
+    def overlap(e: dict, side: str) -> str:
+        r = rep.get(e["representation_bias"], {}).get(f"overlap_{side}")
+        return fmt(r) if r else "—"
+
+    n = next(iter(rows.values()))["n_queries"]
+    return [
+        "### Selection-bias gap",
+        "",
+        "Δ = (the space's head − tail HR@10) − (S1's head − tail HR@10) on the "
+        f"{n:,} labelled retrieval queries: above 0 with a CI that says so, the space "
+        "favours head items beyond what S1 already does. Per seed, a paired bootstrap over "
+        "queries (the same resampled queries for the space and S1); over seeds, a t "
+        "interval over encoder-seed means. Head share diff: the head share of the top 10 "
+        "for tail-target queries, minus S1's. Overlap@20 with S1: the representation-bias "
+        "rows above.",
+        "",
+        "| space | Δ | 95% CI | gap | S1 gap | head share diff (tail queries) | "
+        "overlap head | overlap tail |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {fmt(e['delta'])} | {ci(e)} | {fmt(e['gap'])} | "
+            f"{fmt(e['gap_ref'])} | {fmt(e['tail_top10_head_share_diff'])} | "
+            f"{overlap(e, 'head')} | {overlap(e, 'tail')} |"
+            for name, e in rows.items()
+        ],
+        "",
+        "![selection-bias gap](plots/selection_bias.png)",
+        "",
+    ]
+
+
+def _selection_bias_plot(rows: dict, path: Path) -> None:
+    """Δ per space with its 95% CI (over encoder seeds, or the one seed's bootstrap)."""
+    plt = _plt()
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.45 * len(names)))
+    for j, name in enumerate(names):
+        e = rows[name]
+        mean = e["delta"]["mean"]
+        if mean is None:
+            continue
+        cis = [c for c in e["ci95_per_seed"] if c and c[0] is not None]
+        lo, hi = e["delta"].get("ci95") or (cis[0] if len(cis) == 1 else (mean, mean))
+        ax.errorbar(mean, j, xerr=[[mean - lo], [hi - mean]], fmt="o", capsize=4)
+    ax.axvline(0, color="0.5", lw=1)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("Δ = head − tail HR@10 gap, minus S1's")
+    ax.set_title("Selection-bias gap vs S1 (95% CI)", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _forest_plot(rows: list[dict], path: Path) -> None:
     """One panel per metric: each pair's mean paired difference and its 95% CI."""
     plt = _plt()
@@ -229,10 +301,10 @@ def _comparisons_section(results: dict) -> list[str]:
         "## Paired comparisons",
         "",
         f"Differences a − b paired by replicate (encoder seed × CTR seed; {results['seeds']} "
-        f"× {results.get('ctr_seeds', 1)} = up to {n}), with a t interval (95%). The CTR "
-        "seeds of one encoder seed share its encoder, so the pairs are not independent: the "
-        "interval is narrower than one over encoder seeds alone would be. Fewer than two "
-        "pairs: no interval.",
+        f"× {results.get('ctr_seeds', 1)}). The CTR seeds of one encoder seed share its "
+        "encoder, so they are averaged first, and the 95% t interval runs over the "
+        f"encoder-seed means (n = encoder seeds, up to {n}). Fewer than two encoder seeds: "
+        "no interval.",
         "",
         format_comparisons(rows),
         "",
@@ -420,6 +492,8 @@ def write_report(
         _ab_plot(results["ab_test"], results["seeds"], plots / "ab_ctr.png")
     if results.get("ope"):
         _ope_plot(results, plots / "ope_ctr.png")
+    if results.get("selection_bias"):
+        _selection_bias_plot(results["selection_bias"], plots / "selection_bias.png")
     if any(r["mean_diff"] is not None for r in results.get("comparisons", [])):
         _forest_plot(results["comparisons"], plots / "comparisons.png")
     t = results["timings_s"]
@@ -457,6 +531,7 @@ def write_report(
         ),
         *_by_category_section(results),
         *_bias_section(results),
+        *_selection_bias_section(results),
         *_ab_section(results),
         *_comparisons_section(results),
         *_ope_section(results),

@@ -131,28 +131,66 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def paired_ci(a: list[float], b: list[float], level: float = 0.95) -> dict[str, Any]:
-    """The paired difference ``a − b`` over replicates: ``{mean_diff, ci95, per_seed, n}``
-    with a t interval (``mean ± t_{n−1} · sd / √n``); pairs with a missing side are left
-    out, and fewer than two pairs give no interval."""
-    diffs = [
-        x - y
-        for x, y in zip(a, b, strict=True)
+INTERVAL = "t over encoder-seed means"  # what a comparison's ci95 is (results.json)
+
+
+def t_interval(values: list[float], level: float = 0.95) -> list[float] | None:
+    """``mean ± t_{n−1} · sd / √n`` over ``values``; ``None`` for fewer than two."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = float(np.mean(values))
+    half = t_quantile(0.5 + level / 2, n - 1) * float(np.std(values, ddof=1)) / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def group_means(values: list[float], groups: list) -> tuple[list[float], list]:
+    """The mean of ``values`` per group, groups in order of first appearance:
+    ``(means, groups)``. Averages the CTR seeds of each encoder seed."""
+    keys = list(dict.fromkeys(groups))
+    by = {k: [] for k in keys}
+    for v, g in zip(values, groups, strict=True):
+        by[g].append(v)
+    return [float(np.mean(by[k])) for k in keys], keys
+
+
+def paired_ci(
+    a: list[float], b: list[float], level: float = 0.95, groups: list | None = None
+) -> dict[str, Any]:
+    """The paired difference ``a − b`` over replicates: ``{mean_diff, ci95, per_seed, n,
+    n_replicates, per_encoder_seed, interval}``. Pairs with a missing side are left out.
+
+    ``groups``: each replicate's encoder seed. The CTR seeds of one encoder seed share its
+    encoder, so they are averaged first and the t interval (``mean ± t_{n−1} · sd / √n``)
+    runs over the encoder-seed means; ``n`` is the number of encoder seeds (without
+    ``groups``, every replicate is its own). ``per_seed`` keeps the per-replicate
+    differences. Fewer than two encoder seeds give no interval."""
+    groups = list(range(len(a))) if groups is None else list(groups)
+    kept = [
+        (x - y, g)
+        for x, y, g in zip(a, b, groups, strict=True)
         if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
     ]
-    n = len(diffs)
-    mean = float(np.mean(diffs)) if n else None
-    ci = None
-    if n > 1:
-        half = t_quantile(0.5 + level / 2, n - 1) * float(np.std(diffs, ddof=1)) / math.sqrt(n)
-        ci = [mean - half, mean + half]
-    return {"mean_diff": mean, "ci95": ci, "per_seed": [float(d) for d in diffs], "n": n}
+    diffs = [d for d, _ in kept]
+    means, _ = group_means(diffs, [g for _, g in kept])
+    n = len(means)
+    return {
+        "mean_diff": float(np.mean(means)) if n else None,
+        "ci95": t_interval(means, level),
+        "per_seed": [float(d) for d in diffs],
+        "n": n,
+        "n_replicates": len(diffs),
+        "per_encoder_seed": means,
+        "interval": INTERVAL,
+    }
 
 
 def comparisons(results: dict, pairs=COMPARISON_PAIRS, metrics=COMPARISON_METRICS) -> list[dict]:
-    """``results.json["comparisons"]``: for each pair and metric, the paired difference over
-    the run's replicates (encoder seed × CTR seed), from the per-replicate values that
-    ``results`` holds; a pair or metric the run lacks is left out."""
+    """``results.json["comparisons"]``: for each pair and metric, the paired difference
+    from the per-replicate values that ``results`` holds, with a t interval over encoder
+    seeds (``results["replicates"]`` says each replicate's encoder seed; the CTR seeds of
+    one encoder seed are averaged first); a pair or metric the run lacks is left out."""
+    reps = results.get("replicates")
     out = []
     for metric, where in metrics:
         for a, b in pairs:
@@ -162,7 +200,8 @@ def comparisons(results: dict, pairs=COMPARISON_PAIRS, metrics=COMPARISON_METRIC
             )
             if va is None or vb is None:
                 continue
-            out.append({"a": a, "b": b, "metric": metric, **paired_ci(va, vb)})
+            groups = [r[0] for r in reps] if reps and len(reps) == len(va) else None
+            out.append({"a": a, "b": b, "metric": metric, **paired_ci(va, vb, groups=groups)})
     return out
 
 

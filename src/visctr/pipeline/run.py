@@ -19,7 +19,13 @@ import numpy as np
 
 from visctr.config import dump_yaml, to_dict
 from visctr.io import write_json, write_text
-from visctr.pipeline.bias import aggregate_bias, representation_rows
+from visctr.pipeline.bias import (
+    aggregate_bias,
+    aggregate_selection,
+    representation_rows,
+    selection_rows,
+    selection_spaces,
+)
 from visctr.pipeline.layout import RunLayout, ctr_training_seed
 from visctr.pipeline.methods import CTR_VARIANTS, METHODS, descriptions, encoder_order
 from visctr.pipeline.results import BY_CATEGORY, METRICS, aggregate, comparisons, format_table
@@ -208,6 +214,8 @@ def run_pipeline(
     curves: dict[str, dict] = {}
     replicates: list[list[int]] = []  # [encoder seed, CTR seed index] of each per-seed entry
     bias_rows: list[dict[str, dict[str, float]]] = []
+    selection: list[dict[str, dict]] = []  # the selection-bias gap's rows
+    selection_seeds: list[int] = []  # each row's encoder seed
     for i in range(cfg.seeds):
         seed = cfg.seed + i
         click.echo(f"[seed {seed}] ({i + 1}/{cfg.seeds})")
@@ -291,6 +299,24 @@ def run_pipeline(
                 except InputError as e:  # e.g. no tail item with vectors on this world
                     skipped["representation_bias"] = str(e)
                     click.echo(f"  skipped representation_bias: {e}")
+            if "selection_bias" not in skipped:
+                tops_c = {n: t for n, (_, t) in retrieval.items()}
+                try:
+                    row = stages.timed(
+                        "selection_bias",
+                        lambda c=c, t=tops_c: selection_rows(
+                            world, t, selection_spaces(cfg, c), seed
+                        ),
+                    )
+                    selection.append(row)
+                    selection_seeds.append(seed)
+                    click.echo(
+                        "  selection-bias gap Δ vs S1: "
+                        + "  ".join(f"{n} {r['delta']:+.3f}" for n, r in row.items())
+                    )
+                except InputError as e:  # e.g. no tail-target retrieval query
+                    skipped["selection_bias"] = str(e)
+                    click.echo(f"  skipped selection_bias: {e}")
             if ab is not None:
                 row = stages.timed("abtest", lambda c=c: ab.run_seed(layout, seed, c, vectors))
                 ab_per_seed.append(row)
@@ -339,6 +365,9 @@ def run_pipeline(
         if "ab_test" in results:
             results["ope_validation"] = validation(results["ope"], results["ab_test"])
     results["representation_bias"] = aggregate_bias(bias_rows)
+    results["selection_bias"] = (
+        aggregate_selection(selection, selection_seeds) if "selection_bias" not in skipped else {}
+    )
     results["comparisons"] = comparisons(results)
     from visctr.pipeline.abtest import provenance
 
@@ -360,6 +389,11 @@ def skipped_metrics(world, cfg: Any = None) -> dict[str, str]:
             "the off-policy estimators ips, snips, pi, dm, dr and dr_pi need a random-exposure "
             "log (import --random); results.json['ope'] has dm_log, dr_log and dr_pi_log from "
             "the ordinary log, biased as far as its propensities are wrong"
+        )
+    if not world.has_retrieval_labels:
+        out["selection_bias"] = (
+            "the selection-bias gap needs labelled retrieval queries, each with its target "
+            "(import --retrieval)"
         )
     if cfg is not None and not cfg.ope.enabled:
         out["ope"] = "ope.enabled is false in the config"
