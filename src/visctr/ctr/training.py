@@ -88,9 +88,27 @@ def train_ctr(
     seed: int,
     reference: Path | None = None,
 ) -> Path:
-    """Train one CTR model; early stopping on validation AUC. Returns ``out_dir``.
+    """Train one CTR model (with S3 when ``cfg.debias.enabled``); early stopping on
+    validation AUC.
 
-    ``reference``: the S1 embeddings directory, required when ``cfg.debias.enabled``.
+    Args:
+        world: the world whose training log it learns from.
+        embeddings: an embeddings directory (``visctr embed``) of one encoder.
+        out_dir: written with ``model.pt``, ``feature_map.json``, ``history.json`` (and
+            ``debias.pt`` with S3); a finished model of the same inputs is reused.
+        cfg: :class:`~visctr.ctr.config.CTRConfig`; ``cfg.debias`` is S3's
+            :class:`~visctr.s3.config.DebiasConfig` (the YAML section ``ctr.debias``).
+        seed: fixes the initialisation and the batch order.
+        reference: the S1 embeddings directory, S3's unbiased reference; required when
+            ``cfg.debias.enabled``.
+
+    Returns:
+        ``out_dir``.
+
+    Example:
+        >>> cfg = visctr.CTRConfig(debias=visctr.DebiasConfig(enabled=True))  # doctest: +SKIP
+        >>> visctr.train_ctr(world, "emb/s1_s2", "out/ctr_d", cfg, seed=0,     # doctest: +SKIP
+        ...                  reference="emb/s1")
     """
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping

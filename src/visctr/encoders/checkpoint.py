@@ -228,7 +228,23 @@ def _norm_ok(positive: bool):
 def load_encoder(path: str | Path, backbone: nn.Module | None = None) -> Encoder:
     """The encoder saved at ``path`` in eval mode (safe ``weights_only`` load).
 
-    ``backbone``: the module to load weights into when the file holds a custom backbone.
+    Args:
+        path: an ``encoder.pt`` written by ``pretrain``, ``finetune`` or ``classify``.
+        backbone: the module to load weights into when the file holds a custom backbone.
+
+    Returns:
+        The :class:`~visctr.encoders.backbones.Encoder`, with the ``image_size`` and
+        ``in_channels`` of the photos it was trained on (what :func:`visctr.embed` resizes
+        to); its normalisation is inside it.
+
+    Raises:
+        InputError: not a visctr encoder file, or weights that do not fit its architecture.
+
+    Example:
+        >>> run_dir = Path("runs/demo")  # a finished visctr run  # doctest: +SKIP
+        >>> enc = visctr.load_encoder(run_dir / "seed_0/encoders/s1_s2/encoder.pt")
+        >>> (enc.in_channels, enc.image_size, enc.embed_dim)
+        (1, 28, 64)
     """
     path = Path(path)
     obj = read_encoder_file(path)

@@ -101,9 +101,9 @@ def embed(
         InputError: a file that is missing or not an image, an input of another type.
 
     Example:
-        >>> import numpy as np, visctr
-        >>> enc = visctr.load_encoder(path)                          # doctest: +SKIP
-        >>> visctr.embed(enc, ["shoe.jpg", np.zeros((40, 30, 3), np.uint8)]).shape  # doctest: +SKIP
+        >>> enc = visctr.load_encoder(run_dir / "seed_0/encoders/s1_s2/encoder.pt")
+        >>> photos = [np.zeros((40, 30, 3), np.uint8), np.full((28, 28), 200, np.uint8)]
+        >>> visctr.embed(enc, photos).shape                 # a photo of any size, RGB or grey
         (2, 64)
     """
     from visctr.encoders.checkpoint import load_encoder

@@ -253,7 +253,25 @@ def pretrain(
     encoder: Encoder | None = None,
     callbacks: list[Any] | None = None,
 ) -> Path:
-    """S1: self-supervised pre-training on every catalog image; returns ``encoder.pt``."""
+    """S1: self-supervised pre-training on every catalog image.
+
+    Args:
+        world: the world whose catalog images it trains on (:meth:`visctr.World.load`).
+        cfg: :class:`~visctr.encoders.config.S1Config` (the objective, augmentations,
+            budget, ``trainer``); ``visctr run``'s is ``resolve_run_config(preset).s1``.
+        out_dir: written with ``encoder.pt``, ``history.json`` and ``checkpoints/``; a
+            finished stage of the same config, seed and world is reused, not retrained.
+        seed: fixes the initialisation and every random draw.
+        encoder: train this encoder instead of one built from ``cfg.encoder``.
+        callbacks: extra Lightning callbacks.
+
+    Returns:
+        The path of ``encoder.pt``.
+
+    Example:
+        >>> world = visctr.World.load("worlds/shop")                          # doctest: +SKIP
+        >>> s1 = visctr.pretrain(world, visctr.S1Config(), "out/s1", seed=0)  # doctest: +SKIP
+    """
     objective_class(cfg.objective.method, "s1.objective.method")  # fails before any work
     return _catalog_stage(
         "s1", world, cfg, out_dir, seed, encoder, callbacks,
@@ -270,7 +288,14 @@ def classify(
     encoder: Encoder | None = None,
     callbacks: list[Any] | None = None,
 ) -> Path:
-    """ResNet-C: cross-entropy on item categories; returns ``encoder.pt``."""
+    """ResNet-C: cross-entropy on item categories, the category-supervised baseline.
+
+    Args and Returns: as :func:`pretrain`, with a
+    :class:`~visctr.encoders.config.ClassifyConfig`.
+
+    Example:
+        >>> rc = visctr.classify(world, visctr.ClassifyConfig(), "out/rc", seed=0)  # doctest: +SKIP
+    """
 
     def make(enc: Encoder, catalog: CatalogImages) -> EncoderMethod:
         n_cat = max(world.n_categories, int(catalog.categories.max()) + 1)
@@ -289,8 +314,21 @@ def finetune(
     encoder: Encoder | None = None,
     callbacks: list[Any] | None = None,
 ) -> Path:
-    """S2: click-contrastive fine-tuning (+ ``lambda_s1`` × S1), from ``init`` (an S1
-    ``encoder.pt``) or from scratch; returns ``encoder.pt``."""
+    """S2: click-contrastive fine-tuning (+ ``lambda_s1`` × S1) on the world's training
+    clicks, from ``init`` or from scratch.
+
+    Args:
+        world, out_dir, seed, encoder, callbacks: as :func:`pretrain`.
+        cfg: :class:`~visctr.encoders.config.S2Config`; its ``s1`` objective must be the
+            one ``init`` was pre-trained with (its heads are continued).
+        init: an S1 ``encoder.pt`` to start from (S1+S2), or ``None`` (S2 alone).
+
+    Returns:
+        The path of ``encoder.pt``.
+
+    Example:
+        >>> s2 = visctr.finetune(world, visctr.S2Config(), "out/s2", seed=0, init=s1)  # doctest: +SKIP
+    """
     objective_class(cfg.s1.method, "s2.s1.method")  # fails before any work
     out_dir = Path(out_dir)
     init_obj = None

@@ -234,6 +234,24 @@ def debias_transform(path: Path, mode: str | None = None) -> DebiasTransform:
 def apply_debias(
     debias_path: Path, vectors: np.ndarray, batch_size: int = 65_536, mode: str | None = None
 ) -> np.ndarray:
-    """Map an embedding array ``[n, D]`` through the exported debias head (one call of
-    ``DebiasTransform``)."""
+    """Map an embedding array ``[n, D]`` through S3's debias head (one call of
+    :class:`DebiasTransform`): the vectors S1+S2+D retrieves with.
+
+    Args:
+        debias_path: the ``debias.pt`` that ``train_ctr`` writes for an S3 model.
+        vectors: float32 ``[n, D]`` embeddings of the encoder the head was trained on.
+        batch_size: rows per forward pass.
+        mode: ``gated`` (the fused vector) or ``debiased`` (the debias network's output
+            alone); default: as chosen at training (``debias.retrieval_vector``).
+
+    Returns:
+        float32 ``[n, D]``, L2-normalised rows.
+
+    Example:
+        >>> s3 = run_dir / "seed_0/ctr/s1_s2_d/debias.pt"
+        >>> vectors = visctr.embed(run_dir / "seed_0/encoders/s1_s2/encoder.pt",
+        ...                        [np.full((28, 28), 200, np.uint8)])
+        >>> visctr.apply_debias(s3, vectors).shape
+        (1, 64)
+    """
     return DebiasTransform(debias_path, mode, batch_size)(vectors)

@@ -221,7 +221,22 @@ class World:
 
     @classmethod
     def load(cls, root: str | Path) -> World:
-        """Read and validate a world directory; every error names the file and the field."""
+        """Read and validate a world directory; every error names the file and the field.
+
+        Args:
+            root: what ``visctr simulate`` or ``visctr import`` wrote (a run keeps its
+                world in ``RUN/world/data``).
+
+        Returns:
+            The world: its tables (``items``, ``queries``: dicts of numpy columns), its
+            images (``item_images``, ``query_images``: uint8 ``[N, C, H, W]``, memory-mapped)
+            and ``meta`` (``world.json``).
+
+        Example:
+            >>> world = visctr.World.load(run_dir / "world" / "data")
+            >>> world.source, world.item_images.shape[1:]
+            ('simulated', (1, 28, 28))
+        """
         import pyarrow as pa
 
         root = Path(root)
