@@ -196,6 +196,12 @@ def run_pipeline(
                 line = "  A/B CTR " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
                 if "lift_vs_S2" in row.get("S1+S2+D", {}):
                     line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
+                if any("rpm" in r for r in row.values()):
+                    line += "\n  A/B RPM " + "  ".join(
+                        f"{n} {r['rpm']:.2f}" for n, r in row.items() if "rpm" in r
+                    )
+                    if "rpm_lift_vs_S2" in row.get("S1+S2+D", {}):
+                        line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['rpm_lift_vs_S2']:+.1%})"
                 click.echo(line)
             if estimates is not None:
                 row = stages.timed("ope", lambda c=c: estimates.run_seed(layout, seed, c))
