@@ -463,6 +463,31 @@ def _ope_section(results: dict) -> list[str]:
             "```",
             "",
         ]
+    ope_rpm = {e: by for e, by in ope.items() if any("rpm" in r for r in by.values())}
+    if ope_rpm:
+        out += [
+            "RPM estimated with the reward click × bid (the reward model's P(click) × bid "
+            "for dm/dr):",
+            "",
+            "| policy | " + " | ".join(ope_rpm) + " |",
+            "|---|" + "---|" * len(ope_rpm),
+            *[
+                f"| {n} | "
+                + " | ".join(fmt(ope_rpm[e][n].get("rpm", {"mean": None}), 2) for e in ope_rpm)
+                + " |"
+                for n in ope_rpm[next(iter(ope_rpm))]
+            ],
+            "",
+        ]
+    if results.get("ope_validation_rpm"):
+        out += [
+            "Against the simulated A/B RPM (the same figures as for CTR, in RPM units):",
+            "",
+            "```",
+            format_validation_table(results["ope_validation_rpm"]),
+            "```",
+            "",
+        ]
     return [*out, "![off-policy estimates](plots/ope_ctr.png)", ""]
 
 

@@ -243,6 +243,9 @@ def run_pipeline(
         results["ope_info"] = estimates.info()
         if "ab_test" in results:
             results["ope_validation"] = validation(results["ope"], results["ab_test"])
+            rpm = validation(results["ope"], results["ab_test"], "rpm")
+            if rpm:
+                results["ope_validation_rpm"] = rpm
     results["representation_bias"] = aggregate_bias(bias_rows)
     results["comparisons"] = comparisons(results)
     from visctr.pipeline.abtest import provenance
