@@ -199,3 +199,21 @@ def test_world_refuses_a_bad_bid_naming_file_column_and_row(tiny_world_dir, tmp_
     pq.write_table(t, root / "items.parquet")
     with pytest.raises(InputError, match=r"items.parquet: column 'bid' must be numbers"):
         World.load(root)
+
+
+def test_ecpm_ranking_on_a_world_without_bids_is_an_error_naming_the_file(world):
+    import copy
+
+    from visctr.errors import InputError
+    from visctr.pipeline.abtest import ABTest
+    from visctr.pipeline.config import ABTestConfig, RunConfig
+
+    old = copy.copy(world)
+    old.items = {k: v for k, v in world.items.items() if k != "bid"}  # a world from before bids
+    cfg = RunConfig(abtest=ABTestConfig(queries=20, rank_by="ecpm"))
+    with pytest.raises(InputError, match=r"items.parquet: abtest.rank_by is ecpm .* no 'bid'"):
+        ABTest(old, cfg)
+    with pytest.raises(ValueError, match="rank_by must be ctr or ecpm"):
+        ABTestConfig(rank_by="revenue")
+    plain = ABTest(old, RunConfig(abtest=ABTestConfig(queries=20)))  # ctr: no revenue, no error
+    assert plain.fixed["legacy"].rpm is None

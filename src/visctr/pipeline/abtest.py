@@ -148,7 +148,15 @@ def serve(
         r_items, r_queries = transform.items(item_vectors, ids), transform.queries(query_vectors)
     score = ab.ctr_scorer(ctr_dir, world, emb_dir, traffic, query_vectors)
     if getattr(cfg.abtest, "rank_by", "ctr") == "ecpm":
-        score = ab.ecpm_scorer(score, ab.item_bids(world))
+        bid = ab.item_bids(world)
+        if bid is None:
+            from visctr.errors import InputError
+
+            raise InputError(
+                f"{world.root / 'items.parquet'}: abtest.rank_by is ecpm but the items have no "
+                "'bid' column (import the catalog with a bid or price column, or rank by ctr)"
+            )
+        score = ab.ecpm_scorer(score, bid)
     return ab.retrieve_and_rerank(r_queries, r_items, cfg.abtest.candidates, k, score)
 
 

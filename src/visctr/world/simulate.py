@@ -728,4 +728,9 @@ def format_summary(s: dict) -> str:
             f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean "
             f"appeal {s.get('head_tail_appeal_gap', float('nan')):+.2f}"
         )
+    if "bid_median" in s:
+        lines.append(
+            f"bids (cost per click): median {s['bid_median']:.3g}, corr(log bid, log "
+            f"popularity) {s.get('bid_log_popularity_correlation', float('nan')):+.2f}"
+        )
     return "\n".join(lines)
