@@ -4,7 +4,9 @@ For each finished ``visctr run`` directory on a simulated world (one per world s
 each bucket size, estimate every policy's CTR from the first N queries of the world's
 random-exposure log and score each estimator against the run's simulated A/B CTR: bias,
 RMSE, 95% CI coverage, Spearman over (policy, seed). Pools the runs for each size. The
-ordinary log's estimators (``*_log``) use the first N queries of the test split.
+ordinary log's estimators (``*_log``) use the first N queries of the test split. When the
+worlds have bids and the runs' A/B tests report RPM, the same scores for the estimated RPM
+(reward click × bid) against the simulated A/B RPM follow each CTR table.
 
     python scripts/ope_check.py runs/small3 [runs/small3-w1 ...] --queries 1000 5000 20000
 """
@@ -53,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     dst["ctr"]["per_seed"] += row["ctr"]["per_seed"]
                     dst["ci95"] += row["ci95"]
+                    if "rpm" in row:
+                        dst.setdefault("rpm", {"per_seed": []})["per_seed"] += row["rpm"][
+                            "per_seed"
+                        ]
+                        dst.setdefault("rpm_ci95", []).extend(row["rpm_ci95"])
             for p, row in results["ab_test"]["methods"].items():
                 dst = pooled_ab["methods"].setdefault(p, {"ctr": {"per_seed": []}})
                 dst["ctr"]["per_seed"] += row["ctr"]["per_seed"]
+                if "rpm" in row:
+                    dst.setdefault("rpm", {"per_seed": []})["per_seed"] += row["rpm"]["per_seed"]
             info = est.info()
             if "bucket" not in info:
                 print(f"{run}: the world has no random-exposure log", file=sys.stderr)
@@ -69,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         table[str(n)] = v
         print(f"\nbucket of {n:,} queries, {len(args.runs)} world(s):")
         print(format_validation_table(v))
+        rpm = validation(pooled_ope, pooled_ab, "rpm")
+        if rpm:  # worlds with bids: the estimated RPM against the A/B RPM
+            table[f"{n}_rpm"] = rpm
+            print(f"RPM (reward click × bid), bucket of {n:,} queries:")
+            print(format_validation_table(rpm))
     if args.out is not None:
         from visctr.io import write_json
 

@@ -77,7 +77,13 @@ def test_ab_test_section(tiny_run):
         if name != "S2":
             lo, hi = row["lift_vs_S2"]["ci_per_seed"][0]
             assert lo <= row["lift_vs_S2"]["per_seed"][0] <= hi
-    assert "## Simulated A/B test" in (out / "report.md").read_text()
+            lo, hi = row["rpm_lift_vs_S2"]["ci_per_seed"][0]  # the world has bids: revenue
+            assert lo <= row["rpm_lift_vs_S2"]["per_seed"][0] <= hi
+        assert row["rpm"]["per_seed"][0] > 0
+    assert ab["rank_by"] == "ctr"  # the default: bids price the clicks, rank by pCTR
+    assert {c["metric"] for c in r["comparisons"]} >= {"ab_ctr", "ab_rpm"}
+    report = (out / "report.md").read_text()
+    assert "## Simulated A/B test" in report and "### Revenue (ranked by ctr)" in report
 
 
 def test_ope_section(tiny_run, tmp_path):
@@ -103,6 +109,9 @@ def test_ope_section(tiny_run, tmp_path):
                 assert ctr >= 0 and lo >= 0, (e, name)
             assert row["ess"]["per_seed"][0] > 0
             assert ("lift_vs_S2" in row) == (name != "S2")
+            rpm, (lo, hi) = row["rpm"]["per_seed"][0], row["rpm_ci95"][0]
+            assert rpm is not None and lo is not None and lo <= hi, (e, name)
+            assert ("rpm_lift_vs_S2" in row) == (name != "S2")
     info = r["ope_info"]
     assert info["bucket"]["queries"] == 400 and info["top_k"] == 10
     test_log = pq.read_table(out / "world" / "data" / "impressions" / "test.parquet")
@@ -128,6 +137,7 @@ def test_ope_section(tiny_run, tmp_path):
     assert set(v) == set(ESTIMATOR_NAMES)
     for row in v.values():
         assert row["n"] == len(METHODS) + 1 and 0 <= row["coverage"] <= 1
+    assert set(r["ope_validation_rpm"]) == set(ESTIMATOR_NAMES)  # RPM beside CTR
     assert "## Off-policy estimates" in (out / "report.md").read_text()
     run = tmp_path / "run"
     shutil.copytree(out, run)
@@ -237,7 +247,7 @@ def test_ope_check_script_prints_a_validation_table_per_bucket_size(tiny_run, tm
     out, _ = tiny_run
     assert mod.main([str(out), "--queries", "50", "200", "--out", str(tmp_path / "t.json")]) == 0
     table = json.loads((tmp_path / "t.json").read_text())
-    assert set(table) == {"50", "200"}
+    assert set(table) == {"50", "200", "50_rpm", "200_rpm"}  # the world has bids: RPM too
     for v in table.values():
         assert {"dr_pi", "dm_log", "dr_log"} <= set(v) and all(r["n"] > 0 for r in v.values())
     assert "bucket of 200 queries" in capsys.readouterr().out

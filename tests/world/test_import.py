@@ -144,6 +144,11 @@ def _shown_again(lines: list[str], row: int, position: str | None = None, other=
     return [*lines, ",".join(cells)]
 
 
+def _with_bid(lines: list[str], name: str = "bid") -> list[str]:
+    """A catalog with a bid per item: 0.5, 1.0, ..., 2.5, 0.5, ... (row i: 0.5·(1 + i % 5))."""
+    return [lines[0] + f",{name}", *(f"{ln},{0.5 * (1 + i % 5)}" for i, ln in enumerate(lines[1:]))]
+
+
 @pytest.mark.parametrize(
     "which,edit,match",
     [
@@ -203,6 +208,18 @@ def _shown_again(lines: list[str], row: int, position: str | None = None, other=
          "and 8000, query_id 'q-000000')"),
         ("random", lambda ls: _shown_again(ls, 2),
          "random.csv: 1 exact duplicate impression rows"),
+        ("catalog", lambda ls: _set(_with_bid(ls), 4, 3, "0"),
+         "catalog.csv: row 4: column 'bid': 0.0 is not a finite number > 0"),
+        ("catalog", lambda ls: _set(_with_bid(ls), 5, 3, "-2"),
+         "catalog.csv: row 5: column 'bid': -2.0 is not a finite number > 0"),
+        ("catalog", lambda ls: _set(_with_bid(ls), 6, 3, "nan"),  # text 'nan' is a value
+         "catalog.csv: row 6: column 'bid': nan is not a finite number > 0"),
+        ("catalog", lambda ls: _set(_with_bid(ls, "price"), 7, 3, "inf"),
+         "catalog.csv: row 7: column 'price': inf is not a finite number > 0"),
+        ("catalog", lambda ls: _set(_with_bid(ls), 8, 3, ""),
+         "catalog.csv: row 8: column 'bid' is missing or NaN (every item needs a bid > 0)"),
+        ("catalog", lambda ls: _set(_with_bid(ls, "price"), 9, 3, "cheap"),
+         "catalog.csv: row 9: column 'price': 'cheap' is not a number"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_naming_file_row_and_column(raw, tmp_path, which, edit, match):
@@ -625,3 +642,45 @@ def _restock(st, q, i, pos, clk, tmp_path):
     again = _LogStats(st.path, 40, 150, tmp_path / "spill2")
     again.add(np.arange(len(q)), q, i, pos, clk)
     return again
+
+
+@pytest.mark.parametrize("name", ["bid", "price"])
+def test_a_catalog_bid_reaches_the_off_policy_revenue_reward(raw, tmp_path, name):
+    """The catalog's bid (or price) lands in items.bid and is the reward's factor: a policy
+    that shows exactly the logged slates gets, from ips with propensity 1, the log's own
+    Σ click × bid per mille impressions."""
+    from types import SimpleNamespace
+
+    from visctr.pipeline.ope import OPE, Slates
+
+    src = Path(raw["catalog"])
+    cat = _rewrite(src, src.parent / f"catalog_{name}.csv", lambda ls: _with_bid(ls, name))
+    try:
+        res = _full(raw, tmp_path / "w", catalog=cat)
+    finally:
+        cat.unlink()
+    assert res.exit_code == 0, res.output
+    w = World.load(tmp_path / "w")
+    keys = [str(k) for k in w.items["item_key"]]
+    lines = src.read_text().splitlines()[1:]
+    want = {ln.split(",")[0]: 0.5 * (1 + i % 5) for i, ln in enumerate(lines)}
+    assert w.items["bid"].dtype == np.float64
+    assert [float(b) for b in w.items["bid"]] == [want[k] for k in keys]
+    slates = Slates(w, "test", 10)
+    lg = slates.logged
+    est = OPE.__new__(OPE)
+    est.bid = np.asarray(w.items["bid"], dtype=np.float64)
+    est.cfg = SimpleNamespace(ope=SimpleNamespace(bootstrap=50))
+    shown = np.where(lg.mask, lg.items, 0)  # the logged slates themselves
+    zeros = np.zeros(lg.items.shape)
+    out = {"ips_log": {"logged": {}}}
+    est._revenue(out, slates, {"logged": shown}, None, zeros, {"logged": zeros}, 0, ("ips",))
+    clicked_bids = (lg.clicks * lg.mask * est.bid[shown]).sum()
+    assert clicked_bids > 0
+    want_rpm = 1000 * clicked_bids / shown.size
+    assert out["ips_log"]["logged"]["rpm"] == pytest.approx(want_rpm)
+    assert (
+        out["ips_log"]["logged"]["rpm_ci_low"]
+        <= want_rpm
+        <= out["ips_log"]["logged"]["rpm_ci_high"]
+    )

@@ -71,6 +71,7 @@ class Catalog:
     category_names: list[str]
     source: str
     item_keys: np.ndarray | None = None  # the user's string ids, when they are not integers
+    bids: np.ndarray | None = None  # float64 [N] cost-per-click bids (a manifest's bid/price)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -81,9 +82,10 @@ class Catalog:
 
     def subset(self, idx: np.ndarray) -> Catalog:
         keys = None if self.item_keys is None else self.item_keys[idx]
+        bids = None if self.bids is None else self.bids[idx]
         return Catalog(
             self.item_ids[idx], self.images[idx], self.categories[idx],
-            self.category_names, self.source, keys,
+            self.category_names, self.source, keys, bids,
         )  # fmt: skip
 
 
@@ -596,6 +598,47 @@ def _read_folder(root: Path) -> tuple[Catalog, list[Path], list[str]]:
 
 
 MANIFEST_COLUMNS = ("item_id", "image_path", "category")
+# optional: the item's cost-per-click bid (or its price, used the same way): RPM in the
+# off-policy estimates of an imported world (docs/ope.md)
+BID_COLUMNS = ("bid", "price")
+
+
+def manifest_bids(col, path: Path, column: str) -> np.ndarray:
+    """float64 bids, each finite and > 0, from a manifest column (numbers, or text in a
+    CSV); an error names the file, the column and the first bad row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if col.null_count:
+        row = int(col.is_null().to_numpy(zero_copy_only=False).nonzero()[0][0])
+        raise InputError(
+            f"{path}: row {row}: column {column!r} is missing or NaN (every item needs a bid > 0)"
+        )
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):  # CSV: text
+        values = []
+        for row, v in enumerate(col.to_pylist()):
+            try:
+                values.append(float(v))
+            except ValueError:
+                raise InputError(
+                    f"{path}: row {row}: column {column!r}: {v!r} is not a number"
+                ) from None
+        b = np.asarray(values, dtype=np.float64)
+    elif pa.types.is_floating(t) or pa.types.is_integer(t):
+        b = np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False))
+    else:
+        raise InputError(f"{path}: column {column!r} must be numbers, got {t}")
+    bad = ~(np.isfinite(b) & (b > 0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{path}: row {row}: column {column!r}: {float(b[row])!r} is not a finite number > 0 "
+            f"({int(bad.sum())} such rows)"
+        )
+    return b
+
+
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -671,12 +714,16 @@ def _read_manifest(path: Path) -> tuple[Catalog, list[Path], list[str]]:
             f"{path}: manifest is missing column {missing[0]!r} "
             f"(needs {', '.join(MANIFEST_COLUMNS)})"
         )
-    extra = [c for c in table.column_names if c not in MANIFEST_COLUMNS]
+    extra = [c for c in table.column_names if c not in (*MANIFEST_COLUMNS, *BID_COLUMNS)]
     if extra:
         raise InputError(
             f"{path}: manifest has unexpected column {extra[0]!r} (columns are exactly "
-            f"{', '.join(MANIFEST_COLUMNS)}; a misspelt name is caught here)"
+            f"{', '.join(MANIFEST_COLUMNS)}, and optionally bid or price; a misspelt name is "
+            "caught here)"
         )
+    bid_cols = [c for c in BID_COLUMNS if c in table.column_names]
+    if len(bid_cols) > 1:
+        raise InputError(f"{path}: manifest has both 'bid' and 'price'; keep one")
     if table.num_rows == 0:
         raise InputError(f"{path}: manifest has no rows")
     for col in MANIFEST_COLUMNS:
@@ -703,6 +750,7 @@ def _read_manifest(path: Path) -> tuple[Catalog, list[Path], list[str]]:
             raise InputError(f"{path}: row {row}: image_path {rel!r} escapes the manifest's folder")
         paths.append(p)
         wheres.append(f"{path}: row {row}")
+    bids = manifest_bids(table.column(bid_cols[0]), path, bid_cols[0]) if bid_cols else None
     cat = Catalog(
         ids,
         np.empty((len(paths), 0, 0, 0), dtype=np.uint8),  # placeholder until decoded
@@ -710,5 +758,6 @@ def _read_manifest(path: Path) -> tuple[Catalog, list[Path], list[str]]:
         names,
         str(path),
         keys,
+        bids,
     )
     return cat, paths, wheres

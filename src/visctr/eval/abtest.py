@@ -8,6 +8,15 @@ world's hidden click model scores what it shows (DESIGN §4, the paper's headlin
   (control). ``oracle``: the items with the highest true click probability (ceiling).
   A method: retrieve ``candidates`` items from the whole catalog by cosine similarity of
   its embeddings (FAISS, exact), re-rank them with its CTR model, show the top ``top_k``.
+- **Ranking** (``rank_by``): ``ctr`` ranks by predicted click probability alone; ``ecpm``
+  by eCPM = pCTR × the item's hidden cost-per-click bid, as ad systems do: a method by
+  sigmoid(CTR logit) × bid over its retrieved candidates, the legacy policy by
+  max(its score, 0) × bid over its own top ``candidates`` (its score is a similarity plus
+  a log-popularity boost, not a probability, and can be negative: a negative score gets no
+  revenue weight and such items go last, among themselves by score), the oracle by true
+  click probability × bid (the revenue ceiling).
+- **Revenue**: when the world has bids, RPM = 1000 × Σ E[click] × bid / impressions (the
+  revenue per mille impressions, sampled beside it), whichever the ranking.
 - **Figures**: expected clicks from the hidden click model (no sampling noise) per
   impression = CTR; sampled clicks beside it; lift vs a baseline policy with a paired
   bootstrap CI over queries; share of the oracle's CTR; exposure fairness (share of
@@ -157,6 +166,7 @@ class ClickModel:
         appeal = np.asarray(world.items.get("appeal", np.zeros(len(rows))), dtype=np.float64)
         self.appeal = appeal_multiplier(appeal, self.cfg.appeal_strength)
         self.user_aff = world.users_affinity[traffic.users]
+        self.bid = item_bids(world)
 
     def probability(self, shown: np.ndarray, q: slice | None = None) -> np.ndarray:
         """P(click) of ``shown`` item rows ``[q, K]`` at positions 0..K-1."""
@@ -177,11 +187,12 @@ class ClickModel:
             self.appeal,
         )
 
-    def best(self, k: int) -> np.ndarray:
-        """The oracle's top ``k`` item rows per query: highest P(click) at the top slot.
+    def best(self, k: int, bid: np.ndarray | None = None) -> np.ndarray:
+        """The oracle's top ``k`` item rows per query: highest P(click) at the top slot
+        (times the item's ``bid`` when given: the eCPM ranking's revenue ceiling).
 
         Position bias is the same decreasing factor for every item, so showing items in
-        order of their top-slot probability maximises expected clicks."""
+        order of their top-slot probability (× bid) maximises expected clicks (revenue)."""
         n = len(self.categories)
         chunk = max(8, 2**21 // n)  # [chunk, n] float64 blocks of at most 16 MB
         out = np.empty((len(self.traffic), k), dtype=np.int64)
@@ -201,21 +212,73 @@ class ClickModel:
                 self.cfg.clicks,
                 self.appeal,
             )
+            if bid is not None:
+                p = p * bid[None, :]
             top = np.argpartition(-p, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(p, top, 1), axis=1, kind="stable")
             out[q] = np.take_along_axis(top, order, 1)
         return out
 
 
-def legacy_policy(world: World, traffic: Traffic, k: int) -> np.ndarray:
-    """The world's logging policy (thumbnail similarity + popularity boost), top ``k``."""
+RANK_BY = ("ctr", "ecpm")
+
+
+def item_bids(world: World) -> np.ndarray | None:
+    """The items' cost-per-click bids in item-row order, or None when the world has none."""
+    if "bid" not in world.items:
+        return None
+    return np.asarray(world.items["bid"], dtype=np.float64)
+
+
+def legacy_policy(
+    world: World,
+    traffic: Traffic,
+    k: int,
+    bid: np.ndarray | None = None,
+    candidates: int = 50,
+) -> np.ndarray:
+    """The world's logging policy (thumbnail similarity + popularity boost), top ``k``.
+
+    With ``bid`` (eCPM ranking): its top ``candidates`` by score, re-ranked by
+    ``max(score, 0) × bid`` (see the module docstring), ties by score."""
     cfg = world_config(world)
     cfg.logging.top_k = k
     rows = np.asarray(world.items["image_row"])
     thumbs = thumbnails(world.item_images, cfg.logging.thumbnail, rows)
     pop = np.asarray(world.items["popularity"], dtype=np.float64)
     log_pop = torch.from_numpy(np.log(pop / pop.max())).float()
-    return _legacy_top_k(traffic.images, thumbs, log_pop, cfg)
+    if bid is None:
+        return _legacy_top_k(traffic.images, thumbs, log_pop, cfg)
+    n = min(max(candidates, k), thumbs.shape[0])
+    out = np.empty((len(traffic), k), dtype=np.int64)
+    chunk = max(64, min(cfg.chunk_size, 2**24 // thumbs.shape[0]))
+    for s in range(0, len(traffic), chunk):
+        q = thumbnails(traffic.images[s : s + chunk], cfg.logging.thumbnail)
+        score = q @ thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
+        val, idx = score.topk(n, dim=1)
+        val, idx = val.double().numpy(), idx.numpy()
+        out[s : s + len(q)] = np.take_along_axis(idx, legacy_ecpm_order(val, bid[idx])[:, :k], 1)
+    return out
+
+
+def legacy_ecpm_order(score: np.ndarray, bid: np.ndarray) -> np.ndarray:
+    """Per row, the order of ``score`` ``[Q, N]`` by ``max(score, 0) × bid`` descending,
+    ties (every negative score among them) by score descending."""
+    ecpm = np.maximum(score, 0.0) * bid
+    return np.lexsort((-score, -ecpm), axis=1)
+
+
+def ecpm_scorer(
+    score: Callable[[np.ndarray], np.ndarray], bid: np.ndarray
+) -> Callable[[np.ndarray], np.ndarray]:
+    """``score`` (candidate item rows -> CTR logits) turned into eCPM = sigmoid(logit) ×
+    bid, the ranking key of ``rank_by: ecpm``."""
+
+    def ecpm(cand: np.ndarray) -> np.ndarray:
+        logits = np.asarray(score(cand), dtype=np.float64)
+        return 1.0 / (1.0 + np.exp(-logits)) * bid[cand]
+
+    return ecpm
 
 
 def retrieve_and_rerank(
@@ -244,6 +307,8 @@ class PolicyFigures:
     expected: np.ndarray  # float64 [Q] expected clicks per query
     sampled: np.ndarray  # int64 [Q] sampled clicks per query
     shown: np.ndarray  # int64 [Q, K] item rows
+    revenue: np.ndarray | None = None  # float64 [Q] expected Σ click × bid per query
+    revenue_sampled: np.ndarray | None = None  # float64 [Q] sampled Σ click × bid
 
     @property
     def ctr(self) -> float:
@@ -253,12 +318,28 @@ class PolicyFigures:
     def ctr_sampled(self) -> float:
         return float(self.sampled.sum() / self.shown.size)
 
+    @property
+    def rpm(self) -> float | None:
+        """Revenue per mille impressions, 1000 × Σ E[click] × bid / impressions."""
+        return None if self.revenue is None else float(1000 * self.revenue.sum() / self.shown.size)
+
+    @property
+    def rpm_sampled(self) -> float | None:
+        if self.revenue_sampled is None:
+            return None
+        return float(1000 * self.revenue_sampled.sum() / self.shown.size)
+
 
 def score_policy(clicks: ClickModel, shown: np.ndarray, seed: int) -> PolicyFigures:
+    """Expected and sampled clicks of ``shown`` (and revenue, when the world has bids)."""
     p = clicks.probability(shown)
     rng = np.random.default_rng([int(seed), TRAFFIC_STREAM, 1])
-    sampled = (rng.random(p.shape) < p).sum(1)
-    return PolicyFigures(p.sum(1), sampled, shown)
+    clicked = rng.random(p.shape) < p
+    bid = getattr(clicks, "bid", None)
+    if bid is None:
+        return PolicyFigures(p.sum(1), clicked.sum(1), shown)
+    b = bid[shown]
+    return PolicyFigures(p.sum(1), clicked.sum(1), shown, (p * b).sum(1), (clicked * b).sum(1))
 
 
 def paired_lift(
@@ -300,7 +381,8 @@ def summarise(
     figures: dict[str, PolicyFigures], is_head: np.ndarray, baselines: tuple[str, ...], seed: int
 ) -> dict[str, dict[str, float]]:
     """Per policy: ``ctr``, ``ctr_sampled``, ``oracle_share``, ``lift_vs_<b>`` (+ CI) for
-    each baseline present, and the exposure figures."""
+    each baseline present, and the exposure figures; with revenue (a world with bids) also
+    ``rpm``, ``rpm_sampled``, ``rpm_oracle_share`` and ``rpm_lift_vs_<b>`` (+ CI)."""
     oracle = figures.get("oracle")
     out: dict[str, dict[str, float]] = {}
     for name, f in figures.items():
@@ -313,6 +395,16 @@ def summarise(
                 row[f"lift_vs_{b}"] = lift["lift"]
                 row[f"lift_vs_{b}_ci_low"] = lift["ci_low"]
                 row[f"lift_vs_{b}_ci_high"] = lift["ci_high"]
+        if f.revenue is not None:
+            row["rpm"], row["rpm_sampled"] = f.rpm, f.rpm_sampled
+            if oracle is not None and oracle.revenue is not None:
+                row["rpm_oracle_share"] = f.rpm / oracle.rpm if oracle.rpm > 0 else float("nan")
+            for b in baselines:
+                if b in figures and b != name and figures[b].revenue is not None:
+                    lift = paired_lift(f.revenue, figures[b].revenue, seed)
+                    row[f"rpm_lift_vs_{b}"] = lift["lift"]
+                    row[f"rpm_lift_vs_{b}_ci_low"] = lift["ci_low"]
+                    row[f"rpm_lift_vs_{b}_ci_high"] = lift["ci_high"]
         out[name] = row
     return out
 

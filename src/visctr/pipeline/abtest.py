@@ -26,24 +26,41 @@ FIGURES = (
     "coverage",
     "gini",
 )
+# with bids in the world: revenue per mille impressions, and its lifts
+REVENUE_FIGURES = (
+    "rpm",
+    "rpm_sampled",
+    "rpm_oracle_share",
+    "rpm_lift_vs_S2",
+    "rpm_lift_vs_legacy",
+)
 
 
 class ABTest:
     """Traffic, click model and the seed-independent policies, built once per run."""
 
     def __init__(self, world: World, cfg: Any, echo=print) -> None:
+        from visctr.errors import InputError
+
         self.world, self.cfg, self.echo = world, cfg, echo
         a = cfg.abtest
+        self.rank_by = getattr(a, "rank_by", "ctr")
+        self.bid = ab.item_bids(world)
+        if self.rank_by == "ecpm" and self.bid is None:
+            raise InputError(
+                f"{world.root / 'items.parquet'}: abtest.rank_by is ecpm but the items have no "
+                "'bid' column; simulate the world again (worlds now carry bids) or rank by ctr"
+            )
+        self.ecpm_bid = self.bid if self.rank_by == "ecpm" else None
         self.k = a.top_k or int(world.meta["summary"].get("top_k", 10))
         self.traffic = ab.simulate_traffic(world, a.queries, a.seed)
         self.clicks = ab.ClickModel(world, self.traffic)
         self.is_head = np.asarray(world.items["is_head"], dtype=bool)
         self.item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
+        legacy = ab.legacy_policy(world, self.traffic, self.k, self.ecpm_bid, a.candidates)
         self.fixed = {
-            "legacy": ab.score_policy(
-                self.clicks, ab.legacy_policy(world, self.traffic, self.k), 0
-            ),
-            "oracle": ab.score_policy(self.clicks, self.clicks.best(self.k), 0),
+            "legacy": ab.score_policy(self.clicks, legacy, 0),
+            "oracle": ab.score_policy(self.clicks, self.clicks.best(self.k, self.ecpm_bid), 0),
         }
 
     def run_seed(
@@ -130,6 +147,16 @@ def serve(
         ids = np.asarray(world.items["item_id"])  # item_vectors are aligned to item rows
         r_items, r_queries = transform.items(item_vectors, ids), transform.queries(query_vectors)
     score = ab.ctr_scorer(ctr_dir, world, emb_dir, traffic, query_vectors)
+    if getattr(cfg.abtest, "rank_by", "ctr") == "ecpm":
+        bid = ab.item_bids(world)
+        if bid is None:
+            from visctr.errors import InputError
+
+            raise InputError(
+                f"{world.root / 'items.parquet'}: abtest.rank_by is ecpm but the items have no "
+                "'bid' column (import the catalog with a bid or price column, or rank by ctr)"
+            )
+        score = ab.ecpm_scorer(score, bid)
     return ab.retrieve_and_rerank(r_queries, r_items, cfg.abtest.candidates, k, score)
 
 
@@ -137,25 +164,32 @@ def aggregate_ab(per_seed: list[dict[str, dict[str, float]]], test: ABTest) -> d
     """``results.json["ab_test"]``: per policy and figure ``{mean, std, per_seed}``; the lift
     CIs (paired bootstrap over traffic queries, 95%) per seed beside them."""
     names = list(per_seed[0])
+    revenue = any("rpm" in s[n] for s in per_seed for n in names)
+    figures = FIGURES + (REVENUE_FIGURES if revenue else ())
     methods: dict[str, dict[str, Any]] = {}
     for name in names:
         row: dict[str, Any] = {}
-        for fig in FIGURES:
+        for fig in figures:
             vals = [s[name].get(fig, float("nan")) for s in per_seed]
             row[fig] = aggregate(vals)
         for b in BASELINES:
-            lo = [s[name].get(f"lift_vs_{b}_ci_low") for s in per_seed]
-            hi = [s[name].get(f"lift_vs_{b}_ci_high") for s in per_seed]
-            if all(v is not None for v in lo):
-                row[f"lift_vs_{b}"]["ci_per_seed"] = [[a, c] for a, c in zip(lo, hi, strict=True)]
+            for lift in (f"lift_vs_{b}", f"rpm_lift_vs_{b}"):
+                lo = [s[name].get(f"{lift}_ci_low") for s in per_seed]
+                hi = [s[name].get(f"{lift}_ci_high") for s in per_seed]
+                if lift in row and all(v is not None for v in lo):
+                    row[lift]["ci_per_seed"] = [[a, c] for a, c in zip(lo, hi, strict=True)]
         methods[name] = row
-    return {
+    out = {
         "traffic_queries": len(test.traffic),
         "candidates": test.cfg.abtest.candidates,
         "top_k": test.k,
         "ci": "95% paired bootstrap over traffic queries, per seed",
         "methods": methods,
     }
+    if revenue or test.rank_by != "ctr":  # results of runs before bids keep their shape
+        out["rank_by"] = test.rank_by
+        out["rpm"] = "1000 × Σ expected clicks × bid / impressions (bids: items.parquet)"
+    return out
 
 
 def load_run(run_dir, world_dir=None) -> tuple[RunLayout, Any, World, list[int]]:
@@ -291,6 +325,13 @@ def abtest_run(
             per_seed.append(test.run_seed(layout, s, c, vectors))
             tag = f"seed {s}" + (f" ctr seed {c}" if cfg.ctr_seeds > 1 else "")
             echo(f"{tag}: " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in per_seed[-1].items()))
+            if any("rpm" in r for r in per_seed[-1].values()):
+                echo(
+                    f"{tag} RPM: "
+                    + "  ".join(
+                        f"{n} {r['rpm']:.2f}" for n, r in per_seed[-1].items() if "rpm" in r
+                    )
+                )
     out = aggregate_ab(per_seed, test)
     out["provenance"] = prov
     out["inputs_changed_since_run"] = changed
@@ -299,7 +340,10 @@ def abtest_run(
 
 
 def format_ab_table(ab: dict) -> str:
+    revenue = any("rpm" in r for r in ab["methods"].values())
     head = ["policy", "ctr", "lift_vs_S2", "lift_vs_legacy", "oracle_share", "tail_exposure"]
+    if revenue:
+        head += ["rpm", "rpm_lift_vs_S2", "rpm_lift_vs_legacy"]
     rows = [head]
     for name, r in ab["methods"].items():
         rows.append([
@@ -310,5 +354,11 @@ def format_ab_table(ab: dict) -> str:
             "—" if r["oracle_share"]["mean"] is None else f"{r['oracle_share']['mean']:.3f}",
             f"{r['tail_exposure_share']['mean']:.3f}",
         ])  # fmt: skip
+        if revenue:
+            rows[-1] += [
+                fmt(r["rpm"], 2) if "rpm" in r else "—",
+                fmt_pct(r.get("rpm_lift_vs_S2", {})),
+                fmt_pct(r.get("rpm_lift_vs_legacy", {})),
+            ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)

@@ -140,6 +140,9 @@ def abtest(run_dir, world_dir, queries, seed, estimator):
         if "ope_validation" in res:
             click.echo("against the simulated A/B CTR of this run:")
             click.echo(format_validation_table(res["ope_validation"]))
+        if "ope_validation_rpm" in res:
+            click.echo("against the simulated A/B RPM of this run:")
+            click.echo(format_validation_table(res["ope_validation_rpm"]))
         click.echo(f"written: {Path(run_dir) / 'ope.json'}")
         return
     out = abtest_run(run_dir, world_dir, queries, seed, echo=click.echo)

@@ -35,8 +35,13 @@ class ABTestConfig:
     candidates: int = 50  # retrieved per query from the whole catalog, then re-ranked
     top_k: int | None = None  # shown per query (None: the world's logging top_k)
     seed: int = 0  # traffic stream (the same traffic for every training seed)
+    # ranking key: ctr (pCTR alone) or ecpm (pCTR × the item's cost-per-click bid; the
+    # world needs bids). Revenue (RPM) is reported either way when the world has bids.
+    rank_by: str = "ctr"
 
     def __post_init__(self) -> None:
+        if self.rank_by not in ("ctr", "ecpm"):
+            raise ValueError(f"rank_by must be ctr or ecpm, got {self.rank_by!r}")
         if not 0 <= self.queries <= MAX_AB_QUERIES:
             raise ValueError(
                 f"queries must be in 0..{MAX_AB_QUERIES:,} (each policy's per-query figures "

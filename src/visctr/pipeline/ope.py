@@ -11,6 +11,12 @@ the logging policy (the test split), always, with the propensities its file reco
 else an estimate (biased for a deterministic ranker). On a simulated world every estimate
 is validated against the true A/B CTR (``results.json["ope_validation"]``); the logging
 policy (``legacy``) is one more policy.
+
+When the world's items have bids (simulated worlds; an imported catalog's ``bid`` or
+``price`` column), every estimator also gives RPM with the reward click × bid of the
+clicked item (the reward model's P(click) × bid for dm/dr): ``rpm`` beside ``ctr``, its
+CI and lift vs S2 on the same bootstrap resamples, validated against the simulated A/B
+RPM (``results.json["ope_validation_rpm"]``). See docs/ope.md.
 """
 
 from __future__ import annotations
@@ -174,11 +180,15 @@ class OPE:
                 raise
             self.skipped["logs"] = str(e)
         self.item_ids = np.asarray(world.items["item_id"], dtype=np.int64)
+        self.bid = ab.item_bids(world)  # revenue estimates when the items have bids
+        ecpm = self.bid if getattr(cfg.abtest, "rank_by", "ctr") == "ecpm" else None
         self.fixed: dict[str, dict[str, np.ndarray]] = {n: {} for n in self.sources}
         if world.ground_truth:  # the logging policy needs the hidden popularity
             for n, src in self.sources.items():
                 traffic = src.with_images(world)
-                self.fixed[n]["legacy"] = ab.legacy_policy(world, traffic, self.k)
+                self.fixed[n]["legacy"] = ab.legacy_policy(
+                    world, traffic, self.k, ecpm, cfg.abtest.candidates
+                )
         test = world.read_impressions("test")
         _, q = np.unique(test["query_id"], return_inverse=True)
         clicks = np.bincount(q, weights=test["clicked"].astype(np.float64))
@@ -301,7 +311,46 @@ class OPE:
                     lo, hi = ope.interval(d / log_draws - 1)
                 row["lift_vs_logging_ci_low"], row["lift_vs_logging_ci_high"] = lo, hi
                 out[e + suffix][n] = row
+        if self.bid is not None:
+            self._revenue(out, src, slates, theta, r_logged, r_shown, stream, estimators)
         return out
+
+    def _revenue(self, out, src, slates, theta, r_logged, r_shown, stream, estimators) -> None:
+        """``rpm`` (+ CI, + lift vs S2) of every estimator and policy into ``out``: the same
+        estimators with the reward click × bid (the reward model's P(click) × bid), on the
+        same bootstrap resamples as the CTR (same stream, same queries)."""
+        c = self.cfg.ope
+        suffix = "" if src.split == "random" else "_log"
+        lg = src.logged
+        mask = lg.mask
+        b_logged = np.where(mask, self.bid[np.where(mask, lg.items, 0)], 0.0)
+        rev = ope.Logged(lg.items, lg.clicks * b_logged, lg.propensity)
+        r_rev = r_logged * b_logged
+        est: dict[tuple[str, str], ope.Estimate] = {}
+        for e in estimators:
+            for n, shown in slates.items():
+                r_s = r_shown[n] * self.bid[shown]
+                est[e, n] = ope.estimate(e, rev, shown, theta, r_rev, r_s)
+        keys = list(est)
+        col = {k: i for i, k in enumerate(keys)}
+        draws = ope.bootstrap_ratios(
+            np.stack([est[k].num for k in keys]),
+            np.stack([est[k].den for k in keys]),
+            c.bootstrap,
+            stream,
+        )
+        for e, n in keys:
+            x, d = est[e, n], draws[:, col[e, n]]
+            row = out[e + suffix][n]
+            row["rpm"] = 1000 * x.ctr
+            lo, hi = ope.interval(1000 * d)
+            row["rpm_ci_low"], row["rpm_ci_high"] = lo, hi
+            if (e, BASELINE) in col and n != BASELINE:
+                base = est[e, BASELINE].ctr
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    lift = d / draws[:, col[e, BASELINE]] - 1
+                row["rpm_lift_vs_S2"] = x.ctr / base - 1 if base > 0 else float("nan")
+                row["rpm_lift_vs_S2_ci_low"], row["rpm_lift_vs_S2_ci_high"] = ope.interval(lift)
 
     def info(self) -> dict[str, Any]:
         log = self.logging
@@ -357,7 +406,10 @@ def aggregate_ope(per_seed: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
                 "ci95": [[r["ci_low"], r["ci_high"]] for r in rows],
                 "ess": aggregate([r["ess"] for r in rows]),
             }
-            for lift in ("lift_vs_S2", "lift_vs_logging"):
+            if "rpm" in rows[0]:
+                entry["rpm"] = aggregate([r["rpm"] for r in rows])
+                entry["rpm_ci95"] = [[r["rpm_ci_low"], r["rpm_ci_high"]] for r in rows]
+            for lift in ("lift_vs_S2", "lift_vs_logging", "rpm_lift_vs_S2"):
                 if lift in rows[0]:
                     entry[lift] = {
                         **aggregate([r[lift] for r in rows]),
@@ -367,13 +419,21 @@ def aggregate_ope(per_seed: list[dict]) -> dict[str, dict[str, dict[str, Any]]]:
     return _finite(out)
 
 
-def validation(ope_results: dict, ab_test: dict) -> dict[str, dict[str, float]]:
-    """``results.json["ope_validation"]``: each estimator against the simulated A/B CTR."""
-    truth = {n: r["ctr"]["per_seed"] for n, r in ab_test["methods"].items()}
+def validation(
+    ope_results: dict, ab_test: dict, figure: str = "ctr"
+) -> dict[str, dict[str, float]]:
+    """``results.json["ope_validation"]``: each estimator against the simulated A/B CTR;
+    with ``figure="rpm"`` (``ope_validation_rpm``) against its RPM (empty when either side
+    has no RPM)."""
+    ci = "ci95" if figure == "ctr" else f"{figure}_ci95"
+    truth = {n: r[figure]["per_seed"] for n, r in ab_test["methods"].items() if figure in r}
     estimates = {
-        e: {n: r["ctr"]["per_seed"] for n, r in by.items()} for e, by in ope_results.items()
+        e: {n: r[figure]["per_seed"] for n, r in by.items() if figure in r}
+        for e, by in ope_results.items()
     }
-    intervals = {e: {n: r["ci95"] for n, r in by.items()} for e, by in ope_results.items()}
+    intervals = {
+        e: {n: r[ci] for n, r in by.items() if figure in r} for e, by in ope_results.items()
+    }
     return _finite(ope.validate(estimates, intervals, truth))
 
 
@@ -427,12 +487,18 @@ def ope_run(run_dir, world_dir=None, echo=print) -> dict:
             break
     if ab_test and len(next(iter(ab_test["methods"].values()))["ctr"]["per_seed"]) == len(seeds):
         out["ope_validation"] = validation(out["ope"], ab_test)
+        rpm = validation(out["ope"], ab_test, "rpm")
+        if rpm:
+            out["ope_validation_rpm"] = rpm
     write_json(out, layout.root / "ope.json")
     return out
 
 
 def format_ope_table(ope_results: dict, estimator: str) -> str:
     head = ["policy", f"ctr ({estimator})", "95% CI (first seed)", "lift_vs_S2", "lift_vs_logging"]
+    revenue = any("rpm" in r for r in ope_results[estimator].values())
+    if revenue:
+        head += [f"rpm ({estimator})", "95% CI (first seed)", "rpm_lift_vs_S2"]
     rows = [head]
     for name, r in ope_results[estimator].items():
         lo, hi = r["ci95"][0]
@@ -444,6 +510,13 @@ def format_ope_table(ope_results: dict, estimator: str) -> str:
             fmt_pct(r["lift_vs_S2"]) if "lift_vs_S2" in r else "—",
             fmt_pct(r["lift_vs_logging"]),
         ])  # fmt: skip
+        if revenue:
+            lo, hi = r.get("rpm_ci95", [[None, None]])[0]
+            rows[-1] += [
+                fmt(r["rpm"], 2) if "rpm" in r else "—",
+                "—" if lo is None else f"[{lo:.2f}, {hi:.2f}]",
+                fmt_pct(r["rpm_lift_vs_S2"]) if "rpm_lift_vs_S2" in r else "—",
+            ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 

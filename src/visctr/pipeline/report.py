@@ -331,6 +331,81 @@ def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
     _save(fig, path)
 
 
+def _rpm_plot(ab: dict, seeds: int, path: Path) -> None:
+    """RPM per policy (mean ± std over seeds), beside the CTR plot."""
+    plt = _plt()
+    names = [n for n in ab["methods"] if "rpm" in ab["methods"][n]]
+    mean = [ab["methods"][n]["rpm"]["mean"] or 0.0 for n in names]
+    std = [ab["methods"][n]["rpm"]["std"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    colors = ["0.6" if n in ("legacy", "oracle") else "C1" for n in names]
+    ax.bar(np.arange(len(names)), mean, 0.7, yerr=std, capsize=3, color=colors)
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylabel("RPM (expected revenue / 1000 impressions)")
+    ax.set_title(
+        f"Simulated A/B test, ranked by {ab.get('rank_by', 'ctr')}: revenue per mille "
+        f"(mean ± std over {seeds} seed(s))"
+    )
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def _ci_per_seed(entry: dict) -> str:
+    ci = entry.get("ci_per_seed")
+    return "; ".join(f"[{a:+.1%}, {b:+.1%}]" for a, b in ci) if ci else "—"
+
+
+def _rpm_section(ab: dict) -> list[str]:
+    """Revenue per policy and, the paper's pair of online figures, the CTR and RPM lifts of
+    S1+S2+D over S2 side by side."""
+    rows = []
+    for name, r in ab["methods"].items():
+        if "rpm" not in r:
+            continue
+        rows.append(
+            f"| {name} | {fmt(r['rpm'], 2)} | {fmt(r['rpm_sampled'], 2)} | "
+            f"{fmt_pct(r.get('rpm_lift_vs_S2', {}))} | "
+            f"{_ci_per_seed(r.get('rpm_lift_vs_S2', {}))} | "
+            f"{fmt_pct(r.get('rpm_lift_vs_legacy', {}))} | "
+            f"{fmt(r.get('rpm_oracle_share', {'mean': None}))} |"
+        )
+    if not rows:
+        return []
+    out = [
+        f"### Revenue (ranked by {ab.get('rank_by', 'ctr')})",
+        "",
+        "RPM = 1000 × Σ expected clicks × the clicked item's cost-per-click bid / impressions "
+        "(the world's hidden bids; sampled clicks beside it). "
+        + (
+            "Every policy ranks by eCPM = pCTR × bid: a method by its CTR model's pCTR, "
+            "`legacy` by max(its score, 0) × bid over its top candidates, `oracle` by the "
+            "true click probability × bid (the revenue ceiling)."
+            if ab.get("rank_by") == "ecpm"
+            else "Policies rank by pCTR alone (`abtest.rank_by: ctr`); bids only price the clicks."
+        ),
+        "",
+        "| policy | RPM | RPM (sampled) | RPM lift vs S2 | RPM lift vs S2, CI per seed "
+        "| RPM lift vs legacy | share of oracle RPM |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "![A/B test RPM](plots/ab_rpm.png)",
+        "",
+    ]
+    d = ab["methods"].get("S1+S2+D")
+    if d and "lift_vs_S2" in d and "rpm_lift_vs_S2" in d:
+        out += [
+            "The paper's two online figures (S1+S2+D against S2; the paper: +4-5% CTR, +1-2% RPM):",
+            "",
+            "| S1+S2+D vs S2 | lift (mean ± std over seeds) | 95% CI per seed |",
+            "|---|---|---|",
+            f"| CTR | {fmt_pct(d['lift_vs_S2'])} | {_ci_per_seed(d['lift_vs_S2'])} |",
+            f"| RPM | {fmt_pct(d['rpm_lift_vs_S2'])} | {_ci_per_seed(d['rpm_lift_vs_S2'])} |",
+            "",
+        ]
+    return out
+
+
 def _ab_section(results: dict) -> list[str]:
     ab = results.get("ab_test")
     if not ab:
@@ -363,6 +438,7 @@ def _ab_section(results: dict) -> list[str]:
         "",
         "![A/B test CTR](plots/ab_ctr.png)",
         "",
+        *_rpm_section(ab),
     ]
 
 
@@ -459,6 +535,31 @@ def _ope_section(results: dict) -> list[str]:
             "```",
             "",
         ]
+    ope_rpm = {e: by for e, by in ope.items() if any("rpm" in r for r in by.values())}
+    if ope_rpm:
+        out += [
+            "RPM estimated with the reward click × bid (the reward model's P(click) × bid "
+            "for dm/dr):",
+            "",
+            "| policy | " + " | ".join(ope_rpm) + " |",
+            "|---|" + "---|" * len(ope_rpm),
+            *[
+                f"| {n} | "
+                + " | ".join(fmt(ope_rpm[e][n].get("rpm", {"mean": None}), 2) for e in ope_rpm)
+                + " |"
+                for n in ope_rpm[next(iter(ope_rpm))]
+            ],
+            "",
+        ]
+    if results.get("ope_validation_rpm"):
+        out += [
+            "Against the simulated A/B RPM (the same figures as for CTR, in RPM units):",
+            "",
+            "```",
+            format_validation_table(results["ope_validation_rpm"]),
+            "```",
+            "",
+        ]
     return [*out, "![off-policy estimates](plots/ope_ctr.png)", ""]
 
 
@@ -490,6 +591,8 @@ def write_report(
     _curves(curves, plots / "training_curves.png")
     if results.get("ab_test"):
         _ab_plot(results["ab_test"], results["seeds"], plots / "ab_ctr.png")
+        if any("rpm" in r for r in results["ab_test"]["methods"].values()):
+            _rpm_plot(results["ab_test"], results["seeds"], plots / "ab_rpm.png")
     if results.get("ope"):
         _ope_plot(results, plots / "ope_ctr.png")
     if results.get("selection_bias"):

@@ -104,6 +104,7 @@ COMPARISON_METRICS = (
     ("hr@10", "methods"),
     ("longtail_hr@10", "methods"),
     ("ab_ctr", "ab_test"),
+    ("ab_rpm", "ab_test"),
     ("ab_tail_exposure_share", "ab_test"),
 )
 

@@ -323,6 +323,12 @@ def run_pipeline(
                 line = "  A/B CTR " + "  ".join(f"{n} {r['ctr']:.4f}" for n, r in row.items())
                 if "lift_vs_S2" in row.get("S1+S2+D", {}):
                     line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['lift_vs_S2']:+.1%})"
+                if any("rpm" in r for r in row.values()):
+                    line += "\n  A/B RPM " + "  ".join(
+                        f"{n} {r['rpm']:.2f}" for n, r in row.items() if "rpm" in r
+                    )
+                    if "rpm_lift_vs_S2" in row.get("S1+S2+D", {}):
+                        line += f"  (S1+S2+D vs S2 {row['S1+S2+D']['rpm_lift_vs_S2']:+.1%})"
                 click.echo(line)
             if estimates is not None:
                 row = stages.timed("ope", lambda c=c: estimates.run_seed(layout, seed, c))
@@ -364,6 +370,9 @@ def run_pipeline(
         results["ope_info"] = estimates.info()
         if "ab_test" in results:
             results["ope_validation"] = validation(results["ope"], results["ab_test"])
+            rpm = validation(results["ope"], results["ab_test"], "rpm")
+            if rpm:
+                results["ope_validation_rpm"] = rpm
     results["representation_bias"] = aggregate_bias(bias_rows)
     results["selection_bias"] = (
         aggregate_selection(selection, selection_seeds) if "selection_bias" not in skipped else {}

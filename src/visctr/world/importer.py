@@ -881,6 +881,7 @@ def import_world(
                     "image_row": pa.array(np.arange(n_items), pa.int64()),
                     "train_impressions": pa.array(train_counts, pa.int64()),
                     "is_head": pa.array(is_head, pa.bool_()),
+                    **({"bid": pa.array(cat.bids, pa.float64())} if cat.bids is not None else {}),
                 }
             ),
             tmp / "items.parquet",

@@ -75,6 +75,14 @@ class SimConfig:
     # visual score and the Zipf popularity order (0 = popularity independent of looks).
     appeal_strength: float = 0.0
     style_correlation: float = 0.0
+    # Cost-per-click bids (docs/world-format.md, "Bids"): lognormal, median `bid_median`
+    # times a per-category factor exp(bid_category_spread · N(0,1)), item spread
+    # `bid_sigma`; `bid_popularity_correlation` ties log-bid to log-popularity. Drawn from a
+    # random stream of their own: no other array of the world depends on them, nor clicks.
+    bid_median: float = 0.5
+    bid_sigma: float = 0.5
+    bid_category_spread: float = 0.5
+    bid_popularity_correlation: float = 0.0
     logging: LoggingPolicyConfig = field(default_factory=LoggingPolicyConfig)
     clicks: ClickModelConfig = field(default_factory=ClickModelConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -92,6 +100,13 @@ class SimConfig:
             raise ValueError("style_correlation must be in [-1, 1]")
         if not 0 <= self.appeal_strength <= 5:
             raise ValueError("appeal_strength must be in [0, 5]")
+        if not (np.isfinite(self.bid_median) and self.bid_median > 0):
+            raise ValueError("bid_median must be a finite number > 0")
+        for name in ("bid_sigma", "bid_category_spread"):
+            if not 0 <= getattr(self, name) <= 5:
+                raise ValueError(f"{name} must be in [0, 5]")
+        if not -1 <= self.bid_popularity_correlation <= 1:
+            raise ValueError("bid_popularity_correlation must be in [-1, 1]")
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -165,6 +180,35 @@ def appeal_multiplier(appeal: np.ndarray, strength: float) -> np.ndarray:
         return np.ones_like(appeal, dtype=np.float64)
     m = np.exp(strength * appeal)
     return m / m.mean()
+
+
+BID_STREAM = 0xB1D  # the bids' random stream, apart from everything else the world draws
+
+
+def draw_bids(
+    categories: np.ndarray, n_categories: int, popularity: np.ndarray, cfg: SimConfig, seed: int
+) -> np.ndarray:
+    """Hidden cost-per-click bid per item (> 0): lognormal around a per-category median.
+
+    ``log bid = log(bid_median) + bid_category_spread · c[category] + bid_sigma · z`` with
+    ``c`` standard normal per category and ``z = ρ·std(log popularity) + √(1−ρ²)·noise``
+    (ρ = ``bid_popularity_correlation``). From ``default_rng([seed, BID_STREAM])``: no other
+    array of the world consumes these draws, and the click model never reads a bid."""
+    rng = np.random.default_rng([int(seed), BID_STREAM])
+    cat_factor = rng.standard_normal(n_categories)
+    noise = rng.standard_normal(len(categories))
+    rho = cfg.bid_popularity_correlation
+    z = noise
+    if rho != 0:
+        lp = np.log(popularity)
+        lp = (lp - lp.mean()) / max(lp.std(), 1e-12)
+        z = rho * lp + np.sqrt(1 - rho**2) * noise
+    log_bid = (
+        np.log(cfg.bid_median)
+        + cfg.bid_category_spread * cat_factor[np.asarray(categories)]
+        + cfg.bid_sigma * z
+    )
+    return np.exp(log_bid).astype(np.float64)
 
 
 def sample_targets(
@@ -297,6 +341,7 @@ class WorldArrays:
     query_images: np.ndarray
     impressions: dict[str, dict[str, np.ndarray]]
     summary: dict
+    bid: np.ndarray | None = None  # hidden cost-per-click bid per item (draw_bids)
 
 
 def _photograph_all(
@@ -509,7 +554,14 @@ def simulate_arrays(
         "appeal_popularity_correlation": float(np.corrcoef(appeal, np.log(popularity))[0, 1]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return WorldArrays(cat, popularity, appeal, affinity, queries, qimages, impressions, summary)
+    bid = draw_bids(cat.categories, n_cat, popularity, cfg, seed)
+    summary["bid_median"] = float(np.median(bid))
+    summary["bid_log_popularity_correlation"] = float(
+        np.corrcoef(np.log(bid), np.log(popularity))[0, 1]
+    )
+    return WorldArrays(
+        cat, popularity, appeal, affinity, queries, qimages, impressions, summary, bid
+    )
 
 
 def write_world(w: WorldArrays, cfg: SimConfig, seed: int, out: Path) -> dict:
@@ -559,6 +611,7 @@ def _write_world_into(
                 "image_row": pa.array(np.arange(n), pa.int64()),
                 "popularity": pa.array(w.popularity, pa.float64()),
                 "appeal": pa.array(w.appeal, pa.float64()),
+                **({"bid": pa.array(w.bid, pa.float64())} if w.bid is not None else {}),
                 "train_impressions": pa.array(counts, pa.int64()),
                 "is_head": pa.array(is_head, pa.bool_()),
                 **(
@@ -674,5 +727,10 @@ def format_summary(s: dict) -> str:
             f"correlation {s.get('style_correlation', 0.0):g}; corr(appeal, log popularity) "
             f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean "
             f"appeal {s.get('head_tail_appeal_gap', float('nan')):+.2f}"
+        )
+    if "bid_median" in s:
+        lines.append(
+            f"bids (cost per click): median {s['bid_median']:.3g}, corr(log bid, log "
+            f"popularity) {s.get('bid_log_popularity_correlation', float('nan')):+.2f}"
         )
     return "\n".join(lines)

@@ -327,15 +327,21 @@ class World:
         _unique(self.queries["query_id"], queries_p, "query_id")
         _unique(user_ids, users_p, "user_id")
         _in_range(self.items["category"], self.n_categories, items_p, "category")
-        for col in ("popularity", "appeal"):  # the hidden truth the A/B test reads
+        for col in ("popularity", "appeal", "bid"):  # what the A/B test and OPE read
             if col in self.items:
-                v = np.asarray(self.items[col], dtype=np.float64)
+                v = self.items[col]
+                if v.dtype.kind not in "fiu":
+                    raise InputError(
+                        f"{items_p}: column {col!r} must be numbers, got {v.dtype} (row 0: "
+                        f"{v[0]!r})"
+                    )
+                v = np.asarray(v, dtype=np.float64)
                 bad = ~np.isfinite(v)
-                if col == "popularity":
+                if col in ("popularity", "bid"):
                     bad |= v <= 0
                 if bad.any():
                     row = int(np.flatnonzero(bad)[0])
-                    what = "not a finite number > 0" if col == "popularity" else "NaN or inf"
+                    what = "not a finite number > 0" if col != "appeal" else "NaN or inf"
                     raise InputError(
                         f"{items_p}: row {row}: {col} {float(v[row])} is {what} "
                         f"({int(bad.sum())} such rows)"
