@@ -432,10 +432,13 @@ DAMAGE = {
 
 @pytest.fixture(scope="module")
 def finished_s1(tiny_world_dir, tmp_path_factory) -> Path:
-    from visctr.encoders import S1Config, pretrain
+    from visctr.encoders import S1Config, S1ObjectiveConfig, pretrain
 
+    # what `visctr pretrain --config` below resolves (the small preset's InfoNCE objective),
+    # so that the verb resumes this stage
     cfg = S1Config(
         encoder=TINY_ENCODER, epochs=1, batch_size=64, probe_items=0,
+        objective=S1ObjectiveConfig(method="infonce"),
         trainer=TrainerConfig(accelerator="cpu", progress_bar=False, checkpoint_every_n_steps=2),
     )  # fmt: skip
     out = tmp_path_factory.mktemp("s1") / "s1"
