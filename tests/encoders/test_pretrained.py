@@ -241,11 +241,12 @@ def _rgb_catalog(root, n_per_class: int = 40, classes: int = 5):
 
 RUN = """
 world:
-  catalog: {{source: "{catalog}", image_size: 64, channels: 3, max_items: null}}
+  catalog: {{source: "{catalog}", image_size: 32, channels: 3, max_items: null}}
   n_users: 40
   n_queries: 300
   n_random_queries: 100
   n_retrieval_queries: 100
+abtest: {{queries: 100}}
 s1: {{batch_size: 32, probe_items: 50, encoder: {enc}}}
 s2: {{batch_size: 32, probe_items: 50, encoder: {enc}}}
 classify: {{batch_size: 32, probe_items: 50, encoder: {enc}}}
@@ -254,8 +255,8 @@ classify: {{batch_size: 32, probe_items: 50, encoder: {enc}}}
 
 @pytest.mark.slow
 def test_an_rgb_jpeg_catalog_runs_end_to_end_on_a_torchvision_resnet(r18, tmp_path):
-    """`visctr run --preset tiny` over 64 px RGB JPEGs with torchvision:resnet18 started
-    from a local weights file: every method is measured."""
+    """`visctr run --preset tiny` over RGB JPEGs (64 px, read at 32) with
+    torchvision:resnet18 started from a local weights file: every method is measured."""
     _, weights = r18
     catalog = _rgb_catalog(tmp_path / "shop")
     enc = f'{{backbone: "torchvision:resnet18", embed_dim: 32, weights: "{weights}"}}'
