@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from _child import run_child
+from visctr.presets import PRESET_NAMES
 
 GROUPS = ("world", "encoder", "embed", "ctr", "evaluate", "abtest", "total")
 
@@ -67,7 +68,7 @@ def grouped(timings: dict[str, float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"])
+    ap.add_argument("--preset", default="tiny", choices=PRESET_NAMES)
     ap.add_argument("--factors", type=float, nargs="+", default=[1, 2, 4])
     args = ap.parse_args()
     rows = []

@@ -1,6 +1,6 @@
 """Sweep S3 (debias) CTR variants on one seed directory of a ``visctr run``.
 
-The README's "Tuning" table came from this script on a *dev* world, a run with another
+The "Tuning" table of docs/results.md came from this script on a *dev* world, a run with another
 world seed than the reported one (``visctr run --preset small --seed 100 --seeds 1 --out
 runs/dev``), so the reported world's random-exposure set is never used to choose:
 

@@ -157,7 +157,8 @@ def test_stage_verbs_resolve_the_stage_config_of_run(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         "s1: {epochs: 2, objective: {temperature: 0.3}}\ns2: {lambda_s1: 0.25}\n"
-        "classify: {batch_size: 32}\ntrainer: {accelerator: cpu, progress_bar: false}\n"
+        "classify: {batch_size: 32}\nctr: {lr: 0.002}\n"
+        "trainer: {accelerator: cpu, progress_bar: false}\n"
     )
     verbs = (("pretrain", S1Config, "s1"), ("finetune", S2Config, "s2"),
              ("classify", ClassifyConfig, "classify"))  # fmt: skip
@@ -171,3 +172,9 @@ def test_stage_verbs_resolve_the_stage_config_of_run(tmp_path):
                     verb,
                 )
     assert resolve_run_config("small").s1.objective.method == "infonce"  # not the default
+    from visctr.eval.cli import ctr_config
+
+    for preset in PRESET_NAMES:  # and train-ctr trains run's CTR model
+        for path in (None, cfg):
+            assert ctr_config(preset, path) == resolve_run_config(preset, path).ctr, (preset, path)
+    assert ctr_config("tiny").max_epochs == 1

@@ -165,7 +165,7 @@ def _with_bid(lines: list[str], name: str = "bid") -> list[str]:
         ("impressions", lambda ls: _set(ls, 9, 2, "-1"),
          "impressions.csv: row 9: position -1 is not 0..2147483647"),
         ("queries", lambda ls: _set(ls, 4, 3, "next tuesday"),
-         "queries.csv: row 4: timestamp 'next tuesday' is neither integer seconds nor ISO-8601"),
+         "queries.csv: row 4: timestamp 'next tuesday' is neither an epoch integer nor ISO-8601"),
         ("queries", lambda ls: _set(ls, 2, 1, ""),
          "queries.csv: row 2: column 'image_path' is empty (a query without an image)"),
         ("queries", lambda ls: _set(ls, 2, 1, "queries/missing.png"),
@@ -190,6 +190,9 @@ def _with_bid(lines: list[str], name: str = "bid") -> list[str]:
         ("queries", lambda ls: _set(ls, 4, 3, "1969-07-20T20:17:00Z"),
          "queries.csv: row 4: timestamp '1969-07-20T20:17:00Z' is 1969-07-20T20:17:00Z (read "
          "as ISO-8601), outside 1990..2100"),
+        ("queries", lambda ls: _set(ls, 4, 3, "99999999999999999999999"),
+         "queries.csv: row 4: timestamp '99999999999999999999999' is out of range for an "
+         "epoch time"),
         ("queries", lambda ls: _set(ls, 4, 3, "86400"),
          "queries.csv: row 4: timestamp '86400' is 1970-01-02T00:00:00Z (read as epoch seconds "
          "from its magnitude), outside 1990..2100"),

@@ -132,9 +132,10 @@ def embed(
     batch = np.stack(arrays)
     dev = _device(device)
     was_training = encoder.training
+    home = next(encoder.parameters()).device
     encoder.eval().to(dev)
     try:
         chunks = embed_images(encoder, batch, np.arange(len(batch)), batch_size, dev)
         return np.concatenate(list(chunks))
-    finally:
-        encoder.train(was_training)
+    finally:  # the caller's encoder as it was: its mode and its device
+        encoder.train(was_training).to(home)

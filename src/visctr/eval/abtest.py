@@ -220,9 +220,6 @@ class ClickModel:
         return out
 
 
-RANK_BY = ("ctr", "ecpm")
-
-
 def item_bids(world: World) -> np.ndarray | None:
     """The items' cost-per-click bids in item-row order, or None when the world has none."""
     if "bid" not in world.items:

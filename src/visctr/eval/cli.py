@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from visctr.cli_common import SEED, check_out, handle_errors, path_option, trainer_options
+from visctr.cli_common import (
+    SEED,
+    check_out,
+    handle_errors,
+    path_option,
+    preset_option,
+    trainer_options,
+)
 
 
 @click.command("evaluate")
@@ -73,6 +80,35 @@ def evaluate(
         click.echo(f"written to {out}")
 
 
+def ctr_config(
+    preset: str,
+    config_file: Path | None = None,
+    trainer_overrides: dict | None = None,
+    debias: bool | None = None,
+    compile_: bool | None = None,
+):
+    """train-ctr's config as ``visctr run`` resolves its ``ctr`` section: the defaults, the
+    preset's ``ctr``, the file's (a CTR config or a run config's ``ctr`` with its
+    ``trainer``), then the flags."""
+    from visctr.config import from_dict, merge, read_yaml, stage_section
+    from visctr.ctr import CTRConfig
+    from visctr.presets import preset_section
+
+    data = preset_section(preset, "ctr")
+    if config_file:
+        file_data = stage_section(read_yaml(config_file), "ctr", config_file)
+        from_dict(CTRConfig, file_data, where=str(config_file))  # its errors name the file
+        data = merge(data, file_data)
+    if trainer_overrides:
+        data = merge(data, {"trainer": trainer_overrides})
+    if debias is not None:
+        data = merge(data, {"debias": {"enabled": debias}})
+    if compile_ is not None:
+        data = merge(data, {"compile": compile_})
+    where = f"{config_file} + command line" if config_file else "config"
+    return from_dict(CTRConfig, data, where=where)
+
+
 @click.command("train-ctr")
 @path_option(
     "--world", "world_dir", required=True, help="World directory written by 'visctr simulate'."
@@ -111,6 +147,7 @@ def evaluate(
     "config.yaml, visctr config show): its ctr section is used (strict: unknown keys are "
     "errors).",
 )
+@preset_option("The CTR budget of 'visctr run --preset' (the config file and flags override it).")
 @trainer_options
 @handle_errors
 def train_ctr_cmd(
@@ -122,24 +159,17 @@ def train_ctr_cmd(
     out_dir: Path,
     seed: int,
     config_file: Path | None,
+    preset: str,
     trainer_overrides: dict,
 ) -> None:
     """Train a CTR model (optionally with S3 debiasing) and print its test metrics."""
-    from visctr.config import from_dict, merge, read_yaml, stage_section
-    from visctr.ctr import CTRConfig, train_ctr
+    from visctr.ctr import train_ctr
     from visctr.eval.ctr import evaluate_ctr
     from visctr.train import check_logger, is_global_zero
     from visctr.world import World
 
     check_out(out_dir, "ctr", world_dir, embeddings, reference, config_file)
-    data = stage_section(read_yaml(config_file), "ctr", config_file) if config_file else {}
-    if trainer_overrides:
-        data = merge(data, {"trainer": trainer_overrides})
-    if debias is not None:
-        data = merge(data, {"debias": {"enabled": debias}})
-    if compile_ is not None:
-        data = merge(data, {"compile": compile_})
-    cfg = from_dict(CTRConfig, data, where=str(config_file) if config_file else "config")
+    cfg = ctr_config(preset, config_file, trainer_overrides, debias, compile_)
     check_logger(cfg.trainer.logger)  # before anything is written
     world = World.load(world_dir)
     train_ctr(world, embeddings, out_dir, cfg, seed, reference=reference)

@@ -114,8 +114,9 @@ def selection_spaces(cfg: Any, ctr_seed: int) -> dict[str, str]:
             if r.name != REFERENCE and users:
                 out[users[0]] = r.name
     for name, m in METHODS.items():
-        if CTR_VARIANTS[m.ctr](cfg.ctr).debias.enabled:
-            out[name] = f"{name} gated"
+        debias = CTR_VARIANTS[m.ctr](cfg.ctr).debias
+        if debias.enabled:  # the space its retrieval uses: the gated or the debiased vector
+            out[name] = f"{name} {debias.retrieval_vector}"
     return out
 
 

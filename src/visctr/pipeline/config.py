@@ -21,6 +21,8 @@ from visctr.train import TrainerConfig, check_logger
 from visctr.world.presets import resolve_world_config
 from visctr.world.simulate import SimConfig
 
+RANK_BY = ("ctr", "ecpm")  # what abtest.rank_by may be
+
 # A/B traffic per run. Its photos are taken on demand (eval.abtest.TrafficPhotos), but each
 # policy's shown items, each encoder's query vectors and the per-query clicks the paired
 # bootstrap resamples are held: about 1 KB a query for the seven methods
@@ -37,10 +39,10 @@ class ABTestConfig:
     seed: int = 0  # traffic stream (the same traffic for every training seed)
     # ranking key: ctr (pCTR alone) or ecpm (pCTR × the item's cost-per-click bid; the
     # world needs bids). Revenue (RPM) is reported either way when the world has bids.
-    rank_by: str = "ctr"
+    rank_by: str = "ctr"  # one of RANK_BY
 
     def __post_init__(self) -> None:
-        if self.rank_by not in ("ctr", "ecpm"):
+        if self.rank_by not in RANK_BY:
             raise ValueError(f"rank_by must be ctr or ecpm, got {self.rank_by!r}")
         if not 0 <= self.queries <= MAX_AB_QUERIES:
             raise ValueError(

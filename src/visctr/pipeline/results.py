@@ -166,6 +166,7 @@ def paired_ci(
     runs over the encoder-seed means; ``n`` is the number of encoder seeds (without
     ``groups``, every replicate is its own). ``per_seed`` keeps the per-replicate
     differences. Fewer than two encoder seeds give no interval."""
+    interval = INTERVAL if groups is not None else "t over replicates"
     groups = list(range(len(a))) if groups is None else list(groups)
     kept = [
         (x - y, g)
@@ -182,7 +183,7 @@ def paired_ci(
         "n": n,
         "n_replicates": len(diffs),
         "per_encoder_seed": means,
-        "interval": INTERVAL,
+        "interval": interval,
     }
 
 

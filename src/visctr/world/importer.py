@@ -245,9 +245,10 @@ LATEST = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp())
 
 def _date(seconds: int) -> str:
     try:
-        return str(np.datetime64(int(seconds), "s")) + "Z"
+        d = np.datetime64(int(seconds), "s")
     except (OverflowError, ValueError):
         return "out of range"
+    return "out of range" if np.isnat(d) else str(d) + "Z"
 
 
 class TimestampReader:
@@ -306,14 +307,20 @@ class TimestampReader:
                 for i, v in enumerate(col.to_pylist()):
                     v = v.strip()
                     if _INT.fullmatch(v):
-                        raw[i] = int(v)
+                        try:
+                            raw[i] = int(v)
+                        except OverflowError:
+                            raise InputError(
+                                f"{path}: row {row0 + i}: {column} {v!r} is out of range for an "
+                                "epoch time"
+                            ) from None
                         continue
                     try:
                         d = datetime.fromisoformat(v)
                     except ValueError:
                         raise InputError(
-                            f"{path}: row {row0 + i}: {column} {v!r} is neither integer seconds "
-                            "nor ISO-8601 (e.g. 2026-01-31T12:00:00Z)"
+                            f"{path}: row {row0 + i}: {column} {v!r} is neither an epoch "
+                            "integer nor ISO-8601 (e.g. 2026-01-31T12:00:00Z)"
                         ) from None
                     if d.tzinfo is None:
                         d = d.replace(tzinfo=UTC)
@@ -321,7 +328,7 @@ class TimestampReader:
                     is_int[i] = False
         else:
             raise InputError(
-                f"{path}: column {column!r} must be integer seconds or ISO-8601 text, got {t}"
+                f"{path}: column {column!r} must be epoch integers or ISO-8601 text, got {t}"
             )
         self.iso = self.iso or not is_int.all()
         self.ints = self.ints or bool(is_int.any())
