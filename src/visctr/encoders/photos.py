@@ -132,10 +132,13 @@ def embed(
     batch = np.stack(arrays)
     dev = _device(device)
     was_training = encoder.training
-    home = next(encoder.parameters()).device
+    tensors = [*encoder.parameters(), *encoder.buffers()]
+    home = tensors[0].device if tensors else None
     encoder.eval().to(dev)
     try:
         chunks = embed_images(encoder, batch, np.arange(len(batch)), batch_size, dev)
         return np.concatenate(list(chunks))
     finally:  # the caller's encoder as it was: its mode and its device
-        encoder.train(was_training).to(home)
+        encoder.train(was_training)
+        if home is not None:
+            encoder.to(home)
