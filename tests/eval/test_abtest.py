@@ -6,17 +6,6 @@ import numpy as np
 import pytest
 
 from visctr.eval import abtest as ab
-from visctr.world import World
-
-
-@pytest.fixture(scope="module")
-def world(tiny_world_dir) -> World:
-    return World.load(tiny_world_dir)
-
-
-@pytest.fixture(scope="module")
-def traffic(world) -> ab.Traffic:
-    return ab.simulate_traffic(world, 60, seed=0)
 
 
 def _click_prob_reference(world, traffic, q, item, pos) -> float:

@@ -39,16 +39,6 @@ def world_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def world(tiny_world_dir) -> World:
-    return World.load(tiny_world_dir)
-
-
-@pytest.fixture(scope="module")
-def traffic(world) -> ab.Traffic:
-    return ab.simulate_traffic(world, 60, seed=0)
-
-
 def test_bids_leave_every_other_array_and_every_ab_ctr_unchanged(tiny_world_dir, world, traffic):
     from visctr.world.simulate import pixel_vectors
 

@@ -313,41 +313,33 @@ def _comparisons_section(results: dict) -> list[str]:
     ]
 
 
-def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
+def _ab_bars(
+    ab: dict, seeds: int, path: Path, metric: str, color: str, ylabel: str, title: str
+) -> None:
+    """A bar per policy of ``metric`` (mean ± std over seeds); legacy and oracle in grey."""
     plt = _plt()
-    names = list(ab["methods"])
-    mean = [ab["methods"][n]["ctr"]["mean"] or 0.0 for n in names]
-    std = [ab["methods"][n]["ctr"]["std"] or 0.0 for n in names]
+    names = [n for n in ab["methods"] if metric in ab["methods"][n]]
+    mean = [ab["methods"][n][metric]["mean"] or 0.0 for n in names]
+    std = [ab["methods"][n][metric]["std"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(8, 3.4))
-    colors = ["0.6" if n in ("legacy", "oracle") else "C0" for n in names]
+    colors = ["0.6" if n in ("legacy", "oracle") else color for n in names]
     ax.bar(np.arange(len(names)), mean, 0.7, yerr=std, capsize=3, color=colors)
     ax.set_xticks(np.arange(len(names)), names)
-    ax.set_ylabel("CTR (expected clicks / impression)")
-    ax.set_title(
-        f"Simulated A/B test: {ab['traffic_queries']:,} fresh queries, top {ab['top_k']} "
-        f"shown (mean ± std over {seeds} seed(s))"
-    )
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} (mean ± std over {seeds} seed(s))")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
+
+
+def _ab_plot(ab: dict, seeds: int, path: Path) -> None:
+    title = f"Simulated A/B test: {ab['traffic_queries']:,} fresh queries, top {ab['top_k']} shown"
+    _ab_bars(ab, seeds, path, "ctr", "C0", "CTR (expected clicks / impression)", title)
 
 
 def _rpm_plot(ab: dict, seeds: int, path: Path) -> None:
     """RPM per policy (mean ± std over seeds), beside the CTR plot."""
-    plt = _plt()
-    names = [n for n in ab["methods"] if "rpm" in ab["methods"][n]]
-    mean = [ab["methods"][n]["rpm"]["mean"] or 0.0 for n in names]
-    std = [ab["methods"][n]["rpm"]["std"] or 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    colors = ["0.6" if n in ("legacy", "oracle") else "C1" for n in names]
-    ax.bar(np.arange(len(names)), mean, 0.7, yerr=std, capsize=3, color=colors)
-    ax.set_xticks(np.arange(len(names)), names)
-    ax.set_ylabel("RPM (expected revenue / 1000 impressions)")
-    ax.set_title(
-        f"Simulated A/B test, ranked by {ab.get('rank_by', 'ctr')}: revenue per mille "
-        f"(mean ± std over {seeds} seed(s))"
-    )
-    ax.grid(axis="y", alpha=0.3)
-    _save(fig, path)
+    title = f"Simulated A/B test, ranked by {ab.get('rank_by', 'ctr')}: revenue per mille"
+    _ab_bars(ab, seeds, path, "rpm", "C1", "RPM (expected revenue / 1000 impressions)", title)
 
 
 def _ci_per_seed(entry: dict) -> str:
