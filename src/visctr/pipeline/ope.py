@@ -300,12 +300,7 @@ class OPE:
                 d = draws[:, col[e, n]]
                 lo, hi = ope.interval(d)
                 row = {"ctr": x.ctr, "ci_low": lo, "ci_high": hi, "ess": x.ess}
-                if (e, BASELINE) in col and n != BASELINE:
-                    base = est[e, BASELINE].ctr
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        lift = d / draws[:, col[e, BASELINE]] - 1
-                    row["lift_vs_S2"] = x.ctr / base - 1 if base > 0 else float("nan")
-                    row["lift_vs_S2_ci_low"], row["lift_vs_S2_ci_high"] = ope.interval(lift)
+                row.update(_lift_vs_baseline(est, draws, col, e, n, "lift_vs_S2"))
                 row["lift_vs_logging"] = x.ctr / log_ctr - 1 if log_ctr > 0 else float("nan")
                 with np.errstate(invalid="ignore", divide="ignore"):
                     lo, hi = ope.interval(d / log_draws - 1)
@@ -345,12 +340,7 @@ class OPE:
             row["rpm"] = 1000 * x.ctr
             lo, hi = ope.interval(1000 * d)
             row["rpm_ci_low"], row["rpm_ci_high"] = lo, hi
-            if (e, BASELINE) in col and n != BASELINE:
-                base = est[e, BASELINE].ctr
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    lift = d / draws[:, col[e, BASELINE]] - 1
-                row["rpm_lift_vs_S2"] = x.ctr / base - 1 if base > 0 else float("nan")
-                row["rpm_lift_vs_S2_ci_low"], row["rpm_lift_vs_S2_ci_high"] = ope.interval(lift)
+            row.update(_lift_vs_baseline(est, draws, col, e, n, "rpm_lift_vs_S2"))
 
     def info(self) -> dict[str, Any]:
         log = self.logging
@@ -540,3 +530,17 @@ def format_validation_table(v: dict) -> str:
 
 def _num(v, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
+
+
+def _lift_vs_baseline(est, draws, col, e: str, n: str, key: str) -> dict[str, float]:
+    """``{key, key_ci_low, key_ci_high}``: policy ``n``'s estimate by ``e`` relative to the
+    baseline's, its CI paired on the same bootstrap resamples; empty for the baseline itself
+    or when the baseline was not estimated."""
+    if (e, BASELINE) not in col or n == BASELINE:
+        return {}
+    base = est[e, BASELINE].ctr
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lift = draws[:, col[e, n]] / draws[:, col[e, BASELINE]] - 1
+    lo, hi = ope.interval(lift)
+    point = est[e, n].ctr / base - 1 if base > 0 else float("nan")
+    return {key: point, f"{key}_ci_low": lo, f"{key}_ci_high": hi}
