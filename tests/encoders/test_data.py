@@ -198,3 +198,40 @@ def test_click_pairs_refuse_a_bad_clicked_value(tiny_world_dir, tmp_path):
         InputError, match=r"train\.parquet: column 'clicked' must be 0 or 1, found 2"
     ):
         ClickPairs(world, 64, 0)
+
+
+def test_negative_pool_draws_as_before_from_the_whole_catalog():
+    # the same draws as the pool before `negatives_from` existed (computed on it)
+    out = NegativePool(_catalog()).sample(
+        12, torch.tensor([0, 2]), 0.5, torch.Generator().manual_seed(3)
+    )
+    assert out["item_id"].tolist() == [115, 166, 156, 117, 139, 136, 180, 144, 136, 159, 151, 146]
+
+
+def test_exposed_negatives_never_draw_a_never_shown_item():
+    allowed = np.zeros(90, dtype=bool)
+    allowed[[0, 3, 4, 7, 11, 20, 41, 42, 88]] = True  # categories 0, 1, 2 all present
+    pool = NegativePool(_catalog(), allowed)
+    g = torch.Generator().manual_seed(0)
+    drawn = set()
+    for _ in range(50):
+        out = pool.sample(64, torch.tensor([0, 1, 2]), 0.5, g)
+        drawn |= set((out["item_id"].numpy() - 100).tolist())
+    assert drawn == set(np.flatnonzero(allowed).tolist())  # every allowed row, nothing else
+    # a batch category without a shown item falls back to the pool, still never unshown
+    only_cat0 = np.isin(np.arange(90), [0, 3, 6])
+    out = NegativePool(_catalog(), only_cat0).sample(40, torch.tensor([1]), 1.0, g)
+    assert set((out["item_id"].numpy() - 100).tolist()) <= {0, 3, 6}
+    with pytest.raises(InputError, match="none is shown"):
+        NegativePool(_catalog(), np.zeros(90, dtype=bool))
+
+
+def test_exposed_rows_are_the_items_the_training_log_shows(tiny_world):
+    from visctr.encoders.data import exposed_rows
+
+    catalog = CatalogImages.from_world(tiny_world)
+    assert exposed_rows(tiny_world, catalog, "catalog") is None
+    rows = exposed_rows(tiny_world, catalog, "exposed")
+    shown = np.unique(tiny_world.read_impressions("train")["item_id"])
+    assert set(catalog.item_ids[rows].tolist()) == set(shown.tolist())
+    assert 0 < rows.sum() < len(rows)

@@ -138,6 +138,10 @@ class S2Config(StageConfig):
     extra_negatives: int = 128  # catalog items drawn per step as extra negatives
     same_category_share: float = 0.5  # of the extra negatives, share from the batch's categories
     negatives_grad: bool = False  # backprop through the extra negatives (costlier)
+    # where the extra negatives come from: the whole catalog, or only items the training
+    # log shows (items.parquet train_impressions > 0: what a production system that knows
+    # only its logged items would draw)
+    negatives_from: Literal["catalog", "exposed"] = "catalog"
     lambda_s1: float = 0.5  # weight of the S1 term over random catalog batches (0: clicks only)
     s1: S1ObjectiveConfig = field(default_factory=S1ObjectiveConfig)
     s1_batch_size: int = 64
@@ -155,6 +159,10 @@ class S2Config(StageConfig):
             raise ValueError("same_category_share must be in [0, 1]")
         if self.extra_negatives < 0:
             raise ValueError("extra_negatives must be >= 0")
+        if self.negatives_from not in ("catalog", "exposed"):
+            raise ValueError(
+                f"negatives_from must be 'catalog' or 'exposed', got {self.negatives_from!r}"
+            )
         if self.shuffle_buffer < 1:
             raise ValueError(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 

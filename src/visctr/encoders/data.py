@@ -346,17 +346,44 @@ def make_loader(
     )
 
 
+def exposed_rows(world: World, catalog: CatalogImages, negatives_from: str) -> np.ndarray | None:
+    """The catalog rows S2 may draw extra negatives from: ``None`` (every row) for
+    ``negatives_from="catalog"``; for ``"exposed"`` the items the training log shows
+    (``items.parquet`` ``train_impressions > 0``)."""
+    if negatives_from == "catalog":
+        return None
+    counts = np.asarray(world.items["train_impressions"], dtype=np.int64)
+    shown = IdIndex(np.asarray(world.items["item_id"], dtype=np.int64)).rows(
+        catalog.item_ids, strict=True, what="item_id"
+    )
+    return counts[shown] > 0
+
+
 class NegativePool:
     """Class-aware extra negatives: a share drawn from the categories of the batch's
     positives (hard negatives that teach fine-grained differences), the rest uniformly
-    from the catalog. False negatives among them are masked by the loss, not here."""
+    from the pool. False negatives among them are masked by the loss, not here.
 
-    def __init__(self, catalog: CatalogImages) -> None:
+    ``allowed`` (bool per catalog row): the rows the pool draws from (all when omitted;
+    ``S2Config.negatives_from: exposed`` passes the items the training log shows). A
+    category without an allowed row is drawn from the whole pool instead."""
+
+    def __init__(self, catalog: CatalogImages, allowed: np.ndarray | None = None) -> None:
         self.catalog = catalog
         cats = catalog.categories
-        self.order = np.argsort(cats, kind="stable")
+        if allowed is None:
+            self.rows = np.arange(len(cats), dtype=np.int64)
+        else:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != cats.shape:
+                raise ValueError(f"allowed has {allowed.shape[0]} rows, the catalog {len(cats)}")
+            self.rows = np.flatnonzero(allowed).astype(np.int64)
+            if self.rows.size == 0:
+                raise InputError("no item to draw S2 negatives from: none is shown in the log")
+        sub = cats[self.rows]
+        self.order = self.rows[np.argsort(sub, kind="stable")]
         n_cat = int(cats.max()) + 1 if len(cats) else 0
-        counts = np.bincount(cats, minlength=n_cat)
+        counts = np.bincount(sub, minlength=n_cat)
         self.start = np.concatenate([[0], np.cumsum(counts)[:-1]])
         self.count = counts
 
@@ -368,6 +395,15 @@ class NegativePool:
         pick = torch.randint(len(cats), (n_same,), generator=g).numpy()
         c = cats[pick]
         u = torch.rand(n_same, generator=g, dtype=torch.float64).numpy()
-        same = self.order[self.start[c] + np.floor(u * self.count[c]).astype(np.int64)]
-        rand = torch.randint(len(self.catalog), (size - n_same,), generator=g).numpy()
+        empty = self.count[c] == 0
+        if empty.any():  # no allowed item of that category: anywhere in the pool
+            same = np.empty(n_same, dtype=np.int64)
+            ok = ~empty
+            same[ok] = self.order[
+                self.start[c[ok]] + np.floor(u[ok] * self.count[c[ok]]).astype(np.int64)
+            ]
+            same[empty] = self.rows[np.floor(u[empty] * len(self.rows)).astype(np.int64)]
+        else:
+            same = self.order[self.start[c] + np.floor(u * self.count[c]).astype(np.int64)]
+        rand = self.rows[torch.randint(len(self.rows), (size - n_same,), generator=g).numpy()]
         return self.catalog.__getitems__(np.concatenate([same, rand]).tolist())

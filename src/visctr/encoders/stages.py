@@ -33,7 +33,13 @@ from visctr.encoders.checkpoint import (
     save_encoder,
 )
 from visctr.encoders.config import ClassifyConfig, EncoderConfig, S1Config, S2Config, StageConfig
-from visctr.encoders.data import CatalogImages, ClickPairs, NegativePool, make_loader
+from visctr.encoders.data import (
+    CatalogImages,
+    ClickPairs,
+    NegativePool,
+    exposed_rows,
+    make_loader,
+)
 from visctr.encoders.methods import EncoderMethod, ResNetCMethod, S1Method, S2Method
 from visctr.encoders.methods.base import EpochEnd
 from visctr.encoders.objectives import objective_class
@@ -362,7 +368,9 @@ def finetune(
             enc = encoder_from_file(init_obj, init, encoder.backbone if encoder else None)
         else:
             enc = _make_encoder(cfg.encoder, world, encoder)
-        pool = NegativePool(catalog) if cfg.extra_negatives > 0 else None
+        pool = None
+        if cfg.extra_negatives > 0:
+            pool = NegativePool(catalog, exposed_rows(world, catalog, cfg.negatives_from))
         keys = click_loader.clicked_keys()
         return S2Method(enc, cfg, seed, keys, pool, _probe(catalog, cfg, seed))
 

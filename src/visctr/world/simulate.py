@@ -49,6 +49,15 @@ class LoggingPolicyConfig:
     top_k: int = 10
     thumbnail: int = 7  # legacy visual similarity on thumbnail×thumbnail pixels
     popularity_boost: float = 0.03  # weight of log-popularity in the legacy score
+    # Category-level blind spot (docs/results.md, "When does S3 help?"): this many whole
+    # categories, drawn from a random stream of their own, are never shown by the legacy
+    # system, while users still photograph their items (targets, random exposure and
+    # retrieval queries are unchanged). 0: none, today's world.
+    hidden_categories: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_categories < 0:
+            raise ValueError(f"logging.hidden_categories must be >= 0, got {self.hidden_categories}")
 
 
 @dataclass
@@ -63,6 +72,11 @@ class SimConfig:
     # 3,000 (188 clicks) AUC moved by ±0.02 between training seeds
     n_random_queries: int = 20_000
     n_retrieval_queries: int = 2_000  # uniform-target retrieval queries
+    # more uniform-target retrieval queries, drawn from a random stream of their own after
+    # every other query (0: none). The selection-bias gap's CI needs ~20,000 for a
+    # half-width of 0.02 (benchmarks/selection_bias_ci.py); raising n_retrieval_queries
+    # instead would change every draw of the world that comes after it.
+    extra_retrieval_queries: int = 0
     zipf_exponent: float = 1.1
     user_concentration: float = 0.5  # Dirichlet alpha of user category preferences
     days: int = 14
@@ -92,6 +106,8 @@ class SimConfig:
         for name in ("n_users", "n_queries", "n_random_queries", "n_retrieval_queries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.extra_retrieval_queries < 0:
+            raise ValueError("extra_retrieval_queries must be >= 0")
         if not 0 < self.train_share < 1:
             raise ValueError("train_share must be in (0, 1)")
         if not 0 < self.head_share < 1:
@@ -351,29 +367,38 @@ def _photograph_all(
     seed: int,
     desc: str,
     out_path: Path | None = None,
+    extra: tuple[np.ndarray, int] | None = None,
 ) -> np.ndarray:
     """A photo of ``images[targets[i]]`` for every ``i``, ``cfg.chunk_size`` at a time;
     with ``out_path`` they go to that ``.npy`` file chunk by chunk and come back as a
-    ``visctr.io.NpyRows`` store (memory flat in the number of photos)."""
+    ``visctr.io.NpyRows`` store (memory flat in the number of photos).
+
+    ``extra``: (targets, seed) of more photos after those, taken with a camera generator
+    of their own, so the photos before them do not depend on whether there are any."""
     from visctr.data.catalog import NpyWriter
 
-    g = torch.Generator().manual_seed(seed)
-    shape = (len(targets), *images.shape[1:])
+    segments = [(targets, seed)] + ([extra] if extra is not None and len(extra[0]) else [])
+    total = sum(len(t) for t, _ in segments)
+    shape = (total, *images.shape[1:])
     chunk = image_chunk(images, cfg.chunk_size)  # = chunk_size for 28-px worlds
     writer = NpyWriter(out_path, shape) if out_path is not None else None
     out = np.empty(shape, dtype=np.uint8) if writer is None else None
+    at = 0
     try:
-        for s in tqdm(
-            range(0, len(targets), chunk),
-            desc=desc,
-            leave=False,
-            disable=True if len(targets) < 4 * chunk else None,  # None: a terminal only
-        ):
-            block = photograph(images[targets[s : s + chunk]], cfg.camera, g)
-            if writer is None:
-                out[s : s + len(block)] = block
-            else:
-                writer.write(block)
+        for part, part_seed in segments:
+            g = torch.Generator().manual_seed(part_seed)
+            for s in tqdm(
+                range(0, len(part), chunk),
+                desc=desc,
+                leave=False,
+                disable=True if total < 4 * chunk else None,  # None: a terminal only
+            ):
+                block = photograph(images[part[s : s + chunk]], cfg.camera, g)
+                if writer is None:
+                    out[at : at + len(block)] = block
+                else:
+                    writer.write(block)
+                at += len(block)
     finally:
         if writer is not None:
             writer.f.close()
@@ -385,10 +410,41 @@ def _photograph_all(
     return NpyRows(out_path)  # read back a chunk at a time, never mapped whole
 
 
+HIDDEN_STREAM = 0x41DE  # the hidden categories' random stream
+EXTRA_RETRIEVAL_STREAM = 0x5E7  # the extra retrieval queries' random stream
+HIDDEN_PENALTY = 4.0  # subtracted from a hidden item's legacy score: far below any shown one
+
+
+def hidden_categories(n_categories: int, count: int, seed: int) -> np.ndarray:
+    """The ``count`` categories the legacy system never shows (sorted category indices),
+    drawn from ``default_rng([seed, HIDDEN_STREAM])``: nothing else the world draws
+    depends on them."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if count >= n_categories:
+        raise InputError(
+            f"logging.hidden_categories={count} must be below the catalog's "
+            f"{n_categories} categories (the legacy system has to show something)"
+        )
+    rng = np.random.default_rng([int(seed), HIDDEN_STREAM])
+    return np.sort(rng.choice(n_categories, size=count, replace=False)).astype(np.int64)
+
+
 def _legacy_top_k(
-    query_images: np.ndarray, item_thumbs: torch.Tensor, log_pop: torch.Tensor, cfg: SimConfig
+    query_images: np.ndarray,
+    item_thumbs: torch.Tensor,
+    log_pop: torch.Tensor,
+    cfg: SimConfig,
+    hidden: np.ndarray | None = None,
 ) -> np.ndarray:
+    """Top K item indices per query photo by the legacy score; ``hidden`` (bool per item):
+    items it never shows (their score is lowered by :data:`HIDDEN_PENALTY`)."""
     k = min(cfg.logging.top_k, item_thumbs.shape[0])
+    penalty = (
+        torch.from_numpy(hidden.astype(np.float32) * HIDDEN_PENALTY)
+        if hidden is not None and hidden.any()
+        else None
+    )
     out = np.empty((len(query_images), k), dtype=np.int64)
     # keep the score block at <= 2^24 floats (64 MB) whatever the catalog size
     chunk = max(64, min(cfg.chunk_size, 2**24 // item_thumbs.shape[0]))
@@ -401,6 +457,8 @@ def _legacy_top_k(
     ):
         q = thumbnails(query_images[s : s + chunk], cfg.logging.thumbnail)
         score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
+        if penalty is not None:
+            score -= penalty[None, :]
         out[s : s + len(q)] = score.topk(k, dim=1).indices.numpy()
     return out
 
@@ -475,16 +533,26 @@ def simulate_arrays(
     v_ts = np.sort(rng.integers(split_t, cfg.days * DAY, size=nv))
     v_users = rng.integers(0, cfg.n_users, size=nv)
     v_targets = rng.integers(0, n, size=nv)
+    # extra retrieval queries: a stream of their own, so nothing above or below moves
+    nx = cfg.extra_retrieval_queries
+    xrng = np.random.default_rng([int(seed), EXTRA_RETRIEVAL_STREAM])
+    x_ts = np.sort(xrng.integers(split_t, cfg.days * DAY, size=nx))
+    x_users = xrng.integers(0, cfg.n_users, size=nx)
+    x_targets = xrng.integers(0, n, size=nx)
+    x_camera_seed = int(xrng.integers(0, 2**62))
 
     all_targets = np.concatenate([targets, r_targets, v_targets])
     qimages = _photograph_all(
-        cat.images, all_targets, cfg, seed + 1, "query photos", query_images_out
-    )
+        cat.images, all_targets, cfg, seed + 1, "query photos", query_images_out,
+        extra=(x_targets, x_camera_seed),
+    )  # fmt: skip
+    hidden_cats = hidden_categories(n_cat, cfg.logging.hidden_categories, seed)
+    hidden = np.isin(cat.categories, hidden_cats) if hidden_cats.size else None
 
     # Logging policy on logged queries.
     thumbs = thumbnails(cat.images, cfg.logging.thumbnail, chunk=cfg.chunk_size)
     log_pop = torch.from_numpy(np.log(popularity / popularity.max())).float()
-    shown = _legacy_top_k(qimages[:nq], thumbs, log_pop, cfg)
+    shown = _legacy_top_k(qimages[:nq], thumbs, log_pop, cfg, hidden)
     k = shown.shape[1]
     positions = np.broadcast_to(np.arange(k), shown.shape)
 
@@ -510,13 +578,13 @@ def simulate_arrays(
     )
     r_clicked = rng.random(rp.shape) < rp
 
-    qid = np.arange(nq + nr + nv, dtype=np.int64)
+    qid = np.arange(nq + nr + nv + nx, dtype=np.int64)
     queries = {
         "query_id": qid,
-        "user_id": np.concatenate([users, r_users, v_users]).astype(np.int64),
-        "target_item_id": cat.item_ids[all_targets].astype(np.int64),
-        "timestamp": np.concatenate([ts, r_ts, v_ts]).astype(np.int64),
-        "split": np.concatenate([split, np.full(nr, "random"), np.full(nv, "retrieval")]),
+        "user_id": np.concatenate([users, r_users, v_users, x_users]).astype(np.int64),
+        "target_item_id": cat.item_ids[np.concatenate([all_targets, x_targets])].astype(np.int64),
+        "timestamp": np.concatenate([ts, r_ts, v_ts, x_ts]).astype(np.int64),
+        "split": np.concatenate([split, np.full(nr, "random"), np.full(nv + nx, "retrieval")]),
         "image_row": qid.copy(),
     }
     tr = split == "train"
@@ -539,7 +607,12 @@ def simulate_arrays(
         "items": n,
         "categories": n_cat,
         "users": cfg.n_users,
-        "queries": {"train": int(tr.sum()), "test": int(te.sum()), "random": nr, "retrieval": nv},
+        "queries": {
+            "train": int(tr.sum()),
+            "test": int(te.sum()),
+            "random": nr,
+            "retrieval": nv + nx,
+        },
         "impressions": {s: len(v["item_id"]) for s, v in impressions.items()},
         "clicks": {s: int(v["clicked"].sum()) for s, v in impressions.items()},
         "ctr": {s: float(v["clicked"].mean()) for s, v in impressions.items()},
@@ -554,6 +627,9 @@ def simulate_arrays(
         "appeal_popularity_correlation": float(np.corrcoef(appeal, np.log(popularity))[0, 1]),
         "seconds": round(time.perf_counter() - t0, 2),
     }
+    if hidden is not None:  # only when the knob is on: today's summary stays as it was
+        summary["hidden_categories"] = [cat.category_names[c] for c in hidden_cats]
+        summary["hidden_items_share"] = float(hidden.mean())
     bid = draw_bids(cat.categories, n_cat, popularity, cfg, seed)
     summary["bid_median"] = float(np.median(bid))
     summary["bid_log_popularity_correlation"] = float(
@@ -727,6 +803,11 @@ def format_summary(s: dict) -> str:
             f"correlation {s.get('style_correlation', 0.0):g}; corr(appeal, log popularity) "
             f"{s.get('appeal_popularity_correlation', float('nan')):+.2f}, head − tail mean "
             f"appeal {s.get('head_tail_appeal_gap', float('nan')):+.2f}"
+        )
+    if s.get("hidden_categories"):
+        lines.append(
+            f"never shown by the legacy system: categories {', '.join(s['hidden_categories'])} "
+            f"({s.get('hidden_items_share', float('nan')):.1%} of items)"
         )
     if "bid_median" in s:
         lines.append(
