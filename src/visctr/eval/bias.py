@@ -15,6 +15,9 @@ thin: tail items get fewer gradient updates, or get pulled toward popular items.
 - ``exposure_probe_auc``: held-out ROC AUC of a logistic-regression probe that predicts
   head vs tail from the unit vector alone. Near 0.5 means the space does not encode
   "headness"; well above 0.5 means popularity can be read off the vector.
+- ``ctr_head_tail``: the CTR side of the bias. A CTR model's random-exposure AUC and
+  calibration on head items and on tail items, and optionally the difference of its
+  head − tail AUC gap from a reference model's, with a paired bootstrap CI over queries.
 - ``selection_bias_gap``: the selection-bias gap Δ of an encoder on the uniform retrieval
   queries, (encoder's head − tail HR@10) − (S1's head − tail HR@10), with a paired
   bootstrap CI over queries. S1's own gap is subtracted because "head" is what the
@@ -33,6 +36,7 @@ from visctr.eval.retrieval import _faiss_gpus, normalize
 from visctr.metrics import _average_ranks, auc
 
 __all__ = [
+    "ctr_head_tail",
     "exposure_probe_auc",
     "neighbour_overlap",
     "representation_bias",
@@ -349,4 +353,111 @@ def selection_bias_gap(
         out["tail_top10_head_share"] = share
         out["tail_top10_head_share_ref"] = share_ref
         out["tail_top10_head_share_diff"] = share - share_ref
+    return out
+
+
+class _WeightedAUC:
+    """ROC AUC of fixed labels and scores under row weights (ties count 1/2), O(n) a call
+    once the scores are sorted: what a bootstrap over queries recomputes many times."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray) -> None:
+        order = np.argsort(scores, kind="stable")
+        _, self.group = np.unique(scores[order], return_inverse=True)
+        self.order = order
+        self.pos = labels[order].astype(np.float64)
+        self.n_groups = int(self.group.max()) + 1 if len(order) else 0
+
+    def __call__(self, w: np.ndarray) -> float:
+        w = w[self.order]
+        pw = np.bincount(self.group, weights=w * self.pos, minlength=self.n_groups)
+        nw = np.bincount(self.group, weights=w * (1.0 - self.pos), minlength=self.n_groups)
+        p_tot, n_tot = pw.sum(), nw.sum()
+        if p_tot <= 0 or n_tot <= 0:
+            return float("nan")
+        below = np.cumsum(nw) - nw
+        return float((pw * (below + 0.5 * nw)).sum() / (p_tot * n_tot))
+
+
+def ctr_head_tail(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    item_is_head: np.ndarray,
+    query: np.ndarray,
+    probs_ref: np.ndarray | None = None,
+    n_boot: int = 500,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float | int | list[float]]:
+    """A CTR model's random-exposure AUC and calibration on head and on tail items.
+
+    Args:
+        labels / probs: per impression of the random-exposure log, click and predicted
+            P(click) (at the top slot, as ``visctr.ctr.predict_ctr`` scores).
+        item_is_head: per impression, whether the shown item is a head item.
+        query: per impression, its query (any integer id): the bootstrap's unit.
+        probs_ref: another model's predictions for the same impressions; gives
+            ``gap_delta`` = (head − tail AUC) − the reference's, with a paired bootstrap
+            CI (the same resampled queries for both).
+        n_boot: bootstrap resamples over queries (``default_rng(seed)``).
+
+    Returns:
+        ``auc_head``, ``auc_tail``, ``gap`` (head − tail AUC), ``calibration_head`` /
+        ``calibration_tail`` (mean predicted over observed CTR: the predictions are for the
+        top slot and the log shows items at every slot, so both exceed 1 by the same
+        position factor; their ratio ``calibration_tail_over_head`` is what compares),
+        ``n_head``/``n_tail`` impressions and ``clicks_head``/``clicks_tail``; with
+        ``probs_ref`` also ``gap_ref``, ``gap_delta`` and ``ci95``.
+
+    Example:
+        >>> r = ctr_head_tail([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.6], [True, True, False, False],
+        ...                   [0, 0, 1, 1], n_boot=10)
+        >>> r["auc_head"], r["auc_tail"], r["gap"]
+        (1.0, 0.0, 1.0)
+    """
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    head = np.asarray(item_is_head, dtype=bool)
+    q = np.asarray(query)
+    if not (y.ndim == 1 and y.shape == p.shape == head.shape == q.shape):
+        raise ValueError(
+            "labels, probs, item_is_head and query must be 1-D, one value per impression, got "
+            f"shapes {y.shape}, {p.shape}, {head.shape} and {q.shape}"
+        )
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
+    out: dict[str, float | int | list[float]] = {}
+    for part, m in (("head", head), ("tail", ~head)):
+        if not m.any():
+            raise InputError(f"the CTR head/tail table needs {part} items among the impressions")
+        out[f"auc_{part}"] = auc(y[m], p[m])
+        observed = y[m].mean()
+        out[f"calibration_{part}"] = float(p[m].mean() / observed) if observed > 0 else np.nan
+        out[f"n_{part}"] = int(m.sum())
+        out[f"clicks_{part}"] = int(y[m].sum())
+    out["gap"] = out["auc_head"] - out["auc_tail"]
+    out["calibration_tail_over_head"] = out["calibration_tail"] / out["calibration_head"]
+    if probs_ref is None:
+        return out
+    r = np.asarray(probs_ref, dtype=np.float64)
+    if r.shape != p.shape:
+        raise ValueError(f"probs_ref must have one value per impression ({len(p)}), got {r.shape}")
+    out["gap_ref"] = auc(y[head], r[head]) - auc(y[~head], r[~head])
+    out["gap_delta"] = out["gap"] - out["gap_ref"]
+    _, qrow = np.unique(q, return_inverse=True)
+    n_q = int(qrow.max()) + 1
+    aucs = [_WeightedAUC(y[m], s[m]) for s in (p, r) for m in (head, ~head)]
+    qrows = [qrow[m] for _ in (p, r) for m in (head, ~head)]
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot, dtype=np.float64)
+    for b in range(n_boot):
+        counts = np.bincount(rng.integers(0, n_q, size=n_q), minlength=n_q).astype(np.float64)
+        a_h, a_t, r_h, r_t = (f(counts[rows]) for f, rows in zip(aucs, qrows, strict=True))
+        boots[b] = (a_h - a_t) - (r_h - r_t)
+    boots = boots[np.isfinite(boots)]
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha]) if len(boots) else (np.nan, np.nan)
+    out["ci95"] = [float(lo), float(hi)]
+    out["n_boot"] = int(len(boots))
     return out
