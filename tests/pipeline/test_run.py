@@ -62,6 +62,45 @@ def test_results_json_schema(tiny_run):
     assert (out / "plots" / "selection_bias.png").stat().st_size > 1000
 
 
+def test_ctr_head_tail_table(tiny_run):
+    import torch
+
+    from visctr.ctr import predict_ctr
+    from visctr.metrics import auc
+    from visctr.pipeline.bias import ITEM_ID, ITEM_ID_SLUG
+    from visctr.world import World
+
+    out, _ = tiny_run
+    r = json.loads((out / "results.json").read_text())
+    t = r["ctr_head_tail"]
+    assert set(t) == {*METHODS, ITEM_ID}
+    ref_gap = t["S1+S2"]["gap"]["per_seed"][0]
+    assert t["S1+S2"]["gap_delta"]["per_seed"] == [0.0]
+    for name, e in t.items():
+        head, tail = e["auc_head"]["per_seed"][0], e["auc_tail"]["per_seed"][0]
+        assert 0 <= head <= 1 and 0 <= tail <= 1, name
+        assert e["gap"]["per_seed"][0] == pytest.approx(head - tail)
+        assert e["gap_delta"]["per_seed"][0] == pytest.approx(head - tail - ref_gap)
+        assert e["calibration_head"]["per_seed"][0] > 0 and e["calibration_tail"]["per_seed"][0] > 0
+        assert e["n_head"] + e["n_tail"] == 4000  # tiny: 400 random-exposure queries × 10
+    # the table's S2 figures from S2's own random-exposure predictions, split by hand
+    world = World.load(out / "world" / "data")
+    pred = predict_ctr(out / "seed_0" / "ctr" / "s2", world, out / "seed_0" / "embeddings" / "s2",
+                       "random")  # fmt: skip
+    head_ids = world.items["item_id"][world.items["is_head"]]
+    h = np.isin(pred["item_id"], head_ids)
+    assert t["S2"]["auc_head"]["per_seed"][0] == pytest.approx(
+        auc(pred["labels"][h], pred["probs"][h])
+    )
+    assert t["S2"]["auc_tail"]["per_seed"][0] == pytest.approx(
+        auc(pred["labels"][~h], pred["probs"][~h])
+    )
+    # the item-id model is S1+S2's CTR model with item-id features
+    blob = torch.load(out / "seed_0" / "ctr" / ITEM_ID_SLUG / "model.pt", weights_only=True)
+    assert blob["config"]["use_item_id"] is True
+    assert "### The CTR side of the bias" in (out / "report.md").read_text()
+
+
 def test_ab_test_section(tiny_run):
     out, _ = tiny_run
     r = json.loads((out / "results.json").read_text())

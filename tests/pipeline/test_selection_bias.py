@@ -112,3 +112,27 @@ def test_report_section_and_plot(tmp_path):
 def test_skipped_without_labelled_retrieval_queries():
     assert "selection_bias" in skipped_metrics(ToyWorld(labelled=False))
     assert "selection_bias" not in skipped_metrics(ToyWorld())
+
+
+def test_ctr_head_tail_skipped_without_a_random_exposure_log():
+    world = ToyWorld()
+    assert "ctr_head_tail" not in skipped_metrics(world)
+    world.has_random_exposure = False
+    assert "ctr_head_tail" in skipped_metrics(world)
+
+
+def test_ctr_head_tail_aggregate_takes_the_encoder_seed_as_the_unit():
+    from visctr.pipeline.bias import CTR_FIELDS, aggregate_ctr_head_tail
+
+    def row(delta):
+        return {"S2": {**dict.fromkeys(CTR_FIELDS, 0.5), "gap_delta": delta, "ci95": [-1, 1],
+                       "n_head": 3, "n_tail": 7}}  # fmt: skip
+
+    # encoder seed 0 with CTR seeds giving 0.1 and 0.3, seed 1 with 0.5 and 0.7
+    agg = aggregate_ctr_head_tail([row(0.1), row(0.3), row(0.5), row(0.7)], [0, 0, 1, 1])
+    d = agg["S2"]["gap_delta"]
+    assert d["per_encoder_seed"] == pytest.approx([0.2, 0.6])
+    half = t_quantile(0.975, 1) * np.std([0.2, 0.6], ddof=1) / math.sqrt(2)
+    assert d["ci95"] == pytest.approx([0.4 - half, 0.4 + half])
+    assert d["mean"] == pytest.approx(0.4) and len(d["per_seed"]) == 4
+    assert agg["S2"]["ci95_per_seed"] == [[-1, 1]] * 4

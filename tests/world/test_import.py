@@ -351,6 +351,7 @@ def test_round_trip_run_matches_the_simulated_world(tiny_run, tmp_path):
     assert b["methods"] == a["methods"]  # exactly: the same floats, every metric
     # the selection-bias gap from the imported --retrieval labels: the same hits, the same Δ
     assert b["selection_bias"] and b["selection_bias"] == a["selection_bias"]
+    assert b["ctr_head_tail"] and b["ctr_head_tail"] == a["ctr_head_tail"]  # random log too
     compared = 0
     for m, metrics in a["methods"].items():
         for k, v in metrics.items():

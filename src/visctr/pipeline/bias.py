@@ -9,6 +9,13 @@ fusion retrieval uses (``<method> gated``) and the DebiasNet output alone
 (``<method> debiased``). Head items: S3's own rule, the top ``ctr.debias.head_share`` of
 items by training-split impressions (``visctr.world.head_tail``).
 
+``results.json["ctr_head_tail"]``: the CTR side of the bias. Per method, its CTR model's
+random-exposure AUC and calibration on head and on tail items
+(``visctr.eval.bias.ctr_head_tail``), and its head − tail AUC gap against S1+S2's own
+(``gap_delta``, paired bootstrap CI over random-exposure queries per replicate, a t interval
+over encoder seeds); ``S1+S2 item-id`` is S1+S2's CTR model with item-id features
+(``ctr.use_item_id``), trained for this table only: the gap per-item parameters open.
+
 ``results.json["selection_bias"]``: the selection-bias gap Δ of each space against S1 on
 the uniform retrieval queries (``visctr.eval.bias.selection_bias_gap``): per encoder
 (ResNet-C, S2, S1+S2; one per encoder seed) and per S3-style method's retrieval space
@@ -183,8 +190,90 @@ def aggregate_selection(
     return out
 
 
+CTR_REFERENCE = "S1+S2"  # the method whose CTR head − tail gap the others are measured against
+ITEM_ID = "S1+S2 item-id"  # the reference's CTR model with item-id features
+ITEM_ID_SLUG = "s1_s2_item_id"
+CTR_FIELDS = (
+    "auc_head",
+    "auc_tail",
+    "gap",
+    "calibration_head",
+    "calibration_tail",
+    "calibration_tail_over_head",
+    "gap_delta",
+)
+CTR_BOOT = 200  # bootstrap resamples of the gap's CI per replicate
+
+
+def item_id_config(ctr_cfg: Any) -> Any:
+    """The CTR config of the item-id model: the reference's, with item-id features."""
+    import dataclasses
+
+    ref = CTR_VARIANTS[METHODS[CTR_REFERENCE].ctr](ctr_cfg)
+    return dataclasses.replace(ref, use_item_id=True)
+
+
+def ctr_head_tail_rows(
+    layout: RunLayout, world, seed: int, ctr_seed_index: int, ctr_seed: int
+) -> dict[str, dict[str, Any]]:
+    """``ctr_head_tail`` of every method's CTR model (and the item-id model) of encoder
+    seed ``seed`` and CTR seed ``ctr_seed_index`` on the random-exposure log, the gap
+    against S1+S2's CTR model; the bootstrap is seeded with ``ctr_seed``."""
+    from visctr.ctr import predict_ctr
+    from visctr.eval.bias import ctr_head_tail
+    from visctr.ids import IdIndex
+
+    models = {
+        name: (layout.ctr(seed, m.slug, ctr_seed_index), layout.embeddings(seed, m.encoder))
+        for name, m in METHODS.items()
+    }
+    ref_enc = layout.embeddings(seed, METHODS[CTR_REFERENCE].encoder)
+    models[ITEM_ID] = layout.ctr(seed, ITEM_ID_SLUG, ctr_seed_index), ref_enc
+    preds = {n: predict_ctr(d, world, e, "random") for n, (d, e) in models.items()}
+    ref = preds[CTR_REFERENCE]
+    is_head = np.asarray(world.items["is_head"], dtype=bool)
+    head = is_head[IdIndex(world.items["item_id"]).rows(ref["item_id"], strict=True)]
+    out = {}
+    for name, p in preds.items():
+        if not (np.array_equal(p["query_id"], ref["query_id"]) and
+                np.array_equal(p["item_id"], ref["item_id"])):  # fmt: skip
+            raise AssertionError(f"{name}: random-exposure predictions out of order")
+        if name == CTR_REFERENCE:  # against itself: 0 by definition, no bootstrap
+            r = ctr_head_tail(p["labels"], p["probs"], head, p["query_id"])
+            r.update(gap_ref=r["gap"], gap_delta=0.0, ci95=[0.0, 0.0], n_boot=0)
+        else:
+            r = ctr_head_tail(
+                p["labels"], p["probs"], head, p["query_id"], ref["probs"], n_boot=CTR_BOOT,
+                seed=ctr_seed,
+            )  # fmt: skip
+        out[name] = r
+    return out
+
+
+def aggregate_ctr_head_tail(
+    rows: list[dict[str, dict[str, Any]]], encoder_seeds: list[int]
+) -> dict[str, dict[str, Any]]:
+    """Per method: each of ``CTR_FIELDS`` as ``{mean, std, per_seed}`` over the replicates;
+    ``gap_delta`` also with ``per_encoder_seed`` (CTR seeds averaged) and ``ci95``, a t
+    interval over those means; the per-replicate bootstrap CIs as ``ci95_per_seed``."""
+    from visctr.pipeline.results import INTERVAL, group_means, t_interval
+
+    out = {}
+    for n in rows[0] if rows else []:
+        mine = [r[n] for r in rows]
+        entry: dict[str, Any] = {f: aggregate([r[f] for r in mine]) for f in CTR_FIELDS}
+        means, _ = group_means([r["gap_delta"] for r in mine], encoder_seeds)
+        entry["gap_delta"].update(per_encoder_seed=means, ci95=t_interval(means), interval=INTERVAL)
+        entry["ci95_per_seed"] = [r["ci95"] for r in mine]
+        entry["n_head"], entry["n_tail"] = mine[0]["n_head"], mine[0]["n_tail"]
+        out[n] = entry
+    return out
+
+
 __all__ = [
     "aggregate_bias",
+    "aggregate_ctr_head_tail",
+    "ctr_head_tail_rows",
     "aggregate_selection",
     "representation_rows",
     "selection_rows",

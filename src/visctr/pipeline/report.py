@@ -246,6 +246,50 @@ def _selection_bias_section(results: dict) -> list[str]:
     ]
 
 
+def _ctr_head_tail_section(results: dict) -> list[str]:
+    """The CTR side of the bias: each method's random-exposure AUC and calibration on head
+    and tail items, and its head − tail gap beyond S1+S2's."""
+    rows = results.get("ctr_head_tail")
+    if not rows:
+        return []
+
+    def ci(e: dict) -> str:
+        lo, hi = e["gap_delta"].get("ci95") or (None, None)
+        if lo is None:  # one encoder seed: the query bootstrap's interval
+            cis = e["ci95_per_seed"]
+            if len(cis) != 1 or cis[0][0] is None:
+                return "—"
+            (lo, hi), what = cis[0], " (bootstrap)"
+        else:
+            what = " (t)"
+        return f"[{lo:+.3f}, {hi:+.3f}]{what}"
+
+    first = next(iter(rows.values()))
+    return [
+        "### The CTR side of the bias",
+        "",
+        "Each CTR model on the random-exposure log, split by whether the shown item is a "
+        f"head item ({first['n_head']:,} impressions) or a tail item ({first['n_tail']:,}). "
+        "Gap: head − tail AUC; beyond S1+S2: that gap minus S1+S2's own (per seed a paired "
+        "bootstrap over queries, over seeds a t interval over encoder-seed means). "
+        "Calibration: mean predicted over observed CTR; the predictions are for the top "
+        "slot and the log shows items at every slot, so both sides exceed 1 by the same "
+        "position factor and their ratio (tail / head) is what compares. "
+        "S1+S2 item-id: S1+S2's CTR model with item-id features, trained for this table.",
+        "",
+        "| method | AUC head | AUC tail | gap | beyond S1+S2 | 95% CI | calibration head | "
+        "calibration tail | tail / head |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {name} | {fmt(e['auc_head'])} | {fmt(e['auc_tail'])} | {fmt(e['gap'])} | "
+            f"{fmt(e['gap_delta'])} | {ci(e)} | {fmt(e['calibration_head'])} | "
+            f"{fmt(e['calibration_tail'])} | {fmt(e['calibration_tail_over_head'])} |"
+            for name, e in rows.items()
+        ],
+        "",
+    ]
+
+
 def _selection_bias_plot(rows: dict, path: Path) -> None:
     """Δ per space with its 95% CI (over encoder seeds, or the one seed's bootstrap)."""
     plt = _plt()
@@ -627,6 +671,7 @@ def write_report(
         *_by_category_section(results),
         *_bias_section(results),
         *_selection_bias_section(results),
+        *_ctr_head_tail_section(results),
         *_ab_section(results),
         *_comparisons_section(results),
         *_ope_section(results),

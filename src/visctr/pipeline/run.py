@@ -21,7 +21,9 @@ from visctr.config import dump_yaml, to_dict
 from visctr.io import write_json, write_text
 from visctr.pipeline.bias import (
     aggregate_bias,
+    aggregate_ctr_head_tail,
     aggregate_selection,
+    ctr_head_tail_rows,
     representation_rows,
     selection_rows,
     selection_spaces,
@@ -216,6 +218,8 @@ def run_pipeline(
     bias_rows: list[dict[str, dict[str, float]]] = []
     selection: list[dict[str, dict]] = []  # the selection-bias gap's rows
     selection_seeds: list[int] = []  # each row's encoder seed
+    head_tail: list[dict[str, dict]] = []  # the CTR head/tail table's rows
+    head_tail_seeds: list[int] = []
     for i in range(cfg.seeds):
         seed = cfg.seed + i
         click.echo(f"[seed {seed}] ({i + 1}/{cfg.seeds})")
@@ -289,6 +293,20 @@ def run_pipeline(
                     f"{m['auc_random_exposure']:.3f}"
                 )
             replicates.append([seed, c])
+            if "ctr_head_tail" not in skipped:
+                row = _ctr_head_tail(stages, layout, world, cfg, seed, c, ctr_seed)
+                if isinstance(row, str):
+                    skipped["ctr_head_tail"] = row
+                    click.echo(f"  skipped ctr_head_tail: {row}")
+                else:
+                    head_tail.append(row)
+                    head_tail_seeds.append(seed)
+                    click.echo(
+                        "  CTR head − tail random-exposure AUC gap beyond S1+S2: "
+                        + "  ".join(
+                            f"{n} {r['gap_delta']:+.3f}" for n, r in row.items() if n != "S1+S2"
+                        )
+                    )
             if "representation_bias" not in skipped:
                 try:
                     bias_rows.append(
@@ -377,6 +395,11 @@ def run_pipeline(
     results["selection_bias"] = (
         aggregate_selection(selection, selection_seeds) if "selection_bias" not in skipped else {}
     )
+    results["ctr_head_tail"] = (
+        aggregate_ctr_head_tail(head_tail, head_tail_seeds)
+        if "ctr_head_tail" not in skipped
+        else {}
+    )
     results["comparisons"] = comparisons(results)
     from visctr.pipeline.abtest import provenance
 
@@ -399,6 +422,10 @@ def skipped_metrics(world, cfg: Any = None) -> dict[str, str]:
             "log (import --random); results.json['ope'] has dm_log, dr_log and dr_pi_log from "
             "the ordinary log, biased as far as its propensities are wrong"
         )
+    if not world.has_random_exposure:
+        out["ctr_head_tail"] = (
+            "the CTR head/tail table needs a random-exposure log (import --random)"
+        )
     if not world.has_retrieval_labels:
         out["selection_bias"] = (
             "the selection-bias gap needs labelled retrieval queries, each with its target "
@@ -415,6 +442,31 @@ def skipped_metrics(world, cfg: Any = None) -> dict[str, str]:
             + ("" if world.has_random_exposure else " (without a random-exposure log: biased)")
         )
     return out
+
+
+def _ctr_head_tail(stages, layout, world, cfg, seed: int, c: int, ctr_seed: int) -> dict | str:
+    """Train the item-id CTR model of encoder seed ``seed`` and CTR seed ``c`` (a stage),
+    then the CTR head/tail rows of every method; a string says why there are none."""
+    from visctr.ctr import train_ctr
+    from visctr.ctr import training as ctr_stage
+    from visctr.errors import InputError
+    from visctr.pipeline.bias import CTR_REFERENCE, ITEM_ID_SLUG, item_id_config
+
+    emb_dir = layout.embeddings(seed, METHODS[CTR_REFERENCE].encoder)
+    icfg = item_id_config(cfg.ctr)
+    stages.run(
+        layout.ctr(seed, ITEM_ID_SLUG, c),
+        ctr_stage.run_key(world, emb_dir, icfg, ctr_seed, None),
+        lambda d: train_ctr(world, emb_dir, d, icfg, ctr_seed),
+        f"ctr {ITEM_ID_SLUG}" + (f" (ctr seed {c})" if c else ""),
+        ctr_stage.OUTPUTS,
+    )
+    try:
+        return stages.timed(
+            "ctr_head_tail", lambda: ctr_head_tail_rows(layout, world, seed, c, ctr_seed)
+        )
+    except InputError as e:  # e.g. no head item among the random-exposure impressions
+        return str(e)
 
 
 def world_key(cfg: Any) -> dict:

@@ -57,7 +57,9 @@ class LoggingPolicyConfig:
 
     def __post_init__(self) -> None:
         if self.hidden_categories < 0:
-            raise ValueError(f"logging.hidden_categories must be >= 0, got {self.hidden_categories}")
+            raise ValueError(
+                f"logging.hidden_categories must be >= 0, got {self.hidden_categories}"
+            )
 
 
 @dataclass
