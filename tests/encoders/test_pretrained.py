@@ -246,6 +246,7 @@ world:
   n_queries: 300
   n_random_queries: 100
   n_retrieval_queries: 100
+  extra_retrieval_queries: 0
 abtest: {{queries: 100}}
 s1: {{batch_size: 32, probe_items: 50, encoder: {enc}}}
 s2: {{batch_size: 32, probe_items: 50, encoder: {enc}}}

@@ -255,7 +255,8 @@ def test_string_sku_manifest_runs_end_to_end(tmp_path):
             Image.fromarray(cat.images[i, 0]).save(shop / "img" / f"{i}.png")
             w.writerow([f"sku-{i:04d}", f"img/{i}.png", cat.category_names[cat.categories[i]]])
     (tmp_path / "small.yaml").write_text(
-        "world: {n_users: 30, n_queries: 500, n_random_queries: 80, n_retrieval_queries: 60}\n"
+        "world: {n_users: 30, n_queries: 500, n_random_queries: 80, n_retrieval_queries: 60,\n"
+        "  extra_retrieval_queries: 0}\n"
         "abtest: {queries: 100}\n"
     )
     out = tmp_path / "run"

@@ -76,7 +76,7 @@ def _simulate_args(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "world:\n  n_users: 10\n  n_queries: 60\n  n_random_queries: 20\n"
-        "  n_retrieval_queries: 20\n"
+        "  n_retrieval_queries: 20\n  extra_retrieval_queries: 0\n"
     )
     out = tmp_path / "runs" / "w"
     out.parent.mkdir()
