@@ -281,6 +281,84 @@ class Search:
         return out
 
 
+# ---------------------------------------------------------------------- exploratory
+
+
+def explore_s3(search: Search, name: str) -> dict:
+    """Not part of the pre-registered rule: on setting ``name``'s world, the run's S1+S2
+    encoder and its plain, S1+S2+H and S1+S2+D CTR models; Δ of each retrieval space
+    against S1 and the CTR gap of H and D against S1+S2. Written to
+    ``<out>/seed<N>/explore-<name>.json``."""
+    from visctr.encoders import finetune
+    from visctr.eval.bias import ctr_head_tail, selection_bias_gap
+    from visctr.eval.retrieval import evaluate_retrieval
+    from visctr.ids import IdIndex
+    from visctr.io import write_json
+    from visctr.pipeline.bias import target_rows
+    from visctr.pipeline.methods import CTR_VARIANTS
+    from visctr.s3.artifact import debias_transform
+
+    s = SETTINGS[name]
+    if s.encoder or s.s2:
+        raise SystemExit(f"--explore-s3 takes a world setting, not {name}")
+    world = search.world(s)
+    s1 = search.s1(s)
+    root = search.root / f"explore-{name}"
+    enc = root / "s1_s2"
+    if not (enc / "encoder.pt").is_file():
+        log(f"{name}: S1+S2 training (exploratory)")
+    finetune(world, search.cfg.s2, enc, search.seed, init=s1)
+    e1 = search.embed(s1, world, search.root / "embeddings" / s.world_tag / f"s1-{_enc_tag(s)}")
+    e12 = search.embed(enc / "encoder.pt", world, root / "emb-s1_s2")
+    rows = target_rows(world)
+    is_head = np.asarray(world.items["is_head"], dtype=bool)
+
+    def per_query(top):
+        top10 = top[:, :10]
+        return (top10 == rows[:, None]).any(1), is_head[top10].mean(1)
+
+    _, top1 = evaluate_retrieval(world, e1)
+    h1, sh1 = per_query(top1)
+    out: dict[str, Any] = {"setting": name, "world_seed": search.seed, "exploratory": True}
+    preds = {}
+    for method, variant in (("S1+S2", "plain"), ("S1+S2+H", "head"), ("S1+S2+D", "debias")):
+        cfg = CTR_VARIANTS[variant](search.cfg.ctr)
+        d = root / f"ctr-{variant}"
+        if not (d / "model.pt").is_file():
+            from visctr.ctr import train_ctr
+
+            ref = e1 if cfg.debias.enabled and cfg.debias.needs_reference else None
+            train_ctr(world, e12, d, cfg, search.seed, reference=ref)
+        transform = debias_transform(d / "debias.pt") if cfg.debias.enabled else None
+        m, top = evaluate_retrieval(world, e12, transform)
+        h, sh = per_query(top)
+        out[method] = {
+            "delta": selection_bias_gap(h, h1, is_head[rows], sh, sh1, seed=search.seed),
+            "hr@10": m["hr@10"],
+            "longtail_hr@10": m["longtail_hr@10"],
+        }
+        from visctr.ctr import predict_ctr
+
+        preds[method] = predict_ctr(d, world, e12, "random")
+    ref = preds["S1+S2"]
+    head = is_head[IdIndex(world.items["item_id"]).rows(ref["item_id"], strict=True)]
+    for method in ("S1+S2+H", "S1+S2+D"):
+        p = preds[method]
+        out[method]["ctr_vs_s1_s2"] = ctr_head_tail(
+            p["labels"], p["probs"], head, p["query_id"], ref["probs"], seed=search.seed
+        )
+    d, h = preds["S1+S2+D"], preds["S1+S2+H"]
+    out["D_vs_H_ctr"] = ctr_head_tail(
+        d["labels"], d["probs"], head, d["query_id"], h["probs"], seed=search.seed
+    )
+    write_json(out, search.root / f"explore-{name}.json")
+    log(f"{name} (exploratory): Δ " + "  ".join(
+        f"{k} {out[k]['delta']['delta']:+.3f} [{out[k]['delta']['ci95'][0]:+.3f}, "
+        f"{out[k]['delta']['ci95'][1]:+.3f}]" for k in ("S1+S2", "S1+S2+H", "S1+S2+D")
+    ))  # fmt: skip
+    return out
+
+
 # ---------------------------------------------------------------------- summary
 
 
@@ -306,8 +384,12 @@ def summary(out: Path, dest: Path) -> dict:
     from visctr.io import write_json, write_text
 
     found: dict[str, dict[int, dict]] = {}
+    explored: list[dict] = []
     for f in sorted(Path(out).glob("seed*/*.json")):
         r = json.loads(f.read_text())
+        if r.get("exploratory"):
+            explored.append(r)
+            continue
         found.setdefault(r["setting"], {})[int(r["world_seed"])] = r
     result = {
         "rule": {
@@ -355,6 +437,30 @@ def summary(out: Path, dest: Path) -> dict:
         g = r["gate"]
         lines.append(f"| {name} | {g['complete']} | {g['G1']} | {g['G2']} | {g['passes']} |")
     result["any_passes"] = any(r["gate"]["passes"] for r in result["settings"].values())
+    if explored:
+        result["exploratory_s3"] = explored
+        lines += [
+            "",
+            "## Exploratory, outside the rule: S3 where S2 had a gap",
+            "",
+            "The run's S1+S2 encoder and its S1+S2, S1+S2+H and S1+S2+D CTR models on the "
+            "setting's world. Δ of each retrieval space against S1 (S3 methods retrieve "
+            "through their gated vectors); CTR: head − tail random-exposure AUC gap of D "
+            "minus H's.",
+            "",
+            "| setting | world | Δ S1+S2 | Δ S1+S2+H | Δ S1+S2+D | tail HR@10 H / D | "
+            "CTR gap D − H [95% CI] | tail AUC H / D |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sorted(explored, key=lambda r: (r["setting"], r["world_seed"])):
+            dh = r["D_vs_H_ctr"]
+            lines.append(
+                f"| {r['setting']} | {r['world_seed']} | {_ci(r['S1+S2']['delta'])} | "
+                f"{_ci(r['S1+S2+H']['delta'])} | {_ci(r['S1+S2+D']['delta'])} | "
+                f"{r['S1+S2+H']['longtail_hr@10']:.3f} / {r['S1+S2+D']['longtail_hr@10']:.3f} | "
+                f"{_ci(dh, 'gap_delta')} | "
+                f"{r['S1+S2+H']['ctr_vs_s1_s2']['auc_tail']:.3f} / {dh['auc_tail']:.3f} |"
+            )
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     write_json(result, dest / "results.json")
@@ -372,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", type=Path, help="write the gate's results and report here")
     ap.add_argument("--preset", default="small", help="tiny: a smoke test, not the search")
     ap.add_argument("--extra-retrieval", type=int, default=EXTRA_RETRIEVAL)
+    ap.add_argument(
+        "--explore-s3",
+        nargs="+",
+        choices=list(SETTINGS),
+        help="outside the rule: S1+S2, S1+S2+H and S1+S2+D on these world settings",
+    )
     args = ap.parse_args(argv)
     if args.summary is not None:
         summary(args.out, args.summary)
@@ -383,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     search = Search(args.out, args.seed, args.preset, args.extra_retrieval)
+    if args.explore_s3:
+        for name in args.explore_s3:
+            explore_s3(search, name)
+        return 0
     for name in args.settings:
         search.run(name)
     return 0
