@@ -251,6 +251,15 @@ def representation_bias(
     }
 
 
+def _percentile_ci(boots: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of bootstrap values at coverage ``level`` (NaN if none)."""
+    alpha = (1.0 - level) / 2
+    if not len(boots):
+        return np.nan, np.nan
+    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
 def _head_tail_gap(hits: np.ndarray, head: np.ndarray) -> tuple[float, float]:
     return float(hits[head].mean()), float(hits[~head].mean())
 
@@ -326,8 +335,7 @@ def selection_bias_gap(
         wt = n - wh
         boots[b] = (w @ dh) / wh - (w @ dt) / wt if wh > 0 and wt > 0 else np.nan
     boots = boots[np.isfinite(boots)]
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha]) if len(boots) else (np.nan, np.nan)
+    lo, hi = _percentile_ci(boots, level)
     out: dict[str, float | int | list[float]] = {
         "delta": gap - gap_ref,
         "ci95": [float(lo), float(hi)],
@@ -456,8 +464,7 @@ def ctr_head_tail(
         a_h, a_t, r_h, r_t = (f(counts[rows]) for f, rows in zip(aucs, qrows, strict=True))
         boots[b] = (a_h - a_t) - (r_h - r_t)
     boots = boots[np.isfinite(boots)]
-    alpha = (1.0 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha]) if len(boots) else (np.nan, np.nan)
+    lo, hi = _percentile_ci(boots, level)
     out["ci95"] = [float(lo), float(hi)]
     out["n_boot"] = int(len(boots))
     return out
