@@ -17,6 +17,13 @@ One module per part, lowest first:
 
 It sits between the encoders and the CTR model: ``visctr.ctr`` builds an ``S3Debias`` from
 ``ctr.debias`` and adds the term it returns to the click loss.
+
+Before paying for S3 on your own logs, check that there is a bias for it to remove: a
+``visctr run`` on your imported world reports the selection-bias gap Δ
+(``results.json["selection_bias"]``, needs ``--retrieval`` labels) and the CTR head/tail
+gap (``results.json["ctr_head_tail"]``, needs ``--random``), each with a CI. In visctr's
+own worlds both are small or absent, and S3 stays within noise of its capacity control
+(docs/results.md, "When does S3 help?"; docs/own-data.md, "Does S3 pay on your logs?").
 """
 
 from visctr.s3.artifact import DebiasTransform, apply_debias, debias_transform, load_debias
