@@ -209,10 +209,12 @@ def test_rerun_reuses_every_stage_and_matches(tiny_run):
     res = CliRunner().invoke(main, ["run", "--preset", "tiny", "--seeds", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "done in" not in res.output  # nothing recomputed
-    n_stages = 1 + 2 * len(encoder_order()) + len(METHODS)  # world, encoders, embeddings, CTR
+    # world, encoders, embeddings, CTR, and the item-id CTR model of the head/tail table
+    n_stages = 1 + 2 * len(encoder_order()) + len(METHODS) + 1
     assert res.output.count("cached") == n_stages
     after = json.loads((out / "results.json").read_text())
     assert after["methods"] == before["methods"]
+    assert after["ctr_head_tail"] == before["ctr_head_tail"]
 
 
 def test_edited_outputs_are_recomputed_not_reported(tiny_run):
