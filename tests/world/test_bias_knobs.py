@@ -109,3 +109,48 @@ def test_extra_retrieval_queries_come_after_everything_else(tmp_path, default_wo
     own = np.linalg.norm(q - items[rows], axis=1)
     other = np.linalg.norm(q - items[np.roll(rows, 1)], axis=1)
     assert (own < other).mean() > 0.8
+
+
+def test_the_ab_tests_legacy_arm_hides_what_the_logging_policy_hid(tmp_path):
+    """The A/B test's and OPE's legacy policy is the one that wrote the log: it never
+    shows a hidden category either, ranked by score or by eCPM."""
+    from visctr.eval import abtest as ab
+
+    cfg = tiny_sim_config()
+    cfg.logging.hidden_categories = 2
+    w = _world(tmp_path, "hidden", cfg)
+    hidden = np.isin(
+        w.items["category"],
+        [w.meta["category_names"].index(c) for c in w.meta["summary"]["hidden_categories"]],
+    )
+    traffic = ab.simulate_traffic(w, 300, 0)
+    for bid in (None, np.asarray(w.items["bid"])):
+        shown = ab.legacy_policy(w, traffic, 5, bid)
+        assert shown.shape == (300, 5) and not hidden[shown].any()
+    # and the world without the knob does show those categories
+    plain = _world(tmp_path, "plain", tiny_sim_config())
+    assert hidden[ab.legacy_policy(plain, ab.simulate_traffic(plain, 300, 0), 5)].any()
+
+
+def test_hidden_items_stay_hidden_whatever_the_popularity_boost(tmp_path):
+    cfg = tiny_sim_config()
+    cfg.logging.hidden_categories = 2
+    cfg.logging.popularity_boost = 3.0  # the boost alone could lift an item over any cosine
+    w = _world(tmp_path, "boost", cfg)
+    hidden = np.isin(
+        w.items["category"],
+        [w.meta["category_names"].index(c) for c in w.meta["summary"]["hidden_categories"]],
+    )
+    rows = np.searchsorted(w.items["item_id"], w.read_impressions("train")["item_id"])
+    assert not hidden[rows].any()
+
+
+def test_too_few_items_left_to_show_is_refused_before_any_photo(monkeypatch):
+    from visctr.world import simulate as sim
+
+    cfg = tiny_sim_config()
+    cfg.logging.hidden_categories = 4  # 60 of 300 items left
+    cfg.logging.top_k = 61
+    monkeypatch.setattr(sim, "_photograph_all", lambda *a, **k: pytest.fail("photographed"))
+    with pytest.raises(InputError, match="leaves 60 items to show, fewer than top_k=61"):
+        simulate_arrays(cfg, 0, synthetic_catalog())

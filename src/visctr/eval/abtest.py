@@ -35,6 +35,8 @@ from visctr.world.simulate import (
     DAY,
     SimConfig,
     _legacy_top_k,
+    legacy_hidden,
+    legacy_scores,
     appeal_multiplier,
     click_probability,
     pixel_vectors,
@@ -244,15 +246,16 @@ def legacy_policy(
     thumbs = thumbnails(world.item_images, cfg.logging.thumbnail, rows)
     pop = np.asarray(world.items["popularity"], dtype=np.float64)
     log_pop = torch.from_numpy(np.log(pop / pop.max())).float()
+    hidden = legacy_hidden(world)  # the categories it never shows, as when it wrote the log
     if bid is None:
-        return _legacy_top_k(traffic.images, thumbs, log_pop, cfg)
+        return _legacy_top_k(traffic.images, thumbs, log_pop, cfg, hidden)
+    mask = torch.from_numpy(hidden) if hidden is not None else None
     n = min(max(candidates, k), thumbs.shape[0])
     out = np.empty((len(traffic), k), dtype=np.int64)
     chunk = max(64, min(cfg.chunk_size, 2**24 // thumbs.shape[0]))
     for s in range(0, len(traffic), chunk):
         q = thumbnails(traffic.images[s : s + chunk], cfg.logging.thumbnail)
-        score = q @ thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
-        val, idx = score.topk(n, dim=1)
+        val, idx = legacy_scores(q, thumbs, log_pop, cfg, mask).topk(n, dim=1)
         val, idx = val.double().numpy(), idx.numpy()
         out[s : s + len(q)] = np.take_along_axis(idx, legacy_ecpm_order(val, bid[idx])[:, :k], 1)
     return out

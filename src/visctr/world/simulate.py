@@ -414,7 +414,6 @@ def _photograph_all(
 
 HIDDEN_STREAM = 0x41DE  # the hidden categories' random stream
 EXTRA_RETRIEVAL_STREAM = 0x5E7  # the extra retrieval queries' random stream
-HIDDEN_PENALTY = 4.0  # subtracted from a hidden item's legacy score: far below any shown one
 
 
 def hidden_categories(n_categories: int, count: int, seed: int) -> np.ndarray:
@@ -432,6 +431,29 @@ def hidden_categories(n_categories: int, count: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_categories, size=count, replace=False)).astype(np.int64)
 
 
+def legacy_hidden(world) -> np.ndarray | None:
+    """Per item row of ``world.items``, whether the legacy system never shows it (the
+    categories ``logging.hidden_categories`` drew, named in ``world.json``'s summary);
+    ``None`` when it may show every item."""
+    names = world.meta.get("summary", {}).get("hidden_categories") or []
+    if not names:
+        return None
+    cats = [list(world.meta["category_names"]).index(n) for n in names]
+    return np.isin(np.asarray(world.items["category"]), cats)
+
+
+def legacy_scores(
+    q: torch.Tensor, item_thumbs: torch.Tensor, log_pop: torch.Tensor, cfg: SimConfig,
+    hidden: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The legacy score ``[Q, N]`` of query thumbnails ``q``: thumbnail cosine + popularity
+    boost, ``-inf`` for ``hidden`` items (bool ``[N]``), which it never shows."""
+    score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
+    if hidden is not None:
+        score.masked_fill_(hidden[None, :], float("-inf"))
+    return score
+
+
 def _legacy_top_k(
     query_images: np.ndarray,
     item_thumbs: torch.Tensor,
@@ -440,13 +462,9 @@ def _legacy_top_k(
     hidden: np.ndarray | None = None,
 ) -> np.ndarray:
     """Top K item indices per query photo by the legacy score; ``hidden`` (bool per item):
-    items it never shows (their score is lowered by :data:`HIDDEN_PENALTY`)."""
+    items it never shows."""
     k = min(cfg.logging.top_k, item_thumbs.shape[0])
-    penalty = (
-        torch.from_numpy(hidden.astype(np.float32) * HIDDEN_PENALTY)
-        if hidden is not None and hidden.any()
-        else None
-    )
+    mask = torch.from_numpy(hidden) if hidden is not None and hidden.any() else None
     out = np.empty((len(query_images), k), dtype=np.int64)
     # keep the score block at <= 2^24 floats (64 MB) whatever the catalog size
     chunk = max(64, min(cfg.chunk_size, 2**24 // item_thumbs.shape[0]))
@@ -458,9 +476,7 @@ def _legacy_top_k(
         disable=True if len(query_images) < 4 * chunk else None,  # None: a terminal only
     ):
         q = thumbnails(query_images[s : s + chunk], cfg.logging.thumbnail)
-        score = q @ item_thumbs.T + cfg.logging.popularity_boost * log_pop[None, :]
-        if penalty is not None:
-            score -= penalty[None, :]
+        score = legacy_scores(q, item_thumbs, log_pop, cfg, mask)
         out[s : s + len(q)] = score.topk(k, dim=1).indices.numpy()
     return out
 
@@ -511,6 +527,14 @@ def simulate_arrays(
         raise InputError(
             f"{cat.source}: catalog has {n} items, fewer than top_k={cfg.logging.top_k}"
         )
+    # the blind spot first: a bad setting fails before any photo is taken
+    hidden_cats = hidden_categories(cat.n_categories, cfg.logging.hidden_categories, seed)
+    hidden = np.isin(cat.categories, hidden_cats) if hidden_cats.size else None
+    if hidden is not None and int((~hidden).sum()) < cfg.logging.top_k:
+        raise InputError(
+            f"logging.hidden_categories={cfg.logging.hidden_categories} leaves "
+            f"{int((~hidden).sum())} items to show, fewer than top_k={cfg.logging.top_k}"
+        )
     rng = np.random.default_rng(seed)
     appeal = appeal_scores(cat.images, seed, cfg.chunk_size)
     popularity = zipf_popularity(n, cfg.zipf_exponent, rng, appeal, cfg.style_correlation)
@@ -548,8 +572,6 @@ def simulate_arrays(
         cat.images, all_targets, cfg, seed + 1, "query photos", query_images_out,
         extra=(x_targets, x_camera_seed),
     )  # fmt: skip
-    hidden_cats = hidden_categories(n_cat, cfg.logging.hidden_categories, seed)
-    hidden = np.isin(cat.categories, hidden_cats) if hidden_cats.size else None
 
     # Logging policy on logged queries.
     thumbs = thumbnails(cat.images, cfg.logging.thumbnail, chunk=cfg.chunk_size)
