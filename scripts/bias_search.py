@@ -397,7 +397,13 @@ def summary(out: Path, dest: Path) -> dict:
             "G1": f"Δ(S2) >= {G1_DELTA} with the 95% CI's lower end > 0 on both dev worlds",
             "G2": f"S2's head − tail random-exposure AUC gap beyond S1's by >= {G2_GAP}, "
             "CI lower end > 0, on both dev worlds",
-            "retrieval_queries": 2_000 + EXTRA_RETRIEVAL,
+            "retrieval_queries": sorted(
+                {
+                    r["world_summary"]["queries"]["retrieval"]
+                    for w in found.values()
+                    for r in w.values()
+                }
+            ),
         },
         "settings": {},
     }
