@@ -12,8 +12,8 @@ at one plausible and one strong setting (``SETTINGS``). Per world seed and setti
   knobs do not change: checked);
 - S2 as ``visctr run``'s S2 method trains it (clicks only, from random init) on the
   setting's world, with the setting's encoder and S2 overrides;
-- the selection-bias gap Δ(S2) against S1 with its paired bootstrap CI
-  (``visctr.eval.bias.selection_bias_gap``);
+- the selection-bias gap Δ(S2) against S1 with its paired bootstrap CI, as ``visctr run``
+  computes it (``visctr.pipeline.bias.selection_rows``);
 - the CTR side: plain CTR models on the S1 and the S2 vectors (and one with item-id
   features on the S1 vectors, for the worlds), their random-exposure AUC and calibration
   on head and tail items, and the head − tail AUC gap against S1's CTR model with a paired
@@ -196,10 +196,10 @@ class Search:
 
     # ---------------------------------------------------------------- one setting
     def run(self, name: str) -> dict:
-        from visctr.eval.bias import ctr_head_tail, selection_bias_gap
+        from visctr.eval.bias import ctr_head_tail
         from visctr.eval.retrieval import evaluate_retrieval
         from visctr.ids import IdIndex
-        from visctr.pipeline.bias import target_rows
+        from visctr.pipeline.bias import selection_rows
 
         s = SETTINGS[name]
         t0 = time.perf_counter()
@@ -218,16 +218,8 @@ class Search:
         e2 = self.embed(s2, world, self.root / name / "emb-s2")
         m1, top1 = evaluate_retrieval(world, e1)
         m2, top2 = evaluate_retrieval(world, e2)
-        rows = target_rows(world)
         is_head = np.asarray(world.items["is_head"], dtype=bool)
-
-        def per_query(top):
-            top10 = top[:, :10]
-            return (top10 == rows[:, None]).any(1), is_head[top10].mean(1)
-
-        h1, sh1 = per_query(top1)
-        h2, sh2 = per_query(top2)
-        delta = selection_bias_gap(h2, h1, is_head[rows], sh2, sh1, seed=self.seed)
+        delta = selection_rows(world, {"S1": top1, "S2": top2}, {"S2": "s2"}, self.seed)["S2"]
         log(
             f"{name}: Δ(S2) {delta['delta']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
         )
@@ -290,11 +282,11 @@ def explore_s3(search: Search, name: str) -> dict:
     against S1 and the CTR gap of H and D against S1+S2. Written to
     ``<out>/seed<N>/explore-<name>.json``."""
     from visctr.encoders import finetune
-    from visctr.eval.bias import ctr_head_tail, selection_bias_gap
+    from visctr.eval.bias import ctr_head_tail
     from visctr.eval.retrieval import evaluate_retrieval
     from visctr.ids import IdIndex
     from visctr.io import write_json
-    from visctr.pipeline.bias import target_rows
+    from visctr.pipeline.bias import selection_rows
     from visctr.pipeline.methods import CTR_VARIANTS
     from visctr.s3.artifact import debias_transform
 
@@ -310,15 +302,8 @@ def explore_s3(search: Search, name: str) -> dict:
     finetune(world, search.cfg.s2, enc, search.seed, init=s1)
     e1 = search.embed(s1, world, search.root / "embeddings" / s.world_tag / f"s1-{_enc_tag(s)}")
     e12 = search.embed(enc / "encoder.pt", world, root / "emb-s1_s2")
-    rows = target_rows(world)
     is_head = np.asarray(world.items["is_head"], dtype=bool)
-
-    def per_query(top):
-        top10 = top[:, :10]
-        return (top10 == rows[:, None]).any(1), is_head[top10].mean(1)
-
     _, top1 = evaluate_retrieval(world, e1)
-    h1, sh1 = per_query(top1)
     out: dict[str, Any] = {"setting": name, "world_seed": search.seed, "exploratory": True}
     preds = {}
     for method, variant in (("S1+S2", "plain"), ("S1+S2+H", "head"), ("S1+S2+D", "debias")):
@@ -331,9 +316,10 @@ def explore_s3(search: Search, name: str) -> dict:
             train_ctr(world, e12, d, cfg, search.seed, reference=ref)
         transform = debias_transform(d / "debias.pt") if cfg.debias.enabled else None
         m, top = evaluate_retrieval(world, e12, transform)
-        h, sh = per_query(top)
         out[method] = {
-            "delta": selection_bias_gap(h, h1, is_head[rows], sh, sh1, seed=search.seed),
+            "delta": selection_rows(
+                world, {"S1": top1, method: top}, {method: method}, search.seed
+            )[method],  # fmt: skip
             "hr@10": m["hr@10"],
             "longtail_hr@10": m["longtail_hr@10"],
         }
